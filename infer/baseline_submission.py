@@ -1,0 +1,76 @@
+"""Trivial baselines every model must beat, written as a valid submission.
+
+    python infer/baseline_submission.py --data-dir DIR --prepared meta.csv --out baseline.csv [--kind prior-boxes]
+
+Kinds:
+  prior        study rows: the training class frequencies; image rows: ``none`` with the training
+               share of images without opacity, no boxes.
+  prior-boxes  as ``prior`` plus one fixed box in the middle of each lung, scored with the share
+               of images with opacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+
+from utils.boxes import denormalize_xyxy
+from utils.dicom import DicomReadError, read_dicom_header
+from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
+from utils.prepare import find_dicoms
+from utils.submission import image_prediction_string, read_submission, study_prediction_string, write_submission
+
+# One box per lung in normalised XYXY: where opacities are most common on a frontal radiograph.
+FIXED_LUNG_BOXES = np.array([[0.18, 0.3, 0.45, 0.75], [0.55, 0.3, 0.82, 0.75]])
+
+
+def baseline_submission(data_dir, meta: pd.DataFrame, kind: str = "prior-boxes") -> pd.DataFrame:
+    """A submission for every id of ``data_dir/sample_submission.csv`` from training priors."""
+    sample = read_submission(f"{data_dir}/sample_submission.csv")
+    used = meta[meta["used"]]
+    studies = used.drop_duplicates("study_id")
+    prior = {c: float((studies["study_class"] == c).mean()) for c in STUDY_CLASSES}
+    p_opacity = float(used["has_box"].mean())
+    sizes = {}
+    for path in find_dicoms(f"{data_dir}/test"):
+        try:
+            header = read_dicom_header(path)
+            sizes[path.stem] = (header.columns, header.rows)
+        except DicomReadError:
+            sizes[path.stem] = None  # unreadable: falls back to no boxes
+    rows = []
+    for identifier in sample["id"]:
+        if identifier.endswith(STUDY_SUFFIX):
+            rows.append((identifier, study_prediction_string(prior)))
+            continue
+        size = sizes.get(identifier[: -len(IMAGE_SUFFIX)])
+        if kind == "prior-boxes" and size is not None:
+            boxes = denormalize_xyxy(FIXED_LUNG_BOXES, *size)
+            text = image_prediction_string(boxes, [p_opacity] * len(boxes), 1.0 - p_opacity, *size)
+        else:
+            text = image_prediction_string([], [], 1.0 - p_opacity, 1, 1)
+        rows.append((identifier, text))
+    return pd.DataFrame(rows, columns=["id", "PredictionString"])
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True, help="competition folder with test/ and sample_submission.csv")
+    parser.add_argument("--prepared", required=True, help="meta.csv of the prepared training set (priors)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--kind", choices=("prior", "prior-boxes"), default="prior-boxes")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
+    meta = pd.read_csv(args.prepared, dtype={"image_id": str, "study_id": str, "patient_id": str})
+    submission = baseline_submission(args.data_dir, meta, args.kind)
+    sample = read_submission(f"{args.data_dir}/sample_submission.csv")
+    print(f"wrote {write_submission(submission, args.out, sample)} ({len(submission)} rows)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Check a submission against the competition's format; exits non-zero and lists every problem.
+
+    python infer/validate_submission.py submission.csv --sample-submission sample_submission.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from utils.submission import read_submission, submission_problems
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("submission")
+    parser.add_argument("--sample-submission", help="the competition's sample_submission.csv (checks the ids)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    sample = read_submission(args.sample_submission) if args.sample_submission else None
+    problems = submission_problems(read_submission(args.submission), sample)
+    for problem in problems:
+        print(problem)
+    print(f"{args.submission}: {'valid' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

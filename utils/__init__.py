@@ -1,0 +1,1 @@
+"""Library code shared by every stage. Importing it has no side effects."""

@@ -1,0 +1,145 @@
+"""The competition metric: PASCAL VOC 2010 mean average precision at IoU > 0.5 over six classes.
+
+Per class, every prediction of that class over all scored ids is sorted by confidence (descending)
+and matched greedily to the not-yet-matched ground-truth box of the same class and id with the
+highest IoU; IoU > 0.5 makes a true positive, anything else a false positive. AP is the area under
+the precision-recall curve after making precision non-increasing (all-point interpolation), with
+the number of ground-truth boxes of the class as recall's denominator.
+
+Ties in confidence are broken by the prediction's content (id, then box), never by row order, so
+the score does not depend on how the submission's rows are ordered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from utils.boxes import as_boxes, iou_matrix
+from utils.labels import (
+    IMAGE_CLASSES,
+    IMAGE_SUFFIX,
+    STUDY_CLASSES,
+    STUDY_SUFFIX,
+    load_study_labels,
+)
+from utils.submission import parse_prediction_string, row_kind
+
+IOU_THRESHOLD = 0.5
+ALL_CLASSES = STUDY_CLASSES + IMAGE_CLASSES
+
+
+@dataclass
+class ClassDetections:
+    """Predictions and ground truth of one class, grouped by id."""
+
+    truths: dict[str, np.ndarray]  # id -> XYXY boxes
+    predictions: list[tuple[float, str, tuple]]  # (confidence, id, box)
+
+
+def average_precision(detections: ClassDetections, iou_threshold: float = IOU_THRESHOLD) -> float | None:
+    """VOC 2010 all-point AP of one class; None when the class has no ground truth."""
+    n_truths = sum(len(b) for b in detections.truths.values())
+    if n_truths == 0:
+        return None
+    if not detections.predictions:
+        return 0.0
+    order = sorted(detections.predictions, key=lambda p: (-p[0], p[1], p[2]))
+    matched = {identifier: np.zeros(len(b), dtype=bool) for identifier, b in detections.truths.items()}
+    true_positive = np.zeros(len(order))
+    for k, (_, identifier, box) in enumerate(order):
+        truths = detections.truths.get(identifier)
+        if truths is None or len(truths) == 0:
+            continue
+        ious = iou_matrix([box], truths)[0]
+        ious[matched[identifier]] = -1.0
+        best = int(np.argmax(ious))
+        if ious[best] > iou_threshold:
+            matched[identifier][best] = True
+            true_positive[k] = 1.0
+    cum_tp = np.cumsum(true_positive)
+    recall = cum_tp / n_truths
+    precision = cum_tp / np.arange(1, len(order) + 1)
+    # All-point interpolation: precision envelope, then sum over the recall steps.
+    recall = np.concatenate([[0.0], recall, [1.0]])
+    precision = np.concatenate([[0.0], precision, [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1])
+    return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
+
+
+def ground_truth_from_files(image_labels_csv, study_labels_csv) -> dict[str, list[tuple[str, tuple]]]:
+    """Competition label files -> ``{id: [(class, box), ...]}`` for every image and study id.
+
+    Image truth comes from the ``label`` column (already in submission form); study truth is the
+    study's one class with the dummy box.
+    """
+    truth: dict[str, list[tuple[str, tuple]]] = {}
+    images = pd.read_csv(image_labels_csv, dtype=str, keep_default_na=False)
+    for identifier, label in zip(images["id"], images["label"]):
+        truth[identifier] = [(p.label, p.box) for p in parse_prediction_string(label)]
+    studies = load_study_labels(study_labels_csv)
+    for study_id, study_class in zip(studies["study_id"], studies["study_class"]):
+        truth[study_id + STUDY_SUFFIX] = [(study_class, (0.0, 0.0, 1.0, 1.0))]
+    return truth
+
+
+def score(submission: pd.DataFrame, truth: dict[str, list[tuple[str, tuple]]]) -> dict:
+    """Score a submission table against ``truth`` (see :func:`ground_truth_from_files`).
+
+    Only ids in the truth are scored; an id missing from the submission predicts nothing. Study
+    classes are scored on study rows only and image classes on image rows only. Returns
+    ``{"map", "study_map", "image_map", "ap": {class: AP or None}, "n_studies", "n_images"}``; a class
+    with no ground truth has AP None and is left out of the means.
+    """
+    per_class = {c: ClassDetections({}, []) for c in ALL_CLASSES}
+    for identifier, items in truth.items():
+        kind_classes = STUDY_CLASSES if row_kind(identifier) == "study" else IMAGE_CLASSES
+        for label, box in items:
+            if label in kind_classes:
+                group = per_class[label].truths
+                group[identifier] = np.vstack([group.get(identifier, as_boxes([])), as_boxes([box])])
+    for identifier, text in zip(submission["id"].astype(str), submission["PredictionString"]):
+        if identifier not in truth:
+            continue
+        kind_classes = STUDY_CLASSES if row_kind(identifier) == "study" else IMAGE_CLASSES
+        try:
+            predictions = parse_prediction_string(text)
+        except ValueError as err:
+            raise ValueError(f"{identifier}: {err}") from err
+        for p in predictions:
+            if p.label in kind_classes and np.isfinite(p.confidence) and all(np.isfinite(p.box)):
+                per_class[p.label].predictions.append((p.confidence, identifier, tuple(p.box)))
+    ap = {c: average_precision(per_class[c]) for c in ALL_CLASSES}
+
+    def mean(classes):
+        values = [ap[c] for c in classes if ap[c] is not None]
+        return float(np.mean(values)) if values else None
+
+    return {
+        "map": mean(ALL_CLASSES),
+        "study_map": mean(STUDY_CLASSES),
+        "image_map": mean(IMAGE_CLASSES),
+        "ap": ap,
+        "n_studies": sum(1 for i in truth if i.endswith(STUDY_SUFFIX)),
+        "n_images": sum(1 for i in truth if i.endswith(IMAGE_SUFFIX)),
+    }
+
+
+def format_score_table(result: dict) -> str:
+    """A readable table of a :func:`score` result."""
+    def show(value):
+        return "  null" if value is None else f"{value:.4f}"
+
+    lines = [f"{'class':<15}{'AP@0.5':>8}"]
+    lines += [f"{c:<15}{show(result['ap'][c]):>8}" for c in ALL_CLASSES]
+    lines += [
+        "-" * 23,
+        f"{'study mAP':<15}{show(result['study_map']):>8}",
+        f"{'image mAP':<15}{show(result['image_map']):>8}",
+        f"{'final mAP':<15}{show(result['map']):>8}",
+        f"({result['n_studies']} studies, {result['n_images']} images scored)",
+    ]
+    return "\n".join(lines)

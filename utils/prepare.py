@@ -1,0 +1,162 @@
+"""Preparation: decode every training DICOM once into lossless PNGs per size, plus meta.csv.
+
+Output folder:
+    images_<size>/<image_id>.png   one per requested size (square resize, area averaging)
+    headers.jsonl                  one line per decoded image (ids from its header, original size);
+                                   what makes a stopped run resumable
+    failures.csv                   path,reason for every file that could not be read (skipped)
+    meta.csv                       one row per labelled image: ids, patient, original size, fold,
+                                   study class, boxes (XYXY_PX JSON), used/excluded, path per size
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import pandas as pd
+from tqdm import tqdm
+
+from utils.dicom import DicomReadError, read_dicom, resize_image
+from utils.labels import (
+    DUPLICATES_KEEP_BOXED,
+    assign_folds,
+    boxes_to_json,
+    load_competition_labels,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image_id: str
+    study_id: str
+    series_id: str
+    patient_id: str
+    original_height: int
+    original_width: int
+
+
+def find_dicoms(split_dir) -> list[Path]:
+    """Every ``<study>/<series>/<image>.dcm`` under a split folder, sorted."""
+    return sorted(Path(split_dir).glob("*/*/*.dcm"))
+
+
+def image_path(out_dir: Path, size: int, image_id: str) -> Path:
+    return Path(out_dir) / f"images_{size}" / f"{image_id}.png"
+
+
+def _write_png_atomic(path: Path, pixels) -> None:
+    temporary = path.with_name(path.name + ".tmp.png")
+    if not cv2.imwrite(str(temporary), pixels):
+        raise OSError(f"could not write {temporary}")
+    os.replace(temporary, path)
+
+
+def decode_one(dicom_path: Path, out_dir: Path, sizes: tuple[int, ...]) -> DecodedImage:
+    """Decode one DICOM and write its PNGs. The image id is the file name (as in the competition)."""
+    # Decode once at the largest size (the reader resizes before its lookup table, which is the fast
+    # path); smaller sizes are area-averaged from that.
+    radiograph = read_dicom(dicom_path, max(sizes))
+    image_id = dicom_path.stem
+    for size in sizes:
+        _write_png_atomic(image_path(out_dir, size, image_id), resize_image(radiograph.pixels, size))
+    header = radiograph.header
+    return DecodedImage(
+        image_id=image_id,
+        study_id=dicom_path.parent.parent.name,
+        series_id=dicom_path.parent.name,
+        patient_id=header.patient_id or dicom_path.parent.parent.name,
+        original_height=radiograph.original_height,
+        original_width=radiograph.original_width,
+    )
+
+
+def _decode_task(args):
+    dicom_path, out_dir, sizes = args
+    try:
+        return dicom_path, decode_one(dicom_path, out_dir, sizes), None
+    except DicomReadError as err:
+        return dicom_path, None, err.reason
+    except Exception as err:  # one bad file never stops the run; it is reported with its reason
+        return dicom_path, None, f"{type(err).__name__}: {err}"
+
+
+def _load_done(headers_file: Path, out_dir: Path, sizes) -> dict[str, DecodedImage]:
+    done = {}
+    if headers_file.is_file():
+        for line in headers_file.read_text().splitlines():
+            if line.strip():
+                record = DecodedImage(**json.loads(line))
+                if all(image_path(out_dir, s, record.image_id).is_file() for s in sizes):
+                    done[record.image_id] = record
+    return done
+
+
+def decode_split(split_dir, out_dir, sizes, workers: int = 1, progress: bool = True) -> tuple[list[DecodedImage], list[tuple[str, str]]]:
+    """Decode every DICOM of a split (skipping ones already done) -> (decoded, failures)."""
+    out_dir = Path(out_dir)
+    sizes = tuple(int(s) for s in sizes)
+    for size in sizes:
+        (out_dir / f"images_{size}").mkdir(parents=True, exist_ok=True)
+    headers_file = out_dir / "headers.jsonl"
+    done = _load_done(headers_file, out_dir, sizes)
+    todo = [p for p in find_dicoms(split_dir) if p.stem not in done]
+    failures: list[tuple[str, str]] = []
+    tasks = [(p, out_dir, sizes) for p in todo]
+    with open(headers_file, "a") as headers:
+        if workers > 1:
+            executor = ProcessPoolExecutor(max_workers=workers)
+            results = executor.map(_decode_task, tasks, chunksize=4)
+        else:
+            executor, results = None, map(_decode_task, tasks)
+        try:
+            for dicom_path, decoded, reason in tqdm(results, total=len(tasks), desc="prepare", disable=not progress):
+                if decoded is None:
+                    log.warning("skipped %s: %s", dicom_path, reason)
+                    failures.append((str(dicom_path), reason))
+                    continue
+                headers.write(json.dumps(asdict(decoded)) + "\n")
+                headers.flush()
+                done[decoded.image_id] = decoded
+        finally:
+            if executor is not None:
+                executor.shutdown()
+    return list(done.values()), failures
+
+
+def prepare_competition(data_dir, out_dir, sizes=(1024,), workers: int = 1, n_folds: int = 5, seed: int = 42,
+                        duplicates: str = DUPLICATES_KEEP_BOXED, progress: bool = True) -> pd.DataFrame:
+    """The whole stage for a competition folder's train split; returns and writes meta.csv."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    decoded, failures = decode_split(data_dir / "train", out_dir, sizes, workers, progress)
+    pd.DataFrame(failures, columns=["path", "reason"]).to_csv(out_dir / "failures.csv", index=False)
+    headers = pd.DataFrame([asdict(d) for d in decoded],
+                           columns=[f for f in DecodedImage.__dataclass_fields__])
+    patients = headers.drop(columns="study_id")
+    table = load_competition_labels(data_dir, patients, duplicates)
+    missing = table["original_height"].isna()
+    table.loc[missing, "used"] = False
+    table.loc[missing, "excluded_reason"] = "no_decoded_image"
+    table["fold"] = assign_folds(table, n_folds, seed)
+    table["boxes"] = [boxes_to_json(b) for b in table["boxes"]]
+    for size in sizes:
+        table[f"path_{size}"] = [
+            "" if m else str(image_path(out_dir, size, i).relative_to(out_dir))
+            for i, m in zip(table["image_id"], missing)
+        ]
+    table["original_height"] = table["original_height"].astype("Int64")
+    table["original_width"] = table["original_width"].astype("Int64")
+    columns = ["image_id", "study_id", "series_id", "patient_id", "original_height", "original_width", "fold",
+               "study_class", "study_label", "boxes", "n_boxes", "has_box", "used", "excluded_reason"]
+    columns += [f"path_{s}" for s in sizes]
+    table = table[columns]
+    table.to_csv(out_dir / "meta.csv", index=False)
+    return table

@@ -1,0 +1,189 @@
+"""The competition's submission format: building, parsing and validating prediction strings.
+
+A prediction string is groups of six tokens ``class confidence x1 y1 x2 y2``. Study rows
+(``<study>_study``) carry the four study classes with the dummy box ``0 0 1 1``; image rows
+(``<image>_image``) carry ``opacity`` boxes in original DICOM pixels and/or ``none p 0 0 1 1``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from utils.boxes import as_boxes, clip_xyxy, valid_box_mask
+from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
+
+HEADER = ["id", "PredictionString"]
+DUMMY_BOX = (0.0, 0.0, 1.0, 1.0)
+
+
+class SubmissionError(ValueError):
+    """A submission that breaks the format; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[str], where: str = "submission"):
+        self.problems = problems
+        shown = "\n".join(f"  - {p}" for p in problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        super().__init__(f"{where}: {len(problems)} problem(s)\n{shown}{more}")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One group of six tokens."""
+
+    label: str
+    confidence: float
+    box: tuple[float, float, float, float]
+
+
+def _number(value: float) -> str:
+    return f"{float(value):.6g}" if abs(value) < 1e5 else f"{float(value):.1f}"
+
+
+def study_prediction_string(probabilities: Mapping[str, float]) -> str:
+    """``{'negative': p, ...}`` (all four study classes) -> the study row's prediction string."""
+    missing = [c for c in STUDY_CLASSES if c not in probabilities]
+    if missing:
+        raise ValueError(f"study probabilities lack {missing}")
+    return " ".join(f"{c} {_number(probabilities[c])} 0 0 1 1" for c in STUDY_CLASSES)
+
+
+def image_prediction_string(boxes_xyxy_px, scores, none_probability: float | None,
+                            width: float, height: float) -> str:
+    """Opacity boxes (XYXY_PX in the original DICOM, any order) with scores, plus ``none``.
+
+    Boxes are clipped to the image; boxes that clip to nothing are dropped. ``none_probability=None``
+    leaves the none group out.
+    """
+    boxes = clip_xyxy(boxes_xyxy_px, width, height)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(scores) != len(boxes):
+        raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
+    keep = valid_box_mask(boxes) & np.isfinite(scores)
+    parts = [
+        f"opacity {_number(s)} {_number(b[0])} {_number(b[1])} {_number(b[2])} {_number(b[3])}"
+        for b, s in zip(boxes[keep], np.clip(scores[keep], 0.0, 1.0))
+    ]
+    if none_probability is not None:
+        parts.append(f"none {_number(none_probability)} 0 0 1 1")
+    return " ".join(parts)
+
+
+def parse_prediction_string(text) -> list[Prediction]:
+    """A prediction string -> list of :class:`Prediction`. Raises ValueError on a malformed string."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return []
+    tokens = str(text).split()
+    if len(tokens) % 6:
+        raise ValueError(f"{len(tokens)} tokens, not a multiple of 6")
+    predictions = []
+    for k in range(0, len(tokens), 6):
+        label, *numbers = tokens[k:k + 6]
+        try:
+            values = [float(v) for v in numbers]
+        except ValueError as err:
+            raise ValueError(f"group {k // 6 + 1} ({' '.join(tokens[k:k + 6])}): non-number") from err
+        predictions.append(Prediction(label, values[0], tuple(values[1:])))
+    return predictions
+
+
+def row_kind(identifier: str) -> str | None:
+    """``'study'``, ``'image'`` or None from an id's suffix."""
+    if identifier.endswith(STUDY_SUFFIX):
+        return "study"
+    if identifier.endswith(IMAGE_SUFFIX):
+        return "image"
+    return None
+
+
+def _string_problems(identifier: str, text) -> list[str]:
+    if text is None or (isinstance(text, float) and math.isnan(text)) or str(text).strip() == "":
+        return [f"{identifier}: empty PredictionString"]
+    tokens = str(text).split()
+    if len(tokens) % 6:
+        return [f"{identifier}: {len(tokens)} tokens, not in groups of six"]
+    allowed = STUDY_CLASSES if row_kind(identifier) == "study" else IMAGE_CLASSES
+    problems = []
+    for k in range(0, len(tokens), 6):
+        group = tokens[k:k + 6]
+        where = f"{identifier}: group {k // 6 + 1} '{' '.join(group)}'"
+        if group[0] not in allowed:
+            problems.append(f"{where}: unknown class '{group[0]}' (allowed: {', '.join(allowed)})")
+        try:
+            conf, x1, y1, x2, y2 = (float(v) for v in group[1:])
+        except ValueError:
+            problems.append(f"{where}: non-number")
+            continue
+        if not all(math.isfinite(v) for v in (conf, x1, y1, x2, y2)):
+            problems.append(f"{where}: NaN or inf")
+            continue
+        if not 0.0 <= conf <= 1.0:
+            problems.append(f"{where}: confidence {conf} outside [0, 1]")
+        if x1 >= x2 or y1 >= y2:
+            problems.append(f"{where}: box needs x1 < x2 and y1 < y2")
+    return problems
+
+
+def submission_problems(submission: pd.DataFrame, sample: pd.DataFrame | None = None) -> list[str]:
+    """Every format problem of a submission table (empty list = valid).
+
+    With ``sample`` (the sample submission), also missing and extra ids.
+    """
+    problems = []
+    if list(submission.columns) != HEADER:
+        return [f"header is {list(submission.columns)}, expected {HEADER}"]
+    ids = submission["id"].astype(str)
+    for identifier in sorted(set(ids[ids.duplicated()])):
+        problems.append(f"{identifier}: duplicate id")
+    if sample is not None:
+        expected, present = set(sample["id"].astype(str)), set(ids)
+        missing, extra = sorted(expected - present), sorted(present - expected)
+        if missing:
+            problems.append(f"{len(missing)} missing ids, e.g. {', '.join(missing[:5])}")
+        if extra:
+            problems.append(f"{len(extra)} extra ids, e.g. {', '.join(extra[:5])}")
+    for identifier, text in zip(ids, submission["PredictionString"]):
+        if row_kind(identifier) is None:
+            problems.append(f"{identifier}: id ends in neither {STUDY_SUFFIX} nor {IMAGE_SUFFIX}")
+            continue
+        problems.extend(_string_problems(identifier, text))
+    return problems
+
+
+def read_submission(path) -> pd.DataFrame:
+    """A submission CSV with every field kept as text (an empty string stays empty, not NaN)."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def write_submission(submission: pd.DataFrame, path, sample: pd.DataFrame | None = None) -> Path:
+    """Validate, order rows like ``sample`` when given, and write atomically. Raises SubmissionError."""
+    if sample is not None and list(submission.columns) == HEADER:
+        order = {identifier: k for k, identifier in enumerate(sample["id"].astype(str))}
+        submission = submission.assign(_order=submission["id"].map(order).fillna(len(order)))
+        submission = submission.sort_values("_order", kind="stable").drop(columns="_order")
+    problems = submission_problems(submission, sample)
+    if problems:
+        raise SubmissionError(problems, where=str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            submission.to_csv(stream, index=False)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def as_box_array(predictions: list[Prediction]) -> np.ndarray:
+    """Boxes of parsed predictions as an XYXY array."""
+    return as_boxes([p.box for p in predictions])
