@@ -1,0 +1,209 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+
+from utils.dicom import DicomReadError, read_dicom, read_dicom_header, read_radiograph
+from utils.synthetic import TRANSFER_SYNTAXES, display_to_stored, write_dicom
+
+IDS = dict(patient_id="a1b2c3d4e5f6", study_uid="00086460a852", series_uid="9e8302230c91", image_uid="65761e66de9f")
+
+
+def display_pattern(height=96, width=120):
+    """A smooth ramp with a bright square: distinct values across the whole range."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = 0.1 + 0.8 * (xx / (width - 1)) * (0.5 + 0.5 * yy / (height - 1))
+    image[20:40, 30:60] = 1.0
+    image[60:70, 80:100] = 0.0
+    return image
+
+
+@pytest.mark.parametrize("syntax", sorted(TRANSFER_SYNTAXES))
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_every_syntax_decodes_to_the_display_image(tmp_path, syntax, photometric):
+    bits = 8 if syntax == "jpeg_baseline" else 12
+    display = display_pattern()
+    stored = display_to_stored(display, bits_stored=bits, photometric=photometric)
+    path = write_dicom(tmp_path / "x.dcm", stored, photometric=photometric, bits_stored=bits, syntax=syntax, **IDS)
+    assert str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID) == TRANSFER_SYNTAXES[syntax]
+    image = read_dicom(path)
+    assert image.pixels.dtype == np.uint8 and image.pixels.shape == display.shape
+    assert (image.original_height, image.original_width) == display.shape
+    expected = np.rint(display * 255)
+    tolerance = 3.0 if syntax == "jpeg_baseline" else 0.51  # lossy JPEG vs lossless syntaxes
+    assert np.abs(image.pixels - expected).mean() <= tolerance
+    assert image.pixels.min() == 0 and image.pixels.max() == 255
+
+
+def test_header_fields_keep_the_competition_ids_quietly(tmp_path, recwarn):
+    path = write_dicom(tmp_path / "x.dcm", display_to_stored(display_pattern(), bits_stored=12), bits_stored=12, **IDS)
+    header = read_dicom(path).header
+    assert (header.patient_id, header.study_uid, header.series_uid, header.image_uid) == tuple(IDS.values())
+    assert header.photometric == "MONOCHROME2" and header.bits_stored == 12
+    assert read_dicom_header(path) == header
+    assert not [w for w in recwarn if "UI" in str(w.message)]
+
+
+@pytest.mark.parametrize("bits", [8, 12, 14, 16])
+def test_bit_depths(tmp_path, bits):
+    display = display_pattern()
+    path = write_dicom(tmp_path / "x.dcm", display_to_stored(display, bits_stored=bits), bits_stored=bits)
+    assert np.abs(read_dicom(path).pixels - np.rint(display * 255)).max() <= 1
+
+
+def test_window_is_applied_after_the_modality_rescale(tmp_path):
+    ramp = np.tile(np.arange(4096, dtype=np.uint16), (4, 1))
+    # Rescaled values are 2 * stored; the window [3072, 5120] in rescaled units is stored [1536, 2560].
+    path = write_dicom(tmp_path / "w.dcm", ramp, bits_stored=12, rescale=(2.0, 0.0), window=(4096.5, 2049))
+    pixels = read_dicom(path).pixels[0].astype(int)
+    assert (pixels[:1530] == 0).all() and (pixels[2566:] == 255).all()
+    inside = pixels[1600:2500]
+    assert np.all(np.diff(inside) >= 0) and 0 < inside[0] < inside[-1] < 255
+    assert abs(pixels[2048] - 128) <= 1
+
+
+def test_rescale_with_intercept_and_no_window_is_min_max(tmp_path):
+    display = display_pattern()
+    stored = display_to_stored(display, bits_stored=12)
+    plain = read_dicom(write_dicom(tmp_path / "a.dcm", stored, bits_stored=12)).pixels
+    rescaled = read_dicom(write_dicom(tmp_path / "b.dcm", stored, bits_stored=12, rescale=(0.5, -1024))).pixels
+    np.testing.assert_array_equal(plain, rescaled)
+
+
+def test_constant_image_gives_zeros_not_a_division_by_zero(tmp_path):
+    path = write_dicom(tmp_path / "c.dcm", np.full((32, 40), 700, np.uint16), bits_stored=12)
+    image = read_dicom(path, dtype="float32")
+    assert image.pixels.dtype == np.float32 and not image.pixels.any()
+
+
+def test_multi_frame_gives_the_first_frame(tmp_path):
+    frames = np.stack([display_to_stored(display_pattern(), bits_stored=12),
+                       np.zeros((96, 120), np.uint16), np.full((96, 120), 4095, np.uint16)])
+    path = write_dicom(tmp_path / "m.dcm", frames, bits_stored=12, syntax="rle")
+    assert np.abs(read_dicom(path).pixels - np.rint(display_pattern() * 255)).max() <= 1
+
+
+@pytest.mark.parametrize("syntax", ["explicit_le", "jpeg_baseline"])
+def test_colour_becomes_luminance(tmp_path, syntax):
+    gray = np.rint(display_pattern() * 255).astype(np.uint8)
+    rgb = np.stack([gray, gray, gray], axis=-1)
+    path = write_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB", bits_stored=8, syntax=syntax)
+    pixels = read_dicom(path).pixels
+    assert pixels.ndim == 2 and np.abs(pixels.astype(int) - gray).mean() < 3
+
+
+def test_resize_square_and_shorter_side(tmp_path):
+    path = write_dicom(tmp_path / "r.dcm", display_to_stored(display_pattern(96, 120), bits_stored=12), bits_stored=12)
+    assert read_dicom(path, 64).pixels.shape == (64, 64)
+    kept = read_dicom(path, 48, keep_aspect=True)
+    assert kept.pixels.shape == (48, 60) and (kept.original_height, kept.original_width) == (96, 120)
+    assert read_dicom(path, 32, dtype="float32").pixels.max() <= 1.0
+
+
+def test_reader_matches_the_full_resolution_recipe(tmp_path):
+    """The lookup-table path equals min/max-normalising every pixel, then resizing."""
+    rng = np.random.default_rng(0)
+    stored = (display_to_stored(display_pattern(400, 500), bits_stored=12).astype(int)
+              + rng.integers(-40, 40, (400, 500))).clip(0, 4095).astype(np.uint16)
+    path = write_dicom(tmp_path / "f.dcm", stored, bits_stored=12, photometric="MONOCHROME1",
+                       window=(2000, 3000))
+    ds = pydicom.dcmread(path)
+    values = pydicom.pixels.apply_voi_lut(stored.astype(float), ds)
+    values = values.max() - values
+    full = np.rint((values - values.min()) / (values.max() - values.min()) * 255).astype(np.uint8)
+    expected = cv2.resize(full, (128, 128), interpolation=cv2.INTER_AREA)
+    assert np.abs(read_dicom(path, 128).pixels.astype(int) - expected).mean() < 1.0
+
+
+# ---- bad input: always DicomReadError naming the file and the reason ---------------------------------
+
+def _expect_error(path_or_bytes, fragment, **kwargs):
+    with pytest.raises(DicomReadError) as info:
+        read_dicom(path_or_bytes, **kwargs)
+    assert fragment in info.value.reason
+    if not isinstance(path_or_bytes, bytes):
+        assert str(path_or_bytes) in str(info.value)
+
+
+def test_errors_name_the_file_and_the_reason(tmp_path):
+    good = write_dicom(tmp_path / "good.dcm", display_to_stored(display_pattern(), bits_stored=12), bits_stored=12)
+    _expect_error(tmp_path / "missing.dcm", "not found")
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    _expect_error(tmp_path / "empty.dcm", "empty file")
+    _expect_error(b"", "empty file")
+    (tmp_path / "text.dcm").write_text("this is not a radiograph\n" * 20)
+    with pytest.raises(DicomReadError) as info:
+        read_dicom(tmp_path / "text.dcm")
+    assert "text.dcm" in str(info.value)
+    data = good.read_bytes()
+    (tmp_path / "truncated.dcm").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DicomReadError):
+        read_dicom(tmp_path / "truncated.dcm")
+    _expect_error(good, "too large", max_pixels=100)
+
+
+def test_no_pixel_data_and_zero_size(tmp_path):
+    path = write_dicom(tmp_path / "nopix.dcm", display_to_stored(display_pattern(), bits_stored=12), bits_stored=12)
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(tmp_path / "nopix.dcm")
+    _expect_error(tmp_path / "nopix.dcm", "no pixel data")
+    ds.Rows = 0
+    ds.PixelData = b""
+    ds["PixelData"].VR = "OW"
+    ds.save_as(tmp_path / "zero.dcm")
+    _expect_error(tmp_path / "zero.dcm", "zero-size")
+
+
+def test_a_syntax_without_a_decoder_is_a_clear_error(tmp_path):
+    path = write_dicom(tmp_path / "mpeg.dcm", display_to_stored(display_pattern(), bits_stored=8), bits_stored=8,
+                       syntax="jpeg_baseline")
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder installed
+    ds.save_as(path)
+    _expect_error(path, "cannot decode")
+
+
+def test_pydicom_corpus_decodes_or_raises_the_project_error():
+    """pydicom's bundled test files (odd syntaxes, broken files): each decodes or raises DicomReadError."""
+    corpus = sorted((Path(pydicom.__file__).parent / "data" / "test_files").rglob("*.dcm"))
+    assert len(corpus) > 40
+    decoded = 0
+    for path in corpus:
+        try:
+            image = read_dicom(path, 64)
+        except DicomReadError as err:
+            assert err.path == str(path) and err.reason
+            continue
+        assert image.pixels.shape == (64, 64) and image.pixels.dtype == np.uint8
+        decoded += 1
+    assert decoded > len(corpus) // 2
+
+
+# ---- real radiographs -------------------------------------------------------------------------------
+
+def test_real_siim_acr_dicom_and_its_monochrome1_twin(shared):
+    folder = shared("real-xrays")
+    normal = read_dicom(folder / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm")
+    twin = read_dicom(folder / "Fake_MONOHR1.dcm")
+    assert normal.pixels.shape == (1024, 1024) and (normal.original_height, normal.original_width) == (1024, 1024)
+    assert twin.header.photometric == "MONOCHROME1"
+    # Same stored pixels: a correct reader shows the twin inverted.
+    assert np.abs(twin.pixels.astype(int) - (255 - normal.pixels.astype(int))).mean() < 1.0
+    # Lungs (centre-left / centre-right) are darker than the mediastinum in the normal display.
+    assert normal.pixels[300:700, 200:400].mean() < normal.pixels[300:700, 480:540].mean()
+
+
+def test_real_png_and_jpeg_through_the_same_reader(shared):
+    folder = shared("real-xrays")
+    nih = read_radiograph(folder / "00000001_000.png", 256)
+    assert nih.pixels.shape == (256, 256) and nih.header is None
+    assert (nih.original_height, nih.original_width) == (512, 512)  # the shared copies are 512 px
+    covid = read_radiograph((folder / "covid-19-pneumonia-58-prior.jpg").read_bytes(), name="upload.jpg")
+    assert covid.pixels.ndim == 2 and covid.pixels.dtype == np.uint8
+    dicom_bytes = (folder / "Fake_MONOHR1.dcm").read_bytes()
+    assert read_radiograph(dicom_bytes, 128, name="upload.dcm").header.photometric == "MONOCHROME1"
+    with pytest.raises(DicomReadError, match="upload.txt"):
+        read_radiograph(b"hello", name="upload.txt")

@@ -1,0 +1,48 @@
+import shutil
+
+import cv2
+import pandas as pd
+
+from utils.labels import boxes_from_json
+from utils.prepare import find_dicoms, prepare_competition
+
+
+def test_prepare_writes_pngs_meta_and_skips_a_bad_dicom(siim_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(siim_dataset, data)
+    victim = find_dicoms(data / "train")[0]
+    victim.write_bytes(victim.read_bytes()[:300])  # truncated
+    out = tmp_path / "prepared"
+    meta = prepare_competition(data, out, sizes=(64, 32), workers=2, n_folds=3, progress=False)
+
+    failures = pd.read_csv(out / "failures.csv")
+    assert failures["path"].tolist() == [str(victim)] and failures["reason"].iloc[0]
+    saved = pd.read_csv(out / "meta.csv", dtype={"image_id": str})
+    assert len(saved) == len(meta) == len(find_dicoms(data / "train"))
+    bad = saved[saved["image_id"] == victim.stem].iloc[0]
+    assert not bad["used"] and bad["excluded_reason"] == "no_decoded_image"
+    good = saved[saved["image_id"] != victim.stem]
+    for _, row in good.iterrows():
+        for size in (64, 32):
+            image = cv2.imread(str(out / row[f"path_{size}"]), cv2.IMREAD_UNCHANGED)
+            assert image.shape == (size, size)
+        assert row["original_height"] > 0 and row["original_width"] > 0
+        assert len(boxes_from_json(row["boxes"])) == row["n_boxes"]
+    assert set(saved["fold"]) == {0, 1, 2}
+    assert (saved.groupby("patient_id")["fold"].nunique() == 1).all()
+
+
+def test_prepare_resumes_without_decoding_again(siim_dataset, tmp_path):
+    out = tmp_path / "prepared"
+    prepare_competition(siim_dataset, out, sizes=(48,), progress=False)
+    png = next((out / "images_48").glob("*.png"))
+    before = png.stat().st_mtime_ns
+    lines = (out / "headers.jsonl").read_text().count("\n")
+    png.unlink()  # one image lost: only that one is decoded again
+    second = next(p for p in (out / "images_48").glob("*.png"))
+    second_mtime = second.stat().st_mtime_ns
+    meta = prepare_competition(siim_dataset, out, sizes=(48,), progress=False)
+    assert png.is_file() and png.stat().st_mtime_ns != before
+    assert second.stat().st_mtime_ns == second_mtime
+    assert (out / "headers.jsonl").read_text().count("\n") == lines + 1
+    assert meta["used"].sum() > 0 and not meta["image_id"].duplicated().any()
