@@ -1,0 +1,33 @@
+"""The stages that exist today, run for real on a tiny synthetic set: prepare -> baseline -> validate -> score."""
+
+import shutil
+
+import pandas as pd
+
+from infer.baseline_submission import main as baseline_main
+from infer.benchmark import benchmark_reader
+from infer.score import main as score_main
+from infer.validate_submission import main as validate_main
+from train.prepare import main as prepare_main
+from utils.prepare import find_dicoms
+
+
+def test_prepare_baseline_validate_score(siim_dataset, tmp_path, capsys):
+    # A corrupt test DICOM must not break the submission: it gets the no-box fallback.
+    data = tmp_path / "data"
+    shutil.copytree(siim_dataset, data)
+    find_dicoms(data / "test")[0].write_bytes(b"garbage")
+    prepare_main(["--data-dir", str(data), "--out", str(tmp_path / "prep"), "--size", "64", "--folds", "3"])
+    out = tmp_path / "baseline.csv"
+    baseline_main(["--data-dir", str(data), "--prepared", str(tmp_path / "prep" / "meta.csv"), "--out", str(out)])
+    assert validate_main([str(out), "--sample-submission", str(data / "sample_submission.csv")]) == 0
+    result = score_main([str(out), "--image-labels", str(data / "test_image_level.csv"),
+                         "--study-labels", str(data / "test_study_level.csv"), "--json"])
+    assert 0.0 <= result["map"] <= 1.0
+    assert len(pd.read_csv(out)) == len(pd.read_csv(data / "sample_submission.csv"))
+
+
+def test_reader_benchmark_runs_and_agrees_with_the_copied_recipe():
+    result = benchmark_reader(files=2, repeats=1, size=256)
+    assert result["max_mean_abs_difference_grey_levels"] <= 1.0
+    assert result["project_images_per_s"] > 0 and result["baseline_images_per_s"] > 0
