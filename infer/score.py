@@ -26,7 +26,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
-    result = score(read_submission(args.submission), ground_truth_from_files(args.image_labels, args.study_labels))
+    try:
+        result = score(read_submission(args.submission),
+                       ground_truth_from_files(args.image_labels, args.study_labels))
+    except ValueError as err:  # malformed prediction string or label file: say where, no traceback
+        raise SystemExit(f"{args.submission}: {err}") from None
     print(json.dumps(result) if args.json else format_score_table(result))
     return result
 

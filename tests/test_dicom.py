@@ -207,3 +207,18 @@ def test_real_png_and_jpeg_through_the_same_reader(shared):
     assert read_radiograph(dicom_bytes, 128, name="upload.dcm").header.photometric == "MONOCHROME1"
     with pytest.raises(DicomReadError, match="upload.txt"):
         read_radiograph(b"hello", name="upload.txt")
+
+
+def test_32_bit_and_signed_pixels(tmp_path):
+    path = write_dicom(tmp_path / "s.dcm", display_to_stored(display_pattern(), bits_stored=12), bits_stored=12)
+    ds = pydicom.dcmread(path)
+    for dtype, bits, representation in ((np.int16, 16, 1), (np.uint32, 32, 0)):
+        values = (display_pattern() * 3000 - (1000 if representation else 0)).astype(dtype)
+        ds.BitsAllocated = ds.BitsStored = bits
+        ds.HighBit = bits - 1
+        ds.PixelRepresentation = representation
+        ds.PixelData = values.tobytes()
+        ds.save_as(tmp_path / "v.dcm")
+        pixels = read_dicom(tmp_path / "v.dcm", 48).pixels
+        expected = cv2.resize(np.rint(display_pattern() * 255), (48, 48), interpolation=cv2.INTER_AREA)
+        assert np.abs(pixels - expected).mean() < 1.0, dtype

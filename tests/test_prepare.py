@@ -46,3 +46,14 @@ def test_prepare_resumes_without_decoding_again(siim_dataset, tmp_path):
     assert second.stat().st_mtime_ns == second_mtime
     assert (out / "headers.jsonl").read_text().count("\n") == lines + 1
     assert meta["used"].sum() > 0 and not meta["image_id"].duplicated().any()
+
+
+def test_a_line_cut_short_by_a_killed_run_is_decoded_again(siim_dataset, tmp_path):
+    out = tmp_path / "prepared"
+    prepare_competition(siim_dataset, out, sizes=(32,), progress=False)
+    lines = (out / "headers.jsonl").read_text().splitlines()
+    (out / "headers.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+    meta = prepare_competition(siim_dataset, out, sizes=(32,), progress=False)
+    assert meta["used"].sum() > 0 and not meta["original_height"].isna().any()
+    records = (out / "headers.jsonl").read_text().splitlines()
+    assert records[-1] == lines[-1] and records[-2] == lines[-1][:20]

@@ -224,7 +224,10 @@ def _grayscale_display(ds, frame, header, size, keep_aspect, dtype) -> np.ndarra
         if invert:
             transfer = transfer.max() - transfer
         table = _to_output(_normalise(transfer), dtype)
-        small = resize_image(frame, size, keep_aspect=keep_aspect)
+        if frame.dtype.itemsize > 2:  # OpenCV's area resize has no 32-bit integer path
+            small = np.rint(resize_image(frame.astype(np.float64), size, keep_aspect=keep_aspect))
+        else:
+            small = resize_image(frame, size, keep_aspect=keep_aspect)
         return table[small.astype(np.int64) - low]
     # Wide-range or float data: the full chain per pixel, then resize.
     values = apply_voi_lut(apply_modality_lut(frame.astype(np.float64), ds), ds)

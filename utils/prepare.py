@@ -92,10 +92,12 @@ def _load_done(headers_file: Path, out_dir: Path, sizes) -> dict[str, DecodedIma
     done = {}
     if headers_file.is_file():
         for line in headers_file.read_text().splitlines():
-            if line.strip():
+            try:
                 record = DecodedImage(**json.loads(line))
-                if all(image_path(out_dir, s, record.image_id).is_file() for s in sizes):
-                    done[record.image_id] = record
+            except (ValueError, TypeError):
+                continue  # a line cut short by a killed run: that image is decoded again
+            if all(image_path(out_dir, s, record.image_id).is_file() for s in sizes):
+                done[record.image_id] = record
     return done
 
 
@@ -111,6 +113,8 @@ def decode_split(split_dir, out_dir, sizes, workers: int = 1, progress: bool = T
     failures: list[tuple[str, str]] = []
     tasks = [(p, out_dir, sizes) for p in todo]
     with open(headers_file, "a") as headers:
+        if headers.tell() and not headers_file.read_bytes().endswith(b"\n"):
+            headers.write("\n")  # end a line cut short by a killed run before appending
         if workers > 1:
             executor = ProcessPoolExecutor(max_workers=workers)
             results = executor.map(_decode_task, tasks, chunksize=4)

@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from utils.boxes import as_boxes, clip_xyxy, valid_box_mask
+from utils.boxes import clip_xyxy, valid_box_mask
 from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 
 HEADER = ["id", "PredictionString"]
@@ -182,8 +182,3 @@ def write_submission(submission: pd.DataFrame, path, sample: pd.DataFrame | None
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
-
-
-def as_box_array(predictions: list[Prediction]) -> np.ndarray:
-    """Boxes of parsed predictions as an XYXY array."""
-    return as_boxes([p.box for p in predictions])
