@@ -26,10 +26,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    truth = ground_truth_from_files(args.image_labels, args.study_labels)  # its errors name the label file
     try:
-        result = score(read_submission(args.submission),
-                       ground_truth_from_files(args.image_labels, args.study_labels))
-    except ValueError as err:  # malformed prediction string or label file: say where, no traceback
+        result = score(read_submission(args.submission), truth)
+    except ValueError as err:  # a malformed prediction string: name the submission, no traceback
         raise SystemExit(f"{args.submission}: {err}") from None
     print(json.dumps(result) if args.json else format_score_table(result))
     return result

@@ -157,3 +157,16 @@ def test_submission_reader_keeps_empty_strings(tmp_path):
     path = tmp_path / "s.csv"
     path.write_text("id,PredictionString\na_image,\n")
     assert read_submission(path)["PredictionString"].tolist() == [""]
+
+
+def test_cli_names_the_submission_for_a_malformed_string(tmp_path):
+    from infer.score import main
+
+    (tmp_path / "img.csv").write_text("id,boxes,label,StudyInstanceUID\ni1_image,,none 1 0 0 1 1,s1\n")
+    (tmp_path / "study.csv").write_text("id,Negative for Pneumonia,Typical Appearance,Indeterminate Appearance,"
+                                        "Atypical Appearance\ns1_study,1,0,0,0\n")
+    (tmp_path / "sub.csv").write_text("id,PredictionString\ni1_image,none 1 0 0\n")
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / "sub.csv"), "--image-labels", str(tmp_path / "img.csv"),
+              "--study-labels", str(tmp_path / "study.csv")])
+    assert str(info.value).startswith(str(tmp_path / "sub.csv")) and "i1_image" in str(info.value)

@@ -12,7 +12,7 @@ from train.prepare import main as prepare_main
 from utils.prepare import find_dicoms
 
 
-def test_prepare_baseline_validate_score(siim_dataset, tmp_path, capsys):
+def test_prepare_baseline_validate_score(siim_dataset, tmp_path):
     # A corrupt test DICOM must not break the submission: it gets the no-box fallback.
     data = tmp_path / "data"
     shutil.copytree(siim_dataset, data)
