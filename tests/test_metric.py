@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.metric import ClassDetections, average_precision, ground_truth_from_files, score
 from utils.boxes import as_boxes
+from utils.metric import ClassDetections, average_precision, ground_truth_from_files, score
 from utils.submission import read_submission
 
 

@@ -23,6 +23,7 @@ from utils.labels import (
     IMAGE_SUFFIX,
     STUDY_CLASSES,
     STUDY_SUFFIX,
+    boxes_from_json,
     load_study_labels,
 )
 from utils.submission import parse_prediction_string, row_kind
@@ -83,6 +84,23 @@ def ground_truth_from_files(image_labels_csv, study_labels_csv) -> dict[str, lis
     studies = load_study_labels(study_labels_csv)
     for study_id, study_class in zip(studies["study_id"], studies["study_class"]):
         truth[study_id + STUDY_SUFFIX] = [(study_class, (0.0, 0.0, 1.0, 1.0))]
+    return truth
+
+
+def ground_truth_from_table(table: pd.DataFrame) -> dict[str, list[tuple[str, tuple]]]:
+    """The same truth as :func:`ground_truth_from_files`, from a prepared ``meta.csv`` table.
+
+    Studies come from every row; images only from rows marked ``used`` (an un-annotated duplicate
+    has no box although its study is positive, so calling it ``none`` would be wrong).
+    """
+    truth: dict[str, list[tuple[str, tuple]]] = {}
+    for study_id, study_class in table[["study_id", "study_class"]].drop_duplicates().itertuples(index=False):
+        truth[f"{study_id}{STUDY_SUFFIX}"] = [(study_class, (0.0, 0.0, 1.0, 1.0))]
+    used = table[table["used"].astype(bool)] if "used" in table else table
+    for image_id, boxes in zip(used["image_id"], used["boxes"]):
+        boxes = boxes_from_json(boxes) if isinstance(boxes, str) else as_boxes(boxes)
+        items = [("opacity", tuple(float(v) for v in box)) for box in boxes]
+        truth[f"{image_id}{IMAGE_SUFFIX}"] = items or [("none", (0.0, 0.0, 1.0, 1.0))]
     return truth
 
 

@@ -18,13 +18,13 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLosslessSV1,
     JPEGLSLossless,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     RLELossless,
 )
 from tqdm import tqdm
@@ -32,6 +32,7 @@ from tqdm import tqdm
 from utils.boxes import as_boxes, xyxy_to_kaggle_xywh
 from utils.dicom import lenient_dicom_values
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_COLUMNS, STUDY_SUFFIX
+from utils.nih import NIH_FINDINGS, NIH_HEADER
 
 # Transfer syntaxes the writer can produce, by short name.
 TRANSFER_SYNTAXES = {
@@ -49,14 +50,6 @@ CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
 
 # Real class mix of train_study_level.csv (1676 / 2855 / 1049 / 474 of 6054 studies).
 STUDY_CLASS_PRIOR = np.array([1676, 2855, 1049, 474]) / 6054.0
-NIH_FINDINGS = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)
-NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
-
-
 # ----------------------------------------------------------------------------------------------
 # Writing one DICOM file
 # ----------------------------------------------------------------------------------------------

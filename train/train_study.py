@@ -1,0 +1,200 @@
+"""Train the study-level classifier (negative / typical / indeterminate / atypical, plus the image-level
+"none") on the prepared SIIM images, one model per fold, trunk initialised from the NIH backbone.
+
+    python train/train_study.py --prepared runs/prepared/meta.csv --out runs/study
+        [--config train/configs/full.yaml] [--set backbone=runs/backbone/best.pt folds=[0,1]]
+        [--weights-dir runs/weights] [--resume]
+
+Writes to --out: config.yaml, fold<k>/ (engine run folder: last.pt, best.pt, metrics.csv,
+loss_curve.png), oof_predictions.csv (every image of each trained fold, shared prediction schema),
+oof_scores.json / oof_scores.txt (study mAP, none AP, per-class AP with the competition metric).
+Registers each fold's best weights as model "study" in --weights-dir/manifest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import torch
+
+from train.presets import build_transform
+from utils.classification import study_accuracy, study_classifier_scores
+from utils.config import load_section, parse_overrides, save_config
+from utils.datasets import ImageDataset
+from utils.engine import (
+    TrainConfig,
+    fit,
+    init_distributed,
+    load_checkpoint,
+    predict,
+    resolve_device,
+    resolve_precision,
+)
+from utils.manifest import export_weights, register_model
+from utils.metric import format_score_table
+from utils.models import StudyClassifier
+from utils.predictions import classifier_rows, write_predictions
+
+log = logging.getLogger("train_study")
+SECTION = "study"
+MODEL_NAME = "study"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "full.yaml"
+
+
+@dataclass
+class StudyConfig(TrainConfig):
+    arch: str = "resnext50_32x4d"
+    backbone: str = "none"
+    image_size: int = 512
+    folds: list[int] | None = None
+    none_weight: float = 1.0
+    monitor: Literal["study_map", "loss"] = "study_map"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepared", required=True, type=Path, help="meta.csv written by train/prepare.py")
+    parser.add_argument("--out", type=Path, default=Path("runs/study"), help="run folder")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML with a 'study' section")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. --set epochs=2 folds=[0]")
+    parser.add_argument("--weights-dir", type=Path, default=None,
+                        help="where to export the fold weights and register them in manifest.json")
+    parser.add_argument("--resume", action="store_true", help="continue each fold from its last.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    return parser
+
+
+def image_column(table: pd.DataFrame, image_size: int, source: Path) -> str:
+    """The prepared size to read: the smallest one at least ``image_size``, else the largest."""
+    sizes = sorted(int(c.split("_", 1)[1]) for c in table.columns if c.startswith("path_"))
+    if not sizes:
+        raise SystemExit(f"{source}: no path_<size> columns; run train/prepare.py first")
+    fitting = [s for s in sizes if s >= image_size]
+    if not fitting:
+        log.warning("%s: largest prepared size %d is below image_size %d (images are upscaled)", source,
+                    sizes[-1], image_size)
+    return f"path_{fitting[0] if fitting else sizes[-1]}"
+
+
+def load_table(meta_csv: Path, image_size: int) -> pd.DataFrame:
+    """meta.csv with absolute image paths in ``image_path`` and the two targets per image."""
+    if not meta_csv.is_file():
+        raise SystemExit(f"{meta_csv}: not found; run train/prepare.py first")
+    table = pd.read_csv(meta_csv, dtype={"image_id": str, "study_id": str, "patient_id": str}, keep_default_na=False)
+    column = image_column(table, image_size, meta_csv)
+    table["image_path"] = [meta_csv.parent / p for p in table[column]]
+    table["used"] = table["used"].astype(str).str.lower().isin(("true", "1"))
+    table["targets"] = [{"study": int(label), "none": float(n == 0)}
+                        for label, n in zip(table["study_label"], table["n_boxes"].astype(int))]
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_section(args.config, SECTION, StudyConfig, parse_overrides(args.overrides))
+    info = init_distributed(config.device)
+    table = load_table(args.prepared, config.image_size)
+    available = sorted(int(f) for f in table["fold"].unique())
+    folds = config.folds if config.folds is not None else available
+    unknown = sorted(set(folds) - set(available))
+    if unknown:
+        raise SystemExit(f"{args.prepared}: folds {unknown} not in meta.csv (folds there: {available})")
+    if info.is_main:
+        save_config(config, args.out / "config.yaml", SECTION)
+        log.info("%d images (%d used for training) in folds %s; training folds %s", len(table),
+                 int(table["used"].sum()), available, folds)
+
+    oof, best_checkpoints = [], {}
+    for fold in folds:
+        best_checkpoints[fold], predictions = train_fold(table, fold, config, args)
+        oof.append(predictions)
+    if info.is_main:
+        write_oof_report(pd.concat(oof, ignore_index=True), table, args.out)
+        if args.weights_dir is not None:
+            register_weights(best_checkpoints, config, args.weights_dir)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def _dataset(frame: pd.DataFrame, preset: str, config: StudyConfig) -> ImageDataset:
+    return ImageDataset(frame["image_path"], frame["targets"], build_transform(preset, config.image_size),
+                        seed=config.seed)
+
+
+def train_fold(table: pd.DataFrame, fold: int, config: StudyConfig, args) -> tuple[Path, pd.DataFrame | None]:
+    """Train on the used images of the other folds, keep the best epoch on this fold's used images,
+    then predict every image of this fold (un-annotated duplicates too: a study's probability is the
+    mean over all its images, as at test time)."""
+    in_fold = table["fold"].astype(int) == fold
+    train = table[~in_fold & table["used"]].reset_index(drop=True)
+    val = table[in_fold & table["used"]].reset_index(drop=True)
+    held_out = table[in_fold].reset_index(drop=True)
+    if train.empty or val.empty:
+        raise SystemExit(f"{args.prepared}: fold {fold} leaves {len(train)} training and {len(val)} validation images")
+
+    def evaluate(indices: torch.Tensor, outputs: dict) -> dict:
+        rows = val.iloc[indices.numpy()]
+        study_probs, none_probs = StudyClassifier.probabilities(outputs)
+        predictions = classifier_rows(rows["image_id"], rows["study_id"], MODEL_NAME, fold, study_probs, none_probs)
+        scores = study_classifier_scores(predictions, val)
+        return {"study_map": scores["study_map"], "none_ap": scores["none_ap"],
+                "study_accuracy": study_accuracy(predictions, val)}
+
+    model = StudyClassifier(config.arch, config.backbone, none_weight=config.none_weight)
+    monitor, mode = ("val_study_map", "max") if config.monitor == "study_map" else ("val_loss", "min")
+    run_dir = args.out / f"fold{fold}"
+    result = fit(model, _dataset(train, "study_train", config), _dataset(val, "study_eval", config), config, run_dir,
+                 evaluate=evaluate, monitor=monitor, mode=mode, resume=args.resume, progress=not args.no_progress,
+                 title=f"study classifier, fold {fold}")
+    if not init_distributed(config.device).is_main:
+        return result.best_checkpoint, None
+
+    device = resolve_device(config.device)
+    model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
+    _, indices, outputs = predict(model, _dataset(held_out, "study_eval", config), batch_size=config.batch_size,
+                                  workers=config.workers, device=device,
+                                  precision=resolve_precision(config.amp, device),
+                                  progress=not args.no_progress, desc=f"fold {fold} out-of-fold")
+    rows = held_out.iloc[indices.numpy()]
+    study_probs, none_probs = StudyClassifier.probabilities(outputs)
+    return result.best_checkpoint, classifier_rows(rows["image_id"], rows["study_id"], MODEL_NAME, fold,
+                                                   study_probs, none_probs)
+
+
+def write_oof_report(oof: pd.DataFrame, table: pd.DataFrame, out: Path) -> dict:
+    """oof_predictions.csv and the competition-metric scores of those predictions (json + table)."""
+    write_predictions(oof, out / "oof_predictions.csv")
+    scores = study_classifier_scores(oof, table)
+    scores["study_accuracy"] = study_accuracy(oof, table)
+    scores["per_fold"] = {int(fold): study_classifier_scores(part, table)["study_map"]
+                          for fold, part in oof.groupby("fold")}
+    (out / "oof_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    text = format_score_table(scores) + (f"\nnone AP {scores['none_ap']:.4f}" if scores["none_ap"] is not None else "")
+    text += f"\nstudy accuracy {scores['study_accuracy']:.4f}\n"
+    (out / "oof_scores.txt").write_text(text)
+    log.info("out-of-fold scores (%s):\n%s", out / "oof_scores.json", text)
+    return scores
+
+
+def register_weights(best_checkpoints: dict[int, Path], config: StudyConfig, weights_dir: Path) -> None:
+    files = {}
+    for fold, checkpoint in best_checkpoints.items():
+        relative = Path(MODEL_NAME) / f"fold{fold}.pt"
+        export_weights(load_checkpoint(checkpoint), weights_dir / relative)
+        files[fold] = str(relative)
+    path = register_model(weights_dir, MODEL_NAME, "study_classifier", files, config.image_size, asdict(config))
+    log.info("registered %d fold(s) of %r in %s", len(files), MODEL_NAME, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Evaluation of the classifiers: per-finding AUC/F1/accuracy (NIH backbone, report section 4.1) and
+the study classifier's out-of-fold study mAP and none AP through the competition metric."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score, roc_auc_score
+
+from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
+from utils.metric import ground_truth_from_table, score
+from utils.predictions import NONE_PROB_COLUMN, STUDY_PROB_COLUMNS, study_probabilities
+from utils.submission import image_prediction_string, study_prediction_string
+
+
+def multilabel_report(targets, probabilities, names, threshold: float = 0.5) -> dict:
+    """Per output: ROC AUC (None when only one class is present), F1 and accuracy at ``threshold``,
+    and the number of positives; plus their means over the outputs (AUC over those defined)."""
+    targets = np.asarray(targets, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if targets.shape != probabilities.shape or targets.ndim != 2 or targets.shape[1] != len(names):
+        raise ValueError(f"targets {targets.shape} and probabilities {probabilities.shape} must both be "
+                         f"(N, {len(names)})")
+    predicted = probabilities >= threshold
+    per_output = {}
+    for k, name in enumerate(names):
+        truth = targets[:, k] > 0.5
+        auc = float(roc_auc_score(truth, probabilities[:, k])) if 0 < truth.sum() < len(truth) else None
+        per_output[name] = {
+            "auc": auc,
+            "f1": float(f1_score(truth, predicted[:, k], zero_division=0.0)),
+            "accuracy": float(np.mean(truth == predicted[:, k])),
+            "positives": int(truth.sum()),
+        }
+    aucs = [m["auc"] for m in per_output.values() if m["auc"] is not None]
+    return {
+        "per_output": per_output,
+        "mean_auc": float(np.mean(aucs)) if aucs else None,
+        "mean_f1": float(np.mean([m["f1"] for m in per_output.values()])),
+        "mean_accuracy": float(np.mean([m["accuracy"] for m in per_output.values()])),
+        "threshold": threshold,
+        "n_images": int(len(targets)),
+    }
+
+
+def format_multilabel_table(report: dict) -> str:
+    def show(value):
+        return "   n/a" if value is None else f"{value:.4f}"
+
+    lines = [f"{'finding':<20}{'AUC':>8}{'F1':>8}{'accuracy':>10}{'positives':>11}"]
+    for name, m in report["per_output"].items():
+        lines.append(f"{name:<20}{show(m['auc']):>8}{show(m['f1']):>8}{show(m['accuracy']):>10}{m['positives']:>11}")
+    lines += ["-" * 57,
+              f"{'mean':<20}{show(report['mean_auc']):>8}{show(report['mean_f1']):>8}{show(report['mean_accuracy']):>10}",
+              f"({report['n_images']} images, threshold {report['threshold']})"]
+    return "\n".join(lines)
+
+
+def classifier_submission(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Classifier prediction rows -> submission rows: each study with the mean of its images' class
+    probabilities, each image with ``none p 0 0 1 1`` (the dummy box needs no image size)."""
+    studies = study_probabilities(predictions)
+    study_rows = [(f"{row.study_id}{STUDY_SUFFIX}",
+                   study_prediction_string({c: getattr(row, f"prob_{c}") for c in STUDY_CLASSES}))
+                  for row in studies.itertuples(index=False)]
+    images = predictions.dropna(subset=[NONE_PROB_COLUMN]).groupby("image_id")[NONE_PROB_COLUMN].mean()
+    image_rows = [(f"{image_id}{IMAGE_SUFFIX}", image_prediction_string([], [], p, 1.0, 1.0))
+                  for image_id, p in images.items()]
+    return pd.DataFrame(study_rows + image_rows, columns=["id", "PredictionString"])
+
+
+def study_classifier_scores(predictions: pd.DataFrame, table: pd.DataFrame) -> dict:
+    """Competition-metric scores of classifier predictions against the prepared ``table`` rows of the
+    predicted studies: ``study_map``, ``none_ap`` and every class AP (``score``'s result)."""
+    predicted = table[table["study_id"].isin(set(predictions["study_id"]))]
+    result = score(classifier_submission(predictions), ground_truth_from_table(predicted))
+    result["none_ap"] = result["ap"]["none"]
+    return result
+
+
+def study_accuracy(predictions: pd.DataFrame, table: pd.DataFrame) -> float:
+    """Fraction of studies whose most probable class is the true one (a readable companion to mAP)."""
+    studies = study_probabilities(predictions).merge(
+        table[["study_id", "study_label"]].drop_duplicates(), on="study_id", how="inner")
+    if studies.empty:
+        return float("nan")
+    return float(np.mean(studies[list(STUDY_PROB_COLUMNS)].to_numpy().argmax(axis=1) == studies["study_label"]))

@@ -1,0 +1,119 @@
+"""Strict YAML configs: one file per scale, one section per stage, every key known and typed.
+
+A config file (``train/configs/full.yaml``, ``train/configs/demo.yaml``) has one top-level section
+per training stage (``backbone``, ``study``, ...). Each section is checked against that stage's
+dataclass: an unknown key, a missing section or a value of the wrong type is a :class:`ConfigError`
+naming the file and the key, so a typo can never be ignored silently. Command-line overrides
+(``--set epochs=2``) go through the same check. The resolved config is saved beside the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+ConfigT = TypeVar("ConfigT")
+
+
+class ConfigError(ValueError):
+    """A config that does not match its schema; the message names the source and the key."""
+
+
+def _check_value(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` converted to ``annotation`` when that is lossless (int -> float), else an error."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_value(value, option, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(annotation):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(annotation))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        return [_check_value(v, item_type, f"{where}[{k}]") for k, v in enumerate(value)]
+    if annotation is Any:
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    if not isinstance(value, annotation):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_mapping(cls: type[ConfigT], mapping: dict, source: str) -> ConfigT:
+    """Build dataclass ``cls`` from ``mapping``; unknown keys and wrong types raise :class:`ConfigError`."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys, got {type(mapping).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {name: _check_value(value, hints[name], f"{source}: {name}") for name, value in mapping.items()}
+    missing = [name for name, f in fields.items() if name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{source}: missing key(s) {missing}")
+    return cls(**values)
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["epochs=2", "amp=off"]`` -> ``{"epochs": 2, "amp": "off"}`` (values parsed as YAML scalars)."""
+    overrides = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(text) if text.strip() else None
+    return overrides
+
+
+def load_section(path, section: str, cls: type[ConfigT], overrides: dict | None = None) -> ConfigT:
+    """Section ``section`` of YAML file ``path`` as dataclass ``cls``, with ``overrides`` applied on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(document, dict) or section not in document:
+        sections = sorted(document) if isinstance(document, dict) else []
+        raise ConfigError(f"{path}: no section {section!r}; sections: {sections}")
+    mapping = dict(document[section] or {})
+    config = from_mapping(cls, mapping, f"{path} [{section}]")
+    if overrides:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"--set: unknown key(s) {unknown} for [{section}]; known keys: {sorted(known)}")
+        config = from_mapping(cls, {**dataclasses.asdict(config), **overrides}, f"{path} [{section}] with --set")
+    return config
+
+
+def save_config(config, path, section: str) -> Path:
+    """Write the resolved ``config`` as ``{section: {...}}`` YAML (loadable again with :func:`load_section`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({section: dataclasses.asdict(config)}, sort_keys=False))
+    return path

@@ -1,0 +1,71 @@
+"""Torch datasets over image files, in the engine's item format ``(image, target, index)``.
+
+Augmentations are seeded per item from (seed, epoch, index), so an epoch is reproducible no matter
+which worker process reads which item, and a resumed run sees the same images as an uninterrupted
+one. An unreadable image is logged with its path and the item becomes ``None`` (dropped by the
+engine's collate function): one bad file never stops a long run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed that depends only on (seed, epoch, index)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def read_gray_as_rgb(path) -> np.ndarray:
+    """An 8-bit grayscale image file as an (H, W, 3) uint8 array; raises ``OSError`` naming the file."""
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise OSError(f"{path}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+
+
+class ImageDataset(Dataset):
+    """Grayscale radiographs on disk with one target each.
+
+    ``targets[i]`` is anything ``default_collate`` can batch (an array, or a dict of scalars);
+    ``transform`` is an albumentations pipeline ending in ``ToTensorV2``.
+    """
+
+    def __init__(self, paths: Sequence, targets: Sequence, transform: Callable, seed: int = 0):
+        if len(paths) != len(targets):
+            raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
+        self.paths = [Path(p) for p in paths]
+        self.targets = list(targets)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            image = read_gray_as_rgb(self.paths[index])
+        except OSError as err:
+            log.warning("skipped: %s", err)
+            return None
+        self.transform.set_random_seed(item_seed(self.seed, self.epoch, index))
+        tensor = self.transform(image=image)["image"]
+        target = self.targets[index]
+        if isinstance(target, dict):
+            target = {k: torch.as_tensor(v) for k, v in target.items()}
+        else:
+            target = torch.as_tensor(target)
+        return tensor, target, index

@@ -1,0 +1,565 @@
+"""The one training loop for every torch model of the project (classifiers and detectors alike).
+
+Model contract: ``model(images, targets)`` returns a dict of tensors. Entries whose name starts with
+``loss`` are summed into the training loss (torchvision's detection models already name theirs
+``loss_*``); any other entry (``logits``, ...) is an output that validation hands to the stage's
+metric function. Datasets yield ``(image, target, index)``; a ``None`` item (an unreadable file,
+already logged by the dataset) is dropped by :func:`collate_skip_none`.
+
+What :func:`fit` does for every stage: SGD with Nesterov momentum, the report's cosine schedule with
+a floor (:func:`lr_factor`, stepped per iteration, optional linear warm-up), mixed precision
+(``torch.amp.autocast`` + ``GradScaler`` on CUDA, optional bf16 on the CPU), a clear stop on a
+non-finite loss, progress bars, ``metrics.csv`` and ``loss_curve.png`` per epoch, atomic
+checkpoints (``last.pt`` each epoch, ``best.pt`` on improvement) with fixed keys, exact resume, and
+DistributedDataParallel when started by ``torchrun``.
+
+Resume is exact because every random choice of an epoch is a function of (seed, epoch, rank): the
+sampler's shuffle, torch's global generator (reseeded at each epoch start) and the augmentations
+(seeded per item by the dataset from seed, epoch and index). A checkpoint therefore needs no RNG state.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data._utils.collate import default_collate
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "metrics")
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+METRICS_CSV = "metrics.csv"
+LOSS_CURVE_PNG = "loss_curve.png"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the loop shared by every stage; each stage's config extends it."""
+
+    epochs: int = 35
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+    lr_floor: float = 0.05
+    amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
+    grad_clip: float | None = None
+    workers: int = 2
+    seed: int = 42
+    device: str = "auto"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the run stops instead of writing broken weights."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; names the file and the reason."""
+
+
+# ----------------------------------------------------------------------------- schedule, precision
+
+
+def lr_factor(step: int, total_steps: int, floor: float = 0.05, warmup_steps: int = 0) -> float:
+    """Multiplier of the base learning rate at iteration ``step`` of ``total_steps``.
+
+    Linear warm-up over ``warmup_steps``, then the report's cosine decay with a floor:
+    ``0.5 * (1 + cos(pi * t / T)) * (1 - floor) + floor``; with floor 0.05 this is 1.0 at t = 0,
+    0.525 at T/2 and 0.05 at T (t and T counted after the warm-up).
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    t = min(max(step - warmup_steps, 0), span)
+    return 0.5 * (1.0 + math.cos(math.pi * t / span)) * (1.0 - floor) + floor
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> the local GPU when there is one, else the CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but torch sees no GPU")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+@dataclass(frozen=True)
+class Precision:
+    enabled: bool
+    dtype: torch.dtype
+    scaler: bool  # GradScaler only for fp16: bf16 has fp32's exponent range
+
+
+def resolve_precision(mode: str, device: torch.device) -> Precision:
+    """``auto``: fp16 with a GradScaler on CUDA, full precision on the CPU; ``bf16`` works on both."""
+    if mode == "auto":
+        mode = "fp16" if device.type == "cuda" else "off"
+    if mode == "off":
+        return Precision(False, torch.float32, False)
+    if mode == "bf16":
+        return Precision(True, torch.bfloat16, False)
+    if mode == "fp16":
+        if device.type != "cuda":
+            raise ValueError("amp 'fp16' needs a CUDA device; use 'bf16' or 'off' on the CPU")
+        return Precision(True, torch.float16, True)
+    raise ValueError(f"amp must be one of auto, off, fp16, bf16; got {mode!r}")
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_name: str = "auto") -> DistInfo:
+    """Join the process group that ``torchrun`` describes in the environment (nccl on GPUs, gloo on
+    the CPU); a plain ``python`` start is a world of one."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        use_cuda = device_name != "cpu" and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return info
+
+
+def _all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
+    if not info.enabled:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``world_size``-th index from ``rank``, in order and without padding (for validation, where
+    DistributedSampler's repeated items would bias the metrics)."""
+
+    def __init__(self, n_items: int, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, n_items, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def collate_skip_none(items):
+    """Default collation of ``(image, target, index)`` items after dropping ``None`` (unreadable) ones;
+    an all-bad batch gives ``None``."""
+    items = [item for item in items if item is not None]
+    return default_collate(items) if items else None
+
+
+def collate_lists(items):
+    """``(images, targets, indices)`` as lists, for models that take variable-size inputs (detectors)."""
+    items = [item for item in items if item is not None]
+    if not items:
+        return None
+    images, targets, indices = zip(*items)
+    return list(images), list(targets), torch.as_tensor(indices)
+
+
+def to_device(obj, device: torch.device):
+    """Tensors inside nested lists, tuples and dicts moved to ``device``."""
+    if torch.is_tensor(obj):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, info: DistInfo, workers: int,
+                collate_fn=collate_skip_none) -> DataLoader:
+    """Training: a seeded shuffle that depends on the epoch (``sampler.set_epoch``), split across ranks.
+    Validation: each rank reads its own unpadded shard in order."""
+    if train:
+        sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
+    else:
+        sampler = ShardSampler(len(dataset), info.rank, info.world_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=False)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def save_checkpoint(path, state: dict) -> Path:
+    """Write ``state`` (exactly :data:`CHECKPOINT_KEYS`) to a temporary file, then rename it over ``path``."""
+    missing = set(CHECKPOINT_KEYS) ^ set(state)
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint keys must be {CHECKPOINT_KEYS}; differs in {sorted(missing)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """A checkpoint written by :func:`save_checkpoint`; a missing or foreign file raises :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or set(state) != set(CHECKPOINT_KEYS):
+        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: expected keys {CHECKPOINT_KEYS}, found {keys}")
+    return state
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+def _sum_losses(outputs: dict, where: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    if not isinstance(outputs, dict):
+        raise TypeError(f"{where}: the model must return a dict of losses, got {type(outputs).__name__}")
+    losses = {k: v for k, v in outputs.items() if k.startswith("loss")}
+    if not losses:
+        raise TypeError(f"{where}: the model returned no 'loss*' entry (keys: {sorted(outputs)})")
+    return sum(losses.values()), losses
+
+
+@dataclass
+class _Meter:
+    """Sample-weighted means of named values."""
+
+    sums: dict = field(default_factory=dict)
+    count: float = 0.0
+
+    def add(self, values: dict[str, float], n: int) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v * n
+        self.count += n
+
+    def means(self, device: torch.device, info: DistInfo) -> tuple[dict[str, float], int]:
+        names = sorted(self.sums)
+        totals = _all_reduce_sum([self.sums[k] for k in names] + [self.count], device, info)
+        count = totals[-1]
+        return ({k: t / count for k, t in zip(names, totals[:-1])} if count else {}), int(count)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, precision: Precision, *,
+                    epoch: int, epochs: int, info: DistInfo = DistInfo(), grad_clip: float | None = None,
+                    progress: bool = True) -> dict[str, float]:
+    """One pass over ``loader``: forward under autocast, summed loss, scaled backward, step, schedule.
+
+    Returns the sample-weighted mean of each loss (``loss`` is their sum), ``n_images`` across ranks
+    and ``images_per_s``. Raises :class:`NonFiniteLossError` on a NaN/inf loss on any rank.
+    """
+    model.train()
+    meter = _Meter()
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs} train", disable=not (progress and info.is_main),
+               leave=False, dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        if batch is None:
+            continue
+        images, targets, _ = to_device(batch, device)
+        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
+            total, losses = _sum_losses(model(images, targets), "model output")
+        finite = torch.isfinite(total.detach()).float()
+        if info.enabled:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite.item()):
+            shown = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch + 1} step {step + 1} on some rank ({shown}); stopped "
+                f"before updating the weights. Lower the learning rate, set grad_clip, or set amp=off.")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        values = {"loss": total.item(), **{k: v.item() for k, v in losses.items()}}
+        meter.add(values, len(images))
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    means, n_images = meter.means(device, info)
+    return {**means, "n_images": n_images, "images_per_s": n_images / seconds if seconds > 0 else 0.0}
+
+
+def _gather_outputs(indices: list, outputs: dict[str, list], info: DistInfo):
+    indices = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
+    merged = {k: torch.cat(v) for k, v in outputs.items()}
+    if info.enabled:
+        parts = [None] * info.world_size
+        dist.all_gather_object(parts, (indices, merged))
+        indices = torch.cat([p[0] for p in parts])
+        merged = {k: torch.cat([p[1][k] for p in parts]) for k in merged}
+    order = torch.argsort(indices)
+    return indices[order], {k: v[order] for k, v in merged.items()}
+
+
+@torch.no_grad()
+def validate(model, loader, device, precision: Precision, *, info: DistInfo = DistInfo(),
+             collect_outputs: bool = True, progress: bool = True, desc: str = "validate"):
+    """Mean losses over ``loader`` (model in eval mode, ``model(images, targets)``) and, when
+    ``collect_outputs``, every non-loss output gathered from all ranks and ordered by dataset index.
+
+    Returns ``(losses, indices, outputs)``; outputs are float32 CPU tensors.
+    """
+    model.eval()
+    meter = _Meter()
+    indices, outputs = [], {}
+    for batch in tqdm(loader, desc=desc, disable=not (progress and info.is_main), leave=False, dynamic_ncols=True):
+        if batch is None:
+            continue
+        images, targets, batch_indices = to_device(batch, device)
+        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
+            result = model(images, targets)
+        total, losses = _sum_losses(result, "model output")
+        meter.add({"loss": total.item(), **{k: v.item() for k, v in losses.items()}}, len(images))
+        if collect_outputs:
+            indices.append(batch_indices.cpu())
+            for k, v in result.items():
+                if not k.startswith("loss"):
+                    outputs.setdefault(k, []).append(v.detach().float().cpu())
+    means, _ = meter.means(device, info)
+    if not collect_outputs:
+        return means, None, None
+    gathered_indices, gathered = _gather_outputs(indices, outputs, info)
+    return means, gathered_indices, gathered
+
+
+def predict(model, dataset: Dataset, *, batch_size: int, workers: int, device: torch.device, precision: Precision,
+            collate_fn=collate_skip_none, progress: bool = True, desc: str = "predict"):
+    """:func:`validate` over a whole dataset in this process alone (after training, on rank 0)."""
+    loader = make_loader(dataset, batch_size, train=False, seed=0, info=DistInfo(), workers=workers,
+                         collate_fn=collate_fn)
+    return validate(model.to(device), loader, device, precision, progress=progress, desc=desc)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def write_metrics_csv(history: list[dict], path) -> None:
+    """Every epoch's row (union of columns, in first-seen order) rewritten atomically."""
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(temporary, path)
+
+
+def plot_loss_curve(history: list[dict], path, title: str = "") -> None:
+    """Training and validation loss per epoch (the report's Figures 1 and 2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for key, label in (("train_loss", "training loss"), ("val_loss", "validation loss")):
+        values = [row.get(key, np.nan) for row in history]
+        axes.plot(epochs, values, marker="o", label=label)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path = Path(path)
+    temporary = path.with_name(path.stem + ".tmp.png")
+    figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict]
+    best_epoch: int
+    best_value: float
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; no weight decay on biases and normalisation weights (1-d tensors)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+
+
+def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: TrainConfig, run_dir, *,
+        evaluate: Callable[[torch.Tensor, dict], dict] | None = None, monitor: str = "val_loss",
+        mode: Literal["min", "max"] = "min", resume: bool = False, collate_fn=collate_skip_none,
+        progress: bool = True, title: str = "") -> FitResult:
+    """Train ``model`` for ``config.epochs`` epochs and keep the best epoch by ``monitor``.
+
+    ``evaluate(indices, outputs)`` turns the validation outputs (ordered by dataset index) into
+    metrics such as ``{"mean_auc": ...}``; they are logged as ``val_<name>``. With ``resume`` the run
+    continues from ``run_dir/last.pt`` (which must come from the same config). Only rank 0 writes
+    files. Datasets with a ``set_epoch`` method get it called each epoch (augmentation seeds).
+    """
+    run_dir = Path(run_dir)
+    info = init_distributed(config.device)
+    device = resolve_device(config.device, info.local_rank)
+    precision = resolve_precision(config.amp, device)
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)
+    model = model.to(device)
+    optimizer = build_optimizer(model, config)
+    train_loader = make_loader(train_set, config.batch_size, train=True, seed=config.seed, info=info,
+                               workers=config.workers, collate_fn=collate_fn)
+    val_loader = make_loader(val_set, config.batch_size, train=False, seed=config.seed, info=info,
+                             workers=config.workers, collate_fn=collate_fn)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{run_dir}: the training set is empty")
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, config.lr_floor, warmup_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
+    config_dict = asdict(config)
+
+    start_epoch, history, best_value, best_epoch = 0, [], None, -1
+    last_path, best_path = run_dir / LAST_CHECKPOINT, run_dir / BEST_CHECKPOINT
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path)
+        if state["config"] != config_dict:
+            changed = sorted(k for k in config_dict if state["config"].get(k) != config_dict[k])
+            raise CheckpointError(f"{last_path}: cannot resume with a different config (changed: {changed})")
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch = state["epoch"]
+        history = list(state["metrics"]["history"])
+        best_value, best_epoch = state["metrics"]["best_value"], state["metrics"]["best_epoch"]
+        if info.is_main:
+            log.info("resumed %s at epoch %d/%d", last_path, start_epoch, config.epochs)
+    elif resume and info.is_main:
+        log.info("no %s yet: starting from scratch", last_path)
+
+    if info.enabled:
+        ddp_device = [device.index] if device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=ddp_device)
+    if info.is_main:
+        log.info("training on %s (world size %d, precision %s, %d steps/epoch)", device, info.world_size,
+                 precision.dtype if precision.enabled else "fp32", steps_per_epoch)
+
+    for epoch in range(start_epoch, config.epochs):
+        # Everything random in this epoch derives from (seed, epoch, rank): see the module docstring.
+        torch.manual_seed(config.seed + 1009 * epoch + info.rank)
+        train_loader.sampler.set_epoch(epoch)
+        for dataset in (train_set, val_set):
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+        started = time.perf_counter()
+        train = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, precision,
+                                epoch=epoch, epochs=config.epochs, info=info, grad_clip=config.grad_clip,
+                                progress=progress)
+        val_losses, indices, outputs = validate(model, val_loader, device, precision, info=info,
+                                                collect_outputs=evaluate is not None, progress=progress,
+                                                desc=f"epoch {epoch + 1}/{config.epochs} validate")
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        row.update({f"train_{k}": v for k, v in train.items()})
+        row.update({f"val_{k}": v for k, v in val_losses.items()})
+        if evaluate is not None and info.is_main:
+            row.update({f"val_{k}": v for k, v in evaluate(indices, outputs).items()})
+        row["seconds"] = time.perf_counter() - started
+        history.append(row)
+        if info.is_main:
+            value = row.get(monitor)
+            improved = _is_better(value, best_value, mode)
+            if improved:
+                best_value, best_epoch = value, epoch + 1
+            state = {
+                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
+                "config": config_dict,
+                "metrics": {"history": history, "monitor": monitor, "mode": mode, "best_value": best_value,
+                            "best_epoch": best_epoch},
+            }
+            save_checkpoint(last_path, state)
+            if improved:
+                save_checkpoint(best_path, state)
+            write_metrics_csv(history, run_dir / METRICS_CSV)
+            plot_loss_curve(history, run_dir / LOSS_CURVE_PNG, title)
+            shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "lr")
+            log.info("epoch %d/%d  %s%s", epoch + 1, config.epochs, shown, "  (best)" if improved else "")
+    if info.enabled:
+        dist.barrier()
+    if info.is_main and best_epoch < 0:
+        # No epoch had a finite monitored value: keep the last weights as the result rather than none.
+        save_checkpoint(best_path, load_checkpoint(last_path))
+    return FitResult(run_dir, best_path, last_path, history, best_epoch,
+                     float("nan") if best_value is None else best_value)

@@ -1,0 +1,70 @@
+"""``weights/manifest.json``: what training produced and inference may load.
+
+    {"models": {"<name>": {"kind": "study_classifier", "folds": [0, 1, ...],
+                           "files": {"0": "study/fold0.pt", ...}, "input_size": 512,
+                           "config": {...resolved training config...}}}}
+
+Training registers models here; the predictor, the notebook and the web app only read it. File
+paths are relative to the manifest's folder, so the folder can be moved or uploaded as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+MANIFEST_FILE = "manifest.json"
+MODEL_KINDS = ("study_classifier", "faster_rcnn", "yolo")
+
+
+class ManifestError(ValueError):
+    """A manifest or weights folder that cannot be used; names the file and the problem."""
+
+
+def read_manifest(weights_dir) -> dict:
+    path = Path(weights_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return {"models": {}}
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(manifest.get("models"), dict):
+        raise ManifestError(f"{path}: expected an object with a 'models' mapping")
+    return manifest
+
+
+def register_model(weights_dir, name: str, kind: str, files: dict[int, str], input_size: int, config: dict) -> Path:
+    """Add or replace model ``name``; ``files`` maps fold -> path relative to ``weights_dir`` (must exist)."""
+    if kind not in MODEL_KINDS:
+        raise ManifestError(f"unknown model kind {kind!r}; known: {MODEL_KINDS}")
+    weights_dir = Path(weights_dir)
+    for relative in files.values():
+        if not (weights_dir / relative).is_file():
+            raise ManifestError(f"{weights_dir / relative}: weights file not found")
+    manifest = read_manifest(weights_dir)
+    manifest["models"][name] = {
+        "kind": kind,
+        "folds": sorted(int(f) for f in files),
+        "files": {str(f): str(p) for f, p in sorted(files.items())},
+        "input_size": int(input_size),
+        "config": config,
+    }
+    path = weights_dir / MANIFEST_FILE
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def export_weights(checkpoint: dict, path) -> Path:
+    """The ``model`` state dict of an engine checkpoint, alone (no optimizer), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint["model"], temporary)
+    os.replace(temporary, path)
+    return path
