@@ -37,3 +37,29 @@ def siim_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("siim")
     make_siim_dataset(out, train_studies=24, test_studies=8, seed=3, max_size=160, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def nih_dataset(tmp_path_factory) -> Path:
+    """A small synthetic NIH ChestX-ray14 folder (labels, images, official-style split lists)."""
+    from utils.synthetic import make_nih_dataset
+
+    out = tmp_path_factory.mktemp("nih")
+    make_nih_dataset(out, n_images=40, seed=5, image_size=80, progress=False)
+    return out
+
+
+# Tiny CPU scale for the real training runs of the tests.
+TINY_BACKBONE = ["epochs=2", "image_size=48", "resize=56", "batch_size=8", "workers=0", "amp=off", "device=cpu"]
+
+
+@pytest.fixture(scope="session")
+def backbone_run(nih_dataset, tmp_path_factory) -> Path:
+    """A real two-epoch backbone training run on the synthetic NIH data; returns its run folder."""
+    from train import train_backbone
+
+    out = tmp_path_factory.mktemp("backbone")
+    assert train_backbone.main(["--data-dir", str(nih_dataset), "--out", str(out), "--config",
+                                str(REPO / "train" / "configs" / "demo.yaml"), "--no-progress",
+                                "--set", *TINY_BACKBONE]) == 0
+    return out

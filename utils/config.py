@@ -10,6 +10,7 @@ naming the file and the key, so a typo can never be ignored silently. Command-li
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,22 @@ from typing import Any, TypeVar
 import yaml
 
 ConfigT = TypeVar("ConfigT")
+
+
+class _Yaml12BooleansLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so ``amp: off`` stays the string 'off'."""
+
+
+_Yaml12BooleansLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12BooleansLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_Yaml12BooleansLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -84,7 +101,7 @@ def parse_overrides(items: list[str] | None) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        overrides[key.strip()] = _load_yaml(text) if text.strip() else None
     return overrides
 
 
@@ -94,7 +111,7 @@ def load_section(path, section: str, cls: type[ConfigT], overrides: dict | None 
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        document = yaml.safe_load(path.read_text()) or {}
+        document = _load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(document, dict) or section not in document:

@@ -1,0 +1,88 @@
+"""Strict configs: unknown keys, wrong types and overrides fail loudly; every shipped key is commented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from train.train_backbone import BackboneConfig
+from train.train_study import StudyConfig
+from utils.config import ConfigError, load_section, parse_overrides, save_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "train" / "configs").glob("*.yaml"))
+SECTIONS = {"backbone": BackboneConfig, "study": StudyConfig}
+
+
+def test_shipped_configs_exist():
+    assert {p.name for p in CONFIGS} >= {"full.yaml", "demo.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_section_loads_and_every_key_is_commented(path):
+    document = yaml.safe_load(path.read_text())
+    assert set(SECTIONS) <= set(document)
+    for section, schema in SECTIONS.items():
+        config = load_section(path, section, schema)
+        assert isinstance(config, schema)
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert "#" in line, f"{path.name}:{number}: key without a comment: {line!r}"
+
+
+def test_full_config_has_the_reports_backbone_hyperparameters():
+    config = load_section(CONFIGS[[p.name for p in CONFIGS].index("full.yaml")], "backbone", BackboneConfig)
+    assert (config.arch, config.batch_size, config.epochs, config.image_size, config.resize) == \
+        ("resnext50_32x4d", 32, 35, 224, 256)
+    assert config.nesterov and config.lr_floor == 0.05
+
+
+def _write(tmp_path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_is_an_error_naming_file_and_key(tmp_path):
+    path = _write(tmp_path, "backbone:\n  epochs: 2\n  lerning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml \[backbone\].*lerning_rate"):
+        load_section(path, "backbone", BackboneConfig)
+
+
+def test_wrong_type_is_an_error(tmp_path):
+    path = _write(tmp_path, "backbone:\n  epochs: two\n")
+    with pytest.raises(ConfigError, match="epochs: expected int"):
+        load_section(path, "backbone", BackboneConfig)
+    with pytest.raises(ConfigError, match="amp"):
+        load_section(_write(tmp_path, "backbone:\n  amp: half\n"), "backbone", BackboneConfig)
+
+
+def test_missing_section_and_file(tmp_path):
+    with pytest.raises(ConfigError, match="no section 'study'"):
+        load_section(_write(tmp_path, "backbone: {}\n"), "study", StudyConfig)
+    with pytest.raises(ConfigError, match="not found"):
+        load_section(tmp_path / "absent.yaml", "study", StudyConfig)
+
+
+def test_overrides_are_typed_and_checked(tmp_path):
+    path = _write(tmp_path, "study:\n  epochs: 2\n")
+    config = load_section(path, "study", StudyConfig, parse_overrides(["lr=1", "folds=[0, 2]", "grad_clip=null"]))
+    assert config.lr == 1.0 and isinstance(config.lr, float) and config.folds == [0, 2] and config.grad_clip is None
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_section(path, "study", StudyConfig, parse_overrides(["epoch=3"]))
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["epochs"])
+
+
+def test_saved_config_loads_back_identical(tmp_path):
+    config = StudyConfig(epochs=3, folds=[1], amp="bf16")
+    path = save_config(config, tmp_path / "run" / "config.yaml", "study")
+    assert load_section(path, "study", StudyConfig) == config
+
+
+def test_off_and_yes_stay_strings_true_and_false_are_booleans(tmp_path):
+    path = _write(tmp_path, "backbone:\n  amp: off\n  nesterov: false\n  arch: yes\n")
+    assert parse_overrides(["amp=off", "nesterov=true"]) == {"amp": "off", "nesterov": True}
+    config = load_section(path, "backbone", BackboneConfig)
+    assert (config.amp, config.nesterov, config.arch) == ("off", False, "yes")

@@ -1,0 +1,122 @@
+"""train/train_study.py: a real tiny run per fold from the backbone checkpoint; OOF predictions,
+scores through the competition metric, and the weights manifest."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from train import train_study
+from utils.classification import classifier_submission, study_classifier_scores
+from utils.labels import STUDY_CLASSES
+from utils.manifest import read_manifest
+from utils.models import StudyClassifier
+from utils.predictions import (
+    PREDICTION_COLUMNS,
+    PredictionFileError,
+    box_rows,
+    classifier_rows,
+    read_predictions,
+    write_predictions,
+)
+from utils.prepare import prepare_competition
+
+
+@pytest.fixture(scope="module")
+def prepared(siim_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    prepare_competition(siim_dataset, out, sizes=(64,), workers=1, n_folds=3, progress=False)
+    return out / "meta.csv"
+
+
+@pytest.fixture(scope="module")
+def study_run(prepared, backbone_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    argv = ["--prepared", str(prepared), "--out", str(out / "run"), "--weights-dir", str(out / "weights"),
+            "--config", "train/configs/demo.yaml", "--no-progress", "--set", "epochs=1", "image_size=48",
+            "batch_size=8", "workers=0", "amp=off", "device=cpu", "folds=[0, 1]",
+            f"backbone={backbone_run / 'best.pt'}"]
+    assert train_study.main(argv) == 0
+    return out
+
+
+def test_out_of_fold_predictions_cover_every_image_of_the_trained_folds(study_run, prepared):
+    table = pd.read_csv(prepared, dtype={"image_id": str, "study_id": str})
+    oof = read_predictions(study_run / "run" / "oof_predictions.csv")
+    assert list(oof.columns) == list(PREDICTION_COLUMNS)
+    expected = set(table.loc[table["fold"].isin([0, 1]), "image_id"])
+    assert set(oof["image_id"]) == expected and len(oof) == len(expected)
+    assert set(oof["fold"]) == {0, 1} and set(oof["model"]) == {"study"}
+    for fold in (0, 1):  # each image is predicted by the model that did not train on it
+        assert set(oof.loc[oof["fold"] == fold, "image_id"]) == set(table.loc[table["fold"] == fold, "image_id"])
+    probs = oof[[f"prob_{c}" for c in STUDY_CLASSES]].to_numpy()
+    assert probs.sum(axis=1) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_scores_and_per_fold_runs(study_run):
+    scores = json.loads((study_run / "run" / "oof_scores.json").read_text())
+    assert 0 <= scores["study_map"] <= 1 and 0 <= scores["none_ap"] <= 1
+    assert set(scores["per_fold"]) == {"0", "1"}
+    assert "study mAP" in (study_run / "run" / "oof_scores.txt").read_text()
+    for fold in (0, 1):
+        metrics = pd.read_csv(study_run / "run" / f"fold{fold}" / "metrics.csv")
+        assert {"val_study_map", "val_none_ap", "train_loss_study", "train_loss_none"} <= set(metrics.columns)
+
+
+def test_weights_are_registered_and_load(study_run):
+    manifest = read_manifest(study_run / "weights")
+    entry = manifest["models"]["study"]
+    assert entry["kind"] == "study_classifier" and entry["folds"] == [0, 1] and entry["input_size"] == 48
+    model = StudyClassifier(entry["config"]["arch"], None)
+    model.load_state_dict(torch.load(study_run / "weights" / entry["files"]["1"], weights_only=True))
+
+
+def test_unknown_fold_is_refused(prepared, tmp_path):
+    with pytest.raises(SystemExit, match="folds \\[7\\] not in meta.csv"):
+        train_study.main(["--prepared", str(prepared), "--out", str(tmp_path), "--config", "train/configs/demo.yaml",
+                          "--set", "folds=[7]"])
+
+
+def _table():
+    return pd.DataFrame({
+        "image_id": ["i1", "i2", "i3", "i4"], "study_id": ["s1", "s1", "s2", "s3"],
+        "study_class": ["typical", "typical", "negative", "atypical"], "study_label": [1, 1, 0, 3],
+        "boxes": ["[[10, 10, 50, 50]]", "[]", "[]", "[[0, 0, 5, 5]]"], "used": [True, False, True, True],
+    })
+
+
+def test_perfect_classifier_scores_one():
+    table = _table()
+    study_probs = [[0, 1, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]]
+    predictions = classifier_rows(table["image_id"], table["study_id"], "m", 0, study_probs, [0.1, 0.9, 0.8, 0.2])
+    scores = study_classifier_scores(predictions, table)
+    assert scores["study_map"] == pytest.approx(1.0) and scores["none_ap"] == pytest.approx(1.0)
+    # i2 is an un-annotated duplicate: predicted (its none row is written) but never scored as truth.
+    assert scores["n_images"] == 3 and "i2_image" in set(classifier_submission(predictions)["id"])
+
+
+def test_study_probability_is_the_mean_over_its_images():
+    table = _table()
+    predictions = classifier_rows(["i1", "i2"], ["s1", "s1"], "m", 0, [[0.2, 0.8, 0, 0], [0.6, 0.4, 0, 0]], [0.5, 0.5])
+    row = classifier_submission(predictions).set_index("id").loc["s1_study", "PredictionString"]
+    assert row.startswith("negative 0.4 0 0 1 1 typical 0.6 0 0 1 1")
+    assert study_classifier_scores(predictions, table)["n_studies"] == 1
+
+
+def test_prediction_schema_round_trip_and_checks(tmp_path):
+    frame = pd.concat([box_rows("i1", "s1", "frcnn", 2, [[0.1, 0.2, 0.5, 0.6]], [0.7]),
+                       classifier_rows(["i1"], ["s1"], "study", 2, [[0.1, 0.2, 0.3, 0.4]], [0.5])])
+    back = read_predictions(write_predictions(frame, tmp_path / "p.csv"))
+    assert back.shape == (2, len(PREDICTION_COLUMNS)) and back["score"].iloc[0] == pytest.approx(0.7)
+    with pytest.raises(PredictionFileError, match="not normalised"):
+        write_predictions(box_rows("i1", "s1", "m", 0, [[10, 20, 50, 60]], [0.7]), tmp_path / "bad.csv")
+    with pytest.raises(PredictionFileError, match="missing columns"):
+        read_predictions(write_text(tmp_path / "x.csv", "image_id,score\ni,1\n"))
+
+
+def write_text(path, text):
+    path.write_text(text)
+    return path
