@@ -36,8 +36,11 @@ demo: $(STAMP)
 	$(PY) infer/score.py $(DEMO_DIR)/submission_baseline.csv --image-labels $(DEMO_DIR)/data/test_image_level.csv \
 	  --study-labels $(DEMO_DIR)/data/test_study_level.csv
 
+# Speed figures (docs/benchmarks.md). The training benchmark's short run suits the CPU; on a GPU use
+# its defaults: python infer/benchmark.py training
 bench: $(STAMP)
-	$(PY) infer/benchmark.py reader
+	$(PY) infer/benchmark.py reader --out runs/bench/reader.json
+	$(PY) infer/benchmark.py training --steps 4 --repeats 3 --out runs/bench/training.json
 
 clean:
 	rm -rf runs $(VENV)

@@ -93,10 +93,11 @@ def _tiny_config(**changes) -> TrainConfig:
     return TrainConfig(**{**base, **changes})
 
 
-def test_fit_writes_metrics_curve_and_checkpoints_with_fixed_keys(tmp_path):
+def test_fit_learns_and_writes_metrics_curve_and_checkpoints_with_fixed_keys(tmp_path):
     result = fit(LinearModel(), TensorItems(16), TensorItems(8), _tiny_config(), tmp_path, progress=False)
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert list(metrics["epoch"]) == [1, 2]
+    assert metrics["train_loss"].iloc[1] < metrics["train_loss"].iloc[0]  # a separable problem: it learns
     assert {"train_loss", "train_loss_bce", "val_loss", "lr", "train_images_per_s"} <= set(metrics.columns)
     assert metrics["train_n_images"].tolist() == [16, 16]
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000

@@ -1,11 +1,12 @@
-"""The stages that exist today, run for real on a tiny synthetic set: prepare -> baseline -> validate -> score."""
+"""The stages that exist today, run for real on a tiny synthetic set: prepare -> baseline -> validate -> score,
+and the benchmarks at toy sizes (they must run; their figures come from the commands in the README)."""
 
 import shutil
 
 import pandas as pd
 
 from infer.baseline_submission import main as baseline_main
-from infer.benchmark import benchmark_reader
+from infer.benchmark import benchmark_reader, benchmark_training
 from infer.score import main as score_main
 from infer.validate_submission import main as validate_main
 from train.prepare import main as prepare_main
@@ -31,3 +32,9 @@ def test_reader_benchmark_runs_and_agrees_with_the_copied_recipe():
     result = benchmark_reader(files=2, repeats=1, size=256)
     assert result["max_mean_abs_difference_grey_levels"] <= 1.0
     assert result["project_images_per_s"] > 0 and result["baseline_images_per_s"] > 0
+
+
+def test_training_benchmark_measures_both_precisions_through_the_engine():
+    result = benchmark_training(image_size=32, batch_size=4, steps=1, repeats=1, amp="bf16", device_name="cpu")
+    assert result["amp"] == "bf16" and result["fp32_images_per_s"] > 0 and result["amp_images_per_s"] > 0
+    assert result["speedup"] == round(result["amp_images_per_s"] / result["fp32_images_per_s"], 2)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from train.cli import add_run_arguments, configure_logging
 from train.presets import build_transform
 from utils.classification import format_multilabel_table, multilabel_report
 from utils.config import load_section, parse_overrides, save_config
@@ -40,7 +41,6 @@ from utils.nih import NIH_FINDINGS, assign_nih_splits, load_nih_entries
 
 log = logging.getLogger("train_backbone")
 SECTION = "backbone"
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "full.yaml"
 
 
 @dataclass
@@ -59,14 +59,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="folder with Data_Entry_2017.csv and images*/ (and the official split lists)")
     parser.add_argument("--split-dir", type=Path, default=None,
                         help="folder with train_val_list.txt and test_list.txt (default: --data-dir)")
-    parser.add_argument("--out", type=Path, default=Path("runs/backbone"), help="run folder")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML with a 'backbone' section")
     parser.add_argument("--pretrained", default=None,
                         help="initial weights: a local torchvision .pth file, 'imagenet' (download) or 'none'")
-    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override config keys, e.g. --set epochs=2 image_size=128")
-    parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_run_arguments(parser, SECTION, "runs/backbone")
     return parser
 
 
@@ -83,7 +78,7 @@ def _nan_if_none(value):
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     config = load_config(args)
     info = init_distributed(config.device)
 

@@ -24,6 +24,7 @@ from typing import Literal
 import pandas as pd
 import torch
 
+from train.cli import add_run_arguments, configure_logging
 from train.presets import build_transform
 from utils.classification import study_accuracy, study_classifier_scores
 from utils.config import load_section, parse_overrides, save_config
@@ -45,7 +46,6 @@ from utils.predictions import classifier_rows, write_predictions
 log = logging.getLogger("train_study")
 SECTION = "study"
 MODEL_NAME = "study"
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "full.yaml"
 
 
 @dataclass
@@ -61,14 +61,9 @@ class StudyConfig(TrainConfig):
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepared", required=True, type=Path, help="meta.csv written by train/prepare.py")
-    parser.add_argument("--out", type=Path, default=Path("runs/study"), help="run folder")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML with a 'study' section")
-    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override config keys, e.g. --set epochs=2 folds=[0]")
     parser.add_argument("--weights-dir", type=Path, default=None,
                         help="where to export the fold weights and register them in manifest.json")
-    parser.add_argument("--resume", action="store_true", help="continue each fold from its last.pt")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_run_arguments(parser, SECTION, "runs/study")
     return parser
 
 
@@ -99,7 +94,7 @@ def load_table(meta_csv: Path, image_size: int) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     config = load_section(args.config, SECTION, StudyConfig, parse_overrides(args.overrides))
     info = init_distributed(config.device)
     table = load_table(args.prepared, config.image_size)
