@@ -190,15 +190,6 @@ def collate_skip_none(items):
     return default_collate(items) if items else None
 
 
-def collate_lists(items):
-    """``(images, targets, indices)`` as lists, for models that take variable-size inputs (detectors)."""
-    items = [item for item in items if item is not None]
-    if not items:
-        return None
-    images, targets, indices = zip(*items)
-    return list(images), list(targets), torch.as_tensor(indices)
-
-
 def to_device(obj, device: torch.device):
     """Tensors inside nested lists, tuples and dicts moved to ``device``."""
     if torch.is_tensor(obj):
