@@ -24,6 +24,7 @@ import csv
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data._utils.collate import default_collate
 from tqdm import tqdm
+
+from utils.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -226,12 +229,16 @@ def save_checkpoint(path, state: dict) -> Path:
     missing = set(CHECKPOINT_KEYS) ^ set(state)
     if missing:
         raise CheckpointError(f"{path}: checkpoint keys must be {CHECKPOINT_KEYS}; differs in {sorted(missing)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
-    return path
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
+    return Path(path)
+
+
+def copy_atomic(source, destination) -> Path:
+    """Copy a finished file (``last.pt`` to ``best.pt``) without writing the state a second time."""
+    with atomic_path(destination) as temporary:
+        shutil.copyfile(source, temporary)
+    return Path(destination)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -384,13 +391,10 @@ def write_metrics_csv(history: list[dict], path) -> None:
     columns: list[str] = []
     for row in history:
         columns += [k for k in row if k not in columns]
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(temporary, path)
 
 
 def plot_loss_curve(history: list[dict], path, title: str = "") -> None:
@@ -411,11 +415,9 @@ def plot_loss_curve(history: list[dict], path, title: str = "") -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    path = Path(path)
-    temporary = path.with_name(path.stem + ".tmp.png")
-    figure.savefig(temporary, dpi=100)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 @dataclass
@@ -542,7 +544,7 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
             }
             save_checkpoint(last_path, state)
             if improved:
-                save_checkpoint(best_path, state)
+                copy_atomic(last_path, best_path)
             write_metrics_csv(history, run_dir / METRICS_CSV)
             plot_loss_curve(history, run_dir / LOSS_CURVE_PNG, title)
             shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "lr")
@@ -551,6 +553,6 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
         dist.barrier()
     if info.is_main and best_epoch < 0:
         # No epoch had a finite monitored value: keep the last weights as the result rather than none.
-        save_checkpoint(best_path, load_checkpoint(last_path))
+        copy_atomic(last_path, best_path)
     return FitResult(run_dir, best_path, last_path, history, best_epoch,
                      float("nan") if best_value is None else best_value)

@@ -11,10 +11,11 @@ paths are relative to the manifest's folder, so the folder can be moved or uploa
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from utils.files import atomic_path
 
 MANIFEST_FILE = "manifest.json"
 MODEL_KINDS = ("study_classifier", "faster_rcnn", "yolo")
@@ -54,17 +55,13 @@ def register_model(weights_dir, name: str, kind: str, files: dict[int, str], inp
         "config": config,
     }
     path = weights_dir / MANIFEST_FILE
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
 
 
 def export_weights(checkpoint: dict, path) -> Path:
     """The ``model`` state dict of an engine checkpoint, alone (no optimizer), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint["model"], temporary)
-    os.replace(temporary, path)
-    return path
+    with atomic_path(path) as temporary:
+        torch.save(checkpoint["model"], temporary)
+    return Path(path)

@@ -13,13 +13,13 @@ Evaluation and fusion read this and nothing else.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from utils.boxes import as_boxes
+from utils.files import atomic_path
 from utils.labels import STUDY_CLASSES
 
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
@@ -82,10 +82,8 @@ def write_predictions(frame: pd.DataFrame, path) -> Path:
     """Validate and write atomically (temporary file, then rename)."""
     path = Path(path)
     frame = check_predictions(frame, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    frame.to_csv(temporary, index=False)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, index=False)
     return path
 
 

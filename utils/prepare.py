@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from utils.dicom import DicomReadError, read_dicom, resize_image
+from utils.files import atomic_path
 from utils.labels import (
     DUPLICATES_KEEP_BOXED,
     assign_folds,
@@ -53,10 +53,9 @@ def image_path(out_dir: Path, size: int, image_id: str) -> Path:
 
 
 def _write_png_atomic(path: Path, pixels) -> None:
-    temporary = path.with_name(path.name + ".tmp.png")
-    if not cv2.imwrite(str(temporary), pixels):
-        raise OSError(f"could not write {temporary}")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        if not cv2.imwrite(str(temporary), pixels):
+            raise OSError(f"could not write {path}")
 
 
 def decode_one(dicom_path: Path, out_dir: Path, sizes: tuple[int, ...]) -> DecodedImage:

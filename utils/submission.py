@@ -8,8 +8,6 @@ A prediction string is groups of six tokens ``class confidence x1 y1 x2 y2``. St
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -18,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from utils.boxes import clip_xyxy, valid_box_mask
+from utils.files import atomic_path
 from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 
 HEADER = ["id", "PredictionString"]
@@ -172,13 +171,6 @@ def write_submission(submission: pd.DataFrame, path, sample: pd.DataFrame | None
     if problems:
         raise SubmissionError(problems, where=str(path))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            submission.to_csv(stream, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        submission.to_csv(temporary, index=False)
     return path
