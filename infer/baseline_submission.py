@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import pandas as pd
 
 from utils.boxes import denormalize_xyxy
+from utils.detection import FIXED_LUNG_BOXES
 from utils.dicom import DicomReadError, read_dicom_header
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 from utils.prepare import find_dicoms
 from utils.submission import image_prediction_string, read_submission, study_prediction_string, write_submission
-
-# One box per lung in normalised XYXY: where opacities are most common on a frontal radiograph.
-FIXED_LUNG_BOXES = np.array([[0.18, 0.3, 0.45, 0.75], [0.55, 0.3, 0.82, 0.75]])
 
 
 def baseline_submission(data_dir, meta: pd.DataFrame, kind: str = "prior-boxes") -> pd.DataFrame:

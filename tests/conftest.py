@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ["YOLO_OFFLINE"] = "true"  # ultralytics 8.3 reads only "true" (not "1")
+# ultralytics writes its settings file when first imported: keep it out of the user's home.
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ultralytics-settings-"))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 REPO = Path(__file__).resolve().parents[1]

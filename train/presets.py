@@ -2,14 +2,17 @@
 
 Every pipeline is an albumentations 2.x ``Compose(strict=True)``, so an argument from the 1.x API
 raises instead of being ignored silently. Inputs are uint8 RGB arrays (grayscale radiographs
-replicated to three channels for ImageNet-initialised trunks); outputs are float CHW tensors
-normalised with the ImageNet statistics.
+replicated to three channels for ImageNet-initialised trunks). Classifier presets end in float CHW
+tensors normalised with the ImageNet statistics; detector presets (``DETECTION_PRESETS``) also move
+``bboxes`` (XYXY pixels, ``pascal_voc``) with their ``labels`` and end in [0, 1] tensors, because
+torchvision's detectors normalise inside the model (with the same ImageNet statistics).
 """
 
 from __future__ import annotations
 
 import albumentations as A
 import cv2
+import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 from utils.models import IMAGENET_MEAN, IMAGENET_STD
@@ -60,12 +63,84 @@ def study_eval(image_size: int, resize: int | None = None) -> A.Compose:
     return A.Compose([A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA), *_finish()], strict=True)
 
 
+class CircularCutout(A.ImageOnlyTransform):
+    """Fill 1 to ``max_holes`` discs (radius a fraction of the shorter side) with ``fill``.
+
+    Image only: the boxes stay as they are (an occluded opacity is still there). Albumentations has
+    rectangular erasing but no circles, which the report used.
+    """
+
+    def __init__(self, max_holes: int = 6, radius_range: tuple[float, float] = (0.02, 0.06), fill: int = 0,
+                 p: float = 0.5):
+        super().__init__(p=p)
+        if max_holes < 1 or not 0 < radius_range[0] <= radius_range[1]:
+            raise ValueError(f"need max_holes >= 1 and 0 < radius_range[0] <= radius_range[1], got "
+                             f"{max_holes}, {radius_range}")
+        self.max_holes = max_holes
+        self.radius_range = tuple(radius_range)
+        self.fill = fill
+
+    def get_params_dependent_on_data(self, params, data) -> dict:
+        height, width = params["shape"][:2]
+        side = min(height, width)
+        holes = []
+        for _ in range(self.py_random.randint(1, self.max_holes)):
+            radius = max(1, round(self.py_random.uniform(*self.radius_range) * side))
+            holes.append((self.py_random.randrange(width), self.py_random.randrange(height), radius))
+        return {"holes": holes}
+
+    def apply(self, img: np.ndarray, holes=(), **params) -> np.ndarray:
+        out = img.copy()
+        for x, y, radius in holes:
+            cv2.circle(out, (int(x), int(y)), int(radius), (self.fill,) * out.shape[-1] if out.ndim == 3 else self.fill,
+                       thickness=-1)
+        return out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("max_holes", "radius_range", "fill")
+
+
+def _bboxes() -> A.BboxParams:
+    # Boxes leaving the image are clipped here; the ones that degenerate are dropped afterwards by the
+    # dataset with utils.boxes.keep_valid_boxes (one rule for every stage).
+    return A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True)
+
+
+def _to_unit_tensor() -> list:
+    return [A.ToFloat(max_value=255.0), ToTensorV2()]
+
+
+def frcnn_train(image_size: int, resize: int | None = None) -> A.Compose:
+    """The report's Faster R-CNN augmentations, image and boxes together: horizontal flip (p=0.3),
+    shift-scale-rotate up to 20 degrees (p=0.3), sharpen (p=0.5) or else blur (p=0.25), brightness and
+    contrast (p=0.3), up to 6 circular cutouts (p=0.3)."""
+    return A.Compose([
+        A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA),
+        A.HorizontalFlip(p=0.3),
+        A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-20, 20),
+                 border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.3),
+        # OneOf picks a child in proportion to its p; with p=0.75 overall that is sharpen 0.5, blur 0.25.
+        A.OneOf([A.Sharpen(p=0.5), A.Blur(blur_limit=(3, 5), p=0.25)], p=0.75),
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.3),
+        CircularCutout(max_holes=6, p=0.3),
+        *_to_unit_tensor(),
+    ], bbox_params=_bboxes(), strict=True)
+
+
+def detector_eval(image_size: int, resize: int | None = None) -> A.Compose:
+    return A.Compose([A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA), *_to_unit_tensor()],
+                     bbox_params=_bboxes(), strict=True)
+
+
 PRESETS = {
     "nih_train": nih_train,
     "nih_eval": nih_eval,
     "study_train": study_train,
     "study_eval": study_eval,
+    "frcnn_train": frcnn_train,
+    "detector_eval": detector_eval,
 }
+DETECTION_PRESETS = ("frcnn_train", "detector_eval")
 
 
 def build_transform(name: str, image_size: int, resize: int | None = None) -> A.Compose:

@@ -38,10 +38,11 @@ from utils.engine import (
     resolve_device,
     resolve_precision,
 )
-from utils.manifest import export_weights, register_model
+from utils.manifest import register_fold_checkpoints
 from utils.metric import format_score_table
 from utils.models import StudyClassifier
 from utils.predictions import classifier_rows, write_predictions
+from utils.prepare import read_meta, select_folds
 
 log = logging.getLogger("train_study")
 SECTION = "study"
@@ -67,26 +68,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def image_column(table: pd.DataFrame, image_size: int, source: Path) -> str:
-    """The prepared size to read: the smallest one at least ``image_size``, else the largest."""
-    sizes = sorted(int(c.split("_", 1)[1]) for c in table.columns if c.startswith("path_"))
-    if not sizes:
-        raise SystemExit(f"{source}: no path_<size> columns; run train/prepare.py first")
-    fitting = [s for s in sizes if s >= image_size]
-    if not fitting:
-        log.warning("%s: largest prepared size %d is below image_size %d (images are upscaled)", source,
-                    sizes[-1], image_size)
-    return f"path_{fitting[0] if fitting else sizes[-1]}"
-
-
 def load_table(meta_csv: Path, image_size: int) -> pd.DataFrame:
-    """meta.csv with absolute image paths in ``image_path`` and the two targets per image."""
-    if not meta_csv.is_file():
-        raise SystemExit(f"{meta_csv}: not found; run train/prepare.py first")
-    table = pd.read_csv(meta_csv, dtype={"image_id": str, "study_id": str, "patient_id": str}, keep_default_na=False)
-    column = image_column(table, image_size, meta_csv)
-    table["image_path"] = [meta_csv.parent / p for p in table[column]]
-    table["used"] = table["used"].astype(str).str.lower().isin(("true", "1"))
+    """meta.csv (see :func:`utils.prepare.read_meta`) with the two targets per image."""
+    try:
+        table = read_meta(meta_csv, image_size)
+    except (OSError, ValueError) as err:
+        raise SystemExit(str(err)) from err
     table["targets"] = [{"study": int(label), "none": float(n == 0)}
                         for label, n in zip(table["study_label"], table["n_boxes"].astype(int))]
     return table
@@ -98,15 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     config = load_section(args.config, SECTION, StudyConfig, parse_overrides(args.overrides))
     info = init_distributed(config.device)
     table = load_table(args.prepared, config.image_size)
-    available = sorted(int(f) for f in table["fold"].unique())
-    folds = config.folds if config.folds is not None else available
-    unknown = sorted(set(folds) - set(available))
-    if unknown:
-        raise SystemExit(f"{args.prepared}: folds {unknown} not in meta.csv (folds there: {available})")
+    try:
+        folds = select_folds(table, config.folds, args.prepared)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
     if info.is_main:
         save_config(config, args.out / "config.yaml", SECTION)
-        log.info("%d images (%d used for training) in folds %s; training folds %s", len(table),
-                 int(table["used"].sum()), available, folds)
+        log.info("%d images (%d used for training); training folds %s", len(table), int(table["used"].sum()), folds)
 
     oof, best_checkpoints = [], {}
     for fold in folds:
@@ -181,14 +166,10 @@ def write_oof_report(oof: pd.DataFrame, table: pd.DataFrame, out: Path) -> dict:
     return scores
 
 
-def register_weights(best_checkpoints: dict[int, Path], config: StudyConfig, weights_dir: Path) -> None:
-    files = {}
-    for fold, checkpoint in best_checkpoints.items():
-        relative = Path(MODEL_NAME) / f"fold{fold}.pt"
-        export_weights(load_checkpoint(checkpoint), weights_dir / relative)
-        files[fold] = str(relative)
-    path = register_model(weights_dir, MODEL_NAME, "study_classifier", files, config.image_size, asdict(config))
-    log.info("registered %d fold(s) of %r in %s", len(files), MODEL_NAME, path)
+def register_weights(best_checkpoints: dict[int, Path], config, weights_dir: Path) -> None:
+    path = register_fold_checkpoints(weights_dir, MODEL_NAME, "study_classifier", best_checkpoints,
+                                     config.image_size, asdict(config))
+    log.info("registered %d fold(s) of %r in %s", len(best_checkpoints), MODEL_NAME, path)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,15 @@ def valid_box_mask(boxes, min_size: float = 0.0) -> np.ndarray:
         return finite & (b[:, 2] - b[:, 0] > min_size) & (b[:, 3] - b[:, 1] > min_size)
 
 
+def keep_valid_boxes(boxes, width: float, height: float, min_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Clip XYXY boxes to the image and drop those that degenerate (narrower or shorter than
+    ``min_size``): ``(kept boxes, kept mask)``. The one rule applied after resizing and augmentation;
+    use the mask to drop the matching labels."""
+    clipped = clip_xyxy(boxes, width, height)
+    mask = valid_box_mask(clipped, min_size)
+    return clipped[mask], mask
+
+
 def iou_matrix(boxes_a, boxes_b) -> np.ndarray:
     """Pairwise IoU of XYXY boxes (any one unit): shape (len(a), len(b)); 0 where the union is 0."""
     a, b = as_boxes(boxes_a), as_boxes(boxes_b)

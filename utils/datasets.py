@@ -1,5 +1,8 @@
 """Torch datasets over image files, in the engine's item format ``(image, target, index)``.
 
+``ImageDataset`` serves classifiers (one target per image); ``DetectionDataset`` serves
+torchvision's detectors (boxes and labels per image, moved together with the image).
+
 Augmentations are seeded per item from (seed, epoch, index), so an epoch is reproducible no matter
 which worker process reads which item, and a resumed run sees the same images as an uninterrupted
 one. An unreadable image is logged with its path and the item becomes ``None`` (dropped by the
@@ -16,6 +19,8 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from utils.boxes import as_boxes, denormalize_xyxy, keep_valid_boxes
 
 log = logging.getLogger(__name__)
 
@@ -68,4 +73,36 @@ class ImageDataset(Dataset):
             target = {k: torch.as_tensor(v) for k, v in target.items()}
         else:
             target = torch.as_tensor(target)
+        return tensor, target, index
+
+
+class DetectionDataset(ImageDataset):
+    """Radiographs with their opacity boxes, for torchvision's detectors.
+
+    ``boxes[i]``: XYXY_NORM boxes of image ``i`` (fractions of the original DICOM, so any prepared
+    size fits); an image without opacity has none and trains as a negative. ``transform`` is a
+    detector preset (``bboxes`` in pascal_voc pixels with ``labels``). The target is
+    ``{"boxes": float32 (N, 4) XYXY pixels of the output image, "labels": int64 (N,) all 1}``; boxes
+    that degenerate under augmentation are dropped by :func:`utils.boxes.keep_valid_boxes`.
+    """
+
+    def __init__(self, paths: Sequence, boxes: Sequence, transform: Callable, seed: int = 0, min_box_size: float = 2.0):
+        super().__init__(paths, [as_boxes(b) for b in boxes], transform, seed)
+        self.min_box_size = min_box_size
+
+    def __getitem__(self, index: int):
+        try:
+            image = read_gray_as_rgb(self.paths[index])
+        except OSError as err:
+            log.warning("skipped: %s", err)
+            return None
+        height, width = image.shape[:2]
+        boxes, _ = keep_valid_boxes(denormalize_xyxy(self.targets[index], width, height), width, height)
+        self.transform.set_random_seed(item_seed(self.seed, self.epoch, index))
+        out = self.transform(image=image, bboxes=boxes, labels=np.ones(len(boxes), dtype=np.int64))
+        tensor = out["image"]
+        kept, mask = keep_valid_boxes(np.asarray(out["bboxes"]).reshape(-1, 4), tensor.shape[-1], tensor.shape[-2],
+                                      self.min_box_size)
+        target = {"boxes": torch.as_tensor(kept, dtype=torch.float32),
+                  "labels": torch.as_tensor(np.asarray(out["labels"])[mask], dtype=torch.int64)}
         return tensor, target, index

@@ -193,6 +193,16 @@ def collate_skip_none(items):
     return default_collate(items) if items else None
 
 
+def collate_detection(items):
+    """Detector batches (torchvision's input): ``(list of images, list of target dicts, indices)``,
+    ``None`` items dropped; an all-bad batch gives ``None``."""
+    items = [item for item in items if item is not None]
+    if not items:
+        return None
+    images, targets, indices = zip(*items)
+    return list(images), list(targets), torch.as_tensor(indices, dtype=torch.long)
+
+
 def to_device(obj, device: torch.device):
     """Tensors inside nested lists, tuples and dicts moved to ``device``."""
     if torch.is_tensor(obj):
@@ -449,13 +459,14 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
 def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: TrainConfig, run_dir, *,
         evaluate: Callable[[torch.Tensor, dict], dict] | None = None, monitor: str = "val_loss",
         mode: Literal["min", "max"] = "min", resume: bool = False, collate_fn=collate_skip_none,
-        progress: bool = True, title: str = "") -> FitResult:
+        val_batch_size: int | None = None, progress: bool = True, title: str = "") -> FitResult:
     """Train ``model`` for ``config.epochs`` epochs and keep the best epoch by ``monitor``.
 
     ``evaluate(indices, outputs)`` turns the validation outputs (ordered by dataset index) into
     metrics such as ``{"mean_auc": ...}``; they are logged as ``val_<name>``. With ``resume`` the run
     continues from ``run_dir/last.pt`` (which must come from the same config). Only rank 0 writes
     files. Datasets with a ``set_epoch`` method get it called each epoch (augmentation seeds).
+    ``val_batch_size`` defaults to ``config.batch_size``.
     """
     run_dir = Path(run_dir)
     info = init_distributed(config.device)
@@ -471,7 +482,7 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
     optimizer = build_optimizer(model, config)
     train_loader = make_loader(train_set, config.batch_size, train=True, seed=config.seed, info=info,
                                workers=config.workers, collate_fn=collate_fn)
-    val_loader = make_loader(val_set, config.batch_size, train=False, seed=config.seed, info=info,
+    val_loader = make_loader(val_set, val_batch_size or config.batch_size, train=False, seed=config.seed, info=info,
                              workers=config.workers, collate_fn=collate_fn)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:

@@ -47,13 +47,21 @@ def classifier_rows(image_ids, study_ids, model: str, fold: int, study_probs, no
 
 def box_rows(image_id: str, study_id: str, model: str, fold: int, boxes_norm, scores) -> pd.DataFrame:
     """One row per box of one image: XYXY_NORM boxes ``(N, 4)`` and their scores."""
-    boxes = as_boxes(boxes_norm)
+    return detection_rows([image_id], [study_id], model, fold, [(boxes_norm, scores)])
+
+
+def detection_rows(image_ids, study_ids, model: str, fold: int, detections) -> pd.DataFrame:
+    """Box rows of many images at once: ``detections[i]`` is ``(XYXY_NORM boxes (n, 4), scores (n,))``
+    of image ``image_ids[i]``; an image with no box adds no row."""
+    counts = [len(scores) for _, scores in detections]
+    boxes = np.vstack([as_boxes(b) for b, _ in detections]) if detections else as_boxes([])
     frame = pd.DataFrame(boxes, columns=list(BOX_COLUMNS))
     frame.insert(0, "fold", int(fold))
     frame.insert(0, "model", model)
-    frame.insert(0, "study_id", study_id)
-    frame.insert(0, "image_id", image_id)
-    frame["score"] = np.asarray(scores, dtype=np.float64).reshape(-1)
+    frame.insert(0, "study_id", np.repeat(np.asarray(list(study_ids), dtype=object), counts))
+    frame.insert(0, "image_id", np.repeat(np.asarray(list(image_ids), dtype=object), counts))
+    frame["score"] = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1) for _, s in detections]) \
+        if detections else np.zeros(0)
     for column in (*STUDY_PROB_COLUMNS, NONE_PROB_COLUMN):
         frame[column] = np.nan
     return frame[list(PREDICTION_COLUMNS)]

@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from utils.boxes import as_boxes, kaggle_xywh_to_xyxy
 from utils.dicom import DicomReadError, read_dicom, resize_image
 from utils.files import atomic_path
 from utils.labels import (
@@ -29,6 +31,11 @@ from utils.labels import (
     boxes_to_json,
     load_competition_labels,
 )
+
+META_COLUMNS = ["image_id", "study_id", "series_id", "patient_id", "original_height", "original_width", "fold",
+                "study_class", "study_label", "boxes", "n_boxes", "has_box", "used", "excluded_reason"]
+RSNA_LABELS = "stage_2_train_labels.csv"
+RSNA_IMAGES = "stage_2_train_images"
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +107,23 @@ def _load_done(headers_file: Path, out_dir: Path, sizes) -> dict[str, DecodedIma
     return done
 
 
-def decode_split(split_dir, out_dir, sizes, workers: int = 1, progress: bool = True) -> tuple[list[DecodedImage], list[tuple[str, str]]]:
+Decoded = tuple[list["DecodedImage"], list[tuple[str, str]]]  # (decoded images, (path, reason) failures)
+
+
+def decode_split(split_dir, out_dir, sizes, workers: int = 1, progress: bool = True) -> Decoded:
     """Decode every DICOM of a split (skipping ones already done) -> (decoded, failures)."""
+    return decode_files(find_dicoms(split_dir), out_dir, sizes, workers, progress)
+
+
+def decode_files(dicom_paths, out_dir, sizes, workers: int = 1, progress: bool = True) -> Decoded:
+    """Decode DICOM files named ``<image_id>.dcm`` (skipping ones already done) -> (decoded, failures)."""
     out_dir = Path(out_dir)
     sizes = tuple(int(s) for s in sizes)
     for size in sizes:
         (out_dir / f"images_{size}").mkdir(parents=True, exist_ok=True)
     headers_file = out_dir / "headers.jsonl"
     done = _load_done(headers_file, out_dir, sizes)
-    todo = [p for p in find_dicoms(split_dir) if p.stem not in done]
+    todo = [Path(p) for p in dicom_paths if Path(p).stem not in done]
     failures: list[tuple[str, str]] = []
     tasks = [(p, out_dir, sizes) for p in todo]
     with open(headers_file, "a") as headers:
@@ -155,11 +170,96 @@ def prepare_competition(data_dir, out_dir, sizes=(1024,), workers: int = 1, n_fo
             "" if m else str(image_path(out_dir, size, i).relative_to(out_dir))
             for i, m in zip(table["image_id"], missing)
         ]
+    return _write_meta(table, sizes, out_dir)
+
+
+def _write_meta(table: pd.DataFrame, sizes, out_dir: Path) -> pd.DataFrame:
     table["original_height"] = table["original_height"].astype("Int64")
     table["original_width"] = table["original_width"].astype("Int64")
-    columns = ["image_id", "study_id", "series_id", "patient_id", "original_height", "original_width", "fold",
-               "study_class", "study_label", "boxes", "n_boxes", "has_box", "used", "excluded_reason"]
-    columns += [f"path_{s}" for s in sizes]
-    table = table[columns]
-    table.to_csv(out_dir / "meta.csv", index=False)
+    table = table[META_COLUMNS + [f"path_{s}" for s in sizes]]
+    with atomic_path(out_dir / "meta.csv") as temporary:
+        table.to_csv(temporary, index=False)
     return table
+
+
+def load_rsna_boxes(labels_csv) -> dict[str, np.ndarray]:
+    """RSNA Pneumonia's ``stage_2_train_labels.csv`` (one row per box; ``Target`` 0 rows have no
+    coordinates) -> ``{patientId: XYXY_PX boxes}``, every patient present."""
+    labels_csv = Path(labels_csv)
+    if not labels_csv.is_file():
+        raise FileNotFoundError(f"{labels_csv}: RSNA label file not found")
+    frame = pd.read_csv(labels_csv, dtype={"patientId": str})
+    missing = {"patientId", "x", "y", "width", "height", "Target"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{labels_csv}: missing columns {sorted(missing)}")
+    boxes: dict[str, list] = {}
+    for row in frame.itertuples(index=False):
+        entry = boxes.setdefault(row.patientId, [])
+        if int(row.Target) == 1:
+            values = [row.x, row.y, row.width, row.height]
+            if not np.isfinite(np.asarray(values, dtype=float)).all():
+                raise ValueError(f"{labels_csv}: patient {row.patientId} has Target 1 without a box")
+            entry.append(values)
+    return {patient: kaggle_xywh_to_xyxy(items) if items else as_boxes([]) for patient, items in boxes.items()}
+
+
+def prepare_rsna(rsna_dir, out_dir, sizes=(512,), workers: int = 1, n_folds: int = 5, seed: int = 42,
+                 progress: bool = True) -> pd.DataFrame:
+    """RSNA Pneumonia (pre-training for the Faster R-CNN, report section 2.2) prepared like the
+    competition: PNGs per size and a meta.csv of the same columns, one image per patient, boxes as
+    opacities; "study" columns are filled so the same training code reads it (typical: has a box)."""
+    rsna_dir, out_dir = Path(rsna_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    boxes = load_rsna_boxes(rsna_dir / RSNA_LABELS)
+    paths = [rsna_dir / RSNA_IMAGES / f"{patient}.dcm" for patient in sorted(boxes)]
+    absent = [p for p in paths if not p.is_file()]
+    for path in absent:
+        log.warning("skipped %s: listed in %s but not found", path, RSNA_LABELS)
+    decoded, failures = decode_files([p for p in paths if p.is_file()], out_dir, sizes, workers, progress)
+    failures += [(str(p), "file not found") for p in absent]
+    pd.DataFrame(failures, columns=["path", "reason"]).to_csv(out_dir / "failures.csv", index=False)
+    rows = []
+    for image in sorted(decoded, key=lambda d: d.image_id):
+        image_boxes = boxes[image.image_id]
+        positive = len(image_boxes) > 0
+        rows.append({"image_id": image.image_id, "study_id": image.image_id, "series_id": image.image_id,
+                     "patient_id": image.image_id, "original_height": image.original_height,
+                     "original_width": image.original_width, "study_class": "typical" if positive else "negative",
+                     "study_label": int(positive), "boxes": boxes_to_json(image_boxes), "n_boxes": len(image_boxes),
+                     "has_box": positive, "used": True, "excluded_reason": ""})
+    table = pd.DataFrame(rows, columns=[c for c in META_COLUMNS if c != "fold"])
+    table["fold"] = assign_folds(table, n_folds, seed) if len(table) else []
+    for size in sizes:
+        table[f"path_{size}"] = [str(image_path(out_dir, size, i).relative_to(out_dir)) for i in table["image_id"]]
+    return _write_meta(table, sizes, out_dir)
+
+
+def read_meta(meta_csv, image_size: int) -> pd.DataFrame:
+    """A prepared ``meta.csv`` for training at ``image_size``: ``used`` as bool and the absolute path of
+    the smallest prepared size at least ``image_size`` in ``image_path`` (else the largest, with a
+    warning: the images are upscaled). Raises ``FileNotFoundError``/``ValueError`` naming the file."""
+    meta_csv = Path(meta_csv)
+    if not meta_csv.is_file():
+        raise FileNotFoundError(f"{meta_csv}: not found; run train/prepare.py first")
+    table = pd.read_csv(meta_csv, dtype={"image_id": str, "study_id": str, "series_id": str, "patient_id": str},
+                        keep_default_na=False)
+    sizes = sorted(int(c.split("_", 1)[1]) for c in table.columns if c.startswith("path_"))
+    if not sizes:
+        raise ValueError(f"{meta_csv}: no path_<size> columns; run train/prepare.py first")
+    fitting = [s for s in sizes if s >= image_size]
+    if not fitting:
+        log.warning("%s: largest prepared size %d is below %d (images are upscaled)", meta_csv, sizes[-1], image_size)
+    column = f"path_{fitting[0] if fitting else sizes[-1]}"
+    table["image_path"] = [meta_csv.parent / p for p in table[column]]
+    table["used"] = table["used"].astype(str).str.lower().isin(("true", "1"))
+    return table
+
+
+def select_folds(table: pd.DataFrame, folds: list[int] | None, source) -> list[int]:
+    """``folds`` checked against the folds of ``table`` (None: all of them, sorted)."""
+    available = sorted(int(f) for f in table["fold"].unique())
+    chosen = list(folds) if folds is not None else available
+    unknown = sorted(set(chosen) - set(available))
+    if unknown:
+        raise ValueError(f"{source}: folds {unknown} not in meta.csv (folds there: {available})")
+    return chosen

@@ -1,0 +1,158 @@
+"""The Faster R-CNN opacity detector: torchvision's FasterRCNN on a ResNeXt-FPN whose trunk starts
+from the NIH backbone (or an ImageNet file, or random), two classes (background, opacity).
+
+:class:`FasterRCNNDetector` follows the engine's contract. In training mode it returns torchvision's
+four ``loss_*`` terms. In eval mode it returns the detections, padded to a fixed count per image so
+batches concatenate (``boxes`` XYXY_NORM of the input image, ``scores``, ``n_detections``), plus the
+same four losses when targets are given: the backbone runs once and the two heads run once in
+training mode (losses) and once in eval mode (detections), so the validation loss curve costs
+little. Because inputs are square resizes of the whole radiograph, XYXY_NORM of the input is
+XYXY_NORM of the original DICOM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from utils.models import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED_NONE, WeightsError, build_resnext
+
+log = logging.getLogger(__name__)
+
+NUM_CLASSES = 2  # background, opacity
+OPACITY_LABEL = 1
+_TRUNK_LAYERS = ("layer4", "layer3", "layer2", "layer1", "conv1")  # trainable from the top down
+
+
+def freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm2d replaced (in place) by a FrozenBatchNorm2d holding its statistics and affine
+    weights: detection batches are too small to estimate batch statistics."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batch_norm(child)
+    return module
+
+
+def resnext_fpn(arch: str, trunk_weights: str | None, trainable_layers: int, freeze_bn: bool) -> BackboneWithFPN:
+    """ResNeXt trunk (weights as :func:`utils.models.build_resnext`) with a feature pyramid on its four
+    stages (256 channels, plus a max-pooled level); the lowest ``5 - trainable_layers`` stages frozen."""
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be 0..5, got {trainable_layers}")
+    if freeze_bn and trunk_weights in (None, "", PRETRAINED_NONE):
+        log.warning("freeze_bn with a random trunk keeps untrained normalisation; set freeze_bn=false")
+    trunk = build_resnext(arch, trunk_weights)
+    if freeze_bn:
+        freeze_batch_norm(trunk)
+    trainable = _TRUNK_LAYERS[:trainable_layers] + (("bn1",) if trainable_layers == 5 else ())
+    for name, parameter in trunk.named_parameters():
+        parameter.requires_grad_(name.split(".")[0] in trainable)
+    channels = trunk.fc.in_features
+    return BackboneWithFPN(trunk, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+                           in_channels_list=[channels // 8, channels // 4, channels // 2, channels],
+                           out_channels=256, extra_blocks=LastLevelMaxPool())
+
+
+@contextlib.contextmanager
+def _heads_in_training_mode(*modules: nn.Module):
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.train(True)
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+class FasterRCNNDetector(nn.Module):
+    """torchvision FasterRCNN (ResNeXt-FPN) for one class, resizing its inputs to ``image_size``."""
+
+    def __init__(self, arch: str = "resnext50_32x4d", trunk_weights: str | None = PRETRAINED_NONE, *,
+                 image_size: int = 512, trainable_layers: int = 3, freeze_bn: bool = True,
+                 score_threshold: float = 0.001, nms_threshold: float = 0.5, detections_per_image: int = 100,
+                 proposals: int = 1000, roi_samples: int = 512):
+        super().__init__()
+        self.detections_per_image = detections_per_image
+        self.net = FasterRCNN(
+            resnext_fpn(arch, trunk_weights, trainable_layers, freeze_bn), num_classes=NUM_CLASSES,
+            min_size=image_size, max_size=image_size, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+            box_score_thresh=score_threshold, box_nms_thresh=nms_threshold,
+            box_detections_per_img=detections_per_image,
+            # torchvision's defaults are proposals=1000, roi_samples=512 (training keeps twice the proposals)
+            rpn_pre_nms_top_n_train=2 * proposals, rpn_post_nms_top_n_train=2 * proposals,
+            rpn_pre_nms_top_n_test=proposals, rpn_post_nms_top_n_test=proposals, box_batch_size_per_image=roi_samples)
+
+    def set_image_size(self, image_size: int) -> None:
+        """Resize inputs to ``image_size`` from now on (train at 512, predict at 1024)."""
+        self.net.transform.min_size = (int(image_size),)
+        self.net.transform.max_size = int(image_size)
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> dict[str, torch.Tensor]:
+        if self.training:
+            return self.net(images, targets)
+        return self._evaluate(images, targets)
+
+    def _evaluate(self, images, targets):
+        net = self.net
+        input_sizes = [tuple(image.shape[-2:]) for image in images]
+        batch, resized_targets = net.transform(images, targets)
+        features = net.backbone(batch.tensors)
+        outputs = {}
+        if targets is not None:
+            with _heads_in_training_mode(net.rpn, net.roi_heads):
+                proposals, rpn_losses = net.rpn(batch, features, resized_targets)
+                _, head_losses = net.roi_heads(features, proposals, batch.image_sizes, resized_targets)
+            outputs.update(rpn_losses)
+            outputs.update(head_losses)
+        proposals, _ = net.rpn(batch, features)
+        detections, _ = net.roi_heads(features, proposals, batch.image_sizes)
+        detections = net.transform.postprocess(detections, batch.image_sizes, input_sizes)
+        outputs.update(self._pad(detections, input_sizes, images[0].device))
+        return outputs
+
+    def _pad(self, detections: list[dict], input_sizes, device) -> dict[str, torch.Tensor]:
+        k = self.detections_per_image
+        boxes = torch.zeros(len(detections), k, 4, device=device)
+        scores = torch.zeros(len(detections), k, device=device)
+        counts = torch.zeros(len(detections), dtype=torch.long, device=device)
+        for i, (found, (height, width)) in enumerate(zip(detections, input_sizes)):
+            opacity = found["labels"] == OPACITY_LABEL
+            n = min(int(opacity.sum()), k)
+            scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=device)
+            boxes[i, :n] = (found["boxes"][opacity][:n].float() / scale).clamp(0.0, 1.0)
+            scores[i, :n] = found["scores"][opacity][:n].float()
+            counts[i] = n
+        return {"boxes": boxes, "scores": scores, "n_detections": counts}
+
+
+def unpad_detections(outputs: dict[str, torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The padded eval outputs -> per image ``(XYXY_NORM boxes (n, 4), scores (n,))``."""
+    counts = outputs["n_detections"].long().tolist()
+    boxes, scores = outputs["boxes"].float().numpy(), outputs["scores"].float().numpy()
+    return [(boxes[i, :n].astype(np.float64), scores[i, :n].astype(np.float64)) for i, n in enumerate(counts)]
+
+
+def load_detector_state(model: FasterRCNNDetector, state: dict[str, torch.Tensor], source) -> FasterRCNNDetector:
+    """Load a whole detector's weights (``--init-from``: e.g. the RSNA pre-training). The weights must
+    fit exactly, apart from BatchNorm's step counters (absent when the norms are frozen)."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise WeightsError(f"{source}: does not fit this detector: missing {missing[:3]} ({len(missing)}), "
+                           f"unexpected {unexpected[:3]} ({len(unexpected)}); same arch and freeze_bn?")
+    log.info("detector initialised from %s", source)
+    return model
