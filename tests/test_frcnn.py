@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from conftest import REPO
 from train import train_frcnn
 from train.presets import build_transform
 from utils.boxes import denormalize_xyxy, normalize_xyxy

@@ -13,14 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO
+
 from utils.boxes import cxcywh_to_xyxy_norm, denormalize_xyxy
 from utils.detection import read_detection_table
 from utils.manifest import read_manifest
 from utils.predictions import PREDICTION_COLUMNS, read_predictions
 from utils.prepare import prepare_competition
-from utils.yolo import label_lines, results_history
+from utils.yolo import amp_without_download, import_ultralytics, label_lines, results_history
 
 TINY_YOLO = ["epochs=1", "image_size=64", "predict_size=96", "batch_size=8", "workers=0", "device=cpu",
              "model=yolov8n.yaml", "folds=[1]", "amp=false"]
@@ -30,6 +30,16 @@ def test_label_lines_are_yolo_cxcywh_and_drop_degenerate_boxes():
     text = label_lines([[0.1, 0.2, 0.5, 0.6], [0.3, 0.3, 0.3, 0.5]])
     assert text == "0 0.300000 0.400000 0.400000 0.400000\n"
     assert label_lines(np.zeros((0, 4))) == ""
+
+
+def test_the_amp_check_never_downloads(tmp_path):
+    import torch
+
+    import_ultralytics(tmp_path / "settings")
+    import ultralytics.engine.trainer as trainer
+
+    assert trainer.check_amp is amp_without_download
+    assert amp_without_download(torch.nn.Linear(2, 2)) is False  # the CPU: full precision
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ from utils.frcnn import FasterRCNNDetector, load_detector_state, unpad_detection
 from utils.manifest import register_fold_checkpoints
 from utils.models import PRETRAINED_NONE
 from utils.predictions import detection_rows
-from utils.prepare import prepare_rsna, select_folds
+from utils.prepare import fold_split, prepare_rsna, select_folds
 
 log = logging.getLogger("train_frcnn")
 SECTION = "frcnn"
@@ -171,12 +171,10 @@ def train_fold(table: pd.DataFrame, fold: int, config: FrcnnConfig, out: Path, a
     """Train on the used images of the other folds (negatives included, with empty targets), keep
     the best epoch on this fold's used images, then predict every image of this fold at
     ``predict_size``."""
-    in_fold = table["fold"].astype(int) == fold
-    train = table[~in_fold & table["used"]].reset_index(drop=True)
-    val = table[in_fold & table["used"]].reset_index(drop=True)
-    held_out = table[in_fold].reset_index(drop=True)
-    if train.empty or val.empty:
-        raise SystemExit(f"{args.prepared}: fold {fold} leaves {len(train)} training and {len(val)} validation images")
+    try:
+        train, val, held_out = fold_split(table, fold, args.prepared)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
 
     def evaluate(indices: torch.Tensor, outputs: dict) -> dict:
         rows = val.iloc[indices.numpy()]

@@ -42,7 +42,7 @@ from utils.manifest import register_fold_checkpoints
 from utils.metric import format_score_table
 from utils.models import StudyClassifier
 from utils.predictions import classifier_rows, write_predictions
-from utils.prepare import read_meta, select_folds
+from utils.prepare import fold_split, read_meta, select_folds
 
 log = logging.getLogger("train_study")
 SECTION = "study"
@@ -115,12 +115,10 @@ def train_fold(table: pd.DataFrame, fold: int, config: StudyConfig, args) -> tup
     """Train on the used images of the other folds, keep the best epoch on this fold's used images,
     then predict every image of this fold (un-annotated duplicates too: a study's probability is the
     mean over all its images, as at test time)."""
-    in_fold = table["fold"].astype(int) == fold
-    train = table[~in_fold & table["used"]].reset_index(drop=True)
-    val = table[in_fold & table["used"]].reset_index(drop=True)
-    held_out = table[in_fold].reset_index(drop=True)
-    if train.empty or val.empty:
-        raise SystemExit(f"{args.prepared}: fold {fold} leaves {len(train)} training and {len(val)} validation images")
+    try:
+        train, val, held_out = fold_split(table, fold, args.prepared)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
 
     def evaluate(indices: torch.Tensor, outputs: dict) -> dict:
         rows = val.iloc[indices.numpy()]

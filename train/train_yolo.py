@@ -33,7 +33,7 @@ from utils.detection import read_detection_table, write_detector_report
 from utils.engine import copy_atomic, plot_loss_curve, write_metrics_csv
 from utils.manifest import register_model
 from utils.predictions import detection_rows
-from utils.prepare import select_folds
+from utils.prepare import fold_split, select_folds
 from utils.yolo import (
     SETTINGS_DIR,
     export_yolo_images,
@@ -124,12 +124,10 @@ def main(argv: list[str] | None = None) -> int:
 def train_fold(ultralytics, table: pd.DataFrame, fold: int, config: YoloConfig, args) -> tuple[Path, pd.DataFrame]:
     """Train on the used images of the other folds, validate on this fold's used images, then predict
     every image of this fold at ``predict_size``."""
-    in_fold = table["fold"].astype(int) == fold
-    train = table[~in_fold & table["used"]]
-    val = table[in_fold & table["used"]]
-    held_out = table[in_fold]
-    if train.empty or val.empty:
-        raise SystemExit(f"{args.prepared}: fold {fold} leaves {len(train)} training and {len(val)} validation images")
+    try:
+        train, val, held_out = fold_split(table, fold, args.prepared)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
     run_dir = (args.out / f"fold{fold}").resolve()
     data_yaml = write_data_yaml(run_dir, train["yolo_path"], val["yolo_path"])
     device = resolve_yolo_device(config.device)

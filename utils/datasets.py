@@ -67,13 +67,14 @@ class ImageDataset(Dataset):
             log.warning("skipped: %s", err)
             return None
         self.transform.set_random_seed(item_seed(self.seed, self.epoch, index))
+        return (*self._transform(image, self.targets[index]), index)
+
+    def _transform(self, image: np.ndarray, target):
+        """``(image tensor, target tensors)`` of one seeded item."""
         tensor = self.transform(image=image)["image"]
-        target = self.targets[index]
         if isinstance(target, dict):
-            target = {k: torch.as_tensor(v) for k, v in target.items()}
-        else:
-            target = torch.as_tensor(target)
-        return tensor, target, index
+            return tensor, {k: torch.as_tensor(v) for k, v in target.items()}
+        return tensor, torch.as_tensor(target)
 
 
 class DetectionDataset(ImageDataset):
@@ -86,23 +87,17 @@ class DetectionDataset(ImageDataset):
     that degenerate under augmentation are dropped by :func:`utils.boxes.keep_valid_boxes`.
     """
 
-    def __init__(self, paths: Sequence, boxes: Sequence, transform: Callable, seed: int = 0, min_box_size: float = 2.0):
+    def __init__(self, paths: Sequence, boxes: Sequence, transform: Callable, seed: int = 0,
+                 min_box_size: float = 2.0):
         super().__init__(paths, [as_boxes(b) for b in boxes], transform, seed)
         self.min_box_size = min_box_size
 
-    def __getitem__(self, index: int):
-        try:
-            image = read_gray_as_rgb(self.paths[index])
-        except OSError as err:
-            log.warning("skipped: %s", err)
-            return None
+    def _transform(self, image: np.ndarray, boxes_norm):
         height, width = image.shape[:2]
-        boxes, _ = keep_valid_boxes(denormalize_xyxy(self.targets[index], width, height), width, height)
-        self.transform.set_random_seed(item_seed(self.seed, self.epoch, index))
+        boxes, _ = keep_valid_boxes(denormalize_xyxy(boxes_norm, width, height), width, height)
         out = self.transform(image=image, bboxes=boxes, labels=np.ones(len(boxes), dtype=np.int64))
         tensor = out["image"]
         kept, mask = keep_valid_boxes(np.asarray(out["bboxes"]).reshape(-1, 4), tensor.shape[-1], tensor.shape[-2],
                                       self.min_box_size)
-        target = {"boxes": torch.as_tensor(kept, dtype=torch.float32),
-                  "labels": torch.as_tensor(np.asarray(out["labels"])[mask], dtype=torch.int64)}
-        return tensor, target, index
+        return tensor, {"boxes": torch.as_tensor(kept, dtype=torch.float32),
+                        "labels": torch.as_tensor(np.asarray(out["labels"])[mask], dtype=torch.int64)}

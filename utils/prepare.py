@@ -263,3 +263,15 @@ def select_folds(table: pd.DataFrame, folds: list[int] | None, source) -> list[i
     if unknown:
         raise ValueError(f"{source}: folds {unknown} not in meta.csv (folds there: {available})")
     return chosen
+
+
+def fold_split(table: pd.DataFrame, fold: int, source) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``(train, val, held_out)`` of one fold: the used images of the other folds, the used images of
+    this fold, and every image of this fold (un-annotated duplicates too: they get out-of-fold
+    predictions). Raises ``ValueError`` naming ``source`` when training or validation is empty."""
+    in_fold = table["fold"].astype(int) == fold
+    train = table[~in_fold & table["used"]].reset_index(drop=True)
+    val = table[in_fold & table["used"]].reset_index(drop=True)
+    if train.empty or val.empty:
+        raise ValueError(f"{source}: fold {fold} leaves {len(train)} training and {len(val)} validation images")
+    return train, val, table[in_fold].reset_index(drop=True)

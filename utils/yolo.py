@@ -43,10 +43,23 @@ def import_ultralytics(settings_dir):
         Path(settings_dir).mkdir(parents=True, exist_ok=True)
         os.environ["YOLO_CONFIG_DIR"] = str(settings_dir)
     import ultralytics
+    import ultralytics.engine.trainer as trainer
     from ultralytics.utils import SETTINGS
 
     SETTINGS.update({"sync": False})
+    # ultralytics checks AMP on CUDA by downloading yolo11n.pt (urllib, then curl, with retries): offline
+    # that stalls. The trainer calls the name it imported, so replacing it there disables only that.
+    trainer.check_amp = amp_without_download
     return ultralytics
+
+
+def amp_without_download(model) -> bool:
+    """Mixed precision on CUDA, full precision elsewhere, without ultralytics' download-based check."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return False
+    log.info("AMP on %s without ultralytics' yolo11n.pt check (offline); set amp=false if losses turn NaN", device)
+    return True
 
 
 def resolve_yolo_device(device: str) -> str:
