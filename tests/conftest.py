@@ -66,3 +66,14 @@ def backbone_run(nih_dataset, tmp_path_factory) -> Path:
                                 str(REPO / "train" / "configs" / "demo.yaml"), "--no-progress",
                                 "--set", *TINY_BACKBONE]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def detection_prepared(siim_dataset, tmp_path_factory) -> Path:
+    """The synthetic competition prepared at 64 and 96 px in 3 folds (detectors train at 64, predict
+    at 96); returns meta.csv."""
+    from utils.prepare import prepare_competition
+
+    out = tmp_path_factory.mktemp("prepared_detection")
+    prepare_competition(siim_dataset, out, sizes=(64, 96), workers=1, n_folds=3, progress=False)
+    return out / "meta.csv"

@@ -23,7 +23,7 @@ from utils.frcnn import FasterRCNNDetector, load_detector_state, unpad_detection
 from utils.manifest import read_manifest
 from utils.models import WeightsError
 from utils.predictions import PREDICTION_COLUMNS, read_predictions
-from utils.prepare import decode_one, prepare_competition
+from utils.prepare import decode_one
 from utils.synthetic import display_to_stored, make_rsna_dataset, write_dicom
 
 TINY_FRCNN = ["epochs=1", "pretrain_epochs=1", "image_size=64", "predict_size=96", "batch_size=4",
@@ -123,17 +123,10 @@ def test_boxes_of_a_dicom_reach_the_model_at_the_right_place(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def prepared(siim_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared_frcnn")
-    prepare_competition(siim_dataset, out, sizes=(64, 96), workers=1, n_folds=3, progress=False)
-    return out / "meta.csv"
-
-
-@pytest.fixture(scope="module")
-def frcnn_run(prepared, tmp_path_factory):
+def frcnn_run(detection_prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("frcnn")
     make_rsna_dataset(out / "rsna_data", n_images=10, seed=2, image_size=96, progress=False)
-    argv = ["--prepared", str(prepared), "--out", str(out / "run"), "--weights-dir", str(out / "weights"),
+    argv = ["--prepared", str(detection_prepared), "--out", str(out / "run"), "--weights-dir", str(out / "weights"),
             "--pretrain-rsna", str(out / "rsna_data"), "--config", str(REPO / "train" / "configs" / "demo.yaml"),
             "--no-progress", "--set", *TINY_FRCNN]
     assert train_frcnn.main(argv) == 0
@@ -159,8 +152,8 @@ def test_fold_run_writes_curves_metrics_and_scores(frcnn_run):
     assert "fixed-box baseline" in (frcnn_run / "run" / "oof_scores.txt").read_text()
 
 
-def test_out_of_fold_boxes_are_normalised_and_from_the_held_out_fold(frcnn_run, prepared):
-    table = pd.read_csv(prepared, dtype={"image_id": str})
+def test_out_of_fold_boxes_are_normalised_and_from_the_held_out_fold(frcnn_run, detection_prepared):
+    table = pd.read_csv(detection_prepared, dtype={"image_id": str})
     oof = read_predictions(frcnn_run / "run" / "oof_predictions.csv")
     assert list(oof.columns) == list(PREDICTION_COLUMNS) and len(oof) > 0
     assert set(oof["image_id"]) <= set(table.loc[table["fold"] == 0, "image_id"])

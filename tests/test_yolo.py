@@ -19,7 +19,6 @@ from utils.boxes import cxcywh_to_xyxy_norm, denormalize_xyxy
 from utils.detection import read_detection_table
 from utils.manifest import read_manifest
 from utils.predictions import PREDICTION_COLUMNS, read_predictions
-from utils.prepare import prepare_competition
 from utils.yolo import amp_without_download, import_ultralytics, label_lines, results_history
 
 TINY_YOLO = ["epochs=1", "image_size=64", "predict_size=96", "batch_size=8", "workers=0", "device=cpu",
@@ -43,20 +42,13 @@ def test_the_amp_check_never_downloads(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def prepared(siim_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared_yolo")
-    prepare_competition(siim_dataset, out, sizes=(64, 96), workers=1, n_folds=3, progress=False)
-    return out / "meta.csv"
-
-
-@pytest.fixture(scope="module")
-def yolo_run(prepared, tmp_path_factory):
+def yolo_run(detection_prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("yolo")
     home = out / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "YOLO_CONFIG_DIR"}
     env.update(HOME=str(home), YOLO_OFFLINE="1", PYTHONPATH=str(REPO))  # "1": the script must force "true"
-    command = [sys.executable, str(REPO / "train" / "train_yolo.py"), "--prepared", str(prepared), "--out",
+    command = [sys.executable, str(REPO / "train" / "train_yolo.py"), "--prepared", str(detection_prepared), "--out",
                str(out / "run"), "--weights-dir", str(out / "weights"), "--no-progress",
                "--config", str(REPO / "train" / "configs" / "demo.yaml"), "--set", *TINY_YOLO]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=out)
@@ -64,8 +56,8 @@ def yolo_run(prepared, tmp_path_factory):
     return out
 
 
-def test_export_once_with_labels_that_map_back_to_the_dicom_boxes(yolo_run, prepared):
-    table = read_detection_table(prepared, 64, 96)
+def test_export_once_with_labels_that_map_back_to_the_dicom_boxes(yolo_run, detection_prepared):
+    table = read_detection_table(detection_prepared, 64, 96)
     used = table[table["used"]]
     dataset = yolo_run / "run" / "dataset"
     assert sorted(p.stem for p in (dataset / "images").glob("*.png")) == sorted(used["image_id"])
@@ -81,8 +73,8 @@ def test_export_once_with_labels_that_map_back_to_the_dicom_boxes(yolo_run, prep
             assert back == pytest.approx(truth, abs=0.01)
 
 
-def test_fold_data_yaml_lists_the_other_folds_for_training(yolo_run, prepared):
-    table = pd.read_csv(prepared, dtype={"image_id": str})
+def test_fold_data_yaml_lists_the_other_folds_for_training(yolo_run, detection_prepared):
+    table = pd.read_csv(detection_prepared, dtype={"image_id": str})
     fold = yolo_run / "run" / "fold1"
     data = yaml.safe_load((fold / "data.yaml").read_text())
     assert data["names"] == {0: "opacity"}
@@ -102,8 +94,8 @@ def test_runs_offline_with_settings_in_the_run_folder(yolo_run):
     assert settings["sync"] is False
 
 
-def test_oof_predictions_scores_curves_and_manifest(yolo_run, prepared):
-    table = pd.read_csv(prepared, dtype={"image_id": str})
+def test_oof_predictions_scores_curves_and_manifest(yolo_run, detection_prepared):
+    table = pd.read_csv(detection_prepared, dtype={"image_id": str})
     run = yolo_run / "run"
     oof = read_predictions(run / "oof_predictions.csv")
     assert list(oof.columns) == list(PREDICTION_COLUMNS)
