@@ -219,8 +219,8 @@ def prepare_rsna(rsna_dir, out_dir, sizes=(512,), workers: int = 1, n_folds: int
     failures += [(str(p), "file not found") for p in absent]
     pd.DataFrame(failures, columns=["path", "reason"]).to_csv(out_dir / "failures.csv", index=False)
     rows = []
-    for image in sorted(decoded, key=lambda d: d.image_id):
-        image_boxes = boxes[image.image_id]
+    for image in sorted((d for d in decoded if d.image_id in boxes), key=lambda d: d.image_id):
+        image_boxes = boxes[image.image_id]  # (a cached image no longer in the labels is left out)
         positive = len(image_boxes) > 0
         rows.append({"image_id": image.image_id, "study_id": image.image_id, "series_id": image.image_id,
                      "patient_id": image.image_id, "original_height": image.original_height,
