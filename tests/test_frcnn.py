@@ -139,6 +139,7 @@ def test_rsna_pretraining_runs_first_and_the_folds_start_from_it(frcnn_run):
     assert "opacity_ap" in json.loads((rsna / "oof_scores.json").read_text())
     fold_config = load_checkpoint(frcnn_run / "run" / "fold0" / "last.pt")["config"]
     assert fold_config["init_from"] == str(rsna / "fold0" / "best.pt")
+    assert f"init_from: {rsna / 'fold0' / 'best.pt'}" in (frcnn_run / "run" / "config.yaml").read_text()
 
 
 def test_fold_run_writes_curves_metrics_and_scores(frcnn_run):

@@ -117,11 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.init_from:
         config = dataclasses.replace(config, init_from=args.init_from)
     info = init_distributed(config.device)
-    if info.is_main:
-        save_config(config, args.out / "config.yaml", SECTION)
-
     if args.pretrain_rsna is not None:
         config = dataclasses.replace(config, init_from=str(pretrain_on_rsna(args.pretrain_rsna, config, args)))
+    if info.is_main:  # after pre-training, so config.yaml names the checkpoint the folds start from
+        save_config(config, args.out / "config.yaml", SECTION)
 
     table = load_table(args.prepared, config)
     try:

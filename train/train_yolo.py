@@ -27,7 +27,7 @@ from typing import Literal
 
 import pandas as pd
 
-from train.cli import DEFAULT_CONFIG, configure_logging
+from train.cli import add_run_arguments, configure_logging
 from utils.config import load_section, parse_overrides, save_config
 from utils.detection import read_detection_table, write_detector_report
 from utils.engine import copy_atomic, plot_loss_curve, write_metrics_csv
@@ -77,14 +77,9 @@ class YoloConfig:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepared", required=True, type=Path, help="meta.csv written by train/prepare.py")
-    parser.add_argument("--out", type=Path, default=Path("runs/yolo"), help="run folder")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help=f"YAML with a '{SECTION}' section (default: train/configs/full.yaml)")
-    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override config keys, e.g. --set epochs=2 model=yolov8n.yaml")
     parser.add_argument("--weights-dir", type=Path, default=None,
                         help="where to copy the fold weights and register them in manifest.json")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_run_arguments(parser, SECTION, "runs/yolo", resume=False)
     return parser
 
 
