@@ -3,12 +3,19 @@
     python infer/benchmark.py reader [--files 6] [--repeats 5] [--size 1024] [--out runs/bench/reader.json]
     python infer/benchmark.py training [--arch resnext50_32x4d] [--image-size 224] [--batch-size 32]
         [--steps 20] [--repeats 5] [--amp fp16|bf16] [--device auto] [--out runs/bench/training.json]
+    python infer/benchmark.py inference [--weights-dir W | --config train/configs/full.yaml] [--images 8]
+        [--repeats 3] [--batch-size N] [--workers N] [--device auto] [--out runs/bench/inference.json]
 
 ``reader``: full-size 16-bit DICOMs (about 2500 x 3000, written by the synthetic generator, with and
 without a VOI window, MONOCHROME1 and 2) decoded and resized to ``--size`` by the project's reader
 and by the widely copied recipe (pixel_array -> apply_voi_lut -> invert -> min/max -> uint8 ->
 resize), one thread each, on the same files. Reports images per second per core for both, the
 speed-up, and the mean absolute difference between the two outputs in grey levels.
+
+``inference``: images per second of each prediction stage (decoding in one process and in workers,
+each model with and without the flip TTA, weighted boxes fusion) and of the whole predictor end to
+end, on real-size DICOMs, with trained weights or the config's models with random weights; and
+the estimated notebook run time for 1,263 and 6,000 test images.
 
 ``training``: training images per second of the NIH backbone through the project's training loop
 (``utils.engine.train_one_epoch``: forward, summed loss, scaled backward, SGD step, schedule) in full
@@ -62,16 +69,17 @@ def copied_recipe(path, size: int) -> np.ndarray:
     return cv2.resize(data, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def write_full_size_files(folder: Path, count: int, seed: int = 0) -> list[Path]:
+def write_full_size_files(folder: Path, count: int, seed: int = 0, scale: float = 1.0) -> list[Path]:
     """Real-size 16-bit radiographs in the competition's common forms (no rescale, so that the
-    copied recipe, which ignores the modality rescale, computes the same image)."""
+    copied recipe, which ignores the modality rescale, computes the same image); ``scale`` shrinks
+    them (tests)."""
     rng = np.random.default_rng(seed)
     forms = [("MONOCHROME2", 12, True), ("MONOCHROME2", 16, False), ("MONOCHROME1", 14, True),
              ("MONOCHROME2", 12, False), ("MONOCHROME1", 12, False), ("MONOCHROME2", 14, True)]
     paths = []
     for k in range(count):
         photometric, bits, windowed = forms[k % len(forms)]
-        height, width = int(rng.integers(2300, 2800)), int(rng.integers(2800, 3200))
+        height, width = int(scale * rng.integers(2300, 2800)), int(scale * rng.integers(2800, 3200))
         stored = display_to_stored(render_chest(rng, height, width), bits_stored=bits, photometric=photometric)
         top = (1 << bits) - 1
         window = (top * 0.5, top * 0.8) if windowed else None
@@ -171,6 +179,132 @@ def benchmark_training(arch: str = "resnext50_32x4d", image_size: int = 224, bat
     }
 
 
+def write_untrained_weights(weights_dir, config_path, folds: int = 1, overrides: dict | None = None) -> Path:
+    """A weights folder with randomly initialised models of every section of ``config_path`` (study
+    classifier, Faster R-CNN, YOLO; ``folds`` copies each) and its manifest, including the ensemble
+    section: the speed of prediction does not depend on what the weights learned."""
+    from dataclasses import asdict
+
+    from train.train_frcnn import SECTION as FRCNN
+    from train.train_frcnn import FrcnnConfig
+    from train.train_study import SECTION as STUDY
+    from train.train_study import StudyConfig
+    from train.train_yolo import SECTION as YOLO
+    from train.train_yolo import YoloConfig
+    from utils.config import load_section, load_yaml_section
+    from utils.frcnn import detector_from_config
+    from utils.manifest import register_ensemble, register_model
+    from utils.models import PRETRAINED_NONE, StudyClassifier
+    from utils.yolo import import_ultralytics
+
+    weights_dir = Path(weights_dir)
+    overrides = overrides or {}
+    study = load_section(config_path, STUDY, StudyConfig, overrides.get(STUDY))
+    frcnn = load_section(config_path, FRCNN, FrcnnConfig, overrides.get(FRCNN))
+    yolo = load_section(config_path, YOLO, YoloConfig, overrides.get(YOLO))
+    torch.manual_seed(0)
+    files = {name: {k: f"{name}/fold{k}.pt" for k in range(folds)} for name in ("study", "faster_rcnn", "yolo")}
+    for relative in (p for fold_files in files.values() for p in fold_files.values()):
+        (weights_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+    ultralytics = import_ultralytics(weights_dir / "ultralytics_settings")
+    for k in range(folds):
+        torch.save(StudyClassifier(study.arch, PRETRAINED_NONE).state_dict(), weights_dir / files["study"][k])
+        detector = detector_from_config(asdict(frcnn), PRETRAINED_NONE, frcnn.predict_size)
+        torch.save(detector.state_dict(), weights_dir / files["faster_rcnn"][k])
+        ultralytics.YOLO(yolo.model).save(weights_dir / files["yolo"][k])
+    register_model(weights_dir, "study", "study_classifier", files["study"], study.image_size, asdict(study))
+    register_model(weights_dir, "faster_rcnn", "faster_rcnn", files["faster_rcnn"], frcnn.predict_size, asdict(frcnn))
+    register_model(weights_dir, "yolo", "yolo", files["yolo"], yolo.predict_size, asdict(yolo))
+    ensemble = {**load_yaml_section(config_path, "ensemble"), **overrides.get("ensemble", {})}
+    return register_ensemble(weights_dir, ensemble)
+
+
+def _median_rate(function, n_images: int, repeats: int, sync) -> float:
+    """Images per second of ``function()`` (which handles ``n_images``): median over ``repeats``
+    after one warm-up call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        function()
+        sync()
+        times.append(time.perf_counter() - start)
+    return n_images / statistics.median(times)
+
+
+def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, repeats: int = 3,
+                        batch_size: int | None = None, workers: int | None = None, device_name: str | None = None,
+                        scale: float = 1.0, work_dir=None) -> dict:
+    """Images per second of every prediction stage and end to end, and the notebook's run time.
+
+    Stages, each the median of ``repeats``: decoding (the project's reader + resizes, one process,
+    and ``workers`` DataLoader processes), each model on decoded batches already on the device
+    (without and with the flip TTA), weighted boxes fusion, and the whole predictor
+    (``Ensemble.predict_paths``: decoding in workers overlapped with the models). Without
+    ``weights_dir`` the models of ``config_path`` are built with random weights.
+    """
+    from torch.utils.data import DataLoader
+
+    from infer.predictor import Ensemble, InputImageDataset, collate_images
+
+    work = Path(work_dir or tempfile.mkdtemp(prefix="bench-inference-"))
+    if weights_dir is None:
+        weights_dir = write_untrained_weights(work / "weights", config_path).parent
+    overrides = {k: v for k, v in (("device", device_name), ("workers", workers), ("batch_size", batch_size))
+                 if v is not None}
+    ensemble = Ensemble(weights_dir, overrides=overrides)
+    config = ensemble.config
+    paths = write_full_size_files(work / "dicoms", images, seed=1, scale=scale)
+    device = ensemble.device
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def decode(n_workers: int):
+        loader = DataLoader(InputImageDataset(paths, ensemble.sizes), batch_size=config.batch_size,
+                            num_workers=n_workers, collate_fn=collate_images)
+        return [image for batch in loader for image in batch]
+
+    rates = {"decode_1_process": _median_rate(lambda: decode(0), images, repeats, sync)}
+    if config.workers:
+        rates[f"decode_{config.workers}_workers"] = _median_rate(lambda: decode(config.workers), images, repeats, sync)
+    decoded = decode(0)
+    batches = [decoded[i:i + config.batch_size] for i in range(0, len(decoded), config.batch_size)]
+    on_device = [{size: ensemble.device_batch(batch, size) for size in ensemble.sizes} for batch in batches]
+    sources = {}
+    for member in ensemble.members:
+        for tta in (False, True):
+            def run(member=member, tta=tta):
+                return [member.predict(batch[member.input_size], tta, ensemble.precision) for batch in on_device]
+            rates[f"{member.name}{'_tta' if tta else ''}"] = _median_rate(run, images, repeats, sync)
+        if member.kind != "study_classifier":
+            sources[member.name] = [found for out in run() for found in out]
+    per_image = [[s for name in sources for s in sources[name][k]] for k in range(images)]
+    rates["wbf"] = _median_rate(lambda: [ensemble.fuse(s, [1.0] * len(s)) for s in per_image], images, repeats, sync)
+    rates["end_to_end"] = _median_rate(lambda: ensemble.predict_paths(paths, progress=False), images, repeats, sync)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    return {
+        "benchmark": "inference",
+        "device": where,
+        "precision": str(ensemble.precision.dtype) if ensemble.precision.enabled else "fp32",
+        "models": ensemble.describe()["models"],
+        "tta_hflip": config.tta_hflip,
+        "batch_size": config.batch_size,
+        "workers": config.workers,
+        "images": images,
+        "image_size": "about 2500 x 3000, 16-bit" if scale == 1.0 else f"scaled by {scale}",
+        "repeats": repeats,
+        "images_per_s": {k: round(v, 3) for k, v in rates.items()},
+        "model_load_seconds": round(ensemble.load_seconds, 1),
+        # The notebook loads the models once and predicts the whole test split end to end.
+        "estimated_notebook_minutes": {str(n): round((ensemble.load_seconds + n / rates["end_to_end"]) / 60, 1)
+                                       for n in (1263, 6000)},
+        "torch": torch.__version__,
+    }
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -189,6 +323,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                           help="mixed precision to compare (default: fp16 on CUDA, bf16 on the CPU)")
     training.add_argument("--device", default="auto")
     training.add_argument("--out", help="also write the JSON here")
+    inference = sub.add_parser("inference", help="prediction images/s per stage and end to end")
+    source = inference.add_mutually_exclusive_group()
+    source.add_argument("--weights-dir", type=Path, default=None, help="trained weights (manifest.json)")
+    source.add_argument("--config", type=Path, default=Path("train/configs/full.yaml"),
+                        help="without --weights-dir: models of this config with random weights")
+    inference.add_argument("--images", type=int, default=8)
+    inference.add_argument("--repeats", type=int, default=3)
+    inference.add_argument("--batch-size", type=int, default=None)
+    inference.add_argument("--workers", type=int, default=None)
+    inference.add_argument("--device", default=None)
+    inference.add_argument("--scale", type=float, default=1.0, help="shrink the test DICOMs (quick checks)")
+    inference.add_argument("--out", help="also write the JSON here")
     return parser
 
 
@@ -196,6 +342,9 @@ def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     if args.stage == "reader":
         result = benchmark_reader(args.files, args.repeats, args.size)
+    elif args.stage == "inference":
+        result = benchmark_inference(args.weights_dir, args.config, args.images, args.repeats, args.batch_size,
+                                     args.workers, args.device, args.scale)
     else:
         result = benchmark_training(args.arch, args.image_size, args.batch_size, args.steps, args.repeats, args.amp,
                                     args.device)

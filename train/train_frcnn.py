@@ -45,7 +45,7 @@ from utils.engine import (
     resolve_device,
     resolve_precision,
 )
-from utils.frcnn import FasterRCNNDetector, load_detector_state, unpad_detections
+from utils.frcnn import FasterRCNNDetector, detector_from_config, load_detector_state, unpad_detections
 from utils.manifest import register_fold_checkpoints
 from utils.models import PRETRAINED_NONE
 from utils.predictions import detection_rows
@@ -93,11 +93,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def build_detector(config: FrcnnConfig) -> FasterRCNNDetector:
     """The detector of ``config``: the trunk from ``backbone``, or everything from ``init_from``."""
     trunk = PRETRAINED_NONE if config.init_from else config.backbone
-    model = FasterRCNNDetector(config.arch, trunk, image_size=config.image_size,
-                               trainable_layers=config.trainable_layers, freeze_bn=config.freeze_bn,
-                               score_threshold=config.score_threshold, nms_threshold=config.nms_threshold,
-                               detections_per_image=config.detections_per_image, proposals=config.proposals,
-                               roi_samples=config.roi_samples)
+    model = detector_from_config(asdict(config), trunk, config.image_size)
     if config.init_from:
         load_detector_state(model, load_checkpoint(config.init_from)["model"], config.init_from)
     return model

@@ -66,6 +66,12 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item_type, *_) = typing.get_args(annotation) or (Any,)
         return [_check_value(v, item_type, f"{where}[{k}]") for k, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(annotation) or (Any, Any)
+        return {_check_value(k, key_type, f"{where} key"): _check_value(v, value_type, f"{where}[{k}]")
+                for k, v in value.items()}
     if annotation is Any:
         return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
@@ -105,8 +111,8 @@ def parse_overrides(items: list[str] | None) -> dict:
     return overrides
 
 
-def load_section(path, section: str, cls: type[ConfigT], overrides: dict | None = None) -> ConfigT:
-    """Section ``section`` of YAML file ``path`` as dataclass ``cls``, with ``overrides`` applied on top."""
+def load_yaml_section(path, section: str) -> dict:
+    """The raw mapping of section ``section`` of YAML file ``path`` (errors name the file)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -117,8 +123,15 @@ def load_section(path, section: str, cls: type[ConfigT], overrides: dict | None 
     if not isinstance(document, dict) or section not in document:
         sections = sorted(document) if isinstance(document, dict) else []
         raise ConfigError(f"{path}: no section {section!r}; sections: {sections}")
-    mapping = dict(document[section] or {})
-    config = from_mapping(cls, mapping, f"{path} [{section}]")
+    mapping = document[section] or {}
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{path} [{section}]: expected a mapping of keys, got {type(mapping).__name__}")
+    return dict(mapping)
+
+
+def load_section(path, section: str, cls: type[ConfigT], overrides: dict | None = None) -> ConfigT:
+    """Section ``section`` of YAML file ``path`` as dataclass ``cls``, with ``overrides`` applied on top."""
+    config = from_mapping(cls, load_yaml_section(path, section), f"{path} [{section}]")
     if overrides:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -136,6 +137,16 @@ class FasterRCNNDetector(nn.Module):
             scores[i, :n] = found["scores"][opacity][:n].float()
             counts[i] = n
         return {"boxes": boxes, "scores": scores, "n_detections": counts}
+
+
+def detector_from_config(config: Mapping, trunk_weights: str | None, image_size: int) -> FasterRCNNDetector:
+    """The detector a training config describes (``train/train_frcnn.py``'s section, or the copy saved
+    in the weights manifest), its trunk from ``trunk_weights``, inputs resized to ``image_size``."""
+    return FasterRCNNDetector(config["arch"], trunk_weights, image_size=image_size,
+                              trainable_layers=config["trainable_layers"], freeze_bn=config["freeze_bn"],
+                              score_threshold=config["score_threshold"], nms_threshold=config["nms_threshold"],
+                              detections_per_image=config["detections_per_image"], proposals=config["proposals"],
+                              roi_samples=config["roi_samples"])
 
 
 def unpad_detections(outputs: dict[str, torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:

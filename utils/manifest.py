@@ -38,6 +38,13 @@ def read_manifest(weights_dir) -> dict:
     return manifest
 
 
+def _write_manifest(weights_dir: Path, manifest: dict) -> Path:
+    path = weights_dir / MANIFEST_FILE
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
 def register_model(weights_dir, name: str, kind: str, files: dict[int, str], input_size: int, config: dict) -> Path:
     """Add or replace model ``name``; ``files`` maps fold -> path relative to ``weights_dir`` (must exist)."""
     if kind not in MODEL_KINDS:
@@ -54,10 +61,16 @@ def register_model(weights_dir, name: str, kind: str, files: dict[int, str], inp
         "input_size": int(input_size),
         "config": config,
     }
-    path = weights_dir / MANIFEST_FILE
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return path
+    return _write_manifest(weights_dir, manifest)
+
+
+def register_ensemble(weights_dir, settings: dict) -> Path:
+    """Store the ensemble's settings (TTA, fusion, none blending) beside the models, under
+    ``"ensemble"``, so that a weights folder alone says how to predict with it."""
+    weights_dir = Path(weights_dir)
+    manifest = read_manifest(weights_dir)
+    manifest["ensemble"] = settings
+    return _write_manifest(weights_dir, manifest)
 
 
 def export_weights(checkpoint: dict, path) -> Path:

@@ -40,13 +40,13 @@ class ClassDetections:
     predictions: list[tuple[float, str, tuple]]  # (confidence, id, box)
 
 
-def average_precision(detections: ClassDetections, iou_threshold: float = IOU_THRESHOLD) -> float | None:
-    """VOC 2010 all-point AP of one class; None when the class has no ground truth."""
+def precision_recall(detections: ClassDetections, iou_threshold: float = IOU_THRESHOLD,
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The class's precision-recall curve ``(recall, precision)``, one point per prediction in
+    descending confidence; None when the class has no ground truth."""
     n_truths = sum(len(b) for b in detections.truths.values())
     if n_truths == 0:
         return None
-    if not detections.predictions:
-        return 0.0
     order = sorted(detections.predictions, key=lambda p: (-p[0], p[1], p[2]))
     matched = {identifier: np.zeros(len(b), dtype=bool) for identifier, b in detections.truths.items()}
     true_positive = np.zeros(len(order))
@@ -61,8 +61,17 @@ def average_precision(detections: ClassDetections, iou_threshold: float = IOU_TH
             matched[identifier][best] = True
             true_positive[k] = 1.0
     cum_tp = np.cumsum(true_positive)
-    recall = cum_tp / n_truths
-    precision = cum_tp / np.arange(1, len(order) + 1)
+    return cum_tp / n_truths, cum_tp / np.arange(1, len(order) + 1)
+
+
+def average_precision(detections: ClassDetections, iou_threshold: float = IOU_THRESHOLD) -> float | None:
+    """VOC 2010 all-point AP of one class; None when the class has no ground truth."""
+    curve = precision_recall(detections, iou_threshold)
+    if curve is None:
+        return None
+    if not detections.predictions:
+        return 0.0
+    recall, precision = curve
     # All-point interpolation: precision envelope, then sum over the recall steps.
     recall = np.concatenate([[0.0], recall, [1.0]])
     precision = np.concatenate([[0.0], precision, [0.0]])
@@ -104,14 +113,8 @@ def ground_truth_from_table(table: pd.DataFrame) -> dict[str, list[tuple[str, tu
     return truth
 
 
-def score(submission: pd.DataFrame, truth: dict[str, list[tuple[str, tuple]]]) -> dict:
-    """Score a submission table against ``truth`` (see :func:`ground_truth_from_files`).
-
-    Only ids in the truth are scored; an id missing from the submission predicts nothing. Study
-    classes are scored on study rows only and image classes on image rows only. Returns
-    ``{"map", "study_map", "image_map", "ap": {class: AP or None}, "n_studies", "n_images"}``; a class
-    with no ground truth has AP None and is left out of the means.
-    """
+def class_detections(submission: pd.DataFrame, truth: dict[str, list[tuple[str, tuple]]]) -> dict[str, ClassDetections]:
+    """Per class, the truth boxes and the submission's predictions on the ids of ``truth``."""
     per_class = {c: ClassDetections({}, []) for c in ALL_CLASSES}
     for identifier, items in truth.items():
         kind_classes = STUDY_CLASSES if row_kind(identifier) == "study" else IMAGE_CLASSES
@@ -130,6 +133,18 @@ def score(submission: pd.DataFrame, truth: dict[str, list[tuple[str, tuple]]]) -
         for p in predictions:
             if p.label in kind_classes and np.isfinite(p.confidence) and all(np.isfinite(p.box)):
                 per_class[p.label].predictions.append((p.confidence, identifier, tuple(p.box)))
+    return per_class
+
+
+def score(submission: pd.DataFrame, truth: dict[str, list[tuple[str, tuple]]]) -> dict:
+    """Score a submission table against ``truth`` (see :func:`ground_truth_from_files`).
+
+    Only ids in the truth are scored; an id missing from the submission predicts nothing. Study
+    classes are scored on study rows only and image classes on image rows only. Returns
+    ``{"map", "study_map", "image_map", "ap": {class: AP or None}, "n_studies", "n_images"}``; a class
+    with no ground truth has AP None and is left out of the means.
+    """
+    per_class = class_detections(submission, truth)
     ap = {c: average_precision(per_class[c]) for c in ALL_CLASSES}
 
     def mean(classes):

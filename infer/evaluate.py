@@ -1,0 +1,265 @@
+"""The cross-validation report of a training run: every model's out-of-fold predictions scored with the
+competition metric, alone and fused as the ensemble fuses them, beside the trivial baselines.
+
+    python infer/evaluate.py --run-dir runs/full --out runs/full/report [--weights-dir runs/full/weights]
+        [--config train/configs/full.yaml] [--set KEY=VALUE ...]
+
+Reads RUN/prepared/meta.csv, RUN/{study,frcnn,yolo}/oof_predictions.csv and RUN/backbone/eval_test.json
+(whichever exist). Scores on the images of the folds that every model predicted:
+
+- backbone: mean test AUC over the 14 NIH findings;
+- study classifier: study mAP, none AP; each detector: opacity AP@0.5;
+- ensemble: the detectors' boxes fused with weighted boxes fusion and the none blend of the
+  ``ensemble`` config section, through the same functions as ``make_submission.py`` (without
+  test-time flips: the out-of-fold predictions have none), scored as a whole submission (final mAP);
+- baselines: class prior with all ``none``, and the prior plus one fixed box per lung.
+
+Writes cv_report.json, cv_report.md, pr_curves.png and loss_curves.png to --out. With
+--weights-dir, stores the ensemble section in the weights manifest (how to predict with them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from infer.baseline_submission import baseline_rows
+from infer.predictor import SECTION, EnsembleConfig, ImagePrediction, assemble_submission, fuse_sources
+from train.cli import DEFAULT_CONFIG
+from utils.boxes import as_boxes
+from utils.classification import study_classifier_scores
+from utils.config import ConfigError, load_section, parse_overrides
+from utils.detection import box_submission, detector_scores
+from utils.files import atomic_path
+from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
+from utils.manifest import register_ensemble
+from utils.metric import class_detections, ground_truth_from_table, precision_recall, score
+from utils.predictions import BOX_COLUMNS, NONE_PROB_COLUMN, STUDY_PROB_COLUMNS, read_predictions
+from utils.prepare import read_meta
+
+log = logging.getLogger("evaluate")
+STAGE_FOLDERS = ("study", "frcnn", "yolo")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", required=True, type=Path, help="train_all.py's run folder")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default: RUN/report)")
+    parser.add_argument("--weights-dir", type=Path, default=None, help="store the ensemble settings in its manifest")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"YAML with an '{SECTION}' section")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override ensemble keys, e.g. --set wbf_iou_thr=0.6")
+    parser.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the stages")
+    return parser
+
+
+def load_oof(run_dir: Path) -> dict[str, pd.DataFrame]:
+    """Model name -> its out-of-fold predictions, for every stage folder that has them."""
+    oof = {}
+    for folder in STAGE_FOLDERS:
+        path = run_dir / folder / "oof_predictions.csv"
+        if path.is_file():
+            frame = read_predictions(path)
+            for name, part in frame.groupby("model"):
+                oof[str(name)] = part
+    return oof
+
+
+def evaluated_rows(table: pd.DataFrame, oof: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The prepared rows of the folds that every model predicted out of fold."""
+    folds = set(table["fold"].astype(int))
+    for frame in oof.values():
+        folds &= set(frame["fold"].astype(int))
+    if not folds:
+        raise ValueError("no fold was predicted out of fold by every model")
+    return table[table["fold"].astype(int).isin(folds)]
+
+
+def fused_predictions(oof: dict[str, pd.DataFrame], rows: pd.DataFrame,
+                      config: EnsembleConfig) -> list[ImagePrediction]:
+    """One :class:`ImagePrediction` per image of ``rows``, built from the out-of-fold predictions as the
+    ensemble builds its test predictions (each detector is one source with its model weight)."""
+    detectors, classifiers = {}, {}
+    for name, frame in oof.items():
+        boxes = frame.dropna(subset=list(BOX_COLUMNS))
+        if len(boxes):
+            detectors[name] = {k: (g[list(BOX_COLUMNS)].to_numpy(), g["score"].to_numpy())
+                               for k, g in boxes.groupby("image_id")}
+        probs = frame.dropna(subset=[NONE_PROB_COLUMN])
+        if len(probs):
+            classifiers[name] = probs.groupby("image_id")[[*STUDY_PROB_COLUMNS, NONE_PROB_COLUMN]].mean()
+    empty = (as_boxes([]), np.zeros(0))
+    predictions = []
+    for row in rows.itertuples(index=False):
+        sources = [found.get(row.image_id, empty) for found in detectors.values()]
+        weights = [config.model_weights.get(name, 1.0) for name in detectors]
+        boxes, scores = fuse_sources(sources, weights, config)
+        study = none = None
+        tables = [t for t in classifiers.values() if row.image_id in t.index]
+        if tables:
+            values = np.mean([t.loc[row.image_id].to_numpy(dtype=np.float64) for t in tables], axis=0)
+            study, none = values[:-1], float(values[-1])
+        predictions.append(ImagePrediction(row.image_id, row.study_id, int(row.original_height),
+                                           int(row.original_width), boxes, scores, study, none))
+    return predictions
+
+
+def submission_ids(rows: pd.DataFrame) -> pd.DataFrame:
+    studies = [f"{s}{STUDY_SUFFIX}" for s in rows["study_id"].drop_duplicates()]
+    return pd.DataFrame({"id": studies + [f"{i}{IMAGE_SUFFIX}" for i in rows["image_id"]]})
+
+
+def evaluate_run(run_dir: Path, config: EnsembleConfig) -> tuple[dict, dict, dict]:
+    """``(report, submissions, truth)``: the scores, each scored submission table and the truth they
+    were scored against (for the curves)."""
+    table = read_meta(run_dir / "prepared" / "meta.csv", 0)
+    oof = load_oof(run_dir)
+    if not oof:
+        raise FileNotFoundError(f"{run_dir}: no out-of-fold predictions under {', '.join(STAGE_FOLDERS)}/")
+    rows = evaluated_rows(table, oof)
+    truth = ground_truth_from_table(rows)
+    sample = submission_ids(rows)
+    report = {"folds": sorted(int(f) for f in rows["fold"].unique()), "n_studies": int(rows["study_id"].nunique()),
+              "n_images": int(len(rows)), "ensemble_config": asdict(config), "models": {}}
+    backbone = run_dir / "backbone" / "eval_test.json"
+    if backbone.is_file():
+        report["backbone"] = {"mean_auc": json.loads(backbone.read_text()).get("mean_auc")}
+    submissions = {}
+    for name, frame in oof.items():
+        frame = frame[frame["image_id"].isin(set(rows["image_id"]))]
+        if frame[NONE_PROB_COLUMN].notna().any():
+            scores = study_classifier_scores(frame, rows)
+            report["models"][name] = {"study_map": scores["study_map"], "none_ap": scores["none_ap"],
+                                      "ap": scores["ap"]}
+        else:
+            scores = detector_scores(frame, rows)
+            report["models"][name] = {"opacity_ap": scores["opacity_ap"]}
+            submissions[name] = box_submission(frame, rows[rows["used"].astype(bool)])
+    predictions = fused_predictions(oof, rows, config)
+    submissions["ensemble"] = assemble_submission(predictions, sample, config.none_study_weight)
+    report["ensemble"] = score(submissions["ensemble"], truth)
+    sizes = {r.image_id: (r.original_width, r.original_height) for r in rows.itertuples(index=False)}
+    for kind, label in (("prior", "baseline_prior"), ("prior-boxes", "baseline_prior_fixed_boxes")):
+        submissions[label] = baseline_rows(sample["id"], sizes, table, kind)  # priors of the whole training set
+        report[label] = score(submissions[label], truth)
+    return report, submissions, truth
+
+
+def _show(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def markdown_report(report: dict) -> str:
+    lines = ["# Cross-validation report\n",
+             f"Folds {report['folds']}: {report['n_studies']} studies, {report['n_images']} images "
+             "(out-of-fold predictions; the ensemble fused without test-time flips).\n"]
+    if "backbone" in report:
+        lines.append(f"NIH backbone: mean test AUC over the 14 findings {_show(report['backbone']['mean_auc'])}.\n")
+    lines += ["| model | study mAP | none AP | opacity AP |", "| --- | --- | --- | --- |"]
+    for name, m in report["models"].items():
+        cells = [_show(m.get(key)) for key in ("study_map", "none_ap", "opacity_ap")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| submission | study mAP | image mAP | **final mAP** | " + " | ".join(
+        f"{c} AP" for c in (*STUDY_CLASSES, *IMAGE_CLASSES)) + " |", "| --- " * 10 + "|"]
+    for label in ("ensemble", "baseline_prior", "baseline_prior_fixed_boxes"):
+        r = report[label]
+        lines.append(f"| {label} | {_show(r['study_map'])} | {_show(r['image_map'])} | **{_show(r['map'])}** | "
+                     + " | ".join(_show(r["ap"][c]) for c in (*STUDY_CLASSES, *IMAGE_CLASSES)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pr_curves(submissions: dict, truth: dict, path: Path) -> None:
+    """Opacity precision-recall per detector and for the ensemble; the ensemble's study classes and none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name, submission in submissions.items():
+        if name.startswith("baseline") and name != "baseline_prior_fixed_boxes":
+            continue
+        curve = precision_recall(class_detections(submission, truth)["opacity"])
+        if curve is not None and len(curve[0]):
+            left.plot(curve[0], curve[1], label=name)
+    left.set(title="opacity (IoU > 0.5)", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    left.legend()
+    per_class = class_detections(submissions["ensemble"], truth)
+    for name in (*STUDY_CLASSES, "none"):
+        curve = precision_recall(per_class[name])
+        if curve is not None and len(curve[0]):
+            right.plot(curve[0], curve[1], label=name)
+    right.set(title="ensemble: study classes and none", xlabel="recall", xlim=(0, 1), ylim=(0, 1.02))
+    right.legend()
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    plt.close(figure)
+
+
+def plot_loss_curves(run_dir: Path, path: Path) -> bool:
+    """Training and validation loss per epoch of every stage's runs (one panel per stage, a line per
+    fold); False when no run has a metrics.csv yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {}
+    for stage in ("backbone", *STAGE_FOLDERS):
+        files = sorted((run_dir / stage).glob("fold*/metrics.csv")) or sorted((run_dir / stage).glob("metrics.csv"))
+        if files:
+            runs[stage] = files
+    if not runs:
+        return False
+    figure, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.6), squeeze=False)
+    for axis, (stage, files) in zip(axes[0], runs.items()):
+        for k, file in enumerate(files):
+            history = pd.read_csv(file)
+            label = file.parent.name if file.parent.name.startswith("fold") else ""
+            for column, style in (("train_loss", "-"), ("val_loss", "--")):
+                if column in history and history[column].notna().any():
+                    axis.plot(history["epoch"], history[column], style, color=f"C{k}",
+                              label=f"{label} {column.split('_')[0]}".strip())
+        axis.set(title=stage, xlabel="epoch", ylabel="loss")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    plt.close(figure)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = args.out or args.run_dir / "report"
+    try:
+        config = load_section(args.config, SECTION, EnsembleConfig, parse_overrides(args.overrides))
+        report, submissions, truth = evaluate_run(args.run_dir, config)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown_report(report)
+    for name, content in (("cv_report.json", json.dumps(report, indent=2) + "\n"), ("cv_report.md", text)):
+        with atomic_path(out / name) as temporary:
+            temporary.write_text(content)
+    plot_pr_curves(submissions, truth, out / "pr_curves.png")
+    plot_loss_curves(args.run_dir, out / "loss_curves.png")
+    if args.weights_dir is not None:
+        register_ensemble(args.weights_dir, asdict(config))
+        log.info("ensemble settings stored in %s", args.weights_dir / "manifest.json")
+    print(text)
+    print(f"report: {out / 'cv_report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,483 @@
+"""The one predictor: radiographs in, fused opacity boxes and study probabilities out.
+
+:class:`Ensemble` loads every model listed in a weights folder's ``manifest.json`` (written by
+training: kind, folds, files, input size, resolved config) and nothing else: no model, size or
+threshold is written here. ``make_submission.py``, the Kaggle notebook, the web app and the
+benchmark all go through it.
+
+Per image:
+
+1. :func:`decode_test_image` reads the DICOM (or PNG/JPEG) once with the project's reader at the
+   largest input size and area-resizes it to each model's size: the same pixels preparation wrote
+   to the PNGs the models were trained on. In :meth:`Ensemble.predict_paths` this runs in
+   DataLoader workers, so the device does not wait for decoding.
+2. Each model runs every fold, on the image and (``tta_hflip``) on its mirror image, whose boxes are
+   flipped back. Classifier probabilities are averaged over folds and flips.
+3. All box sets (models x folds x flips) are fused with weighted boxes fusion in XYXY_NORM; a
+   model's weight (``model_weights``) is shared among its sources.
+
+:func:`assemble_submission` then averages the image probabilities over each study, blends each
+image's "none" with its study's negative probability, maps the boxes back to the original DICOM
+pixels and writes one row per id of the sample submission. An image that cannot be read is logged
+with its reason and gets a fallback row, so the submission is always complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from utils.boxes import as_boxes, denormalize_xyxy, hflip_xyxy
+from utils.config import from_mapping
+from utils.dicom import DicomReadError, read_radiograph, resize_image
+from utils.engine import Precision, resolve_device, resolve_precision
+from utils.frcnn import detector_from_config, load_detector_state, unpad_detections
+from utils.fusion import WBF_CONF_TYPES, blend_none, fuse_boxes
+from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
+from utils.manifest import ManifestError, read_manifest
+from utils.models import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED_NONE, StudyClassifier
+from utils.submission import image_prediction_string, study_prediction_string, write_submission
+
+log = logging.getLogger(__name__)
+
+SECTION = "ensemble"
+NEGATIVE = STUDY_CLASSES.index("negative")
+# A study none of whose images could be read: every class equally likely (no information).
+UNINFORMED_STUDY = np.full(len(STUDY_CLASSES), 1.0 / len(STUDY_CLASSES))
+UNINFORMED_NONE = 0.5
+
+
+@dataclass
+class EnsembleConfig:
+    """The ``ensemble`` section of a config (kept in the manifest by ``train/train_all.py``)."""
+
+    tta_hflip: bool = True
+    model_weights: dict[str, float] = field(default_factory=dict)
+    wbf_iou_thr: float = 0.55
+    wbf_skip_box_thr: float = 0.001
+    wbf_conf_type: Literal[WBF_CONF_TYPES] = "avg"
+    max_boxes: int = 100
+    none_study_weight: float = 0.5
+    batch_size: int = 8
+    workers: int = 2
+    device: str = "auto"
+    amp: str = "auto"
+
+
+def ensemble_config(manifest: dict, overrides: dict | None = None, source: str = "manifest") -> EnsembleConfig:
+    """The manifest's ``ensemble`` section (defaults where it has none) with ``overrides`` on top."""
+    mapping = {**manifest.get(SECTION, {}), **(overrides or {})}
+    return from_mapping(EnsembleConfig, mapping, f"{source} [{SECTION}]")
+
+
+def fuse_sources(sources: list[tuple[np.ndarray, np.ndarray]], weights: list[float],
+                 config: EnsembleConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted boxes fusion of one image's ``(XYXY_NORM boxes, scores)`` sources with the config's
+    settings (the predictor and the out-of-fold evaluation both fuse through here)."""
+    if not sources:
+        return as_boxes([]), np.zeros(0)
+    return fuse_boxes([b for b, _ in sources], [s for _, s in sources], weights, iou_thr=config.wbf_iou_thr,
+                      skip_box_thr=config.wbf_skip_box_thr, conf_type=config.wbf_conf_type,
+                      max_boxes=config.max_boxes)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class InputImage:
+    """One decoded radiograph: ``pixels[size]`` is the uint8 ``size x size`` image; ``error`` says
+    why there are no pixels when it could not be read."""
+
+    image_id: str
+    study_id: str
+    original_height: int = 0
+    original_width: int = 0
+    pixels: dict[int, np.ndarray] = field(default_factory=dict)
+    error: str | None = None
+
+
+def decode_test_image(source, sizes: Sequence[int], *, image_id: str, study_id: str = "", name: str | None = None,
+                      max_pixels: int | None = None) -> InputImage:
+    """Read ``source`` (path or bytes of a DICOM, PNG or JPEG) once at the largest of ``sizes`` and
+    area-resize it to the others, as ``utils.prepare.decode_one`` does for the training PNGs. Never
+    raises for a bad file: the result carries the reason in ``error``."""
+    try:
+        radiograph = read_radiograph(source, max(sizes), max_pixels=max_pixels, name=name)
+    except DicomReadError as err:
+        return InputImage(image_id, study_id, error=err.reason)
+    except Exception as err:  # a decoder's own failure; one bad file never stops the run
+        return InputImage(image_id, study_id, error=f"{type(err).__name__}: {err}")
+    pixels = {int(size): resize_image(radiograph.pixels, int(size)) for size in sizes}
+    return InputImage(image_id, study_id, radiograph.original_height, radiograph.original_width, pixels)
+
+
+class InputImageDataset(Dataset):
+    """DICOMs in the competition's ``<study>/<series>/<image>.dcm`` layout, decoded for the ensemble."""
+
+    def __init__(self, paths: Sequence, sizes: Sequence[int]):
+        self.paths = [Path(p) for p in paths]
+        self.sizes = tuple(sizes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> InputImage:
+        path = self.paths[index]
+        return decode_test_image(path, self.sizes, image_id=path.stem, study_id=path.parent.parent.name)
+
+
+def collate_images(items: list[InputImage]) -> list[InputImage]:
+    return items
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@dataclass
+class ImagePrediction:
+    """What the ensemble says about one image. ``boxes`` XYXY_NORM (of the original image) with
+    ``scores``, highest first; ``study_probs`` (4,) and ``none_prob`` from the study classifier
+    (None without one, or when the image could not be read: ``error``)."""
+
+    image_id: str
+    study_id: str
+    original_height: int
+    original_width: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    study_probs: np.ndarray | None = None
+    none_prob: float | None = None
+    error: str | None = None
+
+
+def detector_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, H, W)`` -> float ``(B, 3, H, W)`` in [0, 1]: the ``detector_eval`` preset's output
+    (torchvision's detectors normalise inside the model; YOLO takes [0, 1])."""
+    return images.float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+def classifier_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, H, W)`` -> the ``study_eval`` preset's output: ImageNet-normalised ``(B, 3, H, W)``,
+    computed on the images' device."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (detector_input(images) - mean) / std
+
+
+class _Member:
+    kind = ""
+
+    def __init__(self, name: str, spec: dict, weights_dir: Path):
+        self.name = name
+        self.spec = spec
+        self.config = spec.get("config", {})
+        self.input_size = int(spec["input_size"])
+        self.folds = [int(f) for f in spec["folds"]]
+        self.files = [Path(weights_dir) / spec["files"][str(f)] for f in self.folds]
+        missing = [str(p) for p in self.files if not p.is_file()]
+        if missing:
+            raise ManifestError(f"model {name!r}: weights file(s) not found: {missing}")
+
+
+class StudyMember(_Member):
+    """The study classifier's folds: study class and none probabilities, averaged over folds and flips."""
+
+    kind = "study_classifier"
+
+    def __init__(self, name, spec, weights_dir, device: torch.device):
+        super().__init__(name, spec, weights_dir)
+        self.models = []
+        for path in self.files:
+            model = StudyClassifier(self.config.get("arch", "resnext50_32x4d"), PRETRAINED_NONE)
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self.models.append(model.to(device).eval())
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ``(B, S, S)`` on the device -> ``(study probabilities (B, 4), none probability (B,))``."""
+        batch = classifier_input(images)
+        if tta:
+            batch = torch.cat([batch, batch.flip(-1)])
+        views = 2 if tta else 1
+        study, none = 0.0, 0.0
+        for model in self.models:
+            with torch.autocast(batch.device.type, dtype=precision.dtype, enabled=precision.enabled):
+                outputs = model(batch)
+            study_probs, none_probs = StudyClassifier.probabilities(outputs)
+            study = study + study_probs.view(views, len(images), -1).mean(0)
+            none = none + none_probs.view(views, len(images)).mean(0)
+        n = len(self.models)
+        return (study / n).cpu().numpy().astype(np.float64), (none / n).cpu().numpy().astype(np.float64)
+
+
+Detections = list[tuple[np.ndarray, np.ndarray]]  # per source: (XYXY_NORM boxes (n, 4), scores (n,))
+
+
+def _with_flipped(per_image: list[Detections], flipped: list[Detections]) -> list[Detections]:
+    """Each image's sources plus its mirror image's sources with the boxes flipped back."""
+    return [own + [(hflip_xyxy(b, 1.0), s) for b, s in mirror] for own, mirror in zip(per_image, flipped)]
+
+
+class FasterRCNNMember(_Member):
+    kind = "faster_rcnn"
+
+    def __init__(self, name, spec, weights_dir, device: torch.device):
+        super().__init__(name, spec, weights_dir)
+        self.models = []
+        for path in self.files:
+            model = detector_from_config(self.config, PRETRAINED_NONE, self.input_size)
+            load_detector_state(model, torch.load(path, map_location="cpu", weights_only=True), path)
+            self.models.append(model.to(device).eval())
+
+    @property
+    def n_sources_per_flip(self) -> int:
+        return len(self.models)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> list[Detections]:
+        """uint8 ``(B, S, S)`` on the device -> per image, one ``(boxes, scores)`` per fold and flip."""
+        batch = detector_input(images)
+        inputs = list(batch) + (list(batch.flip(-1)) if tta else [])
+        per_input: list[Detections] = [[] for _ in inputs]
+        for model in self.models:
+            with torch.autocast(batch.device.type, dtype=precision.dtype, enabled=precision.enabled):
+                outputs = model(inputs)
+            for k, found in enumerate(unpad_detections({key: v.cpu() for key, v in outputs.items()})):
+                per_input[k].append(found)
+        n = len(images)
+        return _with_flipped(per_input[:n], per_input[n:]) if tta else per_input
+
+
+class YoloMember(_Member):
+    kind = "yolo"
+
+    def __init__(self, name, spec, weights_dir, device: torch.device):
+        super().__init__(name, spec, weights_dir)
+        from utils.yolo import import_ultralytics
+
+        if self.input_size % 32:
+            raise ManifestError(f"model {name!r}: YOLO input size {self.input_size} is not a multiple of 32")
+        settings = os.environ.get("YOLO_CONFIG_DIR") or str(Path(tempfile.gettempdir()) / "siim-ultralytics")
+        ultralytics = import_ultralytics(settings)
+        self.models = [ultralytics.YOLO(str(path), task="detect") for path in self.files]
+        self.device = device
+        self.options = {"imgsz": self.input_size, "conf": float(self.config.get("score_threshold", 0.001)),
+                        "iou": float(self.config.get("nms_threshold", 0.6)),
+                        "max_det": int(self.config.get("detections_per_image", 100))}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> list[Detections]:
+        batch = detector_input(images).contiguous()  # a BCHW tensor in [0, 1] is taken as preprocessed
+        inputs = torch.cat([batch, batch.flip(-1)]) if tta else batch
+        device = "cpu" if self.device.type == "cpu" else str(self.device)
+        per_input: list[Detections] = [[] for _ in range(len(inputs))]
+        for model in self.models:
+            results = model.predict(inputs, device=device, half=precision.dtype == torch.float16 and precision.enabled,
+                                    verbose=False, save=False, **self.options)
+            for k, result in enumerate(results):
+                per_input[k].append((result.boxes.xyxyn.float().cpu().numpy().astype(np.float64),
+                                     result.boxes.conf.float().cpu().numpy().astype(np.float64)))
+        n = len(images)
+        return _with_flipped(per_input[:n], per_input[n:]) if tta else per_input
+
+
+MEMBER_TYPES = {m.kind: m for m in (StudyMember, FasterRCNNMember, YoloMember)}
+
+
+class Ensemble:
+    """Every model of ``weights_dir/manifest.json``, ready to predict (see the module docstring)."""
+
+    def __init__(self, weights_dir, config: EnsembleConfig | None = None, overrides: dict | None = None):
+        self.weights_dir = Path(weights_dir)
+        manifest = read_manifest(self.weights_dir)
+        if not manifest["models"]:
+            raise ManifestError(f"{self.weights_dir / 'manifest.json'}: no trained models (run train/train_all.py)")
+        self.config = config or ensemble_config(manifest, overrides, str(self.weights_dir / "manifest.json"))
+        self.device = resolve_device(self.config.device)
+        self.precision = resolve_precision(self.config.amp, self.device)
+        self.members = []
+        started = time.perf_counter()
+        for name, spec in sorted(manifest["models"].items()):
+            if spec.get("kind") not in MEMBER_TYPES:
+                raise ManifestError(f"model {name!r}: unknown kind {spec.get('kind')!r}")
+            self.members.append(MEMBER_TYPES[spec["kind"]](name, spec, self.weights_dir, self.device))
+        self.load_seconds = time.perf_counter() - started
+        unknown = sorted(set(self.config.model_weights) - {m.name for m in self.members})
+        if unknown:
+            raise ManifestError(f"model_weights name models not in the manifest: {unknown}")
+        log.info("ensemble of %s on %s (%s) loaded in %.1f s",
+                 ", ".join(f"{m.name} ({len(m.folds)} fold(s), {m.input_size} px)" for m in self.members),
+                 self.device, "mixed precision" if self.precision.enabled else "full precision", self.load_seconds)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The input sizes of the models: what each image is decoded to."""
+        return tuple(sorted({m.input_size for m in self.members}))
+
+    @property
+    def detectors(self) -> list:
+        return [m for m in self.members if m.kind != StudyMember.kind]
+
+    def device_batch(self, images: list[InputImage], size: int) -> torch.Tensor:
+        array = np.stack([image.pixels[size] for image in images])
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
+
+    def predict_batch(self, images: list[InputImage]) -> list[ImagePrediction]:
+        """Predictions for decoded images, in their order (unreadable ones carry their error)."""
+        readable = [image for image in images if image.error is None]
+        results = {}
+        if readable:
+            batches = {size: self.device_batch(readable, size) for size in self.sizes}
+            tta = self.config.tta_hflip
+            study = none = None
+            sources: list[list] = [[] for _ in readable]
+            weights: list[list] = [[] for _ in readable]
+            for member in self.members:
+                outputs = member.predict(batches[member.input_size], tta, self.precision)
+                if member.kind == StudyMember.kind:
+                    study, none = outputs
+                    continue
+                weight = self.config.model_weights.get(member.name, 1.0)
+                for k, found in enumerate(outputs):
+                    sources[k] += found
+                    weights[k] += [weight / len(found)] * len(found)
+            for k, image in enumerate(readable):
+                boxes, scores = self.fuse(sources[k], weights[k])
+                results[id(image)] = ImagePrediction(
+                    image.image_id, image.study_id, image.original_height, image.original_width, boxes, scores,
+                    None if study is None else study[k], None if none is None else float(none[k]))
+        return [results.get(id(image)) or ImagePrediction(image.image_id, image.study_id, 0, 0, as_boxes([]),
+                                                          np.zeros(0), error=image.error) for image in images]
+
+    def fuse(self, sources: list[tuple[np.ndarray, np.ndarray]], weights: list[float]) -> tuple[np.ndarray, np.ndarray]:
+        return fuse_sources(sources, weights, self.config)
+
+    def predict_paths(self, paths: Sequence, *, batch_size: int | None = None, workers: int | None = None,
+                      progress: bool = True) -> list[ImagePrediction]:
+        """Predictions for DICOM files in the competition's layout, decoded in ``workers`` processes."""
+        from tqdm import tqdm
+
+        batch_size = batch_size or self.config.batch_size
+        workers = self.config.workers if workers is None else workers
+        loader = DataLoader(InputImageDataset(paths, self.sizes), batch_size=batch_size, num_workers=workers,
+                            collate_fn=collate_images, persistent_workers=False,
+                            prefetch_factor=4 if workers else None)
+        predictions = []
+        with tqdm(total=len(paths), desc="predict", unit="image", disable=not progress) as bar:
+            for images in loader:
+                for image in images:
+                    if image.error is not None:
+                        log.warning("unreadable, fallback prediction: %s: %s", image.image_id, image.error)
+                predictions += self.predict_batch(images)
+                bar.update(len(images))
+        return predictions
+
+    def predict_source(self, source, *, image_id: str = "upload", name: str | None = None,
+                       max_pixels: int | None = None) -> ImagePrediction:
+        """One radiograph given as a path or bytes (the web app); errors are in the result's ``error``."""
+        image = decode_test_image(source, self.sizes, image_id=image_id, name=name, max_pixels=max_pixels)
+        return self.predict_batch([image])[0]
+
+    def describe(self) -> dict:
+        return {"weights_dir": str(self.weights_dir), "device": str(self.device), "config": asdict(self.config),
+                "models": {m.name: {"kind": m.kind, "folds": m.folds, "input_size": m.input_size}
+                           for m in self.members}}
+
+
+# ----------------------------------------------------------------------------- submission
+
+
+def image_none_probability(prediction: ImagePrediction, study_negative: float | None, study_weight: float) -> float:
+    """The image's none probability: the classifier's none blended with its study's negative
+    probability (:func:`utils.fusion.blend_none`); with no classifier, one minus the best box score."""
+    blended = blend_none(prediction.none_prob, study_negative, study_weight)
+    if blended is not None:
+        return blended
+    if prediction.error is not None:
+        return UNINFORMED_NONE
+    return float(1.0 - prediction.scores.max()) if len(prediction.scores) else 1.0
+
+
+def study_probability_table(predictions: Sequence[ImagePrediction]) -> dict[str, np.ndarray]:
+    """Per study, the mean class probabilities of its readable images (studies without any are absent)."""
+    by_study: dict[str, list[np.ndarray]] = {}
+    for p in predictions:
+        if p.study_probs is not None:
+            by_study.setdefault(p.study_id, []).append(p.study_probs)
+    return {study: np.mean(probs, axis=0) for study, probs in by_study.items()}
+
+
+def assemble_submission(predictions: Sequence[ImagePrediction], sample: pd.DataFrame,
+                        none_study_weight: float) -> pd.DataFrame:
+    """One row per id of ``sample`` in its order. Studies: mean image probabilities (uniform when no
+    image of the study was readable or there is no classifier). Images: fused boxes in original
+    pixels plus the blended none; an image without a prediction gets ``none`` only."""
+    studies = study_probability_table(predictions)
+    by_image = {p.image_id: p for p in predictions}
+    rows = []
+    for identifier in sample["id"].astype(str):
+        if identifier.endswith(STUDY_SUFFIX):
+            probs = studies.get(identifier[: -len(STUDY_SUFFIX)], UNINFORMED_STUDY)
+            rows.append(study_prediction_string(dict(zip(STUDY_CLASSES, probs))))
+            continue
+        prediction = by_image.get(identifier[: -len(IMAGE_SUFFIX)])
+        if prediction is None:
+            rows.append(image_prediction_string([], [], UNINFORMED_NONE, 1.0, 1.0))
+            continue
+        study = studies.get(prediction.study_id)
+        none = image_none_probability(prediction, None if study is None else float(study[NEGATIVE]), none_study_weight)
+        if prediction.error is not None or not len(prediction.scores):
+            rows.append(image_prediction_string([], [], none, 1.0, 1.0))
+            continue
+        width, height = float(prediction.original_width), float(prediction.original_height)
+        rows.append(image_prediction_string(denormalize_xyxy(prediction.boxes, width, height), prediction.scores,
+                                            none, width, height))
+    return pd.DataFrame({"id": sample["id"].astype(str).tolist(), "PredictionString": rows})
+
+
+def find_test_dicoms(data_dir, sample: pd.DataFrame) -> list[Path]:
+    """The test split's DICOMs (``test/<study>/<series>/<image>.dcm``); logs sample images without a file."""
+    from utils.prepare import find_dicoms
+
+    paths = find_dicoms(Path(data_dir) / "test")
+    wanted = {i[: -len(IMAGE_SUFFIX)] for i in sample["id"].astype(str) if i.endswith(IMAGE_SUFFIX)}
+    found = {p.stem for p in paths}
+    missing = sorted(wanted - found)
+    if missing:
+        log.warning("%d image(s) of the sample submission have no DICOM under %s (fallback rows), e.g. %s",
+                    len(missing), Path(data_dir) / "test", missing[:3])
+    return [p for p in paths if p.stem in wanted] if wanted else paths
+
+
+def write_ensemble_submission(ensemble: Ensemble, data_dir, out, *, batch_size: int | None = None,
+                              workers: int | None = None, progress: bool = True) -> dict:
+    """Predict the competition folder's test split and write the validated submission to ``out``.
+    Returns a summary: rows, images, unreadable images with their reasons, seconds."""
+    data_dir = Path(data_dir)
+    sample_path = data_dir / "sample_submission.csv"
+    if not sample_path.is_file():
+        raise FileNotFoundError(f"{sample_path}: not found (is {data_dir} the competition folder?)")
+    sample = pd.read_csv(sample_path, dtype=str)
+    started = time.perf_counter()
+    paths = find_test_dicoms(data_dir, sample)
+    predictions = ensemble.predict_paths(paths, batch_size=batch_size, workers=workers, progress=progress)
+    submission = assemble_submission(predictions, sample, ensemble.config.none_study_weight)
+    write_submission(submission, out, sample=sample)
+    seconds = time.perf_counter() - started
+    failed = {p.image_id: p.error for p in predictions if p.error is not None}
+    return {"out": str(out), "rows": len(submission), "images": len(paths), "unreadable": failed,
+            "seconds": seconds, "seconds_per_image": seconds / max(len(paths), 1)}

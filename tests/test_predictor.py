@@ -1,0 +1,153 @@
+"""The ensemble predictor: the same pixels and preprocessing as training, exact flip TTA, fallbacks for
+unreadable images, the submission it assembles, and clear errors for a bad weights folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO
+
+from infer.benchmark import write_untrained_weights
+from infer.predictor import (
+    UNINFORMED_NONE,
+    Ensemble,
+    ImagePrediction,
+    InputImage,
+    assemble_submission,
+    classifier_input,
+    decode_test_image,
+    detector_input,
+)
+from train.presets import build_transform
+from utils.boxes import as_boxes, hflip_xyxy
+from utils.manifest import ManifestError
+from utils.prepare import decode_one, find_dicoms, image_path
+from utils.submission import parse_prediction_string
+
+DEMO = REPO / "train" / "configs" / "demo.yaml"
+TINY_MODELS = {
+    "study": {"image_size": 64},
+    "frcnn": {"image_size": 64, "predict_size": 96, "proposals": 50, "roi_samples": 32, "freeze_bn": False},
+    "yolo": {"model": "yolov8n.yaml", "image_size": 64, "predict_size": 96},
+    "ensemble": {"workers": 0, "device": "cpu", "batch_size": 4, "amp": "off"},
+}
+
+
+@pytest.fixture(scope="module")
+def untrained_weights(tmp_path_factory):
+    """Randomly initialised models of every kind, two folds each: enough to test the plumbing."""
+    out = tmp_path_factory.mktemp("untrained_weights")
+    write_untrained_weights(out, DEMO, folds=2, overrides=TINY_MODELS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ensemble(untrained_weights):
+    return Ensemble(untrained_weights)
+
+
+def test_decoding_gives_the_pixels_the_models_were_trained_on(siim_dataset, tmp_path):
+    for path in find_dicoms(siim_dataset / "test")[:3]:
+        decode_one(path, tmp_path, (64, 96))
+        image = decode_test_image(path, (64, 96), image_id=path.stem)
+        assert image.error is None
+        for size in (64, 96):
+            import cv2
+
+            np.testing.assert_array_equal(image.pixels[size], cv2.imread(str(image_path(tmp_path, size, path.stem)), 0))
+
+
+def test_preprocessing_on_the_device_equals_the_evaluation_presets():
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (2, 64, 64), dtype=np.uint8)
+    for k in range(2):
+        rgb = np.repeat(gray[k][..., None], 3, axis=2)
+        study = build_transform("study_eval", 64)(image=rgb)["image"]
+        detector = build_transform("detector_eval", 64)(image=rgb, bboxes=np.zeros((0, 4)), labels=[])["image"]
+        torch.testing.assert_close(classifier_input(torch.from_numpy(gray))[k], study, atol=1e-5, rtol=0)
+        torch.testing.assert_close(detector_input(torch.from_numpy(gray))[k], detector, atol=1e-6, rtol=0)
+
+
+def test_the_manifest_decides_the_models_and_sizes(ensemble, untrained_weights):
+    manifest = json.loads((untrained_weights / "manifest.json").read_text())
+    assert {m.name: (m.kind, m.input_size, m.folds) for m in ensemble.members} == {
+        "study": ("study_classifier", 64, [0, 1]), "faster_rcnn": ("faster_rcnn", 96, [0, 1]),
+        "yolo": ("yolo", 96, [0, 1])}
+    assert ensemble.sizes == (64, 96)
+    assert ensemble.config.batch_size == manifest["ensemble"]["batch_size"] == 4
+
+
+def _mirror(image: InputImage) -> InputImage:
+    return InputImage(image.image_id, image.study_id, image.original_height, image.original_width,
+                     {size: np.ascontiguousarray(p[:, ::-1]) for size, p in image.pixels.items()})
+
+
+def test_flip_tta_is_exact(ensemble, siim_dataset):
+    """With the flip TTA the whole ensemble is mirror-symmetric: the mirror image's fused boxes are the
+    image's fused boxes flipped, with the same scores and study probabilities. That holds only if the
+    mirror image's boxes are flipped back exactly."""
+    path = find_dicoms(siim_dataset / "test")[0]
+    image = decode_test_image(path, ensemble.sizes, image_id=path.stem, study_id="s")
+    original, mirrored = ensemble.predict_batch([image, _mirror(image)])
+    assert len(original.scores) > 0
+    order_a, order_b = np.lexsort(original.boxes.T[::-1]), np.lexsort(hflip_xyxy(mirrored.boxes, 1.0).T[::-1])
+    np.testing.assert_allclose(hflip_xyxy(mirrored.boxes, 1.0)[order_b], original.boxes[order_a], atol=1e-5)
+    np.testing.assert_allclose(mirrored.scores[order_b], original.scores[order_a], atol=1e-5)
+    np.testing.assert_allclose(mirrored.study_probs, original.study_probs, atol=1e-5)
+    assert mirrored.none_prob == pytest.approx(original.none_prob, abs=1e-5)
+
+
+def test_an_unreadable_image_gets_its_error_and_the_others_are_predicted(ensemble, siim_dataset, tmp_path):
+    good = find_dicoms(siim_dataset / "test")[0]
+    bad = tmp_path / "study" / "series" / "broken.dcm"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(good.read_bytes()[:400])
+    predictions = ensemble.predict_paths([bad, good], progress=False)
+    assert [p.image_id for p in predictions] == ["broken", good.stem]
+    assert predictions[0].error and "broken.dcm" not in predictions[0].error  # the reason; the id names the file
+    assert predictions[1].error is None and predictions[1].study_probs is not None
+
+
+def test_predict_source_takes_bytes(ensemble, siim_dataset):
+    path = find_dicoms(siim_dataset / "test")[0]
+    prediction = ensemble.predict_source(path.read_bytes(), name="upload.dcm")
+    assert prediction.error is None and prediction.original_width > 0
+    assert "empty" in ensemble.predict_source(b"", name="empty.dcm").error
+
+
+def test_submission_rows_follow_the_sample_and_fall_back_clearly():
+    probs_a, probs_b = np.array([0.1, 0.6, 0.2, 0.1]), np.array([0.3, 0.4, 0.2, 0.1])
+    predictions = [
+        ImagePrediction("img1", "st1", 200, 100, np.array([[0.1, 0.2, 0.5, 0.6]]), np.array([0.9]), probs_a, 0.4),
+        ImagePrediction("img2", "st1", 200, 100, as_boxes([]), np.zeros(0), probs_b, 0.8),
+        ImagePrediction("img3", "st2", 0, 0, as_boxes([]), np.zeros(0), error="truncated"),
+    ]
+    sample = pd.DataFrame({"id": ["img3_image", "st2_study", "img1_image", "st1_study", "img4_image", "img2_image"]})
+    submission = assemble_submission(predictions, sample, none_study_weight=0.5)
+    assert submission["id"].tolist() == sample["id"].tolist()
+    rows = {i: parse_prediction_string(t) for i, t in zip(submission["id"], submission["PredictionString"])}
+    study = {p.label: p.confidence for p in rows["st1_study"]}
+    assert study["typical"] == pytest.approx(0.5) and study["negative"] == pytest.approx(0.2)
+    assert {p.confidence for p in rows["st2_study"]} == {0.25}  # no readable image: no information
+    opacity, none = rows["img1_image"]
+    assert opacity.label == "opacity" and opacity.box == pytest.approx((10, 40, 50, 120))  # original pixels
+    assert none.label == "none" and none.confidence == pytest.approx(0.5 * 0.4 + 0.5 * 0.2)
+    assert [(p.label, p.confidence) for p in rows["img3_image"]] == [("none", UNINFORMED_NONE)]
+    assert [(p.label, p.confidence) for p in rows["img4_image"]] == [("none", UNINFORMED_NONE)]
+
+
+def test_a_bad_weights_folder_is_refused_clearly(untrained_weights, tmp_path):
+    with pytest.raises(ManifestError, match="no trained models"):
+        Ensemble(tmp_path)
+    with pytest.raises(ManifestError, match="not in the manifest"):
+        Ensemble(untrained_weights, overrides={"model_weights": {"detr": 2.0}})
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    manifest = json.loads((untrained_weights / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="weights file"):
+        Ensemble(broken)

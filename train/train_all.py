@@ -1,0 +1,159 @@
+"""Train everything, in order, into one run folder: what ``make train-all`` and ``make demo`` run.
+
+    python train/train_all.py --data-dir SIIM_DIR --out runs/full [--config train/configs/full.yaml]
+        [--nih-dir NIH_DIR] [--rsna-dir RSNA_DIR] [--set SECTION.KEY=VALUE ...] [--from-stage NAME]
+
+Stages (each is the stage's own script, run as a child process with the same config file):
+
+    prepare   train/prepare.py        --out OUT/prepared (every size the models use)
+    backbone  train/train_backbone.py --out OUT/backbone (skipped without --nih-dir: then the trunks
+                                       start from the config's ``backbone`` value)
+    frcnn     train/train_frcnn.py    --out OUT/frcnn (--pretrain-rsna RSNA_DIR with --rsna-dir)
+    yolo      train/train_yolo.py     --out OUT/yolo
+    study     train/train_study.py    --out OUT/study
+    evaluate  infer/evaluate.py       --out OUT/report (the CV report; writes the ensemble settings
+                                       into the manifest)
+
+Every model registers its folds in OUT/weights/manifest.json, usable as ``--weights-dir`` of
+``infer/make_submission.py``. ``--from-stage`` restarts at a stage after a failure (earlier
+outputs are kept). Stage times go to OUT/train_all.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from train.cli import DEFAULT_CONFIG, configure_logging
+from utils.config import ConfigError, load_section, load_yaml_section, parse_overrides
+from utils.files import atomic_path
+
+log = logging.getLogger("train_all")
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("prepare", "backbone", "frcnn", "yolo", "study", "evaluate")
+SECTION = "prepare"
+
+
+@dataclass
+class PrepareConfig:
+    folds: int = 5
+    seed: int = 42
+    workers: int = 8
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True, type=Path, help="competition folder (train/, label CSVs)")
+    parser.add_argument("--out", required=True, type=Path, help="run folder for every stage")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML with every stage's section")
+    parser.add_argument("--nih-dir", type=Path, default=None, help="NIH ChestX-ray14 folder for the backbone")
+    parser.add_argument("--rsna-dir", type=Path, default=None, 
+                        help="RSNA Pneumonia folder for Faster R-CNN pre-training")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a stage's config key, e.g. --set frcnn.epochs=2 'study.folds=[0]'")
+    parser.add_argument("--from-stage", choices=STAGES, default=STAGES[0], help="start at this stage")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    return parser
+
+
+def split_overrides(items: list[str]) -> dict[str, list[str]]:
+    """``["frcnn.epochs=2"]`` -> ``{"frcnn": ["epochs=2"]}``; every item must name a section."""
+    by_section = defaultdict(list)
+    for item in items:
+        section, dot, rest = item.partition(".")
+        if not dot or "=" not in rest or "=" in section:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        by_section[section].append(rest)
+    return dict(by_section)
+
+
+def prepared_sizes(config_path: Path, overrides: dict[str, list[str]]) -> list[int]:
+    """Every image size a model trains or predicts at (so preparation writes each once)."""
+    sizes = set()
+    for section, keys in (("study", ("image_size",)), ("frcnn", ("image_size", "predict_size")),
+                          ("yolo", ("image_size", "predict_size"))):
+        mapping = {**load_yaml_section(config_path, section), **parse_overrides(overrides.get(section))}
+        sizes.update(int(mapping[k]) for k in keys if k in mapping)
+    return sorted(sizes)
+
+
+def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The command line of every stage (``None`` for a stage that is skipped)."""
+    out, config = args.out, args.config
+    meta = out / "prepared" / "meta.csv"
+    weights = out / "weights"
+    prepare = load_section(config, SECTION, PrepareConfig, parse_overrides(overrides.get(SECTION)))
+    common = ["--config", str(config)] + (["--no-progress"] if args.no_progress else [])
+
+    def script(path: str, section: str | None, *extra: str, trunk: bool = False) -> list[str]:
+        keys = list(overrides.get(section, [])) if section else []
+        if trunk and args.nih_dir is not None:
+            keys.insert(0, f"backbone={out / 'backbone' / 'best.pt'}")
+        return [sys.executable, str(ROOT / path), *extra, *common, *(["--set", *keys] if keys else [])]
+
+    commands = {
+        "prepare": [sys.executable, str(ROOT / "train/prepare.py"), "--data-dir", str(args.data_dir),
+                    "--out", str(out / "prepared"), "--workers", str(prepare.workers), "--folds", str(prepare.folds),
+                    "--seed", str(prepare.seed)]
+                   + [a for size in prepared_sizes(config, overrides) for a in ("--size", str(size))],
+        "backbone": None if args.nih_dir is None else
+        script("train/train_backbone.py", "backbone", "--data-dir", str(args.nih_dir), "--out", str(out / "backbone")),
+        "frcnn": script("train/train_frcnn.py", "frcnn", "--prepared", str(meta), "--out", str(out / "frcnn"),
+                        "--weights-dir", str(weights),
+                        *(["--pretrain-rsna", str(args.rsna_dir)] if args.rsna_dir else []), trunk=True),
+        "yolo": script("train/train_yolo.py", "yolo", "--prepared", str(meta), "--out", str(out / "yolo"),
+                       "--weights-dir", str(weights)),
+        "study": script("train/train_study.py", "study", "--prepared", str(meta), "--out", str(out / "study"),
+                        "--weights-dir", str(weights), trunk=True),
+        "evaluate": script("infer/evaluate.py", "ensemble", "--run-dir", str(out), "--out", str(out / "report"),
+                           "--weights-dir", str(weights)),
+    }
+    if prepare.folds < 2:
+        raise ConfigError(f"{config} [{SECTION}]: folds must be at least 2, got {prepare.folds}")
+    return commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    configure_logging()
+    try:
+        overrides = split_overrides(args.overrides)
+        commands = stage_commands(args, overrides)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary_path = args.out / "train_all.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    started = time.perf_counter()
+    for stage in STAGES[STAGES.index(args.from_stage):]:
+        command = commands[stage]
+        if command is None:
+            log.info("stage %s: skipped (no input for it)", stage)
+            summary[stage] = {"skipped": True}
+            continue
+        log.info("stage %s: %s", stage, shlex.join(command))
+        stage_start = time.perf_counter()
+        result = subprocess.run(command, cwd=ROOT)
+        summary[stage] = {"command": shlex.join(command), "seconds": round(time.perf_counter() - stage_start, 1),
+                          "exit_code": result.returncode}
+        with atomic_path(summary_path) as temporary:
+            temporary.write_text(json.dumps(summary, indent=2) + "\n")
+        if result.returncode != 0:
+            log.error("stage %s failed (exit %d); fix it and rerun with --from-stage %s",
+                      stage, result.returncode, stage)
+            return result.returncode
+    log.info("all stages done in %.0f s; weights: %s; report: %s", time.perf_counter() - started,
+             args.out / "weights", args.out / "report")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Fusing box predictions (models x folds x test-time flips) and blending the image's "none".
+
+Boxes here are XYXY_NORM (fractions of the original image), which is what ensemble-boxes expects.
+ensemble-boxes prints and calls ``exit()`` on lists of unequal length or an unknown ``conf_type``
+and lets NaN scores through; in a Kaggle kernel that ends the run without a submission. So every
+input is checked by :func:`check_box_lists` first, and a problem raises :class:`FusionInputError`
+naming the list and the reason.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+from utils.boxes import as_boxes, clip_xyxy, valid_box_mask
+
+WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
+# Coordinates this far outside [0, 1] are rounding (fp16 outputs, resizes) and are clipped;
+# anything further out means the boxes are not normalised, which is a bug upstream.
+_RANGE_TOLERANCE = 1e-3
+
+
+class FusionInputError(ValueError):
+    """Inputs that ensemble-boxes would crash on (or silently mis-fuse); says which list and why."""
+
+
+def check_box_lists(boxes_list: Sequence, scores_list: Sequence, weights: Sequence[float] | None = None,
+                    ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Validated copies of per-source XYXY_NORM boxes ``(n_i, 4)`` and scores ``(n_i,)``.
+
+    Raises :class:`FusionInputError` for: different numbers of box and score lists or weights, a
+    box array that is not ``(n, 4)``, lengths that differ within a source, non-finite boxes or
+    scores, scores outside [0, 1], coordinates outside [0, 1] by more than rounding, negative or
+    all-zero weights. Coordinates within rounding of the range are clipped; boxes of zero width or
+    height are dropped (with their scores). Returns ``(boxes, scores, weights)``.
+    """
+    if len(boxes_list) != len(scores_list):
+        raise FusionInputError(f"{len(boxes_list)} box lists but {len(scores_list)} score lists")
+    weights = np.ones(len(boxes_list)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(weights) != len(boxes_list):
+        raise FusionInputError(f"{len(weights)} weights for {len(boxes_list)} box lists")
+    if len(weights) and (not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0):
+        raise FusionInputError(f"weights must be finite, non-negative and not all zero: {weights.tolist()}")
+    boxes_out, scores_out = [], []
+    for k, (boxes, scores) in enumerate(zip(boxes_list, scores_list)):
+        raw = np.asarray(boxes, dtype=np.float64)
+        if raw.size == 0:
+            raw = raw.reshape(0, 4)
+        if raw.ndim != 2 or raw.shape[1] != 4:
+            raise FusionInputError(f"source {k}: boxes must have shape (n, 4), got {raw.shape}")
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if len(scores) != len(raw):
+            raise FusionInputError(f"source {k}: {len(raw)} boxes but {len(scores)} scores")
+        if not np.isfinite(raw).all():
+            raise FusionInputError(f"source {k}: non-finite box coordinates")
+        if not np.isfinite(scores).all() or ((scores < 0) | (scores > 1)).any():
+            raise FusionInputError(f"source {k}: scores must be finite and within [0, 1]")
+        if ((raw < -_RANGE_TOLERANCE) | (raw > 1 + _RANGE_TOLERANCE)).any():
+            raise FusionInputError(f"source {k}: box coordinates outside [0, 1] (not XYXY_NORM?): "
+                                   f"min {raw.min():.4g}, max {raw.max():.4g}")
+        clipped = clip_xyxy(raw, 1.0, 1.0)
+        keep = valid_box_mask(clipped)
+        boxes_out.append(clipped[keep])
+        scores_out.append(scores[keep])
+    return boxes_out, scores_out, weights
+
+
+def fuse_boxes(boxes_list: Sequence, scores_list: Sequence, weights: Sequence[float] | None = None, *,
+               iou_thr: float = 0.55, skip_box_thr: float = 0.0, conf_type: str = "avg",
+               max_boxes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted boxes fusion (ensemble-boxes) of several sources' XYXY_NORM boxes of one image, one
+    class: ``(boxes (m, 4), scores (m,))``, highest score first, at most ``max_boxes``.
+
+    A source is one model, fold and test-time flip; ``weights[i]`` is source ``i``'s weight in the
+    fused coordinates and scores. Inputs are checked by :func:`check_box_lists` first.
+    """
+    from ensemble_boxes import weighted_boxes_fusion
+
+    if conf_type not in WBF_CONF_TYPES:
+        raise FusionInputError(f"conf_type {conf_type!r} is not one of {WBF_CONF_TYPES}")
+    if not 0.0 < iou_thr <= 1.0 or not 0.0 <= skip_box_thr <= 1.0:
+        raise FusionInputError(f"need 0 < iou_thr <= 1 and 0 <= skip_box_thr <= 1, got {iou_thr}, {skip_box_thr}")
+    boxes_list, scores_list, weights = check_box_lists(boxes_list, scores_list, weights)
+    if sum(len(s) for s in scores_list) == 0:
+        return as_boxes([]), np.zeros(0)
+    labels_list = [np.zeros(len(s)) for s in scores_list]
+    with warnings.catch_warnings():
+        # Checked above; what remains are its notes on boxes we already clipped.
+        warnings.simplefilter("ignore", UserWarning)
+        boxes, scores, _ = weighted_boxes_fusion([b.tolist() for b in boxes_list], [s.tolist() for s in scores_list],
+                                                 [x.tolist() for x in labels_list], weights=weights.tolist(),
+                                                 iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type)
+    boxes, scores = as_boxes(boxes), np.asarray(scores, dtype=np.float64).reshape(-1)
+    order = np.argsort(-scores, kind="stable")[:max_boxes]
+    return clip_xyxy(boxes[order], 1.0, 1.0), scores[order].clip(0.0, 1.0)
+
+
+def blend_none(image_none: float | None, study_negative: float | None, study_weight: float) -> float | None:
+    """The image's "none" probability: ``(1 - w) * image_none + w * study_negative`` (the study
+    classifier's negative probability of the image's study, weight ``w``); either alone when the
+    other is missing; None when both are."""
+    if not 0.0 <= study_weight <= 1.0:
+        raise ValueError(f"the study weight of none must be within [0, 1], got {study_weight}")
+    if image_none is None:
+        return study_negative
+    if study_negative is None:
+        return image_none
+    return float((1.0 - study_weight) * image_none + study_weight * study_negative)
