@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 
 DEMO_DIR := runs/demo
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo train-all bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,21 +26,43 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# The main job on the built-in synthetic dataset: generate -> prepare -> baseline submission -> validate -> score.
+# The main job on the built-in synthetic dataset: generate (SIIM layout + NIH + RSNA companions) ->
+# train everything -> predict the test split -> validate -> score beside the trivial baselines.
 demo: $(STAMP)
-	$(PY) train/make_synthetic.py --out $(DEMO_DIR)/data --train-studies 60 --test-studies 30 --seed 0
-	$(PY) train/prepare.py --data-dir $(DEMO_DIR)/data --out $(DEMO_DIR)/prepared --size 256 --size 128 --workers 2
+	$(PY) train/make_synthetic.py --out $(DEMO_DIR)/data --train-studies 100 --test-studies 40 --seed 0
+	$(PY) train/make_synthetic.py --format nih --out $(DEMO_DIR)/nih --images 400 --seed 0
+	$(PY) train/make_synthetic.py --format rsna --out $(DEMO_DIR)/rsna --images 60 --seed 0
+	$(PY) train/train_all.py --data-dir $(DEMO_DIR)/data --nih-dir $(DEMO_DIR)/nih --rsna-dir $(DEMO_DIR)/rsna \
+	  --out $(DEMO_DIR) --config train/configs/demo.yaml --no-progress
+	$(PY) infer/make_submission.py --data-dir $(DEMO_DIR)/data --weights-dir $(DEMO_DIR)/weights \
+	  --out $(DEMO_DIR)/submission.csv
+	$(PY) infer/validate_submission.py $(DEMO_DIR)/submission.csv --sample-submission $(DEMO_DIR)/data/sample_submission.csv
 	$(PY) infer/baseline_submission.py --data-dir $(DEMO_DIR)/data --prepared $(DEMO_DIR)/prepared/meta.csv \
-	  --out $(DEMO_DIR)/submission_baseline.csv
-	$(PY) infer/validate_submission.py $(DEMO_DIR)/submission_baseline.csv --sample-submission $(DEMO_DIR)/data/sample_submission.csv
-	$(PY) infer/score.py $(DEMO_DIR)/submission_baseline.csv --image-labels $(DEMO_DIR)/data/test_image_level.csv \
-	  --study-labels $(DEMO_DIR)/data/test_study_level.csv
+	  --kind prior --out $(DEMO_DIR)/baseline_prior.csv
+	$(PY) infer/baseline_submission.py --data-dir $(DEMO_DIR)/data --prepared $(DEMO_DIR)/prepared/meta.csv \
+	  --kind prior-boxes --out $(DEMO_DIR)/baseline_fixed_boxes.csv
+	$(PY) infer/draw_predictions.py --submission $(DEMO_DIR)/submission.csv --data-dir $(DEMO_DIR)/data \
+	  --image-labels $(DEMO_DIR)/data/test_image_level.csv --study-labels $(DEMO_DIR)/data/test_study_level.csv \
+	  --out $(DEMO_DIR)/predictions.png
+	@echo; echo "== cross-validation (out-of-fold, $(DEMO_DIR)/report/cv_report.md) =="; cat $(DEMO_DIR)/report/cv_report.md
+	@echo; echo "== synthetic test split =="
+	$(PY) infer/score.py $(DEMO_DIR)/submission.csv $(DEMO_DIR)/baseline_prior.csv $(DEMO_DIR)/baseline_fixed_boxes.csv \
+	  --image-labels $(DEMO_DIR)/data/test_image_level.csv --study-labels $(DEMO_DIR)/data/test_study_level.csv
+
+# Everything on the real data: make train-all DATA=... [NIH=...] [RSNA=...] [CONFIG=...] [OUT=...]
+CONFIG ?= train/configs/full.yaml
+OUT ?= runs/full
+train-all: $(STAMP)
+	@test -n "$(DATA)" || { echo "usage: make train-all DATA=competition_dir [NIH=nih_dir] [RSNA=rsna_dir] [CONFIG=...] [OUT=...]"; exit 2; }
+	$(PY) train/train_all.py --data-dir $(DATA) --out $(OUT) --config $(CONFIG) \
+	  $(if $(NIH),--nih-dir $(NIH)) $(if $(RSNA),--rsna-dir $(RSNA))
 
 # Speed figures (docs/benchmarks.md). The training benchmark's short run suits the CPU; on a GPU use
 # its defaults: python infer/benchmark.py training
 bench: $(STAMP)
 	$(PY) infer/benchmark.py reader --out runs/bench/reader.json
 	$(PY) infer/benchmark.py training --steps 4 --repeats 3 --out runs/bench/training.json
+	$(PY) infer/benchmark.py inference --config train/configs/demo.yaml --images 8 --out runs/bench/inference.json
 
 clean:
 	rm -rf runs $(VENV)

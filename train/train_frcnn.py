@@ -93,6 +93,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def build_detector(config: FrcnnConfig) -> FasterRCNNDetector:
     """The detector of ``config``: the trunk from ``backbone``, or everything from ``init_from``."""
     trunk = PRETRAINED_NONE if config.init_from else config.backbone
+    if config.freeze_bn and trunk in (None, "", PRETRAINED_NONE) and not config.init_from:
+        log.warning("freeze_bn with a random trunk keeps untrained normalisation; set freeze_bn=false")
     model = detector_from_config(asdict(config), trunk, config.image_size)
     if config.init_from:
         load_detector_state(model, load_checkpoint(config.init_from)["model"], config.init_from)

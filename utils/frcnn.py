@@ -52,8 +52,6 @@ def resnext_fpn(arch: str, trunk_weights: str | None, trainable_layers: int, fre
     stages (256 channels, plus a max-pooled level); the lowest ``5 - trainable_layers`` stages frozen."""
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f"trainable_layers must be 0..5, got {trainable_layers}")
-    if freeze_bn and trunk_weights in (None, "", PRETRAINED_NONE):
-        log.warning("freeze_bn with a random trunk keeps untrained normalisation; set freeze_bn=false")
     trunk = build_resnext(arch, trunk_weights)
     if freeze_bn:
         freeze_batch_norm(trunk)

@@ -176,3 +176,17 @@ def format_score_table(result: dict) -> str:
         f"({result['n_studies']} studies, {result['n_images']} images scored)",
     ]
     return "\n".join(lines)
+
+
+def format_score_columns(results: dict[str, dict]) -> str:
+    """Several :func:`score` results side by side, one column per name."""
+    def show(value):
+        return "null" if value is None else f"{value:.4f}"
+
+    width = max(10, *(len(name) + 2 for name in results))
+    lines = [f"{'class':<15}" + "".join(f"{name:>{width}}" for name in results)]
+    lines += [f"{c:<15}" + "".join(f"{show(r['ap'][c]):>{width}}" for r in results.values()) for c in ALL_CLASSES]
+    lines.append("-" * (15 + width * len(results)))
+    for key, label in (("study_map", "study mAP"), ("image_map", "image mAP"), ("map", "final mAP")):
+        lines.append(f"{label:<15}" + "".join(f"{show(r[key]):>{width}}" for r in results.values()))
+    return "\n".join(lines)

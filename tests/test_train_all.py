@@ -1,0 +1,98 @@
+"""The main job end to end at a tiny size: train_all.py (prepare -> NIH backbone -> RSNA pre-training
+-> Faster R-CNN -> YOLO -> study classifier -> evaluation), then make_submission.py on the test split
+with one corrupt DICOM among it, then validation and scoring."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from conftest import REPO
+
+from infer import make_submission, score, validate_submission
+from train import train_all
+from utils.manifest import read_manifest
+from utils.prepare import find_dicoms
+from utils.submission import parse_prediction_string
+from utils.synthetic import make_rsna_dataset
+
+TINY = [
+    "prepare.folds=3", "prepare.workers=1",
+    "backbone.epochs=1", "backbone.image_size=48", "backbone.resize=56", "backbone.batch_size=8",
+    "backbone.workers=0", "backbone.device=cpu",
+    "study.image_size=64", "study.epochs=1", "study.batch_size=8", "study.workers=0", "study.folds=[0]",
+    "study.device=cpu",
+    "frcnn.image_size=64", "frcnn.predict_size=96", "frcnn.epochs=1", "frcnn.pretrain_epochs=1", "frcnn.folds=[0]",
+    "frcnn.batch_size=4", "frcnn.val_batch_size=4", "frcnn.workers=0", "frcnn.proposals=50", "frcnn.roi_samples=32",
+    "frcnn.device=cpu",
+    "yolo.image_size=64", "yolo.predict_size=96", "yolo.epochs=1", "yolo.batch_size=8", "yolo.workers=0",
+    "yolo.folds=[0]", "yolo.device=cpu", "yolo.amp=false",
+    "ensemble.workers=1", "ensemble.batch_size=4", "ensemble.device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(siim_dataset, nih_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_all")
+    make_rsna_dataset(root / "rsna", n_images=12, seed=2, image_size=96, progress=False)
+    code = train_all.main(["--data-dir", str(siim_dataset), "--nih-dir", str(nih_dataset), "--rsna-dir",
+                           str(root / "rsna"), "--out", str(root / "run"), "--config",
+                           str(REPO / "train" / "configs" / "demo.yaml"), "--no-progress", "--set", *TINY])
+    assert code == 0, json.loads((root / "run" / "train_all.json").read_text())
+    return root / "run"
+
+
+@pytest.mark.slow
+def test_every_stage_ran_and_the_weights_folder_is_complete(trained_run):
+    stages = json.loads((trained_run / "train_all.json").read_text())
+    assert [s for s in train_all.STAGES if stages[s].get("exit_code") == 0] == list(train_all.STAGES)
+    manifest = read_manifest(trained_run / "weights")
+    assert {n: (m["kind"], m["folds"], m["input_size"]) for n, m in manifest["models"].items()} == {
+        "study": ("study_classifier", [0], 64), "faster_rcnn": ("faster_rcnn", [0], 96), "yolo": ("yolo", [0], 96)}
+    assert manifest["ensemble"]["batch_size"] == 4 and manifest["ensemble"]["tta_hflip"] is True
+    # the trunks started from the NIH backbone this run trained, the detector from the RSNA pre-training
+    assert "backbone/best.pt" in manifest["models"]["study"]["config"]["backbone"]
+    assert (trained_run / "frcnn" / "rsna" / "fold0" / "best.pt").is_file()
+
+
+@pytest.mark.slow
+def test_the_cv_report_scores_each_model_the_ensemble_and_the_baselines(trained_run):
+    report = json.loads((trained_run / "report" / "cv_report.json").read_text())
+    assert report["folds"] == [0] and report["n_images"] > 0
+    assert set(report["models"]) == {"study", "faster_rcnn", "yolo"}
+    assert report["models"]["faster_rcnn"]["opacity_ap"] is not None
+    for label in ("ensemble", "baseline_prior", "baseline_prior_fixed_boxes"):
+        assert 0.0 <= report[label]["map"] <= 1.0
+    assert report["backbone"]["mean_auc"] is None or 0 <= report["backbone"]["mean_auc"] <= 1
+    text = (trained_run / "report" / "cv_report.md").read_text()
+    assert "| ensemble |" in text and "| baseline_prior |" in text
+    for plot in ("pr_curves.png", "loss_curves.png"):
+        assert (trained_run / "report" / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_make_submission_with_a_corrupt_dicom_is_complete_valid_and_scored(trained_run, siim_dataset, tmp_path,
+                                                                           capsys):
+    data = tmp_path / "data"
+    shutil.copytree(siim_dataset, data)
+    corrupt = find_dicoms(data / "test")[1]
+    corrupt.write_bytes(corrupt.read_bytes()[:300])
+    out = tmp_path / "submission.csv"
+    assert make_submission.main(["--data-dir", str(data), "--weights-dir", str(trained_run / "weights"),
+                                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"unreadable (fallback row): {corrupt.stem}" in printed and "ms per image" in printed
+
+    sample = pd.read_csv(data / "sample_submission.csv")
+    submission = pd.read_csv(out, keep_default_na=False)
+    assert submission["id"].tolist() == sample["id"].tolist()
+    assert validate_submission.main([str(out), "--sample-submission", str(data / "sample_submission.csv")]) == 0
+    row = submission.set_index("id").loc[f"{corrupt.stem}_image", "PredictionString"]
+    assert [p.label for p in parse_prediction_string(row)] == ["none"]
+    summary = json.loads((tmp_path / "submission_summary.json").read_text())
+    assert list(summary["unreadable"]) == [corrupt.stem] and summary["rows"] == len(sample)
+    result = score.main([str(out), "--image-labels", str(data / "test_image_level.csv"),
+                         "--study-labels", str(data / "test_study_level.csv"), "--json"])
+    assert 0.0 <= result["map"] <= 1.0
