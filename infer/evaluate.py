@@ -143,7 +143,7 @@ def evaluate_run(run_dir: Path, config: EnsembleConfig) -> tuple[dict, dict, dic
             report["models"][name] = {"opacity_ap": scores["opacity_ap"]}
             submissions[name] = box_submission(frame, rows[rows["used"].astype(bool)])
     predictions = fused_predictions(oof, rows, config)
-    submissions["ensemble"] = assemble_submission(predictions, sample, config.none_study_weight)
+    submissions["ensemble"] = assemble_submission(predictions, sample, config)
     report["ensemble"] = score(submissions["ensemble"], truth)
     sizes = {r.image_id: (r.original_width, r.original_height) for r in rows.itertuples(index=False)}
     for kind, label in (("prior", "baseline_prior"), ("prior-boxes", "baseline_prior_fixed_boxes")):

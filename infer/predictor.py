@@ -17,9 +17,10 @@ Per image:
    model's weight (``model_weights``) is shared among its sources.
 
 :func:`assemble_submission` then averages the image probabilities over each study, blends each
-image's "none" with its study's negative probability, maps the boxes back to the original DICOM
-pixels and writes one row per id of the sample submission. An image that cannot be read is logged
-with its reason and gets a fallback row, so the submission is always complete.
+image's "none" signals (classifier, its study's negative probability, its boxes) and each study's
+negative with its images' boxes, maps the boxes back to the original DICOM pixels and writes one
+row per id of the sample submission. An image that cannot be read is logged with its reason and
+gets a fallback row, so the submission is always complete.
 """
 
 from __future__ import annotations
@@ -67,7 +68,11 @@ class EnsembleConfig:
     wbf_skip_box_thr: float = 0.001
     wbf_conf_type: Literal[WBF_CONF_TYPES] = "avg"
     max_boxes: int = 100
-    none_study_weight: float = 0.5
+    none_classifier_weight: float = 1.0
+    none_study_weight: float = 1.0
+    none_boxes_weight: float = 1.0
+    negative_classifier_weight: float = 1.0
+    negative_boxes_weight: float = 1.0
     batch_size: int = 8
     workers: int = 2
     device: str = "auto"
@@ -401,45 +406,75 @@ class Ensemble:
 # ----------------------------------------------------------------------------- submission
 
 
-def image_none_probability(prediction: ImagePrediction, study_negative: float | None, study_weight: float) -> float:
-    """The image's none probability: the classifier's none blended with its study's negative
-    probability (:func:`utils.fusion.blend_none`); with no classifier, one minus the best box score."""
-    blended = blend_none(prediction.none_prob, study_negative, study_weight)
-    if blended is not None:
-        return blended
+def no_box_probability(prediction: ImagePrediction) -> float | None:
+    """One minus the image's best fused opacity score (1 without any box): the detectors' view of
+    "no opacity here"; None when the image could not be read."""
     if prediction.error is not None:
-        return UNINFORMED_NONE
+        return None
     return float(1.0 - prediction.scores.max()) if len(prediction.scores) else 1.0
 
 
-def study_probability_table(predictions: Sequence[ImagePrediction]) -> dict[str, np.ndarray]:
-    """Per study, the mean class probabilities of its readable images (studies without any are absent)."""
-    by_study: dict[str, list[np.ndarray]] = {}
+def image_none_probability(prediction: ImagePrediction, study_negative: float | None,
+                           config: EnsembleConfig) -> float:
+    """The image's none probability: the weighted mean (:func:`utils.fusion.blend_none`) of the study
+    classifier's none output, its study's negative probability (classifier) and
+    :func:`no_box_probability`; uninformed (0.5) without any signal."""
+    blended = blend_none([prediction.none_prob, study_negative, no_box_probability(prediction)],
+                         [config.none_classifier_weight, config.none_study_weight, config.none_boxes_weight])
+    return UNINFORMED_NONE if blended is None else blended
+
+
+def _study_means(predictions: Sequence[ImagePrediction]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per study: the mean classifier probabilities of its images, and the mean no-box probability."""
+    probs: dict[str, list[np.ndarray]] = {}
+    no_box: dict[str, list[float]] = {}
     for p in predictions:
         if p.study_probs is not None:
-            by_study.setdefault(p.study_id, []).append(p.study_probs)
-    return {study: np.mean(probs, axis=0) for study, probs in by_study.items()}
+            probs.setdefault(p.study_id, []).append(p.study_probs)
+        value = no_box_probability(p)
+        if value is not None:
+            no_box.setdefault(p.study_id, []).append(value)
+    return ({k: np.mean(v, axis=0) for k, v in probs.items()}, {k: float(np.mean(v)) for k, v in no_box.items()})
+
+
+def study_row_probabilities(classifier: np.ndarray | None, no_box: float | None,
+                            config: EnsembleConfig) -> np.ndarray:
+    """A study's four probabilities: the classifier's (uniform without one), with "negative" the
+    weighted mean of the classifier's negative and the images' mean no-box probability (a study
+    whose images show no opacity is likely negative). The four are ranked per class by the metric,
+    so they are not renormalised."""
+    probs = np.array(UNINFORMED_STUDY if classifier is None else classifier, dtype=np.float64)
+    negative = blend_none([None if classifier is None else float(classifier[NEGATIVE]), no_box],
+                          [config.negative_classifier_weight, config.negative_boxes_weight])
+    if negative is not None:
+        probs[NEGATIVE] = negative
+    return probs
 
 
 def assemble_submission(predictions: Sequence[ImagePrediction], sample: pd.DataFrame,
-                        none_study_weight: float) -> pd.DataFrame:
-    """One row per id of ``sample`` in its order. Studies: mean image probabilities (uniform when no
-    image of the study was readable or there is no classifier). Images: fused boxes in original
-    pixels plus the blended none; an image without a prediction gets ``none`` only."""
-    studies = study_probability_table(predictions)
+                        config: EnsembleConfig) -> pd.DataFrame:
+    """One row per id of ``sample`` in its order. Studies: :func:`study_row_probabilities` of the mean
+    over their readable images (uniform when none was readable). Images: fused boxes in original
+    pixels plus the blended none (:func:`image_none_probability`); an image without a prediction
+    gets ``none`` only."""
+    classifier, no_box = _study_means(predictions)
     by_image = {p.image_id: p for p in predictions}
     rows = []
     for identifier in sample["id"].astype(str):
         if identifier.endswith(STUDY_SUFFIX):
-            probs = studies.get(identifier[: -len(STUDY_SUFFIX)], UNINFORMED_STUDY)
+            study_id = identifier[: -len(STUDY_SUFFIX)]
+            if study_id in classifier or study_id in no_box:
+                probs = study_row_probabilities(classifier.get(study_id), no_box.get(study_id), config)
+            else:
+                probs = UNINFORMED_STUDY
             rows.append(study_prediction_string(dict(zip(STUDY_CLASSES, probs))))
             continue
         prediction = by_image.get(identifier[: -len(IMAGE_SUFFIX)])
         if prediction is None:
             rows.append(image_prediction_string([], [], UNINFORMED_NONE, 1.0, 1.0))
             continue
-        study = studies.get(prediction.study_id)
-        none = image_none_probability(prediction, None if study is None else float(study[NEGATIVE]), none_study_weight)
+        study = classifier.get(prediction.study_id)
+        none = image_none_probability(prediction, None if study is None else float(study[NEGATIVE]), config)
         if prediction.error is not None or not len(prediction.scores):
             rows.append(image_prediction_string([], [], none, 1.0, 1.0))
             continue
@@ -475,7 +510,7 @@ def write_ensemble_submission(ensemble: Ensemble, data_dir, out, *, batch_size: 
     started = time.perf_counter()
     paths = find_test_dicoms(data_dir, sample)
     predictions = ensemble.predict_paths(paths, batch_size=batch_size, workers=workers, progress=progress)
-    submission = assemble_submission(predictions, sample, ensemble.config.none_study_weight)
+    submission = assemble_submission(predictions, sample, ensemble.config)
     write_submission(submission, out, sample=sample)
     seconds = time.perf_counter() - started
     failed = {p.image_id: p.error for p in predictions if p.error is not None}

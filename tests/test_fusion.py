@@ -70,11 +70,10 @@ def test_rounding_outside_the_range_is_clipped_and_degenerate_boxes_dropped():
     np.testing.assert_allclose(scores[0], [0.7])
 
 
-def test_none_blend():
-    assert blend_none(0.2, 0.6, 0.5) == pytest.approx(0.4)
-    assert blend_none(0.2, 0.6, 0.0) == pytest.approx(0.2)
-    assert blend_none(None, 0.6, 0.5) == 0.6
-    assert blend_none(0.2, None, 0.5) == 0.2
-    assert blend_none(None, None, 0.5) is None
-    with pytest.raises(ValueError, match="within"):
-        blend_none(0.2, 0.6, 1.5)
+def test_none_blend_is_the_weighted_mean_of_the_available_signals():
+    assert blend_none([0.2, 0.6, 0.9], [1.0, 1.0, 2.0]) == pytest.approx((0.2 + 0.6 + 1.8) / 4)
+    assert blend_none([0.2, None, 0.9], [1.0, 1.0, 1.0]) == pytest.approx(0.55)
+    assert blend_none([0.2, 0.6, 0.9], [0.0, 1.0, 0.0]) == pytest.approx(0.6)
+    assert blend_none([None, None, 0.9], [1.0, 1.0, 0.0]) is None
+    with pytest.raises(ValueError, match="non-negative"):
+        blend_none([0.2], [-1.0])

@@ -15,6 +15,7 @@ from infer.benchmark import write_untrained_weights
 from infer.predictor import (
     UNINFORMED_NONE,
     Ensemble,
+    EnsembleConfig,
     ImagePrediction,
     InputImage,
     assemble_submission,
@@ -127,15 +128,20 @@ def test_submission_rows_follow_the_sample_and_fall_back_clearly():
         ImagePrediction("img3", "st2", 0, 0, as_boxes([]), np.zeros(0), error="truncated"),
     ]
     sample = pd.DataFrame({"id": ["img3_image", "st2_study", "img1_image", "st1_study", "img4_image", "img2_image"]})
-    submission = assemble_submission(predictions, sample, none_study_weight=0.5)
+    config = EnsembleConfig(none_classifier_weight=1.0, none_study_weight=1.0, none_boxes_weight=2.0)
+    submission = assemble_submission(predictions, sample, config)
     assert submission["id"].tolist() == sample["id"].tolist()
     rows = {i: parse_prediction_string(t) for i, t in zip(submission["id"], submission["PredictionString"])}
     study = {p.label: p.confidence for p in rows["st1_study"]}
-    assert study["typical"] == pytest.approx(0.5) and study["negative"] == pytest.approx(0.2)
+    # the classifier's mean over the images; negative also with the images' mean (1 - best box score)
+    assert study["typical"] == pytest.approx(0.5)
+    assert study["negative"] == pytest.approx((0.2 + ((1 - 0.9) + 1.0) / 2) / 2)
     assert {p.confidence for p in rows["st2_study"]} == {0.25}  # no readable image: no information
     opacity, none = rows["img1_image"]
     assert opacity.label == "opacity" and opacity.box == pytest.approx((10, 40, 50, 120))  # original pixels
-    assert none.label == "none" and none.confidence == pytest.approx(0.5 * 0.4 + 0.5 * 0.2)
+    assert none.label == "none" and none.confidence == pytest.approx((0.4 + 0.2 + 2 * (1 - 0.9)) / 4)
+    none_without_boxes = parse_prediction_string(submission.set_index("id").loc["img2_image", "PredictionString"])
+    assert none_without_boxes[0].confidence == pytest.approx((0.8 + 0.2 + 2 * 1.0) / 4)
     assert [(p.label, p.confidence) for p in rows["img3_image"]] == [("none", UNINFORMED_NONE)]
     assert [(p.label, p.confidence) for p in rows["img4_image"]] == [("none", UNINFORMED_NONE)]
 
@@ -151,3 +157,15 @@ def test_a_bad_weights_folder_is_refused_clearly(untrained_weights, tmp_path):
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match="weights file"):
         Ensemble(broken)
+
+
+def test_the_inference_benchmark_measures_every_stage(untrained_weights, tmp_path):
+    from infer.benchmark import benchmark_inference
+
+    result = benchmark_inference(untrained_weights, images=2, repeats=1, scale=0.05, work_dir=tmp_path)
+    rates = result["images_per_s"]
+    assert {"decode_1_process", "study", "study_tta", "faster_rcnn", "faster_rcnn_tta", "yolo", "yolo_tta", "wbf",
+            "end_to_end"} <= set(rates)
+    assert all(rate > 0 for rate in rates.values())
+    minutes = result["estimated_notebook_minutes"]
+    assert 0 < minutes["1263"] < minutes["6000"]

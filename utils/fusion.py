@@ -1,4 +1,4 @@
-"""Fusing box predictions (models x folds x test-time flips) and blending the image's "none".
+"""Fusing box predictions (models x folds x test-time flips) and blending the image's "none" signals.
 
 Boxes here are XYXY_NORM (fractions of the original image), which is what ensemble-boxes expects.
 ensemble-boxes prints and calls ``exit()`` on lists of unequal length or an unknown ``conf_type``
@@ -97,14 +97,15 @@ def fuse_boxes(boxes_list: Sequence, scores_list: Sequence, weights: Sequence[fl
     return clip_xyxy(boxes[order], 1.0, 1.0), scores[order].clip(0.0, 1.0)
 
 
-def blend_none(image_none: float | None, study_negative: float | None, study_weight: float) -> float | None:
-    """The image's "none" probability: ``(1 - w) * image_none + w * study_negative`` (the study
-    classifier's negative probability of the image's study, weight ``w``); either alone when the
-    other is missing; None when both are."""
-    if not 0.0 <= study_weight <= 1.0:
-        raise ValueError(f"the study weight of none must be within [0, 1], got {study_weight}")
-    if image_none is None:
-        return study_negative
-    if study_negative is None:
-        return image_none
-    return float((1.0 - study_weight) * image_none + study_weight * study_negative)
+def blend_none(signals: Sequence[float | None], weights: Sequence[float]) -> float | None:
+    """The image's "none" probability: the weighted mean of the available ``signals`` (each a
+    probability that the image has no opacity, or None when missing); None when no signal with a
+    positive weight is available."""
+    if len(signals) != len(weights):
+        raise ValueError(f"{len(signals)} signals but {len(weights)} weights")
+    if any(w < 0 for w in weights):
+        raise ValueError(f"none weights must be non-negative, got {list(weights)}")
+    pairs = [(float(s), float(w)) for s, w in zip(signals, weights) if s is not None and w > 0]
+    if not pairs:
+        return None
+    return sum(s * w for s, w in pairs) / sum(w for _, w in pairs)
