@@ -287,9 +287,15 @@ class YoloMember(_Member):
         inputs = torch.cat([batch, batch.flip(-1)]) if tta else batch
         device = "cpu" if self.device.type == "cpu" else str(self.device)
         per_input: list[Detections] = [[] for _ in range(len(inputs))]
+        threads = torch.get_num_threads()
         for model in self.models:
-            results = model.predict(inputs, device=device, half=precision.dtype == torch.float16 and precision.enabled,
-                                    verbose=False, save=False, **self.options)
+            try:
+                results = model.predict(inputs, device=device, verbose=False, save=False,
+                                        half=precision.dtype == torch.float16 and precision.enabled, **self.options)
+            finally:
+                # ultralytics' select_device sets cpu_count - 1 threads on the CPU (half the cores of a
+                # 2-core machine) for the whole process; the other models need them all.
+                torch.set_num_threads(threads)
             for k, result in enumerate(results):
                 per_input[k].append((result.boxes.xyxyn.float().cpu().numpy().astype(np.float64),
                                      result.boxes.conf.float().cpu().numpy().astype(np.float64)))

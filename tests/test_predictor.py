@@ -102,6 +102,20 @@ def test_flip_tta_is_exact(ensemble, siim_dataset):
     assert mirrored.none_prob == pytest.approx(original.none_prob, abs=1e-5)
 
 
+def test_yolo_leaves_the_torch_thread_count_alone(untrained_weights, siim_dataset):
+    """ultralytics sets min(8, cpu_count - 1) threads when it first picks the CPU; the predictor undoes it."""
+    from ultralytics.utils import NUM_THREADS
+
+    path = find_dicoms(siim_dataset / "test")[0]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(NUM_THREADS + 1)
+        Ensemble(untrained_weights).predict_source(path)  # a fresh YOLO: its first call picks the device
+        assert torch.get_num_threads() == NUM_THREADS + 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_an_unreadable_image_gets_its_error_and_the_others_are_predicted(ensemble, siim_dataset, tmp_path):
     good = find_dicoms(siim_dataset / "test")[0]
     bad = tmp_path / "study" / "series" / "broken.dcm"
