@@ -62,7 +62,7 @@ train-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) infer/benchmark.py reader --out runs/bench/reader.json
 	$(PY) infer/benchmark.py training --steps 4 --repeats 3 --out runs/bench/training.json
-	$(PY) infer/benchmark.py inference --config train/configs/demo.yaml --images 8 --out runs/bench/inference.json
+	$(PY) infer/benchmark.py inference --config train/configs/demo.yaml --images 16 --batch-size 4 --out runs/bench/inference.json
 
 clean:
 	rm -rf runs $(VENV)

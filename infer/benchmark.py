@@ -3,7 +3,7 @@
     python infer/benchmark.py reader [--files 6] [--repeats 5] [--size 1024] [--out runs/bench/reader.json]
     python infer/benchmark.py training [--arch resnext50_32x4d] [--image-size 224] [--batch-size 32]
         [--steps 20] [--repeats 5] [--amp fp16|bf16] [--device auto] [--out runs/bench/training.json]
-    python infer/benchmark.py inference [--weights-dir W | --config train/configs/full.yaml] [--images 8]
+    python infer/benchmark.py inference [--weights-dir W | --config train/configs/full.yaml --folds 5] [--images 8]
         [--repeats 3] [--batch-size N] [--workers N] [--device auto] [--out runs/bench/inference.json]
 
 ``reader``: full-size 16-bit DICOMs (about 2500 x 3000, written by the synthetic generator, with and
@@ -235,14 +235,14 @@ def _median_rate(function, n_images: int, repeats: int, sync) -> float:
 
 def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, repeats: int = 3,
                         batch_size: int | None = None, workers: int | None = None, device_name: str | None = None,
-                        scale: float = 1.0, work_dir=None) -> dict:
+                        scale: float = 1.0, work_dir=None, folds: int = 1) -> dict:
     """Images per second of every prediction stage and end to end, and the notebook's run time.
 
     Stages, each the median of ``repeats``: decoding (the project's reader + resizes, one process,
     and ``workers`` DataLoader processes), each model on decoded batches already on the device
     (without and with the flip TTA), weighted boxes fusion, and the whole predictor
     (``Ensemble.predict_paths``: decoding in workers overlapped with the models). Without
-    ``weights_dir`` the models of ``config_path`` are built with random weights.
+    ``weights_dir`` the models of ``config_path`` are built with random weights, ``folds`` of each.
     """
     from torch.utils.data import DataLoader
 
@@ -250,7 +250,7 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="bench-inference-"))
     if weights_dir is None:
-        weights_dir = write_untrained_weights(work / "weights", config_path).parent
+        weights_dir = write_untrained_weights(work / "weights", config_path, folds).parent
     overrides = {k: v for k, v in (("device", device_name), ("workers", workers), ("batch_size", batch_size))
                  if v is not None}
     ensemble = Ensemble(weights_dir, overrides=overrides)
@@ -328,6 +328,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     source.add_argument("--weights-dir", type=Path, default=None, help="trained weights (manifest.json)")
     source.add_argument("--config", type=Path, default=Path("train/configs/full.yaml"),
                         help="without --weights-dir: models of this config with random weights")
+    inference.add_argument("--folds", type=int, default=1, help="with --config: folds per model (full: 5)")
     inference.add_argument("--images", type=int, default=8)
     inference.add_argument("--repeats", type=int, default=3)
     inference.add_argument("--batch-size", type=int, default=None)
@@ -344,7 +345,7 @@ def main(argv=None) -> dict:
         result = benchmark_reader(args.files, args.repeats, args.size)
     elif args.stage == "inference":
         result = benchmark_inference(args.weights_dir, args.config, args.images, args.repeats, args.batch_size,
-                                     args.workers, args.device, args.scale)
+                                     args.workers, args.device, args.scale, folds=args.folds)
     else:
         result = benchmark_training(args.arch, args.image_size, args.batch_size, args.steps, args.repeats, args.amp,
                                     args.device)

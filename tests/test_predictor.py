@@ -116,6 +116,15 @@ def test_yolo_leaves_the_torch_thread_count_alone(untrained_weights, siim_datase
         torch.set_num_threads(before)
 
 
+def test_mixed_precision_predicts_the_same_boxes_roughly(untrained_weights, ensemble, siim_dataset):
+    """The autocast path (fp16 on a GPU; bf16 is what the CPU offers) runs and stays close to fp32."""
+    path = find_dicoms(siim_dataset / "test")[0]
+    full = ensemble.predict_source(path)
+    mixed = Ensemble(untrained_weights, overrides={"amp": "bf16"}).predict_source(path)
+    assert mixed.error is None and np.isfinite(mixed.boxes).all() and len(mixed.scores) > 0
+    np.testing.assert_allclose(mixed.study_probs, full.study_probs, atol=0.05)
+
+
 def test_an_unreadable_image_gets_its_error_and_the_others_are_predicted(ensemble, siim_dataset, tmp_path):
     good = find_dicoms(siim_dataset / "test")[0]
     bad = tmp_path / "study" / "series" / "broken.dcm"
