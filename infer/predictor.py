@@ -204,7 +204,7 @@ class StudyMember(_Member):
         super().__init__(name, spec, weights_dir)
         self.models = []
         for path in self.files:
-            model = StudyClassifier(self.config.get("arch", "resnext50_32x4d"), PRETRAINED_NONE)
+            model = StudyClassifier(self.config["arch"], PRETRAINED_NONE)
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             self.models.append(model.to(device).eval())
 

@@ -96,3 +96,25 @@ def test_make_submission_with_a_corrupt_dicom_is_complete_valid_and_scored(train
     result = score.main([str(out), "--image-labels", str(data / "test_image_level.csv"),
                          "--study-labels", str(data / "test_study_level.csv"), "--json"])
     assert 0.0 <= result["map"] <= 1.0
+
+
+def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
+    from utils.config import ConfigError
+
+    config = REPO / "train" / "configs" / "demo.yaml"
+    args = train_all.get_args_parser().parse_args(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config)])
+    overrides = train_all.split_overrides(["frcnn.predict_size=160", "study.epochs=2"])
+    commands = train_all.stage_commands(args, overrides)
+    assert commands["backbone"] is None  # no NIH folder: the trunks start from the config's value
+    assert "--pretrain-rsna" not in commands["frcnn"]
+    assert commands["prepare"][-4:] == ["--size", "128", "--size", "160"]  # every size a model uses, once
+    assert commands["study"][-2:] == ["--set", "epochs=2"]
+
+    args = train_all.get_args_parser().parse_args(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config),
+                                                   "--nih-dir", "N", "--rsna-dir", "R"])
+    commands = train_all.stage_commands(args, {})
+    trunk = f"backbone={tmp_path / 'backbone' / 'best.pt'}"
+    assert trunk in commands["study"] and trunk in commands["frcnn"] and "R" in commands["frcnn"]
+    for bad in (["frcnn_epochs=2"], ["frcn.epochs=2"]):
+        with pytest.raises(ConfigError):
+            train_all.split_overrides(bad)

@@ -40,6 +40,7 @@ log = logging.getLogger("train_all")
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("prepare", "backbone", "frcnn", "yolo", "study", "evaluate")
 SECTION = "prepare"
+CONFIG_SECTIONS = (SECTION, "backbone", "frcnn", "yolo", "study", "ensemble")
 
 
 @dataclass
@@ -71,6 +72,8 @@ def split_overrides(items: list[str]) -> dict[str, list[str]]:
         section, dot, rest = item.partition(".")
         if not dot or "=" not in rest or "=" in section:
             raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        if section not in CONFIG_SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown section {section!r}; sections: {list(CONFIG_SECTIONS)}")
         by_section[section].append(rest)
     return dict(by_section)
 
