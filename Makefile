@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 
 DEMO_DIR := runs/demo
 
-.PHONY: setup test demo train-all bench clean
+.PHONY: setup test demo train-all notebook kaggle-datasets kaggle-push bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,17 @@ train-all: $(STAMP)
 	@test -n "$(DATA)" || { echo "usage: make train-all DATA=competition_dir [NIH=nih_dir] [RSNA=rsna_dir] [CONFIG=...] [OUT=...]"; exit 2; }
 	$(PY) train/train_all.py --data-dir $(DATA) --out $(OUT) --config $(CONFIG) \
 	  $(if $(NIH),--nih-dir $(NIH)) $(if $(RSNA),--rsna-dir $(RSNA))
+
+# Kaggle delivery: the notebook (generated, committed), upload folders, upload.
+WEIGHTS ?= runs/full/weights
+notebook: $(STAMP)
+	$(PY) kaggle/build_notebook.py
+
+kaggle-datasets: $(STAMP)
+	$(PY) kaggle/make_datasets.py --weights-dir $(WEIGHTS) --out runs/kaggle $(if $(OWNER),--owner $(OWNER))
+
+kaggle-push: kaggle-datasets
+	$(PY) kaggle/push.py runs/kaggle
 
 # Speed figures (docs/benchmarks.md). The training benchmark's short run suits the CPU; on a GPU use
 # its defaults: python infer/benchmark.py training

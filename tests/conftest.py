@@ -77,3 +77,36 @@ def detection_prepared(siim_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared_detection")
     prepare_competition(siim_dataset, out, sizes=(64, 96), workers=1, n_folds=3, progress=False)
     return out / "meta.csv"
+
+
+TINY_TRAIN_ALL = [
+    "prepare.folds=3", "prepare.workers=1",
+    "backbone.epochs=1", "backbone.image_size=48", "backbone.resize=56", "backbone.batch_size=8",
+    "backbone.workers=0", "backbone.device=cpu",
+    "study.image_size=64", "study.epochs=1", "study.batch_size=8", "study.workers=0", "study.folds=[0]",
+    "study.device=cpu",
+    "frcnn.image_size=64", "frcnn.predict_size=96", "frcnn.epochs=1", "frcnn.pretrain_epochs=1", "frcnn.folds=[0]",
+    "frcnn.batch_size=4", "frcnn.val_batch_size=4", "frcnn.workers=0", "frcnn.proposals=50", "frcnn.roi_samples=32",
+    "frcnn.device=cpu",
+    "yolo.image_size=64", "yolo.predict_size=96", "yolo.epochs=1", "yolo.batch_size=8", "yolo.workers=0",
+    "yolo.folds=[0]", "yolo.device=cpu", "yolo.amp=false",
+    "ensemble.workers=1", "ensemble.batch_size=4", "ensemble.device=cpu",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_run(siim_dataset, nih_dataset, tmp_path_factory) -> Path:
+    """train/train_all.py at a tiny size on the synthetic sets (NIH backbone, RSNA pre-training, every
+    model, CV report); returns the run folder (weights in ``run/weights``)."""
+    import json
+
+    from train import train_all
+    from utils.synthetic import make_rsna_dataset
+
+    root = tmp_path_factory.mktemp("train_all")
+    make_rsna_dataset(root / "rsna", n_images=12, seed=2, image_size=96, progress=False)
+    code = train_all.main(["--data-dir", str(siim_dataset), "--nih-dir", str(nih_dataset), "--rsna-dir",
+                           str(root / "rsna"), "--out", str(root / "run"), "--config",
+                           str(REPO / "train" / "configs" / "demo.yaml"), "--no-progress", "--set", *TINY_TRAIN_ALL])
+    assert code == 0, json.loads((root / "run" / "train_all.json").read_text())
+    return root / "run"

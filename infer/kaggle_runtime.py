@@ -1,0 +1,112 @@
+"""What the Kaggle notebook does before the predictor runs: find its inputs and install missing wheels.
+
+Standard library only: it runs before any wheel is installed. Kaggle mounts the competition and the
+attached datasets under ``/kaggle/input/<slug>/``; the slugs are the user's choice, so every folder
+is found by what it holds, not by its name. Each location can be set by an environment variable,
+which is how the same notebook runs outside Kaggle (and in the tests):
+
+    SIIM_DATA_DIR     competition folder (sample_submission.csv and test/)
+    SIIM_WEIGHTS_DIR  weights folder (manifest.json)
+    SIIM_WHEELS_DIR   wheels folder (*.whl); absent: nothing is installed
+    SIIM_OUTPUT_DIR   where submission.csv goes (default /kaggle/working)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+KAGGLE_INPUT = Path("/kaggle/input")
+KAGGLE_WORKING = Path("/kaggle/working")
+# import name -> the pip requirement installed from the wheels dataset when the import is missing
+REQUIRED_MODULES = {
+    "ensemble_boxes": "ensemble-boxes",
+    "pydicom": "pydicom",
+    "gdcm": "python-gdcm",
+    "pylibjpeg": "pylibjpeg",
+    "openjpeg": "pylibjpeg-openjpeg",
+    "libjpeg": "pylibjpeg-libjpeg",
+    "ultralytics": "ultralytics",
+}
+
+
+@dataclass(frozen=True)
+class NotebookPaths:
+    data_dir: Path
+    weights_dir: Path
+    wheels_dir: Path | None
+    output_dir: Path
+
+
+def _search(root: Path, test, max_depth: int = 3) -> Path | None:
+    """The first folder under ``root`` (breadth first, sorted, at most ``max_depth`` deep) passing ``test``."""
+    level = [root]
+    for _ in range(max_depth + 1):
+        for folder in level:
+            if test(folder):
+                return folder
+        level = sorted(child for folder in level if folder.is_dir() for child in folder.iterdir() if child.is_dir())
+    return None
+
+
+def is_competition_dir(folder: Path) -> bool:
+    return (folder / "sample_submission.csv").is_file() and (folder / "test").is_dir()
+
+
+def is_weights_dir(folder: Path) -> bool:
+    return (folder / "manifest.json").is_file()
+
+
+def is_wheels_dir(folder: Path) -> bool:
+    return any(folder.glob("*.whl"))
+
+
+def _located(variable: str, test, what: str, root: Path, required: bool = True) -> Path | None:
+    value = os.environ.get(variable)
+    if value:
+        folder = Path(value)
+        if not test(folder):
+            raise FileNotFoundError(f"{variable}={folder}: not a {what}")
+        return folder
+    found = _search(root, test) if root.is_dir() else None
+    if found is None and required:
+        raise FileNotFoundError(f"no {what} under {root}; attach it to the notebook or set {variable}")
+    return found
+
+
+def find_paths(input_root: Path = KAGGLE_INPUT) -> NotebookPaths:
+    """The notebook's folders: environment variables first, else found under ``input_root``."""
+    data = _located("SIIM_DATA_DIR", is_competition_dir, "competition folder (sample_submission.csv, test/)",
+                    input_root)
+    weights = _located("SIIM_WEIGHTS_DIR", is_weights_dir, "weights folder (manifest.json)", input_root)
+    wheels_value = os.environ.get("SIIM_WHEELS_DIR")
+    if wheels_value is not None:
+        wheels = Path(wheels_value) if wheels_value and is_wheels_dir(Path(wheels_value)) else None
+    else:
+        wheels = _located("SIIM_WHEELS_DIR", is_wheels_dir, "wheels folder", input_root, required=False)
+    output = Path(os.environ.get("SIIM_OUTPUT_DIR") or KAGGLE_WORKING)
+    return NotebookPaths(data, weights, wheels, output)
+
+
+def missing_requirements(modules: dict[str, str] = REQUIRED_MODULES) -> list[str]:
+    """The pip requirements whose import name is not importable here."""
+    return [requirement for module, requirement in modules.items() if importlib.util.find_spec(module) is None]
+
+
+def install_missing(wheels_dir: Path | None, modules: dict[str, str] = REQUIRED_MODULES) -> list[str]:
+    """``pip install --no-index --find-links wheels_dir`` of the missing requirements (nothing when all
+    are importable or there is no wheels folder); returns what it installed."""
+    missing = missing_requirements(modules)
+    if not missing:
+        return []
+    if wheels_dir is None:
+        raise ModuleNotFoundError(f"missing {missing} and no wheels folder (attach the wheels dataset or set "
+                                  "SIIM_WHEELS_DIR)")
+    command = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels_dir), *missing]
+    subprocess.run(command, check=True)
+    importlib.invalidate_caches()
+    return missing

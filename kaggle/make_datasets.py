@@ -1,0 +1,144 @@
+"""Prepare the folders `make kaggle-push` uploads: the weights dataset, the wheels dataset and the kernel.
+
+    python kaggle/make_datasets.py --weights-dir runs/full/weights --out runs/kaggle [--owner USER]
+        [--no-wheels] [--python-version 3.11] [--glibc 2.35]
+
+Writes under --out:
+
+    weights/  every file of the weights folder, flat (``faster_rcnn/fold0.pt`` -> ``faster_rcnn__fold0.pt``,
+              the manifest's paths rewritten to match: Kaggle's upload keeps no subfolders) and
+              dataset-metadata.json
+    wheels/   the packages Kaggle's image lacks, as binary wheels for Kaggle's Python and platform
+              (``pip download --only-binary=:all: --no-deps``), and dataset-metadata.json
+    kernel/   inference.ipynb (built from the current sources) and kernel-metadata.json: GPU on,
+              internet off, the competition and both datasets as sources
+
+The owner is --owner, else $KAGGLE_USERNAME, else the username in ~/.kaggle/kaggle.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPETITION = "siim-covid19-detection"
+WEIGHTS_SLUG = "siim-covid19-pipeline-weights"
+WHEELS_SLUG = "siim-covid19-pipeline-wheels"
+KERNEL_SLUG = "siim-covid19-pipeline-inference"
+# What Kaggle's GPU image lacks (it has torch, torchvision, opencv, pandas, scikit-learn, matplotlib, ...):
+# the pinned versions of requirements.txt plus ultralytics-thop, the one ultralytics dependency it lacks.
+WHEEL_PACKAGES = ("ensemble-boxes", "pydicom", "python-gdcm", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg",
+                  "ultralytics", "ultralytics-thop")
+
+
+def kaggle_owner(explicit: str | None) -> str:
+    """The Kaggle username that owns the datasets and the kernel."""
+    if explicit:
+        return explicit
+    if os.environ.get("KAGGLE_USERNAME"):
+        return os.environ["KAGGLE_USERNAME"]
+    credentials = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
+    if credentials.is_file():
+        return json.loads(credentials.read_text())["username"]
+    raise SystemExit("no Kaggle username: pass --owner, set KAGGLE_USERNAME, or put kaggle.json (Kaggle > Settings > "
+                     "API > Create New Token) in ~/.kaggle/")
+
+
+def pinned_requirements(names=WHEEL_PACKAGES, requirements: Path = ROOT / "requirements.txt") -> list[str]:
+    """``name==version`` from requirements.txt where it pins the package, else the bare name."""
+    pins = {}
+    for line in requirements.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[name.strip().lower()] = f"{name.strip()}=={version.strip()}"
+    return [pins.get(name.lower(), name) for name in names]
+
+
+def dataset_metadata(owner: str, slug: str, title: str, licence: str) -> dict:
+    return {"title": title, "id": f"{owner}/{slug}", "licenses": [{"name": licence}]}
+
+
+def flat_name(relative: str) -> str:
+    return relative.replace("/", "__")
+
+
+def weights_dataset(weights_dir: Path, out: Path, owner: str) -> Path:
+    """The weights folder flattened, its manifest's file paths rewritten, plus dataset-metadata.json."""
+    manifest = json.loads((weights_dir / "manifest.json").read_text())
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for spec in manifest["models"].values():
+        for fold, relative in spec["files"].items():
+            shutil.copyfile(weights_dir / relative, out / flat_name(relative))
+            spec["files"][fold] = flat_name(relative)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    metadata = dataset_metadata(owner, WEIGHTS_SLUG, "SIIM COVID-19 pipeline weights", "other")
+    (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return out
+
+
+def linux_platforms(glibc: str) -> list[str]:
+    """pip platform tags of an x86_64 Linux with this glibc: wheels are tagged with the oldest glibc
+    they need (python-gdcm 2.28, pylibjpeg-libjpeg 2.34), and pip matches tags literally."""
+    major, minor = (int(part) for part in glibc.split("."))
+    if major != 2 or minor < 17:
+        raise SystemExit(f"--glibc {glibc}: expected 2.17 or newer")
+    return ["manylinux2014_x86_64", *(f"manylinux_2_{k}_x86_64" for k in range(17, minor + 1)), "any"]
+
+
+def wheel_download_command(out: Path, python_version: str, glibc: str) -> list[str]:
+    platforms = [a for tag in linux_platforms(glibc) for a in ("--platform", tag)]
+    return [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--no-deps", "--dest", str(out),
+            "--python-version", python_version, *platforms, "--implementation", "cp", *pinned_requirements()]
+
+
+def wheels_dataset(out: Path, owner: str, python_version: str, glibc: str, download: bool = True) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    if download:
+        subprocess.run(wheel_download_command(out, python_version, glibc), check=True)
+    metadata = dataset_metadata(owner, WHEELS_SLUG, "SIIM COVID-19 pipeline wheels",
+                                "other")  # mixed licences: ultralytics AGPL-3.0, pylibjpeg-libjpeg GPL-3.0, ...
+    (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return out
+
+
+def kernel_folder(out: Path, owner: str) -> Path:
+    """The built notebook and its kernel-metadata.json (from the committed template, owner filled in)."""
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, str(ROOT / "kaggle" / "build_notebook.py"), "--out", str(out / "inference.ipynb")],
+                   check=True)
+    template = json.loads((ROOT / "kaggle" / "kernel-metadata.json").read_text())
+    metadata = json.loads(json.dumps(template).replace("YOUR_KAGGLE_USERNAME", owner))
+    (out / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights-dir", required=True, type=Path, help="weights folder with manifest.json")
+    parser.add_argument("--out", type=Path, default=Path("runs/kaggle"))
+    parser.add_argument("--owner", default=None, help="Kaggle username (default: from the Kaggle credentials)")
+    parser.add_argument("--no-wheels", action="store_true", help="write the wheels metadata only, download nothing")
+    parser.add_argument("--python-version", default="3.11", help="Python of Kaggle's image")
+    parser.add_argument("--glibc", default="2.35", help="glibc of Kaggle's image (Ubuntu 22.04: 2.35)")
+    args = parser.parse_args(argv)
+    if not (args.weights_dir / "manifest.json").is_file():
+        raise SystemExit(f"{args.weights_dir / 'manifest.json'}: not found (train first: make train-all)")
+    owner = kaggle_owner(args.owner)
+    weights_dataset(args.weights_dir, args.out / "weights", owner)
+    wheels_dataset(args.out / "wheels", owner, args.python_version, args.glibc, download=not args.no_wheels)
+    kernel_folder(args.out / "kernel", owner)
+    print(f"wrote {args.out}/weights, {args.out}/wheels and {args.out}/kernel for {owner}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The Kaggle notebook: built from the current sources (CI fails on a stale committed copy), executed
+headless on a synthetic competition folder with weights from a tiny training, and equal to what
+make_submission.py writes; its input discovery and offline install."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO
+
+from infer import kaggle_runtime, make_submission
+from utils.submission import parse_prediction_string
+
+
+def test_the_committed_notebook_is_what_the_sources_build():
+    result = subprocess.run([sys.executable, str(REPO / "kaggle" / "build_notebook.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _same_submission(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert a["id"].tolist() == b["id"].tolist()
+    for identifier, x, y in zip(a["id"], a["PredictionString"], b["PredictionString"]):
+        px, py = parse_prediction_string(x), parse_prediction_string(y)
+        assert [p.label for p in px] == [p.label for p in py], identifier
+        np.testing.assert_allclose([p.confidence for p in px], [p.confidence for p in py], atol=1e-5)
+        np.testing.assert_allclose(np.reshape([p.box for p in px], (-1, 4)), np.reshape([p.box for p in py], (-1, 4)),
+                                   atol=1e-3)
+
+
+@pytest.mark.slow
+def test_the_notebook_runs_headless_and_writes_what_make_submission_writes(trained_run, siim_dataset, tmp_path,
+                                                                           monkeypatch):
+    import nbclient
+    import nbformat
+
+    weights = trained_run / "weights"
+    expected = tmp_path / "expected.csv"
+    assert make_submission.main(["--data-dir", str(siim_dataset), "--weights-dir", str(weights),
+                                 "--out", str(expected), "--no-progress"]) == 0
+
+    notebook = nbformat.read(REPO / "kaggle" / "inference.ipynb", as_version=4)
+    nbformat.validate(notebook)
+    for name, value in {"SIIM_DATA_DIR": siim_dataset, "SIIM_WEIGHTS_DIR": weights, "SIIM_WHEELS_DIR": "",
+                        "SIIM_OUTPUT_DIR": tmp_path / "working", "SIIM_CODE_DIR": tmp_path / "code"}.items():
+        monkeypatch.setenv(name, str(value))
+    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
+    assert "installed: nothing" in outputs  # everything importable: the wheels folder is not needed
+    assert (tmp_path / "code" / "infer" / "predictor.py").read_text() == (REPO / "infer" / "predictor.py").read_text()
+    _same_submission(pd.read_csv(tmp_path / "working" / "submission.csv", keep_default_na=False),
+                     pd.read_csv(expected, keep_default_na=False))
+
+
+def _kaggle_input(root):
+    (root / "siim-covid19-detection" / "test").mkdir(parents=True)
+    (root / "siim-covid19-detection" / "sample_submission.csv").write_text("id,PredictionString\n")
+    (root / "my-weights" / "weights").mkdir(parents=True)
+    (root / "my-weights" / "weights" / "manifest.json").write_text("{}")
+    (root / "my-wheels").mkdir()
+    (root / "my-wheels" / "pkg-1.0-py3-none-any.whl").write_bytes(b"")
+    return root
+
+
+def test_inputs_are_found_by_what_they_hold(tmp_path, monkeypatch):
+    for name in ("SIIM_DATA_DIR", "SIIM_WEIGHTS_DIR", "SIIM_WHEELS_DIR", "SIIM_OUTPUT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    root = _kaggle_input(tmp_path / "input")
+    paths = kaggle_runtime.find_paths(root)
+    assert paths.data_dir == root / "siim-covid19-detection"
+    assert paths.weights_dir == root / "my-weights" / "weights"
+    assert paths.wheels_dir == root / "my-wheels"
+    assert paths.output_dir == kaggle_runtime.KAGGLE_WORKING
+
+    monkeypatch.setenv("SIIM_WEIGHTS_DIR", str(root / "my-wheels"))
+    with pytest.raises(FileNotFoundError, match="SIIM_WEIGHTS_DIR=.*not a weights folder"):
+        kaggle_runtime.find_paths(root)
+    monkeypatch.delenv("SIIM_WEIGHTS_DIR")
+    with pytest.raises(FileNotFoundError, match="no competition folder .* set SIIM_DATA_DIR"):
+        kaggle_runtime.find_paths(tmp_path / "empty")
+
+
+def test_nothing_is_installed_when_everything_imports_and_a_missing_package_needs_the_wheels(tmp_path):
+    assert kaggle_runtime.install_missing(None, {"json": "json"}) == []
+    with pytest.raises(ModuleNotFoundError, match="no wheels folder"):
+        kaggle_runtime.install_missing(None, {"surely_not_installed_xyz": "surely-not-installed-xyz"})
+    with pytest.raises(subprocess.CalledProcessError):  # pip, offline, finds no such wheel in the folder
+        kaggle_runtime.install_missing(tmp_path, {"surely_not_installed_xyz": "surely-not-installed-xyz"})
+
+
+def _run(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "kaggle" / script), *args], capture_output=True, text=True,
+                          env=env, cwd=REPO)
+
+
+@pytest.mark.slow
+def test_upload_folders_are_flat_valid_and_the_weights_still_predict(trained_run, siim_dataset, tmp_path):
+    import json
+
+    from infer.predictor import Ensemble
+
+    out = tmp_path / "kaggle"
+    result = _run("make_datasets.py", "--weights-dir", str(trained_run / "weights"), "--out", str(out),
+                  "--owner", "someone", "--no-wheels")
+    assert result.returncode == 0, result.stderr
+    weights = out / "weights"
+    assert all(p.is_file() for p in weights.iterdir())  # flat: Kaggle keeps no subfolders
+    assert json.loads((weights / "dataset-metadata.json").read_text())["id"] == "someone/siim-covid19-pipeline-weights"
+    assert json.loads((out / "wheels" / "dataset-metadata.json").read_text())["licenses"] == [{"name": "other"}]
+    kernel = json.loads((out / "kernel" / "kernel-metadata.json").read_text())
+    assert kernel["enable_gpu"] is True and kernel["enable_internet"] is False
+    assert kernel["code_file"] == "inference.ipynb" and kernel["competition_sources"] == ["siim-covid19-detection"]
+    assert kernel["dataset_sources"] == ["someone/siim-covid19-pipeline-weights",
+                                         "someone/siim-covid19-pipeline-wheels"]
+    assert (out / "kernel" / "inference.ipynb").read_text() == (REPO / "kaggle" / "inference.ipynb").read_text()
+    ensemble = Ensemble(weights, overrides={"workers": 0})  # the flattened folder is a weights folder
+    assert {m.name for m in ensemble.members} == {"study", "faster_rcnn", "yolo"}
+
+
+def test_wheels_are_binary_for_kaggle_pinned_and_without_dependencies(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_datasets", REPO / "kaggle" / "make_datasets.py")
+    make_datasets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_datasets)
+    command = make_datasets.wheel_download_command(tmp_path, "3.11", "2.35")
+    assert {"--only-binary=:all:", "--no-deps"} <= set(command)
+    assert "ensemble-boxes==1.0.9" in command and "ultralytics==8.3.253" in command and "pydicom==3.0.2" in command
+    assert command[command.index("--python-version") + 1] == "3.11"
+    platforms = {command[k + 1] for k, a in enumerate(command) if a == "--platform"}
+    assert {"manylinux_2_28_x86_64", "manylinux_2_34_x86_64", "manylinux2014_x86_64", "any"} <= platforms
+
+
+def test_push_says_what_is_missing_without_credentials(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = _run("push.py", str(tmp_path), env=env)
+    assert result.returncode == 2
+    assert "kaggle command-line tool is not installed" in result.stderr or "no Kaggle credentials" in result.stderr
