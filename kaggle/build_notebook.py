@@ -76,10 +76,10 @@ def build() -> dict:
               "for where the code is written).\n\n"
               f"Project modules carried: {', '.join(modules)}."),
         _cell("code", "# The project's code, written to a folder and put on the import path.\n"
-              "import json, os, sys\n"
+              "import json, os, sys, tempfile\n"
               "from pathlib import Path\n\n"
               f"SOURCES = json.loads({sources!r})\n"
-              "CODE_DIR = Path(os.environ.get('SIIM_CODE_DIR') or '/kaggle/working/siim_code')\n"
+              "CODE_DIR = Path(os.environ.get('SIIM_CODE_DIR') or Path(tempfile.gettempdir()) / 'siim_code')\n"
               "for relative, text in SOURCES.items():\n"
               "    path = CODE_DIR / relative\n"
               "    path.parent.mkdir(parents=True, exist_ok=True)\n"

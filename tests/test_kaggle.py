@@ -88,6 +88,7 @@ def test_inputs_are_found_by_what_they_hold(tmp_path, monkeypatch):
 
 def test_nothing_is_installed_when_everything_imports_and_a_missing_package_needs_the_wheels(tmp_path):
     assert kaggle_runtime.install_missing(None, {"json": "json"}) == []
+    assert kaggle_runtime.install_missing(tmp_path, {"json": "json"}) == []  # a wheels folder, already satisfied
     with pytest.raises(ModuleNotFoundError, match="no wheels folder"):
         kaggle_runtime.install_missing(None, {"surely_not_installed_xyz": "surely-not-installed-xyz"})
     with pytest.raises(subprocess.CalledProcessError):  # pip, offline, finds no such wheel in the folder
