@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 
 DEMO_DIR := runs/demo
 
-.PHONY: setup test demo train-all notebook kaggle-datasets kaggle-push bench clean
+.PHONY: setup test demo train-all notebook kaggle-datasets kaggle-push serve bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ kaggle-datasets: $(STAMP)
 
 kaggle-push: kaggle-datasets
 	$(PY) kaggle/push.py runs/kaggle
+
+# The web application on the demo's weights (or SERVE_WEIGHTS=...), on this machine only.
+SERVE_WEIGHTS ?= runs/demo/weights
+serve: $(STAMP)
+	$(PY) infer/app.py --weights-dir $(SERVE_WEIGHTS)
 
 # Speed figures (docs/benchmarks.md). The training benchmark's short run suits the CPU; on a GPU use
 # its defaults: python infer/benchmark.py training

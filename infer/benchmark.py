@@ -5,6 +5,7 @@
         [--steps 20] [--repeats 5] [--amp fp16|bf16] [--device auto] [--out runs/bench/training.json]
     python infer/benchmark.py inference [--weights-dir W | --config train/configs/full.yaml --folds 5] [--images 8]
         [--repeats 3] [--batch-size N] [--workers N] [--device auto] [--out runs/bench/inference.json]
+    python infer/benchmark.py serve --weights-dir W [--requests 50] [--concurrency 4] [--image FILE]
 
 ``reader``: full-size 16-bit DICOMs (about 2500 x 3000, written by the synthetic generator, with and
 without a VOI window, MONOCHROME1 and 2) decoded and resized to ``--size`` by the project's reader
@@ -16,6 +17,9 @@ speed-up, and the mean absolute difference between the two outputs in grey level
 each model with and without the flip TTA, weighted boxes fusion) and of the whole predictor end to
 end, on real-size DICOMs, with trained weights or the config's models with random weights; and
 the estimated notebook run time for 1,263 and 6,000 test images.
+
+``serve``: a short bounded load check of the web application (``infer/app.py``) through a real
+server on loopback: N uploads, K at a time; errors, median and 90th-percentile latency.
 
 ``training``: training images per second of the NIH backbone through the project's training loop
 (``utils.engine.train_one_epoch``: forward, summed loss, scaled backward, SGD step, schedule) in full
@@ -305,6 +309,59 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
     }
 
 
+def benchmark_serve(weights_dir, requests: int = 50, concurrency: int = 4, image: Path | None = None,
+                    device: str = "cpu", work_dir=None) -> dict:
+    """A short bounded load check of the web application on loopback: ``requests`` uploads of one
+    radiograph, ``concurrency`` at a time, through a real uvicorn server; latencies and errors."""
+    import socket
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import uvicorn
+
+    from infer.app import create_app
+
+    if image is None:
+        image = write_full_size_files(Path(work_dir or tempfile.mkdtemp(prefix="bench-serve-")), 1, seed=2)[0]
+    data = Path(image).read_bytes()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(weights_dir, device=device), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}/api/predict"
+
+    def one(_):
+        start = time.perf_counter()
+        response = httpx.post(url, files={"file": (Path(image).name, data)}, timeout=300)
+        return time.perf_counter() - start, response.status_code
+
+    try:
+        one(0)  # warm-up
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(one, range(requests)))
+        wall = time.perf_counter() - started
+    finally:
+        server.should_exit = True
+    latencies = sorted(seconds for seconds, _ in results)
+    return {
+        "benchmark": "serve",
+        "device": device,
+        "image": f"{Path(image).name}, {len(data) // 1024} KiB",
+        "requests": requests,
+        "concurrency": concurrency,
+        "errors": sum(1 for _, status in results if status != 200),
+        "median_latency_s": round(statistics.median(latencies), 3),
+        "p90_latency_s": round(latencies[int(0.9 * (len(latencies) - 1))], 3),
+        "requests_per_s": round(requests / wall, 2),
+    }
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -336,6 +393,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     inference.add_argument("--device", default=None)
     inference.add_argument("--scale", type=float, default=1.0, help="shrink the test DICOMs (quick checks)")
     inference.add_argument("--out", help="also write the JSON here")
+    serve = sub.add_parser("serve", help="web application load check on loopback")
+    serve.add_argument("--weights-dir", type=Path, required=True)
+    serve.add_argument("--requests", type=int, default=50)
+    serve.add_argument("--concurrency", type=int, default=4)
+    serve.add_argument("--image", type=Path, default=None, help="radiograph to upload (default: a real-size DICOM)")
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--out", help="also write the JSON here")
     return parser
 
 
@@ -343,6 +407,8 @@ def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     if args.stage == "reader":
         result = benchmark_reader(args.files, args.repeats, args.size)
+    elif args.stage == "serve":
+        result = benchmark_serve(args.weights_dir, args.requests, args.concurrency, args.image, args.device)
     elif args.stage == "inference":
         result = benchmark_inference(args.weights_dir, args.config, args.images, args.repeats, args.batch_size,
                                      args.workers, args.device, args.scale, folds=args.folds)

@@ -1,0 +1,147 @@
+"""The web application: upload a chest radiograph, see the predicted opacities and study probabilities.
+
+    python infer/app.py --weights-dir W [--host 127.0.0.1] [--port 8000] [--device cpu] [--max-upload-mb 64]
+
+One page (``/``) where a DICOM, PNG or JPEG is dropped or picked and shown with its predicted boxes
+(a slider hides boxes under a score), the four study probabilities and the image's "none"; a JSON
+API (``POST /api/predict``, the file in the multipart field ``file``; documented at ``/docs``) and
+``GET /healthz``. The same predictor as make_submission.py (``infer.predictor.Ensemble``), loaded
+once at start. Uploads are read into memory (never written to disk) up to the size limit (413
+beyond it); images with absurd dimensions are refused from their header before decoding; an
+unreadable file gets a 4xx answer saying why. It listens on 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import logging
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request, UploadFile
+from fastapi.responses import HTMLResponse
+
+from infer.predictor import (
+    NEGATIVE,
+    Ensemble,
+    image_none_probability,
+    no_box_probability,
+    study_row_probabilities,
+)
+from utils.boxes import denormalize_xyxy
+from utils.dicom import read_radiograph
+from utils.labels import STUDY_CLASSES
+
+log = logging.getLogger("app")
+PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+MAX_PIXELS = 80_000_000  # about 9,000 x 9,000: far above any radiograph, far below a decompression bomb
+PREVIEW_SIZE = 1024  # longer side of the preview the page draws on
+
+
+def prediction_payload(ensemble: Ensemble, data: bytes, name: str, preview: bool) -> dict:
+    """The API's answer for one radiograph's bytes; raises ValueError with the reader's reason."""
+    started = time.perf_counter()
+    prediction = ensemble.predict_source(data, image_id=Path(name).stem or "upload", name=name, max_pixels=MAX_PIXELS)
+    if prediction.error is not None:
+        raise ValueError(prediction.error)
+    config = ensemble.config
+    study = study_row_probabilities(prediction.study_probs, no_box_probability(prediction), config)
+    classifier_negative = None if prediction.study_probs is None else float(prediction.study_probs[NEGATIVE])
+    width, height = prediction.original_width, prediction.original_height
+    boxes = denormalize_xyxy(prediction.boxes, width, height)
+    payload = {
+        "name": name,
+        "width": width,
+        "height": height,
+        "boxes": [{"x_min": round(float(b[0]), 1), "y_min": round(float(b[1]), 1), "x_max": round(float(b[2]), 1),
+                   "y_max": round(float(b[3]), 1), "score": round(float(s), 4)}
+                  for b, s in zip(boxes, prediction.scores)],
+        "study": {c: round(float(p), 4) for c, p in zip(STUDY_CLASSES, study)},
+        "none": round(image_none_probability(prediction, classifier_negative, config), 4),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if preview:
+        pixels = read_radiograph(data, PREVIEW_SIZE, keep_aspect=True, name=name, max_pixels=MAX_PIXELS).pixels
+        if max(pixels.shape) > PREVIEW_SIZE:  # keep_aspect sizes the shorter side
+            scale = PREVIEW_SIZE / max(pixels.shape)
+            pixels = cv2.resize(pixels, (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale)),
+                                interpolation=cv2.INTER_AREA)
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(pixels))
+        payload["preview_png"] = base64.b64encode(png.tobytes()).decode("ascii") if ok else None
+    return payload
+
+
+def create_app(weights_dir: Path | None, *, device: str = "cpu", max_upload_bytes: int = 64 << 20):
+    """The FastAPI application; ``weights_dir`` None (or without models) serves the page and says
+    plainly that no model is loaded."""
+    ensemble, problem = None, "no trained weights given: start the app with --weights-dir runs/<run>/weights"
+    if weights_dir is not None:
+        try:
+            ensemble, problem = Ensemble(weights_dir, overrides={"device": device, "workers": 0}), None
+        except Exception as err:  # the page still opens and says why it cannot predict
+            problem = f"could not load the weights in {weights_dir}: {err}"
+            log.error(problem)
+    app = FastAPI(title="SIIM COVID-19 radiograph predictor",
+                  description="Opacity boxes and study-level probabilities for one chest radiograph.")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return PAGE.read_text()
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        """Whether the models are loaded, and which."""
+        if ensemble is None:
+            return {"status": "no_models", "detail": problem}
+        return {"status": "ok", "device": str(ensemble.device), "models": ensemble.describe()["models"]}
+
+    @app.post("/api/predict")
+    async def predict(request: Request, file: UploadFile, preview: bool = False) -> dict:
+        """Predict one radiograph (DICOM, PNG or JPEG) sent as the multipart field ``file``. Boxes are in
+        the original image's pixels; ``preview=true`` adds the decoded image as a base64 PNG."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_upload_bytes + 1024 * 1024:
+            raise HTTPException(413, f"upload larger than the limit of {max_upload_bytes // (1 << 20)} MB")
+        data = await file.read(max_upload_bytes + 1)
+        await file.close()
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, f"upload larger than the limit of {max_upload_bytes // (1 << 20)} MB")
+        if not data:
+            raise HTTPException(400, f"{file.filename or 'upload'}: empty file")
+        if ensemble is None:
+            raise HTTPException(503, problem)
+        try:
+            return prediction_payload(ensemble, data, file.filename or "upload", preview)
+        except ValueError as err:
+            status = 413 if "too large" in str(err) else 422
+            raise HTTPException(status, f"{file.filename or 'upload'}: {err}") from None
+
+    return app
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights-dir", type=Path, default=None, help="weights folder with manifest.json")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
+    parser.add_argument("--max-upload-mb", type=int, default=64, help="larger uploads get 413")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(args.weights_dir, device=args.device, max_upload_bytes=args.max_upload_mb << 20)
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The web application: the API on real and synthetic radiographs, bad inputs with the right status, no
+weights said plainly, and one end-to-end run in a real headless browser (Debian's chromium)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import socket
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO
+
+from infer.app import create_app
+from infer.benchmark import write_untrained_weights
+from utils.prepare import find_dicoms
+
+TINY_MODELS = {
+    "study": {"image_size": 64},
+    "frcnn": {"image_size": 64, "predict_size": 96, "proposals": 50, "roi_samples": 32, "freeze_bn": False},
+    "yolo": {"model": "yolov8n.yaml", "image_size": 64, "predict_size": 96},
+    "ensemble": {"workers": 0, "device": "cpu", "batch_size": 4, "amp": "off"},
+}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    out = tmp_path_factory.mktemp("app_weights")
+    write_untrained_weights(out, REPO / "train" / "configs" / "demo.yaml", folds=1, overrides=TINY_MODELS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(weights):
+    from fastapi.testclient import TestClient
+
+    return TestClient(create_app(weights, max_upload_bytes=3 << 20))
+
+
+def _post(client, name: str, data: bytes, preview: bool = False):
+    return client.post(f"/api/predict{'?preview=true' if preview else ''}", files={"file": (name, io.BytesIO(data))})
+
+
+def _preview(answer) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(base64.b64decode(answer["preview_png"]), np.uint8), cv2.IMREAD_GRAYSCALE)
+
+
+def test_health_and_documented_api(client):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and set(health["models"]) == {"study", "faster_rcnn", "yolo"}
+    assert "/api/predict" in client.get("/openapi.json").json()["paths"]
+    assert "Drop a DICOM" in client.get("/").text
+
+
+def test_a_synthetic_dicom_gets_boxes_in_its_pixels_and_probabilities(client, siim_dataset):
+    path = find_dicoms(siim_dataset / "test")[0]
+    response = _post(client, path.name, path.read_bytes())
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer["study"]) == {"negative", "typical", "indeterminate", "atypical"}
+    assert 0 <= answer["none"] <= 1
+    for box in answer["boxes"]:
+        assert 0 <= box["x_min"] < box["x_max"] <= answer["width"]
+        assert 0 <= box["y_min"] < box["y_max"] <= answer["height"]
+
+
+def test_real_radiographs_and_the_monochrome1_twin_shown_inverted(client, shared):
+    folder = shared("real-xrays")
+    for name in ("00000001_000.png", "covid-19-pneumonia-58-prior.jpg"):
+        assert _post(client, name, (folder / name).read_bytes()).status_code == 200
+    normal = _post(client, "siim.dcm", (folder / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm")
+                   .read_bytes(), preview=True).json()
+    twin = _post(client, "mono1.dcm", (folder / "Fake_MONOHR1.dcm").read_bytes(), preview=True).json()
+    assert (normal["width"], normal["height"]) == (twin["width"], twin["height"]) == (1024, 1024)
+    a, b = _preview(normal).astype(int), _preview(twin).astype(int)
+    assert np.abs(a + b - 255).mean() < 2  # same stored pixels, MONOCHROME1: displayed inverted
+
+
+@pytest.mark.parametrize("name, data, status, message", [
+    ("empty.dcm", b"", 400, "empty file"),
+    ("notes.txt", b"hello, this is not an image\n" * 10, 422, "not a DICOM, PNG or JPEG"),
+    ("huge.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (100000).to_bytes(4, "big") * 2 + b"\x08\x00\x00\x00\x00",
+     413, "too large"),
+    ("big.dcm", b"\x00" * ((3 << 20) + 10), 413, "larger than the limit"),
+])
+def test_bad_uploads_get_a_clear_4xx(client, name, data, status, message):
+    response = _post(client, name, data)
+    assert response.status_code == status and message in response.json()["detail"]
+
+
+def test_a_truncated_dicom_gets_422_naming_the_file(client, siim_dataset):
+    data = find_dicoms(siim_dataset / "test")[0].read_bytes()
+    response = _post(client, "cut.dcm", data[: len(data) // 3])
+    assert response.status_code == 422 and "cut.dcm" in response.json()["detail"]
+
+
+def test_without_weights_it_says_so(tmp_path):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(None))
+    assert client.get("/healthz").json()["status"] == "no_models"
+    response = _post(client, "x.png", cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())
+    assert response.status_code == 503 and "--weights-dir" in response.json()["detail"]
+
+
+def _serve(app) -> tuple[str, object]:
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    return f"http://127.0.0.1:{port}", server
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed (.ci/run installs it)")
+def test_the_page_in_a_real_browser(weights, siim_dataset):
+    from playwright.sync_api import sync_playwright
+
+    url, server = _serve(create_app(weights))
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_selector("text=Models loaded")
+            page.set_input_files("#file", str(find_dicoms(siim_dataset / "test")[0]))
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            page.fill("#threshold", "0")
+            page.dispatch_event("#threshold", "input")
+            assert page.locator("#study .row").count() == 4 and page.locator("#none .row").count() == 1
+            assert page.locator("#boxes li.box").count() > 0  # untrained detectors still propose boxes
+            (REPO / "runs").mkdir(exist_ok=True)
+            page.screenshot(path=str(REPO / "runs" / "app_screenshot.png"), full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+
+
+def test_the_load_check_runs_without_errors(weights, siim_dataset):
+    from infer.benchmark import benchmark_serve
+
+    result = benchmark_serve(weights, requests=6, concurrency=3, image=find_dicoms(siim_dataset / "test")[0])
+    assert result["errors"] == 0 and result["median_latency_s"] > 0 and result["requests"] == 6
