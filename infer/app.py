@@ -123,6 +123,27 @@ def create_app(weights_dir: Path | None, *, device: str = "cpu", max_upload_byte
     return app
 
 
+def start_background_server(app, host: str = "127.0.0.1"):
+    """Serve ``app`` with uvicorn on a free port of ``host`` in a daemon thread (the browser test and
+    the load check); returns ``(base url, server)``; stop it with ``server.should_exit = True``."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server on {host}:{port} did not start within 30 s")
+        time.sleep(0.05)
+    return f"http://{host}:{port}", server
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights-dir", type=Path, default=None, help="weights folder with manifest.json")

@@ -313,27 +313,17 @@ def benchmark_serve(weights_dir, requests: int = 50, concurrency: int = 4, image
                     device: str = "cpu", work_dir=None) -> dict:
     """A short bounded load check of the web application on loopback: ``requests`` uploads of one
     radiograph, ``concurrency`` at a time, through a real uvicorn server; latencies and errors."""
-    import socket
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
-    import uvicorn
 
-    from infer.app import create_app
+    from infer.app import create_app, start_background_server
 
     if image is None:
         image = write_full_size_files(Path(work_dir or tempfile.mkdtemp(prefix="bench-serve-")), 1, seed=2)[0]
     data = Path(image).read_bytes()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(weights_dir, device=device), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}/api/predict"
+    base, server = start_background_server(create_app(weights_dir, device=device))
+    url = f"{base}/api/predict"
 
     def one(_):
         start = time.perf_counter()

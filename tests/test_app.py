@@ -6,16 +6,13 @@ from __future__ import annotations
 import base64
 import io
 import shutil
-import socket
-import threading
-import time
 
 import cv2
 import numpy as np
 import pytest
 from conftest import REPO
 
-from infer.app import create_app
+from infer.app import create_app, start_background_server
 from infer.benchmark import write_untrained_weights
 from utils.prepare import find_dicoms
 
@@ -108,26 +105,11 @@ def test_without_weights_it_says_so(tmp_path):
     assert response.status_code == 503 and "--weights-dir" in response.json()["detail"]
 
 
-def _serve(app) -> tuple[str, object]:
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.1)
-    return f"http://127.0.0.1:{port}", server
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed (.ci/run installs it)")
 def test_the_page_in_a_real_browser(weights, siim_dataset):
     from playwright.sync_api import sync_playwright
 
-    url, server = _serve(create_app(weights))
+    url, server = start_background_server(create_app(weights))
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
