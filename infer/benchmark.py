@@ -250,7 +250,7 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
     """
     from torch.utils.data import DataLoader
 
-    from infer.predictor import Ensemble, InputImageDataset, collate_images
+    from infer.predictor import Ensemble, InputImageDataset, collate_images, fuse_sources
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="bench-inference-"))
     if weights_dir is None:
@@ -286,7 +286,8 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
         if member.kind != "study_classifier":
             sources[member.name] = [found for out in run() for found in out]
     per_image = [[s for name in sources for s in sources[name][k]] for k in range(images)]
-    rates["wbf"] = _median_rate(lambda: [ensemble.fuse(s, [1.0] * len(s)) for s in per_image], images, repeats, sync)
+    rates["wbf"] = _median_rate(lambda: [fuse_sources(s, [1.0] * len(s), config) for s in per_image], images,
+                                repeats, sync)
     rates["end_to_end"] = _median_rate(lambda: ensemble.predict_paths(paths, progress=False), images, repeats, sync)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     return {

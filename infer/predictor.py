@@ -367,15 +367,12 @@ class Ensemble:
                     sources[k] += found
                     weights[k] += [weight / len(found)] * len(found)
             for k, image in enumerate(readable):
-                boxes, scores = self.fuse(sources[k], weights[k])
+                boxes, scores = fuse_sources(sources[k], weights[k], self.config)
                 results[id(image)] = ImagePrediction(
                     image.image_id, image.study_id, image.original_height, image.original_width, boxes, scores,
                     None if study is None else study[k], None if none is None else float(none[k]))
         return [results.get(id(image)) or ImagePrediction(image.image_id, image.study_id, 0, 0, as_boxes([]),
                                                           np.zeros(0), error=image.error) for image in images]
-
-    def fuse(self, sources: list[tuple[np.ndarray, np.ndarray]], weights: list[float]) -> tuple[np.ndarray, np.ndarray]:
-        return fuse_sources(sources, weights, self.config)
 
     def predict_paths(self, paths: Sequence, *, batch_size: int | None = None, workers: int | None = None,
                       progress: bool = True) -> list[ImagePrediction]:

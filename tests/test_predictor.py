@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -57,8 +58,6 @@ def test_decoding_gives_the_pixels_the_models_were_trained_on(siim_dataset, tmp_
         image = decode_test_image(path, (64, 96), image_id=path.stem)
         assert image.error is None
         for size in (64, 96):
-            import cv2
-
             np.testing.assert_array_equal(image.pixels[size], cv2.imread(str(image_path(tmp_path, size, path.stem)), 0))
 
 
