@@ -2,8 +2,12 @@
 
     python infer/make_submission.py --data-dir DIR --weights-dir W --out submission.csv
         [--device auto|cpu|cuda] [--batch-size N] [--workers N] [--config FILE] [--set KEY=VALUE ...]
+    python infer/make_submission.py --data-dir RESIZED_DIR --test-meta test_meta.csv --weights-dir W --out ...
 
-DIR is the competition folder (``test/<study>/<series>/<image>.dcm`` and ``sample_submission.csv``);
+DIR is the competition folder (``test/<study>/<series>/<image>.dcm`` and ``sample_submission.csv``),
+or, for a local dry run, a resized copy (``test/<image_id>.jpg|png`` and ``meta.csv`` with each image's
+original ``dim0``/``dim1``) with ``--test-meta``, a table of its test images and their studies
+(``imageid``, ``studyid``): the boxes are written in the original pixels either way;
 W is a weights folder with its ``manifest.json`` (``runs/<run>/weights`` after ``train/train_all.py``).
 The ensemble settings (TTA, fusion, none blending) come from the manifest's ``ensemble`` section;
 ``--config`` (a YAML with an ``ensemble`` section) and ``--set`` override them. One row per id of the
@@ -27,6 +31,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, type=Path, 
                         help="competition folder (test/, sample_submission.csv)")
+    parser.add_argument("--test-meta", type=Path, default=None,
+                        help="resized copy only: table of the test images and their studies (imageid, studyid)")
     parser.add_argument("--weights-dir", required=True, type=Path, help="weights folder with manifest.json")
     parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="where to write the submission")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the ensemble config's)")
@@ -51,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         config = ensemble_config(read_manifest(args.weights_dir), overrides, str(args.weights_dir / "manifest.json"))
         ensemble = Ensemble(args.weights_dir, config)
         summary = write_ensemble_submission(ensemble, args.data_dir, args.out, batch_size=args.batch_size,
-                                            workers=args.workers, progress=not args.no_progress)
+                                            workers=args.workers, progress=not args.no_progress,
+                                            test_table=args.test_meta)
     except (ConfigError, ManifestError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     summary["load_seconds"] = ensemble.load_seconds

@@ -44,7 +44,7 @@ from utils.dicom import DicomReadError, read_radiograph, resize_image
 from utils.engine import Precision, resolve_device, resolve_precision
 from utils.frcnn import detector_from_config, load_detector_state, unpad_detections
 from utils.fusion import WBF_CONF_TYPES, blend_none, fuse_boxes
-from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
+from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX, strip_suffix
 from utils.manifest import ManifestError, read_manifest
 from utils.models import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED_NONE, StudyClassifier
 from utils.submission import image_prediction_string, study_prediction_string, write_submission
@@ -112,11 +112,30 @@ class InputImage:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class TestImage:
+    """One test radiograph to predict: its file, ids and, for a resized copy, its ORIGINAL size (a
+    DICOM gives its own: 0 means "from the file"), which the boxes are written in."""
+
+    path: Path
+    image_id: str
+    study_id: str
+    original_height: int = 0
+    original_width: int = 0
+
+    @classmethod
+    def from_dicom_path(cls, path) -> "TestImage":
+        """A DICOM in the competition's ``<study>/<series>/<image>.dcm`` layout."""
+        path = Path(path)
+        return cls(path, path.stem, path.parent.parent.name)
+
+
 def decode_test_image(source, sizes: Sequence[int], *, image_id: str, study_id: str = "", name: str | None = None,
-                      max_pixels: int | None = None) -> InputImage:
+                      max_pixels: int | None = None, original_size: tuple[int, int] | None = None) -> InputImage:
     """Read ``source`` (path or bytes of a DICOM, PNG or JPEG) once at the largest of ``sizes`` and
     area-resize it to the others, as ``utils.prepare.decode_one`` does for the training PNGs. Never
-    raises for a bad file: the result carries the reason in ``error``."""
+    raises for a bad file: the result carries the reason in ``error``. ``original_size`` (height,
+    width) replaces the file's own for a resized copy of a radiograph."""
     try:
         radiograph = read_radiograph(source, max(sizes), max_pixels=max_pixels, name=name)
     except DicomReadError as err:
@@ -124,22 +143,26 @@ def decode_test_image(source, sizes: Sequence[int], *, image_id: str, study_id: 
     except Exception as err:  # a decoder's own failure; one bad file never stops the run
         return InputImage(image_id, study_id, error=f"{type(err).__name__}: {err}")
     pixels = {int(size): resize_image(radiograph.pixels, int(size)) for size in sizes}
-    return InputImage(image_id, study_id, radiograph.original_height, radiograph.original_width, pixels)
+    height, width = original_size or (radiograph.original_height, radiograph.original_width)
+    return InputImage(image_id, study_id, int(height), int(width), pixels)
 
 
 class InputImageDataset(Dataset):
-    """DICOMs in the competition's ``<study>/<series>/<image>.dcm`` layout, decoded for the ensemble."""
+    """Test radiographs (:class:`TestImage`, or DICOM paths in the competition's layout), decoded for
+    the ensemble."""
 
-    def __init__(self, paths: Sequence, sizes: Sequence[int]):
-        self.paths = [Path(p) for p in paths]
+    def __init__(self, images: Sequence, sizes: Sequence[int]):
+        self.images = [i if isinstance(i, TestImage) else TestImage.from_dicom_path(i) for i in images]
         self.sizes = tuple(sizes)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
 
     def __getitem__(self, index: int) -> InputImage:
-        path = self.paths[index]
-        return decode_test_image(path, self.sizes, image_id=path.stem, study_id=path.parent.parent.name)
+        image = self.images[index]
+        size = (image.original_height, image.original_width) if image.original_height else None
+        return decode_test_image(image.path, self.sizes, image_id=image.image_id, study_id=image.study_id,
+                                 original_size=size)
 
 
 def collate_images(items: list[InputImage]) -> list[InputImage]:
@@ -376,7 +399,8 @@ class Ensemble:
 
     def predict_paths(self, paths: Sequence, *, batch_size: int | None = None, workers: int | None = None,
                       progress: bool = True) -> list[ImagePrediction]:
-        """Predictions for DICOM files in the competition's layout, decoded in ``workers`` processes."""
+        """Predictions for test images (:class:`TestImage`, or DICOM paths in the competition's layout),
+        decoded in ``workers`` processes."""
         from tqdm import tqdm
 
         batch_size = batch_size or self.config.batch_size
@@ -487,35 +511,104 @@ def assemble_submission(predictions: Sequence[ImagePrediction], sample: pd.DataF
     return pd.DataFrame({"id": sample["id"].astype(str).tolist(), "PredictionString": rows})
 
 
-def find_test_dicoms(data_dir, sample: pd.DataFrame) -> list[Path]:
+def find_test_dicoms(data_dir, sample: pd.DataFrame) -> list[TestImage]:
     """The test split's DICOMs (``test/<study>/<series>/<image>.dcm``); logs sample images without a file."""
     from utils.prepare import find_dicoms
 
     paths = find_dicoms(Path(data_dir) / "test")
     wanted = {i[: -len(IMAGE_SUFFIX)] for i in sample["id"].astype(str) if i.endswith(IMAGE_SUFFIX)}
-    found = {p.stem for p in paths}
+    _warn_missing(wanted, {p.stem for p in paths}, Path(data_dir) / "test")
+    return [TestImage.from_dicom_path(p) for p in paths if p.stem in wanted or not wanted]
+
+
+def _warn_missing(wanted: set, found: set, where: Path) -> None:
     missing = sorted(wanted - found)
     if missing:
-        log.warning("%d image(s) of the sample submission have no DICOM under %s (fallback rows), e.g. %s",
-                    len(missing), Path(data_dir) / "test", missing[:3])
-    return [p for p in paths if p.stem in wanted] if wanted else paths
+        log.warning("%d image(s) of the sample submission have no file under %s (fallback rows), e.g. %s",
+                    len(missing), where, missing[:3])
+
+
+def _first_column(frame: pd.DataFrame, names: Sequence[str], source) -> str:
+    found = next((c for c in names if c in frame.columns), None)
+    if found is None:
+        raise FileNotFoundError(f"{source}: needs a column {' or '.join(names)}; has {list(frame.columns)}")
+    return found
+
+
+def read_test_table(path) -> pd.DataFrame:
+    """A table of test images and their studies (``image_id``/``imageid``, ``study_id``/``studyid``,
+    as ``test_meta.csv`` of the public solutions) -> columns ``image_id, study_id``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: test image table not found")
+    frame = pd.read_csv(path, dtype=str)
+    image = _first_column(frame, ("image_id", "imageid"), path)
+    study = _first_column(frame, ("study_id", "studyid", "StudyInstanceUID"), path)
+    table = frame[[image, study]].rename(columns={image: "image_id", study: "study_id"}).dropna()
+    table["image_id"] = [strip_suffix(i, IMAGE_SUFFIX) for i in table["image_id"]]
+    table["study_id"] = [strip_suffix(i, STUDY_SUFFIX) for i in table["study_id"]]
+    return table.drop_duplicates("image_id").reset_index(drop=True)
+
+
+def find_resized_test_images(data_dir, test_table, sample: pd.DataFrame | None) -> tuple[pd.DataFrame, list[TestImage]]:
+    """A resized copy's test split: ``data_dir/test/<image_id>.jpg|png``, the studies from ``test_table``
+    (:func:`read_test_table`) and the original sizes from ``data_dir/meta.csv`` (split ``test``).
+    Returns the sample (``sample``, or one row per study and per image of the table, studies first)
+    and the images to predict. An image without a file or an original size is logged and gets a
+    fallback row."""
+    from utils.prepare import find_resized_images, read_resized_meta
+
+    data_dir = Path(data_dir)
+    table = read_test_table(test_table)
+    if sample is None:
+        studies = list(dict.fromkeys(table["study_id"]))
+        ids = [s + STUDY_SUFFIX for s in studies] + [i + IMAGE_SUFFIX for i in table["image_id"]]
+        sample = pd.DataFrame({"id": ids, "PredictionString": ""})
+    files = find_resized_images(data_dir / "test")
+    sizes, bad_rows = read_resized_meta(data_dir, "test")
+    for where, reason in bad_rows:
+        log.warning("%s: %s (fallback row)", where, reason)
+    size_of = {r.image_id: (r.original_height, r.original_width) for r in sizes.itertuples(index=False)}
+    wanted = {i[: -len(IMAGE_SUFFIX)] for i in sample["id"].astype(str) if i.endswith(IMAGE_SUFFIX)}
+    _warn_missing(wanted, set(files), data_dir / "test")
+    no_size = sorted((wanted & set(files)) - set(size_of))
+    if no_size:
+        log.warning("%d test image(s) have no original size in %s (fallback rows), e.g. %s", len(no_size),
+                    data_dir / "meta.csv", no_size[:3])
+    images = [TestImage(files[i], i, s, *size_of[i]) for i, s in zip(table["image_id"], table["study_id"])
+              if i in wanted and i in files and i in size_of]
+    return sample, images
+
+
+def find_test_images(data_dir, test_table=None) -> tuple[pd.DataFrame, list[TestImage]]:
+    """``(sample submission, images to predict)`` of either kind of test folder: the competition's
+    (``sample_submission.csv`` + DICOMs) or a resized copy's (``test/<image_id>.jpg|png`` +
+    ``meta.csv`` with original sizes + ``test_table`` mapping images to studies)."""
+    from utils.prepare import is_resized_copy
+
+    data_dir = Path(data_dir)
+    sample_path = data_dir / "sample_submission.csv"
+    sample = pd.read_csv(sample_path, dtype=str) if sample_path.is_file() else None
+    if is_resized_copy(data_dir):
+        if test_table is None:
+            raise FileNotFoundError(f"{data_dir} is a resized copy: give the table of its test images and studies "
+                                    "(--test-meta, e.g. test_meta.csv with imageid and studyid)")
+        return find_resized_test_images(data_dir, test_table, sample)
+    if sample is None:
+        raise FileNotFoundError(f"{sample_path}: not found (is {data_dir} the competition folder?)")
+    return sample, find_test_dicoms(data_dir, sample)
 
 
 def write_ensemble_submission(ensemble: Ensemble, data_dir, out, *, batch_size: int | None = None,
-                              workers: int | None = None, progress: bool = True) -> dict:
-    """Predict the competition folder's test split and write the validated submission to ``out``.
-    Returns a summary: rows, images, unreadable images with their reasons, seconds."""
-    data_dir = Path(data_dir)
-    sample_path = data_dir / "sample_submission.csv"
-    if not sample_path.is_file():
-        raise FileNotFoundError(f"{sample_path}: not found (is {data_dir} the competition folder?)")
-    sample = pd.read_csv(sample_path, dtype=str)
+                              workers: int | None = None, progress: bool = True, test_table=None) -> dict:
+    """Predict the test split of ``data_dir`` (:func:`find_test_images`) and write the validated
+    submission to ``out``. Returns a summary: rows, images, unreadable images with their reasons, seconds."""
+    sample, images = find_test_images(data_dir, test_table)
     started = time.perf_counter()
-    paths = find_test_dicoms(data_dir, sample)
-    predictions = ensemble.predict_paths(paths, batch_size=batch_size, workers=workers, progress=progress)
+    predictions = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=progress)
     submission = assemble_submission(predictions, sample, ensemble.config)
     write_submission(submission, out, sample=sample)
     seconds = time.perf_counter() - started
     failed = {p.image_id: p.error for p in predictions if p.error is not None}
-    return {"out": str(out), "rows": len(submission), "images": len(paths), "unreadable": failed,
-            "seconds": seconds, "seconds_per_image": seconds / max(len(paths), 1)}
+    return {"out": str(out), "rows": len(submission), "images": len(images), "unreadable": failed,
+            "seconds": seconds, "seconds_per_image": seconds / max(len(images), 1)}

@@ -12,7 +12,7 @@ from utils.models import (
     MultiLabelClassifier,
     StudyClassifier,
     WeightsError,
-    build_resnext,
+    build_trunk,
     load_trunk_weights,
 )
 
@@ -54,17 +54,17 @@ def test_wrong_files_are_clear_errors(imagenet_style_file, tmp_path):
     with pytest.raises(WeightsError, match="another architecture"):
         load_trunk_weights(torchvision.models.resnet18(weights=None), path)
     with pytest.raises(WeightsError, match="absent.pth: weights file not found"):
-        build_resnext("resnext50_32x4d", str(tmp_path / "absent.pth"))
+        build_trunk("resnext50_32x4d", str(tmp_path / "absent.pth"))
     (tmp_path / "junk.pth").write_text("junk")
     with pytest.raises(WeightsError, match="junk.pth: not a readable torch file"):
-        build_resnext("resnext50_32x4d", str(tmp_path / "junk.pth"))
+        build_trunk("resnext50_32x4d", str(tmp_path / "junk.pth"))
     with pytest.raises(ValueError, match="unknown architecture"):
-        build_resnext("resnet50")
+        build_trunk("resnet50")
 
 
 def test_both_architectures_build():
     assert set(ARCHITECTURES) == {"resnext50_32x4d", "resnext101_32x8d"}
-    net = build_resnext("resnext101_32x8d", "none")
+    net = build_trunk("resnext101_32x8d", "none")
     assert net.fc.in_features == 2048 and net.layer3[0].conv2.groups == 32
 
 

@@ -1,23 +1,30 @@
-"""Decode the competition's training DICOMs once into PNGs per size, with meta.csv and folds.
+"""Decode the training images once into PNGs per size, with meta.csv and folds.
 
     python train/prepare.py --data-dir DIR --out runs/prepared --size 1024 --size 512 --workers 4
+        [--patients train_meta.csv]
 
-Resumable: images already decoded (listed in headers.jsonl with their PNGs present) are skipped.
-A DICOM that cannot be read is listed in failures.csv with its reason and skipped.
+DIR is the competition's DICOM folder or a resized copy of it (train/<image_id>.jpg|png and meta.csv
+with the original sizes), recognised by its contents. Resumable: images already decoded (listed in
+headers.jsonl with their PNGs present) are skipped. An image that cannot be used (unreadable, no
+original size, no label, missing) is listed in failures.csv with its reason and skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
-from utils.labels import DUPLICATE_POLICIES, DUPLICATES_KEEP_BOXED
-from utils.prepare import prepare_competition
+import pandas as pd
+
+from utils.labels import DUPLICATE_POLICIES, DUPLICATES_KEEP_BOXED, LabelFileError
+from utils.prepare import PreparationInputError, prepare_data
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", required=True, help="competition folder (train/, train_*_level.csv)")
+    parser.add_argument("--data-dir", required=True, help="competition folder (train/<study>/<series>/*.dcm) or resized copy "
+                        "(train/<id>.jpg|png, meta.csv), with train_*_level.csv")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--size", type=int, action="append", dest="sizes",
                         help="square PNG size; repeat for several (default 1024)")
@@ -27,6 +34,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default=DUPLICATES_KEEP_BOXED,
                         help="studies with several images: keep only the boxed one of a positive study "
                              "(others marked unused), or keep all")
+    parser.add_argument("--patients", default=None,
+                        help="image -> patient table (image_id/imageid, patient_id/patientid columns) for the "
+                             "patient-grouped folds; resized copies carry no patient")
     return parser
 
 
@@ -34,10 +44,15 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = get_args_parser().parse_args(argv)
     sizes = tuple(args.sizes or [1024])
-    table = prepare_competition(args.data_dir, args.out, sizes, args.workers, args.folds, args.seed,
-                                args.duplicates)
+    try:
+        table = prepare_data(args.data_dir, args.out, sizes, args.workers, args.folds, args.seed, args.duplicates,
+                             args.patients)
+    except (PreparationInputError, LabelFileError) as err:
+        raise SystemExit(f"error: {err}") from None
     used = int(table["used"].sum())
-    print(f"meta.csv: {len(table)} images ({used} used for training) in {table['fold'].nunique()} folds -> {args.out}")
+    failures = len(pd.read_csv(Path(args.out) / "failures.csv"))
+    print(f"meta.csv: {len(table)} images ({used} used for training) in {table['fold'].nunique()} folds -> {args.out}"
+          + (f"; {failures} skipped, see {Path(args.out) / 'failures.csv'}" if failures else ""))
 
 
 if __name__ == "__main__":

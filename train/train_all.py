@@ -48,6 +48,7 @@ class PrepareConfig:
     folds: int = 5
     seed: int = 42
     workers: int = 8
+    patients: str | None = None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -106,6 +107,7 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
         "prepare": [sys.executable, str(ROOT / "train/prepare.py"), "--data-dir", str(args.data_dir),
                     "--out", str(out / "prepared"), "--workers", str(prepare.workers), "--folds", str(prepare.folds),
                     "--seed", str(prepare.seed)]
+                   + (["--patients", prepare.patients] if prepare.patients else [])
                    + [a for size in prepared_sizes(config, overrides) for a in ("--size", str(size))],
         "backbone": None if args.nih_dir is None else
         script("train/train_backbone.py", "backbone", "--data-dir", str(args.nih_dir), "--out", str(out / "backbone")),

@@ -71,6 +71,9 @@ class FrcnnConfig(TrainConfig):
     detections_per_image: int = 100
     proposals: int = 1000
     roi_samples: int = 512
+    fpn_channels: int = 256
+    box_head_size: int = 1024
+    negative_fraction: float = 1.0
     pretrain_epochs: int = 10
     folds: list[int] | None = None
     monitor: Literal["opacity_ap", "loss"] = "opacity_ap"
@@ -159,6 +162,20 @@ def pretrain_on_rsna(rsna_dir: Path, config: FrcnnConfig, args) -> Path:
     return best
 
 
+def keep_negatives(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """The training images with boxes and a ``fraction`` of those without (drawn with ``seed``): on a
+    CPU budget the box-free images cost as much as the others but teach the detector less."""
+    if not 0.0 <= fraction <= 1.0:
+        raise SystemExit(f"negative_fraction must be in [0, 1], got {fraction}")
+    negative = train["n_boxes"].astype(int) == 0
+    if fraction >= 1.0 or not negative.any():
+        return train
+    kept = train[negative].sample(frac=fraction, random_state=seed)
+    log.info("training on %d images with boxes and %d of %d without (negative_fraction=%g)",
+             int((~negative).sum()), len(kept), int(negative.sum()), fraction)
+    return pd.concat([train[~negative], kept]).sort_index().reset_index(drop=True)
+
+
 def _dataset(frame: pd.DataFrame, preset: str, size: int, config: FrcnnConfig, column: str = "image_path"):
     return DetectionDataset(frame[column], frame["boxes_norm"], build_transform(preset, size), seed=config.seed)
 
@@ -172,6 +189,7 @@ def train_fold(table: pd.DataFrame, fold: int, config: FrcnnConfig, out: Path, a
         train, val, held_out = fold_split(table, fold, args.prepared)
     except ValueError as err:
         raise SystemExit(str(err)) from err
+    train = keep_negatives(train, config.negative_fraction, config.seed)
 
     def evaluate(indices: torch.Tensor, outputs: dict) -> dict:
         rows = val.iloc[indices.numpy()]

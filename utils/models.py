@@ -1,7 +1,8 @@
-"""Networks: the torchvision ResNeXt trunk, how its weights are loaded, and the two classifiers.
+"""Networks: the torchvision ResNet/ResNeXt trunks, how their weights are loaded, and the two classifiers.
 
 Every model follows the engine's contract: ``model(images)`` returns a dict of outputs (logits) and
-``model(images, targets)`` adds the ``loss_*`` entries. The trunk is a torchvision ResNeXt with its
+``model(images, targets)`` adds the ``loss_*`` entries. The trunk is a torchvision ResNet or ResNeXt
+(:data:`ARCHITECTURES`: the report's ResNeXt-50/101, and the ResNets that train on a CPU) with its
 ``fc`` removed, kept under the attribute ``trunk`` so that checkpoints of every classifier carry
 torchvision's own parameter names behind the ``trunk.`` prefix; :func:`load_trunk_weights` reads
 either form (an ImageNet file from torchvision, or one of our checkpoints) into any ResNeXt, which
@@ -24,6 +25,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _models = torchvision.models
 ARCHITECTURES = {  # name -> (builder, torchvision's ImageNet weights)
+    "resnet18": (_models.resnet18, _models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (_models.resnet34, _models.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (_models.resnet50, _models.ResNet50_Weights.IMAGENET1K_V2),
     "resnext50_32x4d": (_models.resnext50_32x4d, _models.ResNeXt50_32X4D_Weights.IMAGENET1K_V2),
     "resnext101_32x8d": (_models.resnext101_32x8d, _models.ResNeXt101_32X8D_Weights.IMAGENET1K_V2),
 }
@@ -79,8 +83,8 @@ def load_trunk_weights(net: nn.Module, path) -> nn.Module:
     return net
 
 
-def build_resnext(arch: str = "resnext50_32x4d", pretrained: str | None = PRETRAINED_NONE) -> nn.Module:
-    """A torchvision ResNeXt. ``pretrained``: a local weights file (ImageNet state dict or our
+def build_trunk(arch: str = "resnext50_32x4d", pretrained: str | None = PRETRAINED_NONE) -> nn.Module:
+    """A torchvision ResNet/ResNeXt (:data:`ARCHITECTURES`). ``pretrained``: a local weights file (ImageNet state dict or our
     checkpoint), ``"imagenet"`` for torchvision's download, or ``"none"``/``None`` for random weights."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
@@ -98,7 +102,7 @@ def build_resnext(arch: str = "resnext50_32x4d", pretrained: str | None = PRETRA
 
 
 def _trunk(arch: str, pretrained: str | None) -> tuple[nn.Module, int]:
-    net = build_resnext(arch, pretrained)
+    net = build_trunk(arch, pretrained)
     features = net.fc.in_features
     net.fc = nn.Identity()
     return net, features

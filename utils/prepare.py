@@ -1,6 +1,14 @@
-"""Preparation: decode every training DICOM once into lossless PNGs per size, plus meta.csv.
+"""Preparation: decode every training image once into lossless PNGs per size, plus meta.csv.
 
-Output folder:
+Two kinds of input, recognised by their contents (:func:`detect_layout`):
+
+- the competition's DICOM folder (``train/<study>/<series>/<image>.dcm`` + the label CSVs);
+- a resized copy of it as most competitors train on (``train/<image_id>.jpg|png``, ``meta.csv`` with
+  ``image_id, dim0, dim1[, split]`` giving each image's ORIGINAL height and width, + the label CSVs).
+  Such copies are square resizes of the whole radiograph, exactly like the PNGs written here, so the
+  boxes stay in original pixels in meta.csv and every later stage scales them per axis as usual.
+
+Output folder (the same for both):
     images_<size>/<image_id>.png   one per requested size (square resize, area averaging)
     headers.jsonl                  one line per decoded image (ids from its header, original size);
                                    what makes a stopped run resumable
@@ -14,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -23,18 +31,27 @@ import pandas as pd
 from tqdm import tqdm
 
 from utils.boxes import as_boxes, kaggle_xywh_to_xyxy
-from utils.dicom import DicomReadError, read_dicom, resize_image
+from utils.dicom import DicomReadError, read_radiograph, resize_image
 from utils.files import atomic_path
 from utils.labels import (
     DUPLICATES_KEEP_BOXED,
     assign_folds,
     boxes_to_json,
     load_competition_labels,
+    load_image_labels,
 )
 
 META_COLUMNS = ["image_id", "study_id", "series_id", "patient_id", "original_height", "original_width", "fold",
                 "study_class", "study_label", "boxes", "n_boxes", "has_box", "used", "excluded_reason"]
 RSNA_LABELS = "stage_2_train_labels.csv"
+LAYOUT_DICOM = "dicom"
+LAYOUT_RESIZED = "resized"
+RESIZED_META = "meta.csv"
+RESIZED_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Column names accepted for an image -> patient table (ours, and the competition-header style of
+# the public solutions' train_meta.csv).
+PATIENT_COLUMNS = {"image_id": ("image_id", "imageid"), "patient_id": ("patient_id", "patientid"),
+                   "series_id": ("series_id", "seriesid")}
 RSNA_IMAGES = "stage_2_train_images"
 
 log = logging.getLogger(__name__)
@@ -65,33 +82,38 @@ def _write_png_atomic(path: Path, pixels) -> None:
             raise OSError(f"could not write {path}")
 
 
-def decode_one(dicom_path: Path, out_dir: Path, sizes: tuple[int, ...]) -> DecodedImage:
-    """Decode one DICOM and write its PNGs. The image id is the file name (as in the competition)."""
+def decode_one(path: Path, out_dir: Path, sizes: tuple[int, ...], known: DecodedImage | None = None) -> DecodedImage:
+    """Decode one radiograph and write its PNGs. The image id is the file name (as in the competition).
+
+    A DICOM's ids come from its folders and header; an image of a resized copy (PNG/JPEG) carries
+    none, so its ids and ORIGINAL size come in ``known``."""
     # Decode once at the largest size (the reader resizes before its lookup table, which is the fast
     # path); smaller sizes are area-averaged from that.
-    radiograph = read_dicom(dicom_path, max(sizes))
-    image_id = dicom_path.stem
+    radiograph = read_radiograph(path, max(sizes))
+    image_id = path.stem
     for size in sizes:
         _write_png_atomic(image_path(out_dir, size, image_id), resize_image(radiograph.pixels, size))
+    if known is not None:
+        return known
     header = radiograph.header
     return DecodedImage(
         image_id=image_id,
-        study_id=dicom_path.parent.parent.name,
-        series_id=dicom_path.parent.name,
-        patient_id=header.patient_id or dicom_path.parent.parent.name,
+        study_id=path.parent.parent.name,
+        series_id=path.parent.name,
+        patient_id=(header.patient_id if header is not None else "") or path.parent.parent.name,
         original_height=radiograph.original_height,
         original_width=radiograph.original_width,
     )
 
 
 def _decode_task(args):
-    dicom_path, out_dir, sizes = args
+    path, out_dir, sizes, known = args
     try:
-        return dicom_path, decode_one(dicom_path, out_dir, sizes), None
+        return path, decode_one(path, out_dir, sizes, known), None
     except DicomReadError as err:
-        return dicom_path, None, err.reason
+        return path, None, err.reason
     except Exception as err:  # one bad file never stops the run; it is reported with its reason
-        return dicom_path, None, f"{type(err).__name__}: {err}"
+        return path, None, f"{type(err).__name__}: {err}"
 
 
 def _load_done(headers_file: Path, out_dir: Path, sizes) -> dict[str, DecodedImage]:
@@ -115,17 +137,21 @@ def decode_split(split_dir, out_dir, sizes, workers: int = 1, progress: bool = T
     return decode_files(find_dicoms(split_dir), out_dir, sizes, workers, progress)
 
 
-def decode_files(dicom_paths, out_dir, sizes, workers: int = 1, progress: bool = True) -> Decoded:
-    """Decode DICOM files named ``<image_id>.dcm`` (skipping ones already done) -> (decoded, failures)."""
+def decode_files(paths, out_dir, sizes, workers: int = 1, progress: bool = True,
+                 known: dict[str, DecodedImage] | None = None) -> Decoded:
+    """Decode radiographs named ``<image_id>.<suffix>`` (skipping ones already done) -> (decoded,
+    failures). ``known`` gives the ids and original size per image id where the file cannot (resized
+    copies)."""
     out_dir = Path(out_dir)
     sizes = tuple(int(s) for s in sizes)
     for size in sizes:
         (out_dir / f"images_{size}").mkdir(parents=True, exist_ok=True)
     headers_file = out_dir / "headers.jsonl"
     done = _load_done(headers_file, out_dir, sizes)
-    todo = [Path(p) for p in dicom_paths if Path(p).stem not in done]
+    todo = [Path(p) for p in paths if Path(p).stem not in done]
     failures: list[tuple[str, str]] = []
-    tasks = [(p, out_dir, sizes) for p in todo]
+    known = known or {}
+    tasks = [(p, out_dir, sizes, known.get(p.stem)) for p in todo]
     with open(headers_file, "a") as headers:
         if headers.tell() and not headers_file.read_bytes().endswith(b"\n"):
             headers.write("\n")  # end a line cut short by a killed run before appending
@@ -135,10 +161,10 @@ def decode_files(dicom_paths, out_dir, sizes, workers: int = 1, progress: bool =
         else:
             executor, results = None, map(_decode_task, tasks)
         try:
-            for dicom_path, decoded, reason in tqdm(results, total=len(tasks), desc="prepare", disable=not progress):
+            for path, decoded, reason in tqdm(results, total=len(tasks), desc="prepare", disable=not progress):
                 if decoded is None:
-                    log.warning("skipped %s: %s", dicom_path, reason)
-                    failures.append((str(dicom_path), reason))
+                    log.warning("skipped %s: %s", path, reason)
+                    failures.append((str(path), reason))
                     continue
                 headers.write(json.dumps(asdict(decoded)) + "\n")
                 headers.flush()
@@ -150,11 +176,149 @@ def decode_files(dicom_paths, out_dir, sizes, workers: int = 1, progress: bool =
 
 
 def prepare_competition(data_dir, out_dir, sizes=(1024,), workers: int = 1, n_folds: int = 5, seed: int = 42,
-                        duplicates: str = DUPLICATES_KEEP_BOXED, progress: bool = True) -> pd.DataFrame:
-    """The whole stage for a competition folder's train split; returns and writes meta.csv."""
+                        duplicates: str = DUPLICATES_KEEP_BOXED, patients=None, progress: bool = True) -> pd.DataFrame:
+    """The whole stage for a competition folder's train split; returns and writes meta.csv. The
+    patient comes from each DICOM header (``patients``, an image -> patient table, overrides it)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     decoded, failures = decode_split(data_dir / "train", out_dir, sizes, workers, progress)
+    if patients:
+        patient_of = dict(zip(*read_patients(patients)[["image_id", "patient_id"]].to_numpy().T))
+        decoded = [replace(d, patient_id=str(patient_of.get(d.image_id, d.patient_id))) for d in decoded]
+    return _finish_meta(data_dir, out_dir, sizes, decoded, failures, n_folds, seed, duplicates)
+
+
+class PreparationInputError(ValueError):
+    """Input preparation cannot start from: names the file or folder and the reason."""
+
+
+def is_resized_copy(data_dir) -> bool:
+    """Whether ``data_dir`` has a resized copy's ``meta.csv`` (with ``image_id``, ``dim0``, ``dim1``)."""
+    meta = Path(data_dir) / RESIZED_META
+    if not meta.is_file():
+        return False
+    try:
+        columns = pd.read_csv(meta, nrows=0).columns
+    except (ValueError, OSError, pd.errors.ParserError):
+        return False
+    return {"image_id", "dim0", "dim1"} <= set(columns)
+
+
+def detect_layout(data_dir) -> str:
+    """``"resized"`` for a resized copy (``meta.csv`` with ``dim0``/``dim1`` beside ``train/``),
+    ``"dicom"`` for the competition's folder (``train/<study>/<series>/*.dcm``); otherwise raises
+    :class:`PreparationInputError` saying what was looked for."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise PreparationInputError(f"{data_dir}: not a folder")
+    if is_resized_copy(data_dir):
+        return LAYOUT_RESIZED
+    if (data_dir / "train").is_dir() and next((data_dir / "train").glob("*/*/*.dcm"), None) is not None:
+        return LAYOUT_DICOM
+    raise PreparationInputError(
+        f"{data_dir}: neither the competition's DICOM folder (train/<study>/<series>/<image>.dcm) nor a resized "
+        f"copy ({RESIZED_META} with image_id, dim0, dim1 beside train/<image_id>.jpg|png)")
+
+
+def read_patients(path) -> pd.DataFrame:
+    """An image -> patient table (``image_id``/``imageid``, ``patient_id``/``patientid``, optional
+    ``series_id``) -> columns ``image_id, patient_id[, series_id]``, one row per image."""
+    path = Path(path)
+    if not path.is_file():
+        raise PreparationInputError(f"{path}: patient table not found")
+    frame = pd.read_csv(path, dtype=str)
+    renamed = {}
+    for ours, accepted in PATIENT_COLUMNS.items():
+        found = next((c for c in accepted if c in frame.columns), None)
+        if found is None and ours != "series_id":
+            raise PreparationInputError(f"{path}: needs a column {' or '.join(accepted)}; has {list(frame.columns)}")
+        if found is not None:
+            renamed[found] = ours
+    frame = frame[list(renamed)].rename(columns=renamed).drop_duplicates("image_id")
+    return frame.dropna(subset=["image_id", "patient_id"])
+
+
+def _resized_sizes(meta_path: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """The rows of a resized copy's meta.csv with usable original sizes, and a failure per other row."""
+    dims = frame[["dim0", "dim1"]].apply(pd.to_numeric, errors="coerce")
+    bad = dims.isna().any(axis=1) | (dims <= 0).any(axis=1)
+    failures = [(str(meta_path), f"image {i}: original size dim0={h!r}, dim1={w!r} missing or not positive")
+                for i, h, w in frame.loc[bad, ["image_id", "dim0", "dim1"]].itertuples(index=False)]
+    good = frame[~bad].assign(original_height=dims["dim0"][~bad].astype(int),
+                              original_width=dims["dim1"][~bad].astype(int))
+    return good, failures
+
+
+def find_resized_images(folder) -> dict[str, Path]:
+    """``{image_id: path}`` of the PNG/JPEG files directly in ``folder`` (a resized copy's split)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PreparationInputError(f"{folder}: image folder not found")
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in RESIZED_SUFFIXES}
+
+
+def read_resized_meta(data_dir, split: str) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """A resized copy's ``meta.csv`` rows of ``split`` (all rows without a ``split`` column):
+    ``image_id, original_height, original_width``, plus a (file, reason) failure per unusable row."""
+    meta_path = Path(data_dir) / RESIZED_META
+    if not meta_path.is_file():
+        raise PreparationInputError(f"{meta_path}: not found (a resized copy lists original sizes there)")
+    frame = pd.read_csv(meta_path, dtype={"image_id": str})
+    missing = {"image_id", "dim0", "dim1"} - set(frame.columns)
+    if missing:
+        raise PreparationInputError(f"{meta_path}: missing columns {sorted(missing)}; has {list(frame.columns)}")
+    if "split" in frame.columns:
+        frame = frame[frame["split"].astype(str) == split]
+    frame = frame.drop_duplicates("image_id")
+    good, failures = _resized_sizes(meta_path, frame)
+    return good[["image_id", "original_height", "original_width"]].reset_index(drop=True), failures
+
+
+def prepare_resized(data_dir, out_dir, sizes=(256,), workers: int = 1, n_folds: int = 5, seed: int = 42,
+                    duplicates: str = DUPLICATES_KEEP_BOXED, patients=None, progress: bool = True) -> pd.DataFrame:
+    """The whole stage for a resized copy's train split; returns and writes meta.csv (same columns as
+    :func:`prepare_competition`). ``patients``: an optional image -> patient table
+    (:func:`read_patients`); the copies carry no patient, so without one a study stands for its
+    patient (a patient's other studies may then fall in another fold; a warning says so).
+
+    Problems that concern one image go to failures.csv (file, reason) and that image is left out:
+    listed in meta.csv but no file, a file without a meta.csv row, a label row without an image, an
+    original size missing or zero, an unreadable image."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sizes_table, failures = read_resized_meta(data_dir, "train")
+    files = find_resized_images(data_dir / "train")
+    labels = load_image_labels(data_dir / "train_image_level.csv")
+    listed = set(sizes_table["image_id"])
+    bad_size = {reason.split(":")[0].removeprefix("image ") for _, reason in failures}
+    failures += [(str(files[i]), f"no {RESIZED_META} row (original size unknown)")
+                 for i in sorted(set(files) - listed - bad_size)]
+    failures += [(str(data_dir / "train" / i), f"listed in {RESIZED_META} but no image file")
+                 for i in sorted(listed - set(files))]
+    failures += [(str(data_dir / "train_image_level.csv"), f"image {i}: label row without an image")
+                 for i in sorted(set(labels["image_id"]) - set(files))]
+    patient_table = read_patients(patients) if patients else None
+    if patient_table is None:
+        log.warning("%s: no patient table; each study stands for its patient in the folds", data_dir)
+    study_of = dict(zip(labels["image_id"], labels["study_id"]))
+    patient_of = {} if patient_table is None else dict(zip(patient_table["image_id"], patient_table["patient_id"]))
+    series_of = ({} if patient_table is None or "series_id" not in patient_table
+                 else dict(zip(patient_table["image_id"], patient_table["series_id"])))
+    known = {}
+    for row in sizes_table.itertuples(index=False):
+        if row.image_id in files and row.image_id in study_of:
+            study = study_of[row.image_id]
+            known[row.image_id] = DecodedImage(row.image_id, study, str(series_of.get(row.image_id, "")),
+                                               str(patient_of.get(row.image_id, study)),
+                                               int(row.original_height), int(row.original_width))
+    decoded, decode_failures = decode_files([files[i] for i in known], out_dir, sizes, workers, progress, known)
+    decoded = [d for d in decoded if d.image_id in known]  # (an image no longer listed is left out)
+    return _finish_meta(data_dir, out_dir, sizes, decoded, failures + decode_failures, n_folds, seed, duplicates)
+
+
+def _finish_meta(data_dir: Path, out_dir: Path, sizes, decoded: list[DecodedImage], failures, n_folds: int,
+                 seed: int, duplicates: str) -> pd.DataFrame:
+    """Labels joined to the decoded images, folds, paths -> meta.csv (and failures.csv)."""
     pd.DataFrame(failures, columns=["path", "reason"]).to_csv(out_dir / "failures.csv", index=False)
     headers = pd.DataFrame([asdict(d) for d in decoded],
                            columns=[f for f in DecodedImage.__dataclass_fields__])
@@ -171,6 +335,14 @@ def prepare_competition(data_dir, out_dir, sizes=(1024,), workers: int = 1, n_fo
             for i, m in zip(table["image_id"], missing)
         ]
     return _write_meta(table, sizes, out_dir)
+
+
+def prepare_data(data_dir, out_dir, sizes=(1024,), workers: int = 1, n_folds: int = 5, seed: int = 42,
+                 duplicates: str = DUPLICATES_KEEP_BOXED, patients=None, progress: bool = True) -> pd.DataFrame:
+    """Either kind of input (:func:`detect_layout`) -> the prepared folder and its meta.csv."""
+    if detect_layout(data_dir) == LAYOUT_RESIZED:
+        return prepare_resized(data_dir, out_dir, sizes, workers, n_folds, seed, duplicates, patients, progress)
+    return prepare_competition(data_dir, out_dir, sizes, workers, n_folds, seed, duplicates, patients, progress)
 
 
 def _write_meta(table: pd.DataFrame, sizes, out_dir: Path) -> pd.DataFrame:
