@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 
 DEMO_DIR := runs/demo
 
-.PHONY: setup test demo train-all notebook kaggle-datasets kaggle-push serve bench clean
+.PHONY: setup test demo train-all notebook kaggle-datasets kaggle-push serve bench gpu-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,3 +82,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs $(VENV)
+
+# The figures only a GPU gives (docs/benchmarks.md): make gpu-check [SMOKE=1: toy sizes on any device].
+# On the bare GPU machine (no .venv, no network) see docs/benchmarks.md for the wheels it carries.
+gpu-check: $(STAMP)
+	$(PY) infer/gpu_check.py --out runs/gpu-check $(if $(SMOKE),--smoke)

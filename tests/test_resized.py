@@ -28,6 +28,7 @@ from utils.prepare import (
     decode_one,
     detect_layout,
     prepare_resized,
+    write_resized_subset,
 )
 from utils.submission import parse_prediction_string, read_submission, submission_problems
 from utils.synthetic import make_resized_copy, write_dicom
@@ -219,33 +220,10 @@ def test_synthetic_resized_copy_end_to_end(resized_dataset, tmp_path):
                       pd.read_csv(resized_dataset / "meta.csv", dtype={"image_id": str}))
 
 
-def real_subset(shared, out: Path, n_train: int = 36, n_test: int = 8) -> Path:
-    """A few dozen real radiographs of ../shared/siim-256 (half with boxes) as a resized copy."""
-    source = shared("siim-256")
-    labels = pd.read_csv(source / "train_image_level.csv", dtype=str)
-    boxed = labels[labels["boxes"].notna()].iloc[: n_train // 2]
-    empty = labels[labels["boxes"].isna()].iloc[: n_train - len(boxed)]
-    chosen = pd.concat([boxed, empty])
-    test_table = pd.read_csv(shared("siim-labels", "test_meta.csv"), dtype=str).iloc[:n_test]
-    ids = set(chosen["id"].str.removesuffix("_image")) | set(test_table["imageid"])
-    meta = pd.read_csv(source / "meta.csv", dtype={"image_id": str})
-    meta = meta[meta["image_id"].isin(ids)]
-    for split in ("train", "test"):
-        (out / split).mkdir(parents=True)
-        for image_id in meta.loc[meta["split"] == split, "image_id"]:
-            shutil.copy(source / split / f"{image_id}.jpg", out / split)
-    meta.to_csv(out / "meta.csv", index=False)
-    chosen.to_csv(out / "train_image_level.csv", index=False)
-    studies = pd.read_csv(source / "train_study_level.csv", dtype=str)
-    studies[studies["id"].str.removesuffix("_study").isin(chosen["StudyInstanceUID"])].to_csv(
-        out / "train_study_level.csv", index=False)
-    test_table.to_csv(out / "test_meta.csv", index=False)
-    return out
-
-
 @pytest.mark.slow
 def test_real_radiographs_end_to_end(shared, tmp_path):
-    data = real_subset(shared, tmp_path / "siim-subset")
+    data = write_resized_subset(shared("siim-256"), tmp_path / "siim-subset", 36,
+                                shared("siim-labels", "test_meta.csv"), 8)
     submission, report = _train_and_submit(data, data / "test_meta.csv",
                                            shared("siim-labels", "train_meta.csv"), tmp_path)
     assert report["n_images"] > 0 and report["ensemble"]["map"] is not None

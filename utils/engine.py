@@ -303,10 +303,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, precisi
     """One pass over ``loader``: forward under autocast, summed loss, scaled backward, step, schedule.
 
     Returns the sample-weighted mean of each loss (``loss`` is their sum), ``n_images`` across ranks
-    and ``images_per_s``. Raises :class:`NonFiniteLossError` on a NaN/inf loss on any rank.
+    and ``images_per_s`` (and ``peak_gpu_memory_gib`` on CUDA). Raises :class:`NonFiniteLossError` on a NaN/inf loss on any rank.
     """
     model.train()
     meter = _Meter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs} train", disable=not (progress and info.is_main),
                leave=False, dynamic_ncols=True)
@@ -339,7 +341,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, precisi
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     means, n_images = meter.means(device, info)
-    return {**means, "n_images": n_images, "images_per_s": n_images / seconds if seconds > 0 else 0.0}
+    result = {**means, "n_images": n_images, "images_per_s": n_images / seconds if seconds > 0 else 0.0}
+    if device.type == "cuda":
+        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return result
 
 
 def _gather_outputs(indices: list, outputs: dict[str, list], info: DistInfo):

@@ -316,6 +316,39 @@ def prepare_resized(data_dir, out_dir, sizes=(256,), workers: int = 1, n_folds: 
     return _finish_meta(data_dir, out_dir, sizes, decoded, failures + decode_failures, n_folds, seed, duplicates)
 
 
+def write_resized_subset(source, out, n_train: int, test_table=None, n_test: int = 0) -> Path:
+    """A smaller resized copy of ``source`` in ``out`` (for tests and timed checks): the first
+    ``n_train // 2`` training images with boxes and as many without, their label rows and studies,
+    and the first ``n_test`` test images of ``test_table`` (copied to ``out/test_meta.csv``)."""
+    import shutil
+
+    source, out = Path(source), Path(out)
+    labels = pd.read_csv(source / "train_image_level.csv", dtype=str)
+    boxed = labels[labels["boxes"].notna()].iloc[: n_train // 2]
+    chosen = pd.concat([boxed, labels[labels["boxes"].isna()].iloc[: n_train - len(boxed)]])
+    ids = set(chosen["id"].str.removesuffix("_image"))
+    if test_table is not None and n_test:
+        tests = pd.read_csv(test_table, dtype=str).iloc[:n_test]
+        ids |= set(tests[[c for c in ("imageid", "image_id") if c in tests.columns][0]])
+        out.mkdir(parents=True, exist_ok=True)
+        tests.to_csv(out / "test_meta.csv", index=False)
+    meta = pd.read_csv(source / RESIZED_META, dtype={"image_id": str})
+    meta = meta[meta["image_id"].isin(ids)]
+    files = {**find_resized_images(source / "train"),
+             **(find_resized_images(source / "test") if (source / "test").is_dir() else {})}
+    for split in ("train", "test"):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for image_id in meta.loc[meta.get("split", "train") == split, "image_id"]:
+            if image_id in files:
+                shutil.copy(files[image_id], out / split)
+    meta.to_csv(out / RESIZED_META, index=False)
+    chosen.to_csv(out / "train_image_level.csv", index=False)
+    studies = pd.read_csv(source / "train_study_level.csv", dtype=str)
+    studies[studies["id"].str.removesuffix("_study").isin(chosen["StudyInstanceUID"])].to_csv(
+        out / "train_study_level.csv", index=False)
+    return out
+
+
 def _finish_meta(data_dir: Path, out_dir: Path, sizes, decoded: list[DecodedImage], failures, n_folds: int,
                  seed: int, duplicates: str) -> pd.DataFrame:
     """Labels joined to the decoded images, folds, paths -> meta.csv (and failures.csv)."""

@@ -1,0 +1,320 @@
+"""The figures only a GPU can give, in one command that fits a short GPU loan (``make gpu-check``).
+
+    python infer/gpu_check.py --out runs/gpu-check [--data ../shared/siim-256] [--patients train_meta.csv]
+        [--budget 480] [--smoke]
+
+Parts, in this order, each a child process with a time cap (its own, and never past ``--budget``
+seconds in all); a part that does not finish is reported as such, never silently dropped:
+
+    training   backbone training images/s, full vs mixed precision (ResNeXt-50, 224 px, batch 32:
+               ``infer/benchmark.py training``)
+    real256    the real-data recipe (``train/configs/real256.yaml``, fold 0 of every model) trained on
+               the resized copy ``--data`` on this device: stage times and out-of-fold CV
+    inference  prediction with the full config (1,024 px, 5 folds of every model, random weights,
+               flip TTA) from real-size DICOMs: images/s for decoding, each model, fusion and end to
+               end, and the notebook time for 1,263 and 6,000 images (``infer/benchmark.py inference``)
+    epochs     one training epoch of Faster R-CNN, YOLO and the study model at the full config's sizes
+               on a subset of ``--data``: images/s and peak GPU memory
+
+Writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md`` (the table, also printed) and each part's log.
+``--smoke`` runs every part at toy sizes on whatever device there is (the CPU in the tests), on a
+synthetic resized copy when ``--data`` is absent, so the command is known to work before any GPU time
+is spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTS = ("training", "real256", "inference", "epochs")
+# Toy sizes for --smoke (the same keys the tests use for their tiny real runs).
+SMOKE_TRAIN_ALL = [
+    "prepare.folds=3", "prepare.workers=1",
+    "study.image_size=64", "study.epochs=1", "study.batch_size=8", "study.workers=0",
+    "frcnn.image_size=64", "frcnn.predict_size=64", "frcnn.epochs=1", "frcnn.batch_size=4", "frcnn.val_batch_size=4",
+    "frcnn.workers=0", "frcnn.proposals=50", "frcnn.roi_samples=32",
+    "yolo.image_size=64", "yolo.predict_size=64", "yolo.epochs=1", "yolo.batch_size=8", "yolo.workers=0",
+    "ensemble.workers=0", "ensemble.batch_size=4",
+]
+
+
+@dataclass
+class Part:
+    name: str
+    command: list[str]
+    cap_s: float
+    status: str = "not run"
+    seconds: float = 0.0
+    figures: dict = field(default_factory=dict)
+
+
+def _train_all(data: Path, out: Path, config: str, patients: Path | None, keys: list[str]) -> list[str]:
+    sets = list(keys) + ([f"prepare.patients={patients}"] if patients else ["prepare.patients=null"])
+    return [sys.executable, str(ROOT / "train/train_all.py"), "--data-dir", str(data), "--out", str(out),
+            "--config", str(ROOT / config), "--no-progress", "--set", *sets]
+
+
+def plan(out: Path, data: Path, patients: Path | None, subset: Path, smoke: bool, workers: int) -> list[Part]:
+    """The parts' commands and time caps (seconds)."""
+    py = sys.executable
+    bench = str(ROOT / "infer/benchmark.py")
+    if smoke:
+        training = [py, bench, "training", "--arch", "resnet18", "--image-size", "32", "--batch-size", "2",
+                    "--steps", "2", "--repeats", "1"]
+        inference = [py, bench, "inference", "--config", str(ROOT / "train/configs/demo.yaml"), "--folds", "1",
+                     "--images", "2", "--repeats", "1", "--scale", "0.1", "--workers", "0", "--batch-size", "2"]
+        real256_keys = SMOKE_TRAIN_ALL
+        epoch_keys = SMOKE_TRAIN_ALL + ["yolo.model=yolov8n.yaml", "study.arch=resnet18", "frcnn.arch=resnet18",
+                                        "frcnn.folds=[0]", "yolo.folds=[0]", "study.folds=[0]"]
+    else:
+        training = [py, bench, "training"]  # its GPU defaults: ResNeXt-50, 224 px, batch 32, 20 steps x 5
+        inference = [py, bench, "inference", "--config", str(ROOT / "train/configs/full.yaml"), "--folds", "5",
+                     "--images", "48", "--repeats", "2", "--workers", str(workers)]
+        worker_keys = [f"{s}.workers={workers}" for s in ("prepare", "study", "frcnn", "yolo", "ensemble")]
+        real256_keys = worker_keys
+        epoch_keys = worker_keys + ["frcnn.epochs=1", "frcnn.folds=[0]", "yolo.epochs=1", "yolo.folds=[0]",
+                                    "study.epochs=1", "study.folds=[0]", "prepare.folds=5"]
+    # No NIH backbone here: the full config's trunks start from random weights (speed does not depend on them).
+    epoch_keys = epoch_keys + ["frcnn.backbone=none", "study.backbone=none"]
+    caps = {"training": 60, "real256": 210, "inference": 120, "epochs": 100} if not smoke else \
+        {"training": 120, "real256": 300, "inference": 120, "epochs": 300}
+    return [
+        Part("training", training + ["--out", str(out / "training.json")], caps["training"]),
+        Part("real256", _train_all(data, out / "real256", "train/configs/real256.yaml", patients, real256_keys),
+             caps["real256"]),
+        Part("inference", inference + ["--out", str(out / "inference.json")], caps["inference"]),
+        Part("epochs", _train_all(subset, out / "epochs", "train/configs/full.yaml", patients, epoch_keys),
+             caps["epochs"]),
+    ]
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _number(value, digits: int = 3):
+    try:
+        return round(float(value), digits)
+    except (TypeError, ValueError):
+        return None
+
+
+def _engine_epoch(run: Path) -> dict:
+    """Images/s and peak GPU memory of the first epoch of an engine run folder (metrics.csv)."""
+    rows = _read_csv(run / "metrics.csv")
+    if not rows:
+        return {}
+    first = rows[0]
+    return {"images_per_s": _number(first.get("train_images_per_s"), 1),
+            "peak_gpu_memory_gib": _number(first.get("train_peak_gpu_memory_gib"), 2),
+            "train_images": int(float(first.get("train_n_images", 0) or 0))}
+
+
+def _yolo_epoch(run: Path, train_images: int) -> dict:
+    """YOLO's first epoch from ultralytics' results.csv (its ``time``: seconds, validation included)."""
+    rows = _read_csv(next(iter(sorted(run.rglob("results.csv"))), run / "absent"))
+    if not rows or not _number(rows[0].get("time")):
+        return {}
+    seconds = float(rows[0]["time"])
+    return {"images_per_s": round(train_images / seconds, 1) if train_images else None,
+            "epoch_seconds_with_validation": round(seconds, 1)}
+
+
+def _run_figures(run: Path) -> dict:
+    """Stage times and the CV report of a train_all run folder."""
+    figures = {}
+    stages = run / "train_all.json"
+    if stages.is_file():
+        figures["stage_seconds"] = {k: v.get("seconds") for k, v in json.loads(stages.read_text()).items()
+                                    if isinstance(v, dict) and "seconds" in v}
+    report = run / "report" / "cv_report.json"
+    if report.is_file():
+        cv = json.loads(report.read_text())
+        figures["cv"] = {label: {"map": _number(cv[label].get("map")), "study_map": _number(cv[label].get("study_map")),
+                                 "opacity_ap": _number(cv[label].get("ap", {}).get("opacity"))}
+                         for label in ("ensemble", "baseline_prior", "baseline_prior_fixed_boxes") if label in cv}
+        figures["cv"]["models"] = {name: {k: _number(v) for k, v in scores.items() if isinstance(v, (int, float))}
+                                   for name, scores in cv.get("models", {}).items()}
+    return figures
+
+
+def collect(part: Part, out: Path) -> dict:
+    """The figures a finished (or stopped) part left behind."""
+    if part.name in ("training", "inference"):
+        path = out / f"{part.name}.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+    run = out / part.name
+    figures = _run_figures(run)
+    if part.name == "real256":
+        figures["faster_rcnn_epoch"] = _engine_epoch(run / "frcnn" / "fold0")
+        figures["study_epoch"] = _engine_epoch(run / "study" / "fold0")
+    else:
+        frcnn = _engine_epoch(run / "frcnn" / "fold0")
+        figures["faster_rcnn"] = frcnn
+        figures["study"] = _engine_epoch(run / "study" / "fold0")
+        figures["yolo"] = _yolo_epoch(run / "yolo", frcnn.get("train_images", 0))
+    return figures
+
+
+def run_parts(parts: list[Part], out: Path, budget_s: float, env: dict) -> None:
+    started = time.perf_counter()
+    for part in parts:
+        left = budget_s - (time.perf_counter() - started)
+        if left < 10:
+            part.status = f"did not fit: {left:.0f} s of the {budget_s:.0f} s budget left"
+            continue
+        cap = min(part.cap_s, left)
+        print(f"== {part.name} (cap {cap:.0f} s): {' '.join(part.command[1:4])} ...", flush=True)
+        begin = time.perf_counter()
+        with open(out / f"{part.name}.log", "w") as log:
+            # Its own process group, so that a stopped part takes its stage scripts and loaders with it.
+            process = subprocess.Popen(part.command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+            try:
+                code = process.wait(timeout=cap)
+                part.status = "ok" if code == 0 else f"failed (exit {code}, see {part.name}.log)"
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                part.status = f"did not fit: stopped at its {cap:.0f} s cap (partial figures)"
+        part.seconds = round(time.perf_counter() - begin, 1)
+        part.figures = collect(part, out)
+        print(f"   {part.status} in {part.seconds} s", flush=True)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def markdown(result: dict) -> str:
+    """The table of every figure, one row per measurement."""
+    lines = [f"GPU check on {result['device']} (torch {result['torch']}, {result['date']}; "
+             f"{'SMOKE, toy sizes' if result['smoke'] else 'full sizes'}; {result['seconds']} s in all)", "",
+             "| part | figure | value |", "| --- | --- | --- |"]
+    for part in result["parts"]:
+        figures, name = part["figures"], part["name"]
+        lines.append(f"| {name} | status | {part['status']} ({part['seconds']} s) |")
+        if name == "training" and figures:
+            lines += [f"| training | {figures['arch']} {figures['image_size']} px batch {figures['batch_size']}, "
+                      f"fp32 images/s | {_fmt(figures['fp32_images_per_s'])} |",
+                      f"| training | {figures['amp']} images/s (speed-up) | {_fmt(figures['amp_images_per_s'])} "
+                      f"({_fmt(figures['speedup'])}x) |"]
+        if name == "inference" and figures:
+            for stage, rate in figures.get("images_per_s", {}).items():
+                lines.append(f"| inference | {stage} images/s | {_fmt(rate)} |")
+            for n, minutes in figures.get("estimated_notebook_minutes", {}).items():
+                lines.append(f"| inference | notebook minutes for {n} images | {_fmt(minutes)} |")
+        if name in ("real256", "epochs"):
+            for stage, seconds in figures.get("stage_seconds", {}).items():
+                lines.append(f"| {name} | {stage} seconds | {_fmt(seconds)} |")
+            for label, scores in figures.get("cv", {}).items():
+                if label != "models":
+                    lines.append(f"| {name} | CV {label}: final / study mAP / opacity AP | {_fmt(scores.get('map'))} / "
+                                 f"{_fmt(scores.get('study_map'))} / {_fmt(scores.get('opacity_ap'))} |")
+            for model, scores in figures.get("cv", {}).get("models", {}).items():
+                shown = ", ".join(f"{k} {_fmt(v)}" for k, v in scores.items())
+                lines.append(f"| {name} | CV {model} | {shown} |")
+            for key in ("faster_rcnn", "yolo", "study", "faster_rcnn_epoch", "study_epoch"):
+                if figures.get(key):
+                    shown = ", ".join(f"{k} {_fmt(v)}" for k, v in figures[key].items())
+                    lines.append(f"| {name} | {key.replace('_epoch', '')} epoch | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+def _environment(out: Path) -> dict:
+    """Child-process environment: the repository importable, offline switches, and, where polars is
+    absent (the bare GPU image; its wheel is too large to carry), a stand-in whose ``read_csv``
+    raises: ultralytics only reads its results.csv with polars to embed it in a checkpoint, inside a
+    ``try`` that then stores nothing."""
+    env = dict(os.environ, YOLO_OFFLINE="true", NO_ALBUMENTATIONS_UPDATE="1", PYTHONUNBUFFERED="1")
+    paths = [str(ROOT)]
+    try:
+        import polars  # noqa: F401
+    except ImportError:
+        stand_in = out / "stand_in"
+        (stand_in / "polars").mkdir(parents=True, exist_ok=True)
+        (stand_in / "polars" / "__init__.py").write_text(
+            "def read_csv(*args, **kwargs):\n    raise ImportError('polars is not installed (gpu_check stand-in)')\n")
+        paths.append(str(stand_in))
+    env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [env.get("PYTHONPATH")] if p])
+    env.setdefault("YOLO_CONFIG_DIR", str(out / "ultralytics_settings"))
+    return env
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/gpu-check"))
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "siim-256",
+                        help="resized copy of the competition for the real-data parts")
+    parser.add_argument("--patients", type=Path, default=ROOT.parent / "shared" / "siim-labels" / "train_meta.csv",
+                        help="image -> patient table for the folds (absent: studies stand for patients)")
+    parser.add_argument("--subset", type=int, default=800, help="training images for the one-epoch timings")
+    parser.add_argument("--budget", type=float, default=480, help="seconds for all parts together")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
+    parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--smoke", action="store_true", help="toy sizes, on any device (the tests)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    out = args.out.resolve()
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    started = time.perf_counter()
+    env = _environment(out)
+    sys.path.insert(0, str(ROOT))
+    from utils.prepare import is_resized_copy, write_resized_subset
+    from utils.synthetic import make_resized_copy, make_siim_dataset
+
+    data, patients = args.data, args.patients if args.patients and args.patients.is_file() else None
+    if args.smoke:  # a few real images when there are some, else a synthetic copy
+        if is_resized_copy(data):
+            data = write_resized_subset(data, out / "smoke_data", 16)
+        else:
+            make_siim_dataset(out / "synthetic" / "dicom", 12, 2, seed=4, max_size=128, progress=False)
+            data = out / "smoke_data"
+            make_resized_copy(out / "synthetic" / "dicom", data, size=96, progress=False)
+            patients = data / "train_meta.csv"
+    elif not is_resized_copy(data):
+        raise SystemExit(f"error: {data} is not a resized copy of the competition (meta.csv with dim0, dim1); "
+                         "pass --data, or --smoke for a synthetic one")
+    subset = data if args.smoke else write_resized_subset(data, out / "subset", args.subset)
+
+    parts = [p for p in plan(out, data, patients, subset, args.smoke, args.workers) if p.name in args.parts]
+    run_parts(parts, out, args.budget, env)
+    import torch
+
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (no CUDA device)",
+        "torch": torch.__version__,
+        "smoke": args.smoke,
+        "data": str(data),
+        "seconds": round(time.perf_counter() - started, 1),
+        "parts": [{"name": p.name, "status": p.status, "seconds": p.seconds, "cap_s": p.cap_s, "figures": p.figures,
+                   "command": " ".join(p.command)} for p in parts],
+    }
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (out / "gpu_check.md").write_text(table)
+    print(table)
+    return 0 if all(p.status == "ok" for p in parts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""The prepared GPU check at toy sizes on the CPU: every part runs and reports, so the command is known
+to work before any GPU time is spent (``make gpu-check SMOKE=1``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from infer import gpu_check
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_part_and_writes_its_table(tmp_path, capsys):
+    assert gpu_check.main(["--smoke", "--out", str(tmp_path / "check")]) == 0
+    result = json.loads((tmp_path / "check" / "gpu_check.json").read_text())
+    parts = {p["name"]: p for p in result["parts"]}
+    assert list(parts) == list(gpu_check.PARTS) and all(p["status"] == "ok" for p in parts.values())
+    assert parts["training"]["figures"]["speedup"] > 0
+    assert parts["inference"]["figures"]["images_per_s"]["end_to_end"] > 0
+    assert set(parts["real256"]["figures"]["cv"]) >= {"ensemble", "baseline_prior", "models"}
+    assert parts["epochs"]["figures"]["faster_rcnn"]["images_per_s"] > 0
+    assert parts["epochs"]["figures"]["yolo"]["images_per_s"] > 0
+    table = (tmp_path / "check" / "gpu_check.md").read_text()
+    assert "| real256 | CV ensemble" in table and table in capsys.readouterr().out
+
+
+def test_a_part_past_its_cap_is_reported_not_dropped(tmp_path):
+    parts = [gpu_check.Part("training", [sys.executable, "-c", "import time; time.sleep(30)"], cap_s=1)]
+    gpu_check.run_parts(parts, tmp_path, budget_s=60, env={})
+    assert parts[0].status.startswith("did not fit: stopped at its 1 s cap")
+    late = [gpu_check.Part("inference", [sys.executable, "-c", "pass"], cap_s=10)]
+    gpu_check.run_parts(late, tmp_path, budget_s=5, env={})
+    assert late[0].status.startswith("did not fit") and late[0].seconds == 0.0
