@@ -59,13 +59,34 @@ def test_wrong_files_are_clear_errors(imagenet_style_file, tmp_path):
     with pytest.raises(WeightsError, match="junk.pth: not a readable torch file"):
         build_trunk("resnext50_32x4d", str(tmp_path / "junk.pth"))
     with pytest.raises(ValueError, match="unknown architecture"):
-        build_trunk("resnet50")
+        build_trunk("resnet7")
 
 
-def test_both_architectures_build():
-    assert set(ARCHITECTURES) == {"resnext50_32x4d", "resnext101_32x8d"}
+def test_every_architecture_builds():
+    assert set(ARCHITECTURES) == {"resnet18", "resnet34", "resnet50", "resnext50_32x4d", "resnext101_32x8d"}
     net = build_trunk("resnext101_32x8d", "none")
     assert net.fc.in_features == 2048 and net.layer3[0].conv2.groups == 32
+    assert build_trunk("resnet18", "none").fc.in_features == 512
+
+
+def test_the_cpu_recipes_light_detector_takes_a_local_resnet18_file(tmp_path):
+    """real256.yaml's Faster R-CNN: ResNet-18 trunk, 64-channel pyramid, 256-wide box head; a user with
+    torchvision's ImageNet file (here a random one of the same form) passes it as ``backbone``."""
+    from utils.frcnn import FasterRCNNDetector
+
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    detector = FasterRCNNDetector("resnet18", str(tmp_path / "resnet18.pth"), image_size=64, trainable_layers=5,
+                                  freeze_bn=False, fpn_channels=64, box_head_size=256, proposals=20, roi_samples=16)
+    body = detector.net.backbone.body
+    assert torch.equal(body.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert detector.net.backbone.out_channels == 64
+    assert detector.net.roi_heads.box_head.fc7.out_features == 256
+    detector.train()
+    losses = detector([torch.rand(3, 64, 64)], [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 48.0]]),
+                                                "labels": torch.tensor([1])}])
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
 
 
 def test_study_classifier_outputs_and_losses():
