@@ -53,7 +53,7 @@ demo: $(STAMP)
 CONFIG ?= train/configs/full.yaml
 OUT ?= runs/full
 train-all: $(STAMP)
-	@test -n "$(DATA)" || { echo "usage: make train-all DATA=competition_dir [NIH=nih_dir] [RSNA=rsna_dir] [CONFIG=...] [OUT=...]"; exit 2; }
+	@test -n "$(DATA)" || { echo "usage: make train-all DATA=competition_dir_or_resized_copy [NIH=nih_dir] [RSNA=rsna_dir] [CONFIG=...] [OUT=...]"; exit 2; }
 	$(PY) train/train_all.py --data-dir $(DATA) --out $(OUT) --config $(CONFIG) \
 	  $(if $(NIH),--nih-dir $(NIH)) $(if $(RSNA),--rsna-dir $(RSNA))
 

@@ -5,7 +5,8 @@
 
 Stages (each is the stage's own script, run as a child process with the same config file):
 
-    prepare   train/prepare.py        --out OUT/prepared (every size the models use)
+    prepare   train/prepare.py        --out OUT/prepared (every size the models use; the competition's
+                                       DICOM folder or a resized copy, recognised by its contents)
     backbone  train/train_backbone.py --out OUT/backbone (skipped without --nih-dir: then the trunks
                                        start from the config's ``backbone`` value)
     frcnn     train/train_frcnn.py    --out OUT/frcnn (--pretrain-rsna RSNA_DIR with --rsna-dir)
@@ -53,7 +54,7 @@ class PrepareConfig:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", required=True, type=Path, help="competition folder (train/, label CSVs)")
+    parser.add_argument("--data-dir", required=True, type=Path, help="competition folder (DICOMs) or a resized copy of it (train/<id>.jpg|png, meta.csv), with the label CSVs")
     parser.add_argument("--out", required=True, type=Path, help="run folder for every stage")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML with every stage's section")
     parser.add_argument("--nih-dir", type=Path, default=None, help="NIH ChestX-ray14 folder for the backbone")

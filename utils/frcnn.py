@@ -93,17 +93,19 @@ class FasterRCNNDetector(nn.Module):
         super().__init__()
         self.detections_per_image = detections_per_image
         backbone = trunk_fpn(arch, trunk_weights, trainable_layers, freeze_bn, fpn_channels)
-        pooled = 7  # torchvision's RoIAlign output side
         self.net = FasterRCNN(
-            backbone, num_classes=None,
-            box_head=TwoMLPHead(fpn_channels * pooled * pooled, box_head_size),
-            box_predictor=FastRCNNPredictor(box_head_size, NUM_CLASSES),
+            backbone, num_classes=NUM_CLASSES,
             min_size=image_size, max_size=image_size, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
             box_score_thresh=score_threshold, box_nms_thresh=nms_threshold,
             box_detections_per_img=detections_per_image,
             # torchvision's defaults are proposals=1000, roi_samples=512 (training keeps twice the proposals)
             rpn_pre_nms_top_n_train=2 * proposals, rpn_post_nms_top_n_train=2 * proposals,
             rpn_pre_nms_top_n_test=proposals, rpn_post_nms_top_n_test=proposals, box_batch_size_per_image=roi_samples)
+        if box_head_size != self.net.roi_heads.box_predictor.cls_score.in_features:
+            # Replaced after construction, so that torchvision's widths keep torchvision's exact initialisation.
+            pooled = self.net.roi_heads.box_roi_pool.output_size[0]
+            self.net.roi_heads.box_head = TwoMLPHead(fpn_channels * pooled * pooled, box_head_size)
+            self.net.roi_heads.box_predictor = FastRCNNPredictor(box_head_size, NUM_CLASSES)
 
     def set_image_size(self, image_size: int) -> None:
         """Resize inputs to ``image_size`` from now on (train at 512, predict at 1024)."""
