@@ -565,7 +565,7 @@ def find_resized_test_images(data_dir, test_table, sample: pd.DataFrame | None) 
         ids = [s + STUDY_SUFFIX for s in studies] + [i + IMAGE_SUFFIX for i in table["image_id"]]
         sample = pd.DataFrame({"id": ids, "PredictionString": ""})
     files = find_resized_images(data_dir / "test")
-    sizes, bad_rows = read_resized_meta(data_dir, "test")
+    sizes, bad_rows, _ = read_resized_meta(data_dir, "test")
     for where, reason in bad_rows:
         log.warning("%s: %s (fallback row)", where, reason)
     size_of = {r.image_id: (r.original_height, r.original_width) for r in sizes.itertuples(index=False)}

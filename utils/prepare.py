@@ -238,15 +238,16 @@ def read_patients(path) -> pd.DataFrame:
     return frame.dropna(subset=["image_id", "patient_id"])
 
 
-def _resized_sizes(meta_path: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """The rows of a resized copy's meta.csv with usable original sizes, and a failure per other row."""
+def _resized_sizes(meta_path: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]], set]:
+    """The rows of a resized copy's meta.csv with usable original sizes, a failure per other row, and
+    the ids of those other rows."""
     dims = frame[["dim0", "dim1"]].apply(pd.to_numeric, errors="coerce")
     bad = dims.isna().any(axis=1) | (dims <= 0).any(axis=1)
     failures = [(str(meta_path), f"image {i}: original size dim0={h!r}, dim1={w!r} missing or not positive")
                 for i, h, w in frame.loc[bad, ["image_id", "dim0", "dim1"]].itertuples(index=False)]
     good = frame[~bad].assign(original_height=dims["dim0"][~bad].astype(int),
                               original_width=dims["dim1"][~bad].astype(int))
-    return good, failures
+    return good, failures, set(frame.loc[bad, "image_id"])
 
 
 def find_resized_images(folder) -> dict[str, Path]:
@@ -257,9 +258,10 @@ def find_resized_images(folder) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in RESIZED_SUFFIXES}
 
 
-def read_resized_meta(data_dir, split: str) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+def read_resized_meta(data_dir, split: str) -> tuple[pd.DataFrame, list[tuple[str, str]], set]:
     """A resized copy's ``meta.csv`` rows of ``split`` (all rows without a ``split`` column):
-    ``image_id, original_height, original_width``, plus a (file, reason) failure per unusable row."""
+    ``image_id, original_height, original_width``, plus a (file, reason) failure per unusable row and
+    the ids of those rows."""
     meta_path = Path(data_dir) / RESIZED_META
     if not meta_path.is_file():
         raise PreparationInputError(f"{meta_path}: not found (a resized copy lists original sizes there)")
@@ -270,8 +272,8 @@ def read_resized_meta(data_dir, split: str) -> tuple[pd.DataFrame, list[tuple[st
     if "split" in frame.columns:
         frame = frame[frame["split"].astype(str) == split]
     frame = frame.drop_duplicates("image_id")
-    good, failures = _resized_sizes(meta_path, frame)
-    return good[["image_id", "original_height", "original_width"]].reset_index(drop=True), failures
+    good, failures, unusable = _resized_sizes(meta_path, frame)
+    return good[["image_id", "original_height", "original_width"]].reset_index(drop=True), failures, unusable
 
 
 def prepare_resized(data_dir, out_dir, sizes=(256,), workers: int = 1, n_folds: int = 5, seed: int = 42,
@@ -286,11 +288,10 @@ def prepare_resized(data_dir, out_dir, sizes=(256,), workers: int = 1, n_folds: 
     original size missing or zero, an unreadable image."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sizes_table, failures = read_resized_meta(data_dir, "train")
+    sizes_table, failures, bad_size = read_resized_meta(data_dir, "train")
     files = find_resized_images(data_dir / "train")
     labels = load_image_labels(data_dir / "train_image_level.csv")
     listed = set(sizes_table["image_id"])
-    bad_size = {reason.split(":")[0].removeprefix("image ") for _, reason in failures}
     failures += [(str(files[i]), f"no {RESIZED_META} row (original size unknown)")
                  for i in sorted(set(files) - listed - bad_size)]
     failures += [(str(data_dir / "train" / i), f"listed in {RESIZED_META} but no image file")
@@ -312,7 +313,9 @@ def prepare_resized(data_dir, out_dir, sizes=(256,), workers: int = 1, n_folds: 
                                                str(patient_of.get(row.image_id, study)),
                                                int(row.original_height), int(row.original_width))
     decoded, decode_failures = decode_files([files[i] for i in known], out_dir, sizes, workers, progress, known)
-    decoded = [d for d in decoded if d.image_id in known]  # (an image no longer listed is left out)
+    # The table is the authority (a resumed run's headers.jsonl may predate a new patient table);
+    # an image no longer listed is left out.
+    decoded = [known[d.image_id] for d in decoded if d.image_id in known]
     return _finish_meta(data_dir, out_dir, sizes, decoded, failures + decode_failures, n_folds, seed, duplicates)
 
 
