@@ -528,26 +528,15 @@ def _warn_missing(wanted: set, found: set, where: Path) -> None:
                     len(missing), where, missing[:3])
 
 
-def _first_column(frame: pd.DataFrame, names: Sequence[str], source) -> str:
-    found = next((c for c in names if c in frame.columns), None)
-    if found is None:
-        raise FileNotFoundError(f"{source}: needs a column {' or '.join(names)}; has {list(frame.columns)}")
-    return found
-
-
 def read_test_table(path) -> pd.DataFrame:
     """A table of test images and their studies (``image_id``/``imageid``, ``study_id``/``studyid``,
     as ``test_meta.csv`` of the public solutions) -> columns ``image_id, study_id``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: test image table not found")
-    frame = pd.read_csv(path, dtype=str)
-    image = _first_column(frame, ("image_id", "imageid"), path)
-    study = _first_column(frame, ("study_id", "studyid", "StudyInstanceUID"), path)
-    table = frame[[image, study]].rename(columns={image: "image_id", study: "study_id"}).dropna()
+    from utils.prepare import read_id_table
+
+    table = read_id_table(path, ("image_id", "study_id"), what="test image table")
     table["image_id"] = [strip_suffix(i, IMAGE_SUFFIX) for i in table["image_id"]]
     table["study_id"] = [strip_suffix(i, STUDY_SUFFIX) for i in table["study_id"]]
-    return table.drop_duplicates("image_id").reset_index(drop=True)
+    return table
 
 
 def find_resized_test_images(data_dir, test_table, sample: pd.DataFrame | None) -> tuple[pd.DataFrame, list[TestImage]]:

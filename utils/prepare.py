@@ -35,24 +35,27 @@ from utils.dicom import DicomReadError, read_radiograph, resize_image
 from utils.files import atomic_path
 from utils.labels import (
     DUPLICATES_KEEP_BOXED,
+    IMAGE_SUFFIX,
+    STUDY_SUFFIX,
     assign_folds,
     boxes_to_json,
     load_competition_labels,
     load_image_labels,
+    strip_suffix,
 )
 
 META_COLUMNS = ["image_id", "study_id", "series_id", "patient_id", "original_height", "original_width", "fold",
                 "study_class", "study_label", "boxes", "n_boxes", "has_box", "used", "excluded_reason"]
 RSNA_LABELS = "stage_2_train_labels.csv"
+RSNA_IMAGES = "stage_2_train_images"
 LAYOUT_DICOM = "dicom"
 LAYOUT_RESIZED = "resized"
 RESIZED_META = "meta.csv"
 RESIZED_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Column names accepted for an image -> patient table (ours, and the competition-header style of
-# the public solutions' train_meta.csv).
-PATIENT_COLUMNS = {"image_id": ("image_id", "imageid"), "patient_id": ("patient_id", "patientid"),
-                   "series_id": ("series_id", "seriesid")}
-RSNA_IMAGES = "stage_2_train_images"
+# Column names accepted in id tables (ours, then the header-derived style of the public solutions'
+# train_meta.csv / test_meta.csv), by the name they get here.
+ID_COLUMNS = {"image_id": ("image_id", "imageid"), "study_id": ("study_id", "studyid", "StudyInstanceUID"),
+              "series_id": ("series_id", "seriesid"), "patient_id": ("patient_id", "patientid")}
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +186,8 @@ def prepare_competition(data_dir, out_dir, sizes=(1024,), workers: int = 1, n_fo
     out_dir.mkdir(parents=True, exist_ok=True)
     decoded, failures = decode_split(data_dir / "train", out_dir, sizes, workers, progress)
     if patients:
-        patient_of = dict(zip(*read_patients(patients)[["image_id", "patient_id"]].to_numpy().T))
+        table = read_patients(patients)
+        patient_of = dict(zip(table["image_id"], table["patient_id"]))
         decoded = [replace(d, patient_id=str(patient_of.get(d.image_id, d.patient_id))) for d in decoded]
     return _finish_meta(data_dir, out_dir, sizes, decoded, failures, n_folds, seed, duplicates)
 
@@ -220,22 +224,31 @@ def detect_layout(data_dir) -> str:
         f"copy ({RESIZED_META} with image_id, dim0, dim1 beside train/<image_id>.jpg|png)")
 
 
+def read_id_table(path, required: tuple[str, ...], optional: tuple[str, ...] = (), what: str = "id table"
+                  ) -> pd.DataFrame:
+    """A CSV of ids -> columns ``required`` (+ those of ``optional`` present), named as in
+    :data:`ID_COLUMNS` whichever accepted spelling the file uses; rows missing a required id dropped,
+    one row per first column. Raises :class:`PreparationInputError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PreparationInputError(f"{path}: {what} not found")
+    frame = pd.read_csv(path, dtype=str)
+    renamed = {}
+    for ours in (*required, *optional):
+        found = next((c for c in ID_COLUMNS[ours] if c in frame.columns), None)
+        if found is None and ours in required:
+            raise PreparationInputError(
+                f"{path}: needs a column {' or '.join(ID_COLUMNS[ours])}; has {list(frame.columns)}")
+        if found is not None:
+            renamed[found] = ours
+    frame = frame[list(renamed)].rename(columns=renamed).dropna(subset=list(required))
+    return frame.drop_duplicates(required[0]).reset_index(drop=True)
+
+
 def read_patients(path) -> pd.DataFrame:
     """An image -> patient table (``image_id``/``imageid``, ``patient_id``/``patientid``, optional
     ``series_id``) -> columns ``image_id, patient_id[, series_id]``, one row per image."""
-    path = Path(path)
-    if not path.is_file():
-        raise PreparationInputError(f"{path}: patient table not found")
-    frame = pd.read_csv(path, dtype=str)
-    renamed = {}
-    for ours, accepted in PATIENT_COLUMNS.items():
-        found = next((c for c in accepted if c in frame.columns), None)
-        if found is None and ours != "series_id":
-            raise PreparationInputError(f"{path}: needs a column {' or '.join(accepted)}; has {list(frame.columns)}")
-        if found is not None:
-            renamed[found] = ours
-    frame = frame[list(renamed)].rename(columns=renamed).drop_duplicates("image_id")
-    return frame.dropna(subset=["image_id", "patient_id"])
+    return read_id_table(path, ("image_id", "patient_id"), ("series_id",), what="patient table")
 
 
 def _resized_sizes(meta_path: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]], set]:
@@ -329,12 +342,12 @@ def write_resized_subset(source, out, n_train: int, test_table=None, n_test: int
     labels = pd.read_csv(source / "train_image_level.csv", dtype=str)
     boxed = labels[labels["boxes"].notna()].iloc[: n_train // 2]
     chosen = pd.concat([boxed, labels[labels["boxes"].isna()].iloc[: n_train - len(boxed)]])
-    ids = set(chosen["id"].str.removesuffix("_image"))
+    ids = {strip_suffix(i, IMAGE_SUFFIX) for i in chosen["id"]}
     if test_table is not None and n_test:
         tests = pd.read_csv(test_table, dtype=str).iloc[:n_test]
-        ids |= set(tests[[c for c in ("imageid", "image_id") if c in tests.columns][0]])
         out.mkdir(parents=True, exist_ok=True)
         tests.to_csv(out / "test_meta.csv", index=False)
+        ids |= set(read_id_table(out / "test_meta.csv", ("image_id",), what="test image table")["image_id"])
     meta = pd.read_csv(source / RESIZED_META, dtype={"image_id": str})
     meta = meta[meta["image_id"].isin(ids)]
     files = {**find_resized_images(source / "train"),
@@ -347,7 +360,7 @@ def write_resized_subset(source, out, n_train: int, test_table=None, n_test: int
     meta.to_csv(out / RESIZED_META, index=False)
     chosen.to_csv(out / "train_image_level.csv", index=False)
     studies = pd.read_csv(source / "train_study_level.csv", dtype=str)
-    studies[studies["id"].str.removesuffix("_study").isin(chosen["StudyInstanceUID"])].to_csv(
+    studies[[strip_suffix(i, STUDY_SUFFIX) in set(chosen["StudyInstanceUID"]) for i in studies["id"]]].to_csv(
         out / "train_study_level.csv", index=False)
     return out
 
