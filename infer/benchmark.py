@@ -212,7 +212,8 @@ def write_untrained_weights(weights_dir, config_path, folds: int = 1, overrides:
         (weights_dir / relative).parent.mkdir(parents=True, exist_ok=True)
     ultralytics = import_ultralytics(weights_dir / "ultralytics_settings")
     for k in range(folds):
-        torch.save(StudyClassifier(study.arch, PRETRAINED_NONE).state_dict(), weights_dir / files["study"][k])
+        torch.save(StudyClassifier.from_config(asdict(study), PRETRAINED_NONE).state_dict(),
+                   weights_dir / files["study"][k])
         detector = detector_from_config(asdict(frcnn), PRETRAINED_NONE, frcnn.predict_size)
         torch.save(detector.state_dict(), weights_dir / files["faster_rcnn"][k])
         ultralytics.YOLO(yolo.model).save(weights_dir / files["yolo"][k])

@@ -47,6 +47,7 @@ from utils.fusion import WBF_CONF_TYPES, blend_none, fuse_boxes
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX, strip_suffix
 from utils.manifest import ManifestError, read_manifest
 from utils.models import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED_NONE, StudyClassifier
+from utils.tta import FLIP, PLAIN, StudyTTA, check_views
 from utils.submission import image_prediction_string, study_prediction_string, write_submission
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ class ImagePrediction:
     study_probs: np.ndarray | None = None
     none_prob: float | None = None
     error: str | None = None
+    opacity_map: np.ndarray | None = None  # (h, w) in [0, 1] over the image, when asked and available
 
 
 def detector_input(images: torch.Tensor) -> torch.Tensor:
@@ -219,7 +221,9 @@ class _Member:
 
 
 class StudyMember(_Member):
-    """The study classifier's folds: study class and none probabilities, averaged over folds and flips."""
+    """The study classifier's folds: study class and none probabilities, averaged over folds and the
+    model's TTA views (its config's ``tta_views``; the identity alone when the ensemble's
+    ``tta_hflip`` is off), and on request the auxiliary head's opacity map."""
 
     kind = "study_classifier"
 
@@ -227,26 +231,35 @@ class StudyMember(_Member):
         super().__init__(name, spec, weights_dir)
         self.models = []
         for path in self.files:
-            model = StudyClassifier(self.config["arch"], PRETRAINED_NONE)
+            model = StudyClassifier.from_config(self.config, PRETRAINED_NONE)
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             self.models.append(model.to(device).eval())
+        self.views = check_views(self.config.get("tta_views", FLIP))
+
+    @property
+    def has_opacity_map(self) -> bool:
+        return self.models[0].decoder is not None
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 ``(B, S, S)`` on the device -> ``(study probabilities (B, 4), none probability (B,))``."""
+    def predict(self, images: torch.Tensor, tta: bool, precision: Precision,
+                with_opacity_map: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """uint8 ``(B, S, S)`` on the device -> ``(study probabilities (B, 4), none probability (B,),
+        opacity probability maps (B, h, w) of the unaugmented image, or None)``."""
         batch = classifier_input(images)
-        if tta:
-            batch = torch.cat([batch, batch.flip(-1)])
-        views = 2 if tta else 1
-        study, none = 0.0, 0.0
+        views = self.views if tta else PLAIN
+        study, none, maps = 0.0, 0.0, None
+        want_maps = with_opacity_map and self.has_opacity_map
         for model in self.models:
             with torch.autocast(batch.device.type, dtype=precision.dtype, enabled=precision.enabled):
-                outputs = model(batch)
-            study_probs, none_probs = StudyClassifier.probabilities(outputs)
-            study = study + study_probs.view(views, len(images), -1).mean(0)
-            none = none + none_probs.view(views, len(images)).mean(0)
+                study_probs, none_probs = StudyClassifier.probabilities(StudyTTA(model, views)(batch))
+                if want_maps:
+                    fold_maps = model(batch, with_mask=True)["mask_logits"].float().sigmoid()[:, 0]
+                    maps = fold_maps if maps is None else maps + fold_maps
+            study = study + study_probs
+            none = none + none_probs
         n = len(self.models)
-        return (study / n).cpu().numpy().astype(np.float64), (none / n).cpu().numpy().astype(np.float64)
+        return ((study / n).cpu().numpy().astype(np.float64), (none / n).cpu().numpy().astype(np.float64),
+                None if maps is None else (maps / n).cpu().numpy())
 
 
 Detections = list[tuple[np.ndarray, np.ndarray]]  # per source: (XYXY_NORM boxes (n, 4), scores (n,))
@@ -370,21 +383,23 @@ class Ensemble:
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)
 
-    def predict_batch(self, images: list[InputImage]) -> list[ImagePrediction]:
-        """Predictions for decoded images, in their order (unreadable ones carry their error)."""
+    def predict_batch(self, images: list[InputImage], with_opacity_map: bool = False) -> list[ImagePrediction]:
+        """Predictions for decoded images, in their order (unreadable ones carry their error);
+        ``with_opacity_map`` adds the study model's opacity map where it has the auxiliary head."""
         readable = [image for image in images if image.error is None]
         results = {}
         if readable:
             batches = {size: self.device_batch(readable, size) for size in self.sizes}
             tta = self.config.tta_hflip
-            study = none = None
+            study = none = maps = None
             sources: list[list] = [[] for _ in readable]
             weights: list[list] = [[] for _ in readable]
             for member in self.members:
-                outputs = member.predict(batches[member.input_size], tta, self.precision)
                 if member.kind == StudyMember.kind:
-                    study, none = outputs
+                    study, none, maps = member.predict(batches[member.input_size], tta, self.precision,
+                                                       with_opacity_map)
                     continue
+                outputs = member.predict(batches[member.input_size], tta, self.precision)
                 weight = self.config.model_weights.get(member.name, 1.0)
                 for k, found in enumerate(outputs):
                     sources[k] += found
@@ -393,7 +408,8 @@ class Ensemble:
                 boxes, scores = fuse_sources(sources[k], weights[k], self.config)
                 results[id(image)] = ImagePrediction(
                     image.image_id, image.study_id, image.original_height, image.original_width, boxes, scores,
-                    None if study is None else study[k], None if none is None else float(none[k]))
+                    None if study is None else study[k], None if none is None else float(none[k]),
+                    opacity_map=None if maps is None else maps[k])
         return [results.get(id(image)) or ImagePrediction(image.image_id, image.study_id, 0, 0, as_boxes([]),
                                                           np.zeros(0), error=image.error) for image in images]
 
@@ -419,10 +435,10 @@ class Ensemble:
         return predictions
 
     def predict_source(self, source, *, image_id: str = "upload", name: str | None = None,
-                       max_pixels: int | None = None) -> ImagePrediction:
+                       max_pixels: int | None = None, with_opacity_map: bool = False) -> ImagePrediction:
         """One radiograph given as a path or bytes (the web app); errors are in the result's ``error``."""
         image = decode_test_image(source, self.sizes, image_id=image_id, name=name, max_pixels=max_pixels)
-        return self.predict_batch([image])[0]
+        return self.predict_batch([image], with_opacity_map)[0]
 
     def describe(self) -> dict:
         return {"weights_dir": str(self.weights_dir), "device": str(self.device), "config": asdict(self.config),

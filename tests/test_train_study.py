@@ -70,7 +70,7 @@ def test_weights_are_registered_and_load(study_run):
     manifest = read_manifest(study_run / "weights")
     entry = manifest["models"]["study"]
     assert entry["kind"] == "study_classifier" and entry["folds"] == [0, 1] and entry["input_size"] == 48
-    model = StudyClassifier(entry["config"]["arch"], None)
+    model = StudyClassifier.from_config(entry["config"], None)
     model.load_state_dict(torch.load(study_run / "weights" / entry["files"]["1"], weights_only=True))
 
 

@@ -8,6 +8,7 @@
 Writes to --out: config.yaml, fold<k>/ (engine run folder: last.pt, best.pt, metrics.csv,
 loss_curve.png), oof_predictions.csv (every image of each trained fold, shared prediction schema),
 oof_scores.json / oof_scores.txt (study mAP, none AP, per-class AP with the competition metric).
+The held-out fold is predicted through the config's ``tta_views`` (:mod:`utils.tta`), as at test time.
 Registers each fold's best weights as model "study" in --weights-dir/manifest.json.
 """
 
@@ -17,7 +18,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +29,8 @@ from train.cli import add_run_arguments, configure_logging
 from train.presets import build_transform
 from utils.classification import study_accuracy, study_classifier_scores
 from utils.config import load_section, parse_overrides, save_config
-from utils.datasets import ImageDataset
+from utils.datasets import StudyDataset
+from utils.detection import read_detection_table
 from utils.engine import (
     TrainConfig,
     fit,
@@ -42,7 +44,8 @@ from utils.manifest import register_fold_checkpoints
 from utils.metric import format_score_table
 from utils.models import StudyClassifier
 from utils.predictions import classifier_rows, write_predictions
-from utils.prepare import fold_split, read_meta, select_folds
+from utils.prepare import fold_split, select_folds
+from utils.tta import FLIP, StudyTTA, check_views
 
 log = logging.getLogger("train_study")
 SECTION = "study"
@@ -56,7 +59,14 @@ class StudyConfig(TrainConfig):
     image_size: int = 512
     folds: list[int] | None = None
     none_weight: float = 1.0
+    seg_weight: float = 0.0
+    decoder_width: int = 64
+    label_smoothing: float = 0.0
+    tta_views: list[str] = field(default_factory=lambda: list(FLIP))
     monitor: Literal["study_map", "loss"] = "study_map"
+
+    def __post_init__(self):
+        check_views(self.tta_views)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -68,14 +78,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_table(meta_csv: Path, image_size: int) -> pd.DataFrame:
-    """meta.csv (see :func:`utils.prepare.read_meta`) with the two targets per image."""
+def load_table(meta_csv: Path, image_size: int, with_boxes: bool = False) -> pd.DataFrame:
+    """meta.csv (see :func:`utils.prepare.read_meta`) with the targets per image: the study class and
+    "none"; ``with_boxes`` adds the boxes (XYXY_NORM, drawn into the auxiliary head's mask by the
+    dataset) and ``mask_valid``: 0 for an un-annotated duplicate, whose boxes are unknown."""
     try:
-        table = read_meta(meta_csv, image_size)
+        table = read_detection_table(meta_csv, image_size, image_size)
     except (OSError, ValueError) as err:
         raise SystemExit(str(err)) from err
     table["targets"] = [{"study": int(label), "none": float(n == 0)}
                         for label, n in zip(table["study_label"], table["n_boxes"].astype(int))]
+    if with_boxes:
+        for target, boxes, used in zip(table["targets"], table["boxes_norm"], table["used"]):
+            target.update(boxes=boxes, mask_valid=float(used))
     return table
 
 
@@ -84,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     config = load_section(args.config, SECTION, StudyConfig, parse_overrides(args.overrides))
     info = init_distributed(config.device)
-    table = load_table(args.prepared, config.image_size)
+    table = load_table(args.prepared, config.image_size, with_boxes=config.seg_weight > 0)
     try:
         folds = select_folds(table, config.folds, args.prepared)
     except ValueError as err:
@@ -106,9 +121,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _dataset(frame: pd.DataFrame, preset: str, config: StudyConfig) -> ImageDataset:
-    return ImageDataset(frame["image_path"], frame["targets"], build_transform(preset, config.image_size),
+def _dataset(frame: pd.DataFrame, preset: str, config: StudyConfig) -> StudyDataset:
+    return StudyDataset(frame["image_path"], frame["targets"], build_transform(preset, config.image_size),
                         seed=config.seed)
+
+
+def predict_held_out(model: StudyClassifier, held_out: pd.DataFrame, fold: int, config: StudyConfig,
+                     views=None, progress: bool = True) -> pd.DataFrame:
+    """Prediction rows of every image of ``held_out`` through ``views`` (default: the config's
+    ``tta_views``), probabilities averaged over the views."""
+    device = resolve_device(config.device)
+    _, indices, outputs = predict(StudyTTA(model, views or config.tta_views), _dataset(held_out, "study_eval", config),
+                                  batch_size=config.batch_size, workers=config.workers, device=device,
+                                  precision=resolve_precision(config.amp, device), progress=progress,
+                                  desc=f"fold {fold} out-of-fold")
+    rows = held_out.iloc[indices.numpy()]
+    study_probs, none_probs = StudyClassifier.probabilities(outputs)
+    return classifier_rows(rows["image_id"], rows["study_id"], MODEL_NAME, fold, study_probs, none_probs)
 
 
 def train_fold(table: pd.DataFrame, fold: int, config: StudyConfig, args) -> tuple[Path, pd.DataFrame | None]:
@@ -128,7 +157,7 @@ def train_fold(table: pd.DataFrame, fold: int, config: StudyConfig, args) -> tup
         return {"study_map": scores["study_map"], "none_ap": scores["none_ap"],
                 "study_accuracy": study_accuracy(predictions, val)}
 
-    model = StudyClassifier(config.arch, config.backbone, none_weight=config.none_weight)
+    model = StudyClassifier.from_config(asdict(config), config.backbone)
     monitor, mode = ("val_study_map", "max") if config.monitor == "study_map" else ("val_loss", "min")
     run_dir = args.out / f"fold{fold}"
     result = fit(model, _dataset(train, "study_train", config), _dataset(val, "study_eval", config), config, run_dir,
@@ -137,16 +166,8 @@ def train_fold(table: pd.DataFrame, fold: int, config: StudyConfig, args) -> tup
     if not init_distributed(config.device).is_main:
         return result.best_checkpoint, None
 
-    device = resolve_device(config.device)
     model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
-    _, indices, outputs = predict(model, _dataset(held_out, "study_eval", config), batch_size=config.batch_size,
-                                  workers=config.workers, device=device,
-                                  precision=resolve_precision(config.amp, device),
-                                  progress=not args.no_progress, desc=f"fold {fold} out-of-fold")
-    rows = held_out.iloc[indices.numpy()]
-    study_probs, none_probs = StudyClassifier.probabilities(outputs)
-    return result.best_checkpoint, classifier_rows(rows["image_id"], rows["study_id"], MODEL_NAME, fold,
-                                                   study_probs, none_probs)
+    return result.best_checkpoint, predict_held_out(model, held_out, fold, config, progress=not args.no_progress)
 
 
 def write_oof_report(oof: pd.DataFrame, table: pd.DataFrame, out: Path) -> dict:

@@ -142,3 +142,13 @@ def iou_matrix(boxes_a, boxes_b) -> np.ndarray:
     union = area_a + area_b - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def boxes_to_mask(boxes_norm, height: int, width: int) -> np.ndarray:
+    """XYXY_NORM boxes -> uint8 (height, width) mask, 1 inside any box (the study model's auxiliary
+    segmentation target: opacity boxes are all the competition says about where the opacity is)."""
+    mask = np.zeros((int(height), int(width)), dtype=np.uint8)
+    pixels = clip_xyxy(denormalize_xyxy(boxes_norm, width, height), width, height)
+    for x1, y1, x2, y2 in pixels:
+        mask[int(np.floor(y1)):int(np.ceil(y2)), int(np.floor(x1)):int(np.ceil(x2))] = 1
+    return mask

@@ -97,7 +97,10 @@ def from_mapping(cls: type[ConfigT], mapping: dict, source: str) -> ConfigT:
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"{source}: missing key(s) {missing}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as err:  # a dataclass's own check of its values (__post_init__)
+        raise ConfigError(f"{source}: {err}") from err
 
 
 def parse_overrides(items: list[str] | None) -> dict:

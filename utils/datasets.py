@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.boxes import as_boxes, denormalize_xyxy, keep_valid_boxes
+from utils.boxes import as_boxes, boxes_to_mask, denormalize_xyxy, keep_valid_boxes
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,23 @@ class ImageDataset(Dataset):
         if isinstance(target, dict):
             return tensor, {k: torch.as_tensor(v) for k, v in target.items()}
         return tensor, torch.as_tensor(target)
+
+
+class StudyDataset(ImageDataset):
+    """The study classifier's images: targets are dicts (``study``, ``none``, ...). A target with
+    ``"boxes"`` (XYXY_NORM of the original image) gets them drawn as a ``"mask"`` of the image's size
+    (:func:`utils.boxes.boxes_to_mask`) that the augmentations move together with the image; the
+    boxes themselves leave the target (their number varies, which batching does not allow)."""
+
+    def _transform(self, image: np.ndarray, target: dict):
+        target = dict(target)
+        boxes = target.pop("boxes", None)
+        if boxes is None:
+            return super()._transform(image, target)
+        out = self.transform(image=image, mask=boxes_to_mask(as_boxes(boxes), *image.shape[:2]))
+        target = {k: torch.as_tensor(v) for k, v in target.items()}
+        target["mask"] = torch.as_tensor(out["mask"], dtype=torch.uint8)
+        return out["image"], target
 
 
 class DetectionDataset(ImageDataset):

@@ -10,8 +10,10 @@ What :func:`fit` does for every stage: SGD with Nesterov momentum, the report's 
 a floor (:func:`lr_factor`, stepped per iteration, optional linear warm-up), mixed precision
 (``torch.amp.autocast`` + ``GradScaler`` on CUDA, optional bf16 on the CPU), a clear stop on a
 non-finite loss, progress bars, ``metrics.csv`` and ``loss_curve.png`` per epoch, atomic
-checkpoints (``last.pt`` each epoch, ``best.pt`` on improvement) with fixed keys, exact resume, and
-DistributedDataParallel when started by ``torchrun``.
+checkpoints (``last.pt`` each epoch, ``best.pt`` on improvement) with fixed keys, exact resume, an
+optional exponential moving average of the weights (``ema_decay``: then validation, ``best.pt``'s
+``model`` and so every exported file are the average's), and DistributedDataParallel when started
+by ``torchrun``.
 
 Resume is exact because every random choice of an epoch is a function of (seed, epoch, rank): the
 sampler's shuffle, torch's global generator (reseeded at each epoch start) and the augmentations
@@ -20,6 +22,7 @@ sampler's shuffle, torch's global generator (reseeded at each epoch start) and t
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import math
@@ -42,7 +45,9 @@ from utils.files import atomic_path
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "metrics")
+# "model" holds the weights to use (the moving average when ema_decay is set); "ema" is None without
+# one, else {"train_model": the trained weights, "updates": n} for an exact resume.
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "metrics", "ema")
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 METRICS_CSV = "metrics.csv"
@@ -63,6 +68,7 @@ class TrainConfig:
     lr_floor: float = 0.05
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     grad_clip: float | None = None
+    ema_decay: float | None = None
     workers: int = 2
     seed: int = 42
     device: str = "auto"
@@ -260,10 +266,44 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if isinstance(state, dict) and set(state) == set(CHECKPOINT_KEYS) - {"ema"}:
+        state["ema"] = None  # written before the moving average existed
     if not isinstance(state, dict) or set(state) != set(CHECKPOINT_KEYS):
         keys = sorted(state) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: expected keys {CHECKPOINT_KEYS}, found {keys}")
     return state
+
+
+# ----------------------------------------------------------------------------- weight averaging
+
+
+class ModelEma:
+    """Exponential moving average of a model's weights and buffers, updated after each optimiser step.
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the random
+    initial weights are forgotten quickly in short runs (a fixed 0.997 would still weigh them after
+    hundreds of steps). Integer buffers (BatchNorm's batch counter) are copied.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.module = copy.deepcopy(unwrap(model)).eval()
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(False)
+        self.decay = decay
+        self.updates = updates
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        current = unwrap(model).state_dict()
+        for name, average in self.module.state_dict().items():
+            if average.dtype.is_floating_point:
+                average.lerp_(current[name].detach(), 1.0 - decay)
+            else:
+                average.copy_(current[name])
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -299,7 +339,7 @@ class _Meter:
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, precision: Precision, *,
                     epoch: int, epochs: int, info: DistInfo = DistInfo(), grad_clip: float | None = None,
-                    progress: bool = True) -> dict[str, float]:
+                    progress: bool = True, ema: ModelEma | None = None) -> dict[str, float]:
     """One pass over ``loader``: forward under autocast, summed loss, scaled backward, step, schedule.
 
     Returns the sample-weighted mean of each loss (``loss`` is their sum), ``n_images`` across ranks
@@ -334,6 +374,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, precisi
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update(model)
         values = {"loss": total.item(), **{k: v.item() for k, v in losses.items()}}
         meter.add(values, len(images))
         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
@@ -498,6 +540,7 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
         optimizer, lambda step: lr_factor(step, total_steps, config.lr_floor, warmup_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
     config_dict = asdict(config)
+    ema = ModelEma(model, config.ema_decay) if config.ema_decay else None
 
     start_epoch, history, best_value, best_epoch = 0, [], None, -1
     last_path, best_path = run_dir / LAST_CHECKPOINT, run_dir / BEST_CHECKPOINT
@@ -506,7 +549,12 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
         if state["config"] != config_dict:
             changed = sorted(k for k in config_dict if state["config"].get(k) != config_dict[k])
             raise CheckpointError(f"{last_path}: cannot resume with a different config (changed: {changed})")
-        unwrap(model).load_state_dict(state["model"])
+        if ema is not None:
+            unwrap(model).load_state_dict(state["ema"]["train_model"])
+            ema.module.load_state_dict(state["model"])
+            ema.updates = state["ema"]["updates"]
+        else:
+            unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -535,8 +583,9 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
         started = time.perf_counter()
         train = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, precision,
                                 epoch=epoch, epochs=config.epochs, info=info, grad_clip=config.grad_clip,
-                                progress=progress)
-        val_losses, indices, outputs = validate(model, val_loader, device, precision, info=info,
+                                progress=progress, ema=ema)
+        val_losses, indices, outputs = validate(ema.module if ema is not None else model, val_loader, device,
+                                                precision, info=info,
                                                 collect_outputs=evaluate is not None, progress=progress,
                                                 desc=f"epoch {epoch + 1}/{config.epochs} validate")
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
@@ -552,7 +601,9 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
             if improved:
                 best_value, best_epoch = value, epoch + 1
             state = {
-                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "model": (ema.module if ema is not None else unwrap(model)).state_dict(),
+                "ema": None if ema is None else {"train_model": unwrap(model).state_dict(), "updates": ema.updates},
+                "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
                 "config": config_dict,
                 "metrics": {"history": history, "monitor": monitor, "mode": mode, "best_value": best_value,

@@ -108,6 +108,70 @@ def _trunk(arch: str, pretrained: str | None) -> tuple[nn.Module, int]:
     return net, features
 
 
+TIMM_PREFIX = "timm:"  # arch "timm:<model name>": any timm model as the study classifier's trunk
+
+
+def resnet_feature_maps(net: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """A torchvision ResNet/ResNeXt's last three stages' outputs (strides 8, 16, 32)."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
+    c3 = net.layer2(net.layer1(x))
+    c4 = net.layer3(c3)
+    return [c3, c4, net.layer4(c4)]
+
+
+def _timm_feature_maps(net: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    return list(net(images))
+
+
+def build_timm_trunk(name: str, pretrained: str | None = PRETRAINED_NONE) -> nn.Module:
+    """timm model ``name`` as a feature extractor of its last three stages. ``pretrained``: a local
+    weights file (timm's state dict of the whole model, or one of our checkpoints), ``"imagenet"``
+    for timm's download, or ``"none"``/``None``."""
+    try:
+        import timm
+    except ImportError as err:
+        raise ValueError(f"architecture {TIMM_PREFIX}{name} needs timm (pip install timm)") from err
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r} (timm.list_models() lists them)")
+    download = pretrained == PRETRAINED_IMAGENET
+    try:
+        net = timm.create_model(name, pretrained=download, features_only=True, out_indices=(-3, -2, -1))
+    except Exception as err:  # noqa: BLE001 - hub/network errors come in many types; the advice is the same
+        if not download:
+            raise
+        raise WeightsError(f"could not download timm's weights of {name} ({type(err).__name__}: {err}); offline, "
+                           f"pass the file instead: a local .pth/.safetensors state dict") from err
+    if pretrained not in (None, "", PRETRAINED_NONE, PRETRAINED_IMAGENET):
+        path = Path(pretrained)
+        if path.suffix == ".safetensors" and path.is_file():
+            from safetensors.torch import load_file
+
+            state = trunk_state_dict(load_file(str(path)))
+        else:
+            state = trunk_state_dict(_read_state_dict(path))
+        expected = net.state_dict()
+        missing = sorted(set(expected) - set(state))
+        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+        if missing or wrong:
+            raise WeightsError(f"{path}: does not fit timm model {name}: {len(missing)} missing (e.g. {missing[:2]}), "
+                               f"{len(wrong)} with another shape (e.g. {wrong[:2]}); is it for another model?")
+        # The classifier head and layers after the last stage are not part of the feature extractor.
+        net.load_state_dict({k: state[k] for k in expected})
+        log.info("timm trunk %s initialised from %s", name, path)
+    return net
+
+
+def build_feature_trunk(arch: str, pretrained: str | None = PRETRAINED_NONE):
+    """``(trunk, channels of its last three maps, feature_maps(trunk, images) -> those maps)`` for a
+    torchvision name of :data:`ARCHITECTURES` or ``"timm:<name>"``. A torchvision trunk keeps its own
+    parameter names (the NIH backbone's checkpoints load into it)."""
+    if arch.startswith(TIMM_PREFIX):
+        net = build_timm_trunk(arch[len(TIMM_PREFIX):], pretrained)
+        return net, tuple(net.feature_info.channels()), _timm_feature_maps
+    net, features = _trunk(arch, pretrained)
+    return net, (features // 4, features // 2, features), resnet_feature_maps
+
+
 class MultiLabelClassifier(nn.Module):
     """ResNeXt + one linear layer of independent logits (the 14 NIH findings); BCE-with-logits loss."""
 
@@ -125,28 +189,97 @@ class MultiLabelClassifier(nn.Module):
         return outputs
 
 
-class StudyClassifier(nn.Module):
-    """ResNeXt with two heads: the four study classes (softmax) and the image-level "none" (sigmoid).
+class OpacityDecoder(nn.Module):
+    """The auxiliary segmentation head: a light feature pyramid over the trunk's last three maps
+    (strides 8, 16, 32), top-down with nearest upsampling, ending in one opacity logit per pixel at
+    stride 8. Trained against a mask drawn from the image's opacity boxes (as the best solutions of
+    this competition did); it makes the trunk look at the opacities, the classifier heads benefit."""
 
-    Targets: ``{"study": int64 class index, "none": float 0/1}``. Losses: cross-entropy on the study
-    logits and BCE-with-logits on the none logit (times ``none_weight``); both from logits in float32.
+    def __init__(self, channels: tuple[int, int, int], width: int = 64):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.smooth = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                    nn.ReLU(inplace=True))
+        self.out = nn.Conv2d(width, 1, 1)
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        merged = self.lateral[-1](maps[-1])
+        for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(maps[:-1])):
+            merged = lateral(feature) + F.interpolate(merged, size=feature.shape[-2:], mode="nearest")
+        return self.out(self.smooth(merged))
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice of ``logits`` (B, 1, h, w) against ``masks`` (B, H, W) in {0, 1}, only over the
+    images whose ``valid`` is 1 (an un-annotated image's boxes are unknown). The masks are
+    area-averaged to the logits' size (soft targets at the borders); Dice is taken over all valid
+    pixels of the batch together, so an image without opacity adds to it through its false positives."""
+    logits = logits.float()
+    targets = F.adaptive_avg_pool2d(masks.float().unsqueeze(1), logits.shape[-2:])
+    weights = valid.float().view(-1, 1, 1, 1).expand_as(logits)
+    if weights.sum() == 0:
+        return logits.sum() * 0.0  # keeps the graph (DDP) with no contribution
+    bce = F.binary_cross_entropy_with_logits(logits, targets, weight=weights, reduction="sum") / weights.sum()
+    probs = logits.sigmoid() * weights
+    dice = 1.0 - (2.0 * (probs * targets).sum() + 1.0) / (probs.sum() + (targets * weights).sum() + 1.0)
+    return bce + dice
+
+
+class StudyClassifier(nn.Module):
+    """A trunk (:func:`build_feature_trunk`: torchvision ResNet/ResNeXt or any timm model) with two heads
+    on its pooled last feature map: the four study classes (softmax) and the image-level "none"
+    (sigmoid); optionally (``seg_weight`` > 0) the auxiliary :class:`OpacityDecoder`.
+
+    Targets: ``{"study": int64 class index, "none": float 0/1}``, plus ``"mask"`` (uint8 (H, W) drawn
+    from the boxes) and ``"mask_valid"`` with the decoder. Losses, all from logits in float32:
+    cross-entropy on the study logits (``label_smoothing``), BCE on the none logit (its target
+    smoothed the same way, times ``none_weight``) and ``seg_weight`` x :func:`segmentation_loss`.
+    The decoder runs in training and validation (it has a loss there) and in prediction only when
+    ``with_mask`` asks for the ``mask_logits`` output.
     """
 
     def __init__(self, arch: str = "resnext50_32x4d", pretrained: str | None = PRETRAINED_NONE,
-                 n_classes: int = 4, none_weight: float = 1.0):
+                 n_classes: int = 4, none_weight: float = 1.0, seg_weight: float = 0.0,
+                 label_smoothing: float = 0.0, decoder_width: int = 64):
         super().__init__()
-        self.trunk, features = _trunk(arch, pretrained)
-        self.study_head = nn.Linear(features, n_classes)
-        self.none_head = nn.Linear(features, 1)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if seg_weight < 0:
+            raise ValueError(f"seg_weight must be >= 0, got {seg_weight}")
+        self.trunk, channels, self.feature_maps = build_feature_trunk(arch, pretrained)
+        self.study_head = nn.Linear(channels[-1], n_classes)
+        self.none_head = nn.Linear(channels[-1], 1)
+        self.decoder = OpacityDecoder(channels, decoder_width) if seg_weight > 0 else None
         self.none_weight = none_weight
+        self.seg_weight = seg_weight
+        self.label_smoothing = label_smoothing
 
-    def forward(self, images: torch.Tensor, targets: dict | None = None) -> dict[str, torch.Tensor]:
-        features = self.trunk(images)
-        outputs = {"study_logits": self.study_head(features), "none_logits": self.none_head(features)[:, 0]}
+    @classmethod
+    def from_config(cls, config: dict, pretrained: str | None = PRETRAINED_NONE) -> "StudyClassifier":
+        """The network a study config describes (``train_study``'s section, or a manifest's copy of it:
+        keys absent from older manifests take the defaults that were then the only behaviour)."""
+        return cls(config["arch"], pretrained, none_weight=float(config.get("none_weight", 1.0)),
+                   seg_weight=float(config.get("seg_weight", 0.0)),
+                   label_smoothing=float(config.get("label_smoothing", 0.0)),
+                   decoder_width=int(config.get("decoder_width", 64)))
+
+    def forward(self, images: torch.Tensor, targets: dict | None = None,
+                with_mask: bool = False) -> dict[str, torch.Tensor]:
+        maps = self.feature_maps(self.trunk, images)
+        pooled = maps[-1].mean(dim=(2, 3))
+        outputs = {"study_logits": self.study_head(pooled), "none_logits": self.none_head(pooled)[:, 0]}
+        if self.decoder is not None and (targets is not None or with_mask):
+            outputs["mask_logits"] = self.decoder(maps)
         if targets is not None:
-            outputs["loss_study"] = F.cross_entropy(outputs["study_logits"].float(), targets["study"].long())
+            eps = self.label_smoothing
+            outputs["loss_study"] = F.cross_entropy(outputs["study_logits"].float(), targets["study"].long(),
+                                                    label_smoothing=eps)
+            none_target = targets["none"].float() * (1.0 - eps) + 0.5 * eps
             outputs["loss_none"] = self.none_weight * F.binary_cross_entropy_with_logits(
-                outputs["none_logits"].float(), targets["none"].float())
+                outputs["none_logits"].float(), none_target)
+            if self.decoder is not None:
+                outputs["loss_seg"] = self.seg_weight * segmentation_loss(
+                    outputs["mask_logits"], targets["mask"], targets["mask_valid"])
         return outputs
 
     @staticmethod
