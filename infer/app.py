@@ -3,12 +3,18 @@
     python infer/app.py --weights-dir W [--host 127.0.0.1] [--port 8000] [--device cpu] [--max-upload-mb 64]
 
 One page (``/``) where a DICOM, PNG or JPEG is dropped or picked and shown with its predicted boxes
-(a slider hides boxes under a score), the four study probabilities and the image's "none"; a JSON
-API (``POST /api/predict``, the file in the multipart field ``file``; documented at ``/docs``) and
-``GET /healthz``. The same predictor as make_submission.py (``infer.predictor.Ensemble``), loaded
-once at start. Uploads are read into memory (never written to disk) up to the size limit (413
-beyond it); images with absurd dimensions are refused from their header before decoding; an
-unreadable file gets a 4xx answer saying why. It listens on 127.0.0.1 unless told otherwise.
+(a slider hides boxes under a score), the four study probabilities and the image's "none", and, when
+the study model has the auxiliary segmentation head, a toggle that overlays its opacity map (where
+the model looks); a JSON API (``POST /api/predict``, the file in the multipart field ``file``;
+documented at ``/docs``) and ``GET /healthz``. The same predictor as make_submission.py
+(``infer.predictor.Ensemble``), loaded once at start.
+
+Prediction runs in a worker thread, one at a time behind a lock (the models, pydicom's settings and
+torch's thread count are shared by the process), so the event loop keeps answering (``/healthz``
+within milliseconds while radiographs are predicted). Uploads are read into memory (never written
+to disk) up to the size limit (413 beyond it); images with absurd dimensions are refused from their
+header before decoding (:class:`utils.dicom.ImageSizeError`: 413); an unreadable file gets a 422
+saying why. It listens on 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import base64
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +31,7 @@ import cv2
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
 
 from infer.predictor import (
     NEGATIVE,
@@ -33,7 +41,7 @@ from infer.predictor import (
     study_row_probabilities,
 )
 from utils.boxes import denormalize_xyxy
-from utils.dicom import read_radiograph
+from utils.dicom import DicomReadError, ImageSizeError, read_radiograph
 from utils.labels import STUDY_CLASSES
 
 log = logging.getLogger("app")
@@ -42,12 +50,18 @@ MAX_PIXELS = 80_000_000  # about 9,000 x 9,000: far above any radiograph, far be
 PREVIEW_SIZE = 1024  # longer side of the preview the page draws on
 
 
-def prediction_payload(ensemble: Ensemble, data: bytes, name: str, preview: bool) -> dict:
-    """The API's answer for one radiograph's bytes; raises ValueError with the reader's reason."""
+def _png_base64(pixels: np.ndarray) -> str | None:
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(pixels))
+    return base64.b64encode(png.tobytes()).decode("ascii") if ok else None
+
+
+def prediction_payload(ensemble: Ensemble, data: bytes, name: str, preview: bool,
+                       opacity_map: bool = False) -> dict:
+    """The API's answer for one radiograph's bytes; raises the reader's
+    :class:`~utils.dicom.DicomReadError` (:class:`~utils.dicom.ImageSizeError` for a refused shape)."""
     started = time.perf_counter()
-    prediction = ensemble.predict_source(data, image_id=Path(name).stem or "upload", name=name, max_pixels=MAX_PIXELS)
-    if prediction.error is not None:
-        raise ValueError(prediction.error)
+    prediction = ensemble.predict_source(data, image_id=Path(name).stem or "upload", name=name, max_pixels=MAX_PIXELS,
+                                         with_opacity_map=opacity_map, strict=True)
     config = ensemble.config
     study = study_row_probabilities(prediction.study_probs, no_box_probability(prediction), config)
     classifier_negative = None if prediction.study_probs is None else float(prediction.study_probs[NEGATIVE])
@@ -64,14 +78,16 @@ def prediction_payload(ensemble: Ensemble, data: bytes, name: str, preview: bool
         "none": round(image_none_probability(prediction, classifier_negative, config), 4),
         "seconds": round(time.perf_counter() - started, 3),
     }
+    if opacity_map:
+        # The map covers the whole image (the model saw it squashed to a square): stretched back over
+        # the width and height it lines up. None when the study model has no auxiliary head.
+        found = prediction.opacity_map
+        payload["opacity_map_png"] = None if found is None else _png_base64(np.round(found * 255).astype(np.uint8))
     if preview:
-        pixels = read_radiograph(data, PREVIEW_SIZE, keep_aspect=True, name=name, max_pixels=MAX_PIXELS).pixels
-        if max(pixels.shape) > PREVIEW_SIZE:  # keep_aspect sizes the shorter side
-            scale = PREVIEW_SIZE / max(pixels.shape)
-            pixels = cv2.resize(pixels, (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale)),
-                                interpolation=cv2.INTER_AREA)
-        ok, png = cv2.imencode(".png", np.ascontiguousarray(pixels))
-        payload["preview_png"] = base64.b64encode(png.tobytes()).decode("ascii") if ok else None
+        # Shorter side such that the longer one is at most PREVIEW_SIZE, and never an upscale.
+        shorter = max(1, min(min(width, height), round(PREVIEW_SIZE * min(width, height) / max(width, height))))
+        pixels = read_radiograph(data, shorter, keep_aspect=True, name=name, max_pixels=MAX_PIXELS).pixels
+        payload["preview_png"] = _png_base64(pixels)
     return payload
 
 
@@ -85,6 +101,12 @@ def create_app(weights_dir: Path | None, *, device: str = "cpu", max_upload_byte
         except Exception as err:  # the page still opens and says why it cannot predict
             problem = f"could not load the weights in {weights_dir}: {err}"
             log.error(problem)
+    lock = threading.Lock()  # one prediction at a time: see the module docstring
+
+    def predict_locked(data: bytes, name: str, preview: bool, opacity_map: bool) -> dict:
+        with lock:
+            return prediction_payload(ensemble, data, name, preview, opacity_map)
+
     app = FastAPI(title="SIIM COVID-19 radiograph predictor",
                   description="Opacity boxes and study-level probabilities for one chest radiograph.")
 
@@ -97,12 +119,15 @@ def create_app(weights_dir: Path | None, *, device: str = "cpu", max_upload_byte
         """Whether the models are loaded, and which."""
         if ensemble is None:
             return {"status": "no_models", "detail": problem}
-        return {"status": "ok", "device": str(ensemble.device), "models": ensemble.describe()["models"]}
+        return {"status": "ok", "device": str(ensemble.device), "models": ensemble.describe()["models"],
+                "opacity_map": ensemble.has_opacity_map}
 
     @app.post("/api/predict")
-    async def predict(request: Request, file: UploadFile, preview: bool = False) -> dict:
+    async def predict(request: Request, file: UploadFile, preview: bool = False, opacity_map: bool = False) -> dict:
         """Predict one radiograph (DICOM, PNG or JPEG) sent as the multipart field ``file``. Boxes are in
-        the original image's pixels; ``preview=true`` adds the decoded image as a base64 PNG."""
+        the original image's pixels; ``preview=true`` adds the decoded image as a base64 PNG (longer
+        side at most 1,024); ``opacity_map=true`` adds the study model's opacity map as a base64 PNG
+        (grey 0-255 = probability, covering the whole image; null without the auxiliary head)."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_upload_bytes + 1024 * 1024:
             raise HTTPException(413, f"upload larger than the limit of {max_upload_bytes // (1 << 20)} MB")
@@ -114,11 +139,13 @@ def create_app(weights_dir: Path | None, *, device: str = "cpu", max_upload_byte
             raise HTTPException(400, f"{file.filename or 'upload'}: empty file")
         if ensemble is None:
             raise HTTPException(503, problem)
+        name = file.filename or "upload"
         try:
-            return prediction_payload(ensemble, data, file.filename or "upload", preview)
-        except ValueError as err:
-            status = 413 if "too large" in str(err) else 422
-            raise HTTPException(status, f"{file.filename or 'upload'}: {err}") from None
+            return await run_in_threadpool(predict_locked, data, name, preview, opacity_map)
+        except ImageSizeError as err:
+            raise HTTPException(413, f"{name}: {err.reason}") from None
+        except DicomReadError as err:
+            raise HTTPException(422, f"{name}: {err.reason}") from None
 
     return app
 

@@ -132,16 +132,23 @@ class TestImage:
 
 
 def decode_test_image(source, sizes: Sequence[int], *, image_id: str, study_id: str = "", name: str | None = None,
-                      max_pixels: int | None = None, original_size: tuple[int, int] | None = None) -> InputImage:
+                      max_pixels: int | None = None, original_size: tuple[int, int] | None = None,
+                      strict: bool = False) -> InputImage:
     """Read ``source`` (path or bytes of a DICOM, PNG or JPEG) once at the largest of ``sizes`` and
-    area-resize it to the others, as ``utils.prepare.decode_one`` does for the training PNGs. Never
-    raises for a bad file: the result carries the reason in ``error``. ``original_size`` (height,
-    width) replaces the file's own for a resized copy of a radiograph."""
+    area-resize it to the others, as ``utils.prepare.decode_one`` does for the training PNGs. A bad
+    file never raises: the result carries the reason in ``error``; unless ``strict``, where the
+    reader's :class:`~utils.dicom.DicomReadError` (:class:`~utils.dicom.ImageSizeError` for a refused
+    shape) reaches the caller. ``original_size`` (height, width) replaces the file's own for a
+    resized copy of a radiograph."""
     try:
         radiograph = read_radiograph(source, max(sizes), max_pixels=max_pixels, name=name)
     except DicomReadError as err:
+        if strict:
+            raise
         return InputImage(image_id, study_id, error=err.reason)
     except Exception as err:  # a decoder's own failure; one bad file never stops the run
+        if strict:
+            raise DicomReadError(name or image_id, f"{type(err).__name__}: {err}") from err
         return InputImage(image_id, study_id, error=f"{type(err).__name__}: {err}")
     pixels = {int(size): resize_image(radiograph.pixels, int(size)) for size in sizes}
     height, width = original_size or (radiograph.original_height, radiograph.original_width)
@@ -373,8 +380,9 @@ class Ensemble:
         return tuple(sorted({m.input_size for m in self.members}))
 
     @property
-    def detectors(self) -> list:
-        return [m for m in self.members if m.kind != StudyMember.kind]
+    def has_opacity_map(self) -> bool:
+        """Whether a study model has the auxiliary segmentation head (``with_opacity_map`` gives maps)."""
+        return any(m.kind == StudyMember.kind and m.has_opacity_map for m in self.members)
 
     def device_batch(self, images: list[InputImage], size: int) -> torch.Tensor:
         array = np.stack([image.pixels[size] for image in images])
@@ -435,9 +443,12 @@ class Ensemble:
         return predictions
 
     def predict_source(self, source, *, image_id: str = "upload", name: str | None = None,
-                       max_pixels: int | None = None, with_opacity_map: bool = False) -> ImagePrediction:
-        """One radiograph given as a path or bytes (the web app); errors are in the result's ``error``."""
-        image = decode_test_image(source, self.sizes, image_id=image_id, name=name, max_pixels=max_pixels)
+                       max_pixels: int | None = None, with_opacity_map: bool = False,
+                       strict: bool = False) -> ImagePrediction:
+        """One radiograph given as a path or bytes (the web app); errors are in the result's ``error``,
+        or raised with ``strict`` (see :func:`decode_test_image`)."""
+        image = decode_test_image(source, self.sizes, image_id=image_id, name=name, max_pixels=max_pixels,
+                                  strict=strict)
         return self.predict_batch([image], with_opacity_map)[0]
 
     def describe(self) -> dict:

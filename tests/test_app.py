@@ -17,7 +17,7 @@ from infer.benchmark import write_untrained_weights
 from utils.prepare import find_dicoms
 
 TINY_MODELS = {
-    "study": {"image_size": 64},
+    "study": {"image_size": 64, "seg_weight": 0.5},  # with the auxiliary head: the page's opacity map
     "frcnn": {"image_size": 64, "predict_size": 96, "proposals": 50, "roi_samples": 32, "freeze_bn": False},
     "yolo": {"model": "yolov8n.yaml", "image_size": 64, "predict_size": 96},
     "ensemble": {"workers": 0, "device": "cpu", "batch_size": 4, "amp": "off"},
@@ -39,8 +39,9 @@ def client(weights):
     return TestClient(create_app(weights, max_upload_bytes=3 << 20))
 
 
-def _post(client, name: str, data: bytes, preview: bool = False):
-    return client.post(f"/api/predict{'?preview=true' if preview else ''}", files={"file": (name, io.BytesIO(data))})
+def _post(client, name: str, data: bytes, preview: bool = False, opacity_map: bool = False):
+    query = "&".join(k for k, on in (("preview=true", preview), ("opacity_map=true", opacity_map)) if on)
+    return client.post(f"/api/predict?{query}", files={"file": (name, io.BytesIO(data))})
 
 
 def _preview(answer) -> np.ndarray:
@@ -52,6 +53,48 @@ def test_health_and_documented_api(client):
     assert health["status"] == "ok" and set(health["models"]) == {"study", "faster_rcnn", "yolo"}
     assert "/api/predict" in client.get("/openapi.json").json()["paths"]
     assert "Drop a DICOM" in client.get("/").text
+    assert health["opacity_map"] is True
+
+
+def test_the_opacity_map_covers_the_image_on_request(client, siim_dataset):
+    path = find_dicoms(siim_dataset / "test")[0]
+    plain = _post(client, path.name, path.read_bytes()).json()
+    assert "opacity_map_png" not in plain
+    answer = _post(client, path.name, path.read_bytes(), opacity_map=True).json()
+    heat = cv2.imdecode(np.frombuffer(base64.b64decode(answer["opacity_map_png"]), np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert heat.shape == (8, 8)  # the 64-px study input at stride 8
+    assert answer["study"] == plain["study"]  # asking for the map changes nothing else
+
+
+def test_health_answers_while_a_prediction_runs(weights, monkeypatch):
+    """Prediction runs off the event loop: /healthz is served while a prediction is held inside."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from infer import app as app_module
+
+    entered, release = threading.Event(), threading.Event()
+    real_payload = app_module.prediction_payload
+
+    def held_payload(*args, **kwargs):
+        entered.set()
+        assert release.wait(30), "never released"
+        return real_payload(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "prediction_payload", held_payload)
+    client = TestClient(create_app(weights))
+    png = cv2.imencode(".png", np.full((64, 64), 128, np.uint8))[1].tobytes()
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(_post(client, "a.png", png)))
+    worker.start()
+    try:
+        assert entered.wait(30)
+        assert client.get("/healthz").json()["status"] == "ok"  # answered while the prediction is held
+    finally:
+        release.set()
+        worker.join(60)
+    assert answers and answers[0].status_code == 200
 
 
 def test_a_synthetic_dicom_gets_boxes_in_its_pixels_and_probabilities(client, siim_dataset):
@@ -84,6 +127,8 @@ def test_real_radiographs_and_the_monochrome1_twin_shown_inverted(client, shared
     ("huge.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (100000).to_bytes(4, "big") * 2 + b"\x08\x00\x00\x00\x00",
      413, "too large"),
     ("big.dcm", b"\x00" * ((3 << 20) + 10), 413, "larger than the limit"),
+    ("sliver.png", cv2.imencode(".png", np.zeros((1, 3000), np.uint8))[1].tobytes(), 413, "implausible image shape"),
+    ("needle.png", cv2.imencode(".png", np.zeros((2000, 100), np.uint8))[1].tobytes(), 413, "aspect ratio"),
 ])
 def test_bad_uploads_get_a_clear_4xx(client, name, data, status, message):
     response = _post(client, name, data)
@@ -122,6 +167,11 @@ def test_the_page_in_a_real_browser(weights, siim_dataset):
             page.dispatch_event("#threshold", "input")
             assert page.locator("#study .row").count() == 4 and page.locator("#none .row").count() == 1
             assert page.locator("#boxes li.box").count() > 0  # untrained detectors still propose boxes
+            pixels = "() => Array.from(document.getElementById('canvas').getContext('2d')" \
+                     ".getImageData(0, 0, 64, 64).data).reduce((a, b) => a + b, 0)"
+            before = page.evaluate(pixels)
+            page.check("#overlay")  # the opacity map is drawn over the radiograph
+            assert page.evaluate(pixels) != before
             (REPO / "runs").mkdir(exist_ok=True)
             page.screenshot(path=str(REPO / "runs" / "app_screenshot.png"), full_page=True)
             browser.close()

@@ -39,7 +39,7 @@ def test_trunk_moves_from_one_of_our_checkpoints_to_another_model(imagenet_style
     path, expected = imagenet_style_file
     backbone = MultiLabelClassifier(14, "resnext50_32x4d", str(path))
     state = {"model": backbone.state_dict(), "optimizer": {}, "scheduler": {}, "scaler": {}, "epoch": 1,
-             "config": vars(TrainConfig()), "metrics": {}}
+             "config": vars(TrainConfig()), "metrics": {}, "ema": None}
     checkpoint = save_checkpoint(tmp_path / "best.pt", state)
     study = StudyClassifier("resnext50_32x4d", str(checkpoint))
     for name, tensor in study.trunk.state_dict().items():

@@ -46,6 +46,27 @@ class DicomReadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class ImageSizeError(DicomReadError):
+    """An image whose declared shape is refused before anything is decoded (too many pixels, or a
+    shape no radiograph has); the web app answers it with 413."""
+
+
+MIN_SIDE = 8  # pixels: a thinner "radiograph" is a sliver, and previews would upscale it enormously
+MAX_ASPECT = 8.0  # longer side / shorter side; chest radiographs are near 1 (panoramas of 3 at most)
+
+
+def check_image_shape(label: str, rows: int, columns: int, max_pixels: int | None) -> None:
+    """Refuse (:class:`ImageSizeError`) a declared shape over ``max_pixels`` pixels or, when a bound is
+    given at all (untrusted input), a side under :data:`MIN_SIDE` or an aspect over :data:`MAX_ASPECT`."""
+    if max_pixels is None or rows <= 0 or columns <= 0:
+        return  # no shape declared (a truncated header): the decoder says what is wrong
+    if rows * columns > max_pixels:
+        raise ImageSizeError(label, f"image too large: {rows} x {columns} exceeds {max_pixels} pixels")
+    if min(rows, columns) < MIN_SIDE or max(rows, columns) > MAX_ASPECT * min(rows, columns):
+        raise ImageSizeError(label, f"implausible image shape {rows} x {columns} (sides of at least {MIN_SIDE} "
+                                    f"pixels and an aspect ratio up to {MAX_ASPECT:g} are accepted)")
+
+
 @dataclass(frozen=True)
 class DicomHeader:
     """The header fields later stages need (ids are the competition's 12-hex strings as stored)."""
@@ -273,10 +294,7 @@ def read_dicom(
     with lenient_dicom_values():
         ds = _open_dataset(source, label, stop_before_pixels=False)
         header = _header(ds, label)
-        if max_pixels is not None and header.rows * header.columns > max_pixels:
-            raise DicomReadError(
-                label, f"image too large: {header.rows} x {header.columns} exceeds {max_pixels} pixels"
-            )
+        check_image_shape(label, header.rows, header.columns, max_pixels)
         frame = _decode_first_frame(ds, header, label)
         try:
             if frame.ndim == 2 and header.photometric != "PALETTE COLOR":
@@ -348,8 +366,8 @@ def _read_bitmap(data: bytes, label: str, size, keep_aspect, dtype, max_pixels) 
     dims = _bitmap_size(data)
     if dims is None:
         raise DicomReadError(label, "not a DICOM, PNG or JPEG image")
-    if max_pixels is not None and dims[0] * dims[1] > max_pixels:
-        raise DicomReadError(label, f"image too large: {dims[0]} x {dims[1]} exceeds {max_pixels} pixels")
+    if max_pixels is not None:
+        check_image_shape(label, dims[0], dims[1], max_pixels)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise DicomReadError(label, "corrupt or truncated PNG/JPEG image")

@@ -1,0 +1,216 @@
+"""The study model's additions: the auxiliary segmentation head and its box masks, label smoothing,
+EMA of the weights in the engine (validation, checkpoints, exact resume), TTA views, timm trunks, and
+the ablation script on a tiny real run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_engine import LinearModel, TensorItems, _tiny_config
+
+from train import study_ablation
+from train.presets import build_transform
+from utils.boxes import boxes_to_mask
+from utils.config import ConfigError, load_section
+from utils.datasets import StudyDataset
+from utils.engine import ModelEma, fit, load_checkpoint
+from utils.models import StudyClassifier, WeightsError, segmentation_loss
+from utils.tta import EIGHT_VIEWS, StudyTTA, apply_view, check_views
+
+TARGETS = {"study": torch.tensor([0, 1]), "none": torch.tensor([1.0, 0.0])}
+
+
+def test_box_mask_covers_the_boxes_in_pixels():
+    mask = boxes_to_mask([[0.25, 0.5, 0.5, 1.0]], 8, 4)  # height 8, width 4
+    assert mask.shape == (8, 4) and mask.dtype == np.uint8
+    assert mask.sum() == 4 and mask[4:, 1].all() and not mask[:4].any()
+    assert not boxes_to_mask([], 5, 5).any()
+
+
+def test_segmentation_loss_ignores_invalid_images_and_rewards_the_right_mask():
+    masks = torch.zeros(2, 16, 16)
+    masks[0, :8, :8] = 1
+    right = torch.full((2, 1, 4, 4), -8.0)
+    right[0, 0, :2, :2] = 8.0
+    wrong = -right
+    valid = torch.tensor([1.0, 1.0])
+    assert segmentation_loss(right, masks, valid) < 0.01 < 1.0 < segmentation_loss(wrong, masks, valid)
+    # The second image's wrong prediction does not count once it is not valid.
+    mixed = torch.stack([right[0], wrong[1]])
+    assert segmentation_loss(mixed, masks, torch.tensor([1.0, 0.0])) < 0.01
+    assert segmentation_loss(wrong, masks, torch.zeros(2)).item() == 0.0
+
+
+def test_auxiliary_head_trains_only_when_asked_and_is_skipped_in_prediction():
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
+    masks[1, 8:40, 8:30] = 1
+    targets = {**TARGETS, "mask": masks, "mask_valid": torch.tensor([1.0, 1.0])}
+    model = StudyClassifier("resnet18", None, seg_weight=0.5)
+    outputs = model(images, targets)
+    assert outputs["mask_logits"].shape == (2, 1, 8, 8)  # stride 8
+    assert outputs["loss_seg"].item() == pytest.approx(
+        0.5 * segmentation_loss(outputs["mask_logits"], masks, targets["mask_valid"]).item(), rel=1e-5)
+    model.eval()
+    assert "mask_logits" not in model(images) and model(images, with_mask=True)["mask_logits"].shape == (2, 1, 8, 8)
+    plain = StudyClassifier("resnet18", None)
+    assert plain.decoder is None and "loss_seg" not in plain(images, targets)
+    assert not any(k.startswith("decoder.") for k in plain.state_dict())
+    with pytest.raises(ValueError, match="seg_weight"):
+        StudyClassifier("resnet18", None, seg_weight=-1)
+
+
+def test_label_smoothing_softens_both_targets():
+    torch.manual_seed(0)
+    model = StudyClassifier("resnet18", None, label_smoothing=0.1).eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(2, 3, 32, 32), TARGETS)
+    logits = outputs["study_logits"]
+    assert outputs["loss_study"].item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, TARGETS["study"], label_smoothing=0.1).item(), rel=1e-5)
+    soft_none = torch.tensor([0.95, 0.05])
+    assert outputs["loss_none"].item() == pytest.approx(
+        torch.nn.functional.binary_cross_entropy_with_logits(outputs["none_logits"], soft_none).item(), rel=1e-5)
+
+
+def test_study_dataset_moves_the_mask_with_the_image(tmp_path):
+    import cv2
+
+    image = np.zeros((40, 40), np.uint8)
+    image[:, :10] = 255  # bright left band: where the box is
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    target = {"study": 1, "none": 0.0, "boxes": np.array([[0.0, 0.0, 0.25, 1.0]]), "mask_valid": 1.0}
+    flip_only = build_transform("study_eval", 40)
+    flip_only.transforms.insert(1, __import__("albumentations").HorizontalFlip(p=1.0))
+    for transform, side in ((build_transform("study_eval", 40), slice(0, 10)), (flip_only, slice(30, 40))):
+        dataset = StudyDataset([tmp_path / "a.png"], [target], transform)
+        tensor, out, _ = dataset[0]
+        assert out["mask"].shape == (40, 40) and out["mask"].dtype == torch.uint8
+        assert out["mask"][:, side].all() and out["mask"].sum() == 400
+        assert (tensor[0][:, side] > 0).all()  # the bright band went the same way
+        assert set(out) == {"study", "none", "mask", "mask_valid"}
+
+
+def test_tta_views_and_their_average():
+    batch = torch.randn(2, 3, 32, 32)
+    assert torch.equal(apply_view(batch, "identity"), batch)
+    assert torch.equal(apply_view(batch, "hflip"), batch.flip(-1))
+    assert torch.allclose(apply_view(batch, "zoom_in+hflip"), apply_view(batch, "zoom_in").flip(-1), atol=1e-6)
+    for view in EIGHT_VIEWS:
+        assert apply_view(batch, view).shape == batch.shape
+    with pytest.raises(ValueError, match="zoom_sideways"):
+        check_views(["identity", "hflip+zoom_sideways"])
+    with pytest.raises(ValueError, match="at least one"):
+        check_views([])
+    torch.manual_seed(0)
+    model = StudyClassifier("resnet18", None).eval()
+    with torch.no_grad():
+        plain = StudyClassifier.probabilities(model(batch))
+        single = StudyClassifier.probabilities(StudyTTA(model, ["identity"])(batch))
+        flipped = StudyClassifier.probabilities(model(batch.flip(-1)))
+        both = StudyClassifier.probabilities(StudyTTA(model, ["identity", "hflip"])(batch))
+    assert torch.allclose(single[0], plain[0], atol=1e-6) and torch.allclose(single[1], plain[1], atol=1e-6)
+    assert torch.allclose(both[0], (plain[0] + flipped[0]) / 2, atol=1e-6)
+    assert torch.allclose(both[1], (plain[1] + flipped[1]) / 2, atol=1e-6)
+
+
+def test_unknown_view_in_a_config_is_a_config_error(tmp_path):
+    from train.train_study import StudyConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("study:\n  arch: resnet18\n  tta_views: [identity, mirror]\n")
+    with pytest.raises(ConfigError, match=r"c.yaml \[study\].*unknown TTA view 'mirror'"):
+        load_section(path, "study", StudyConfig)
+
+
+def test_ema_follows_the_weights_with_its_warm_up():
+    model = torch.nn.Linear(2, 1)
+    ema = ModelEma(model, decay=0.99)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    before = ema.module.weight.clone()
+    ema.update(model)  # first update: decay min(0.99, 2/11)
+    expected = before + (1 - 2 / 11) * (model.weight - before)
+    assert torch.allclose(ema.module.weight, expected)
+    with pytest.raises(ValueError, match="ema_decay"):
+        ModelEma(model, decay=1.0)
+
+
+class CrashingModel(LinearModel):
+    """Raises at training call ``crash_at`` (a killed run)."""
+
+    def __init__(self, crash_at: int):
+        super().__init__()
+        self.crash_at = crash_at
+
+    def forward(self, x, y=None):
+        if self.training and self.calls + 1 == self.crash_at:
+            raise RuntimeError("simulated kill")
+        return super().forward(x, y)
+
+
+def test_fit_with_ema_validates_saves_and_resumes_the_average(tmp_path):
+    config = _tiny_config(ema_decay=0.9, epochs=3)
+    torch.manual_seed(0)
+    straight = fit(LinearModel(), TensorItems(16), TensorItems(8), config, tmp_path / "straight", progress=False)
+    state = load_checkpoint(straight.last_checkpoint)
+    assert state["ema"]["updates"] == 12  # 4 steps x 3 epochs
+    assert not torch.equal(state["model"]["linear.weight"], state["ema"]["train_model"]["linear.weight"])
+    # Validation saw the average: its loss is the loss of the "model" weights.
+    average = LinearModel()
+    average.load_state_dict(state["model"])
+    x, y = TensorItems(8).x, TensorItems(8).y
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(average.linear(x), y).item()
+    assert state["metrics"]["history"][-1]["val_loss"] == pytest.approx(expected, rel=1e-5)
+
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        fit(CrashingModel(crash_at=6), TensorItems(16), TensorItems(8), config, tmp_path / "resumed", progress=False)
+    torch.manual_seed(0)
+    resumed = load_checkpoint(fit(LinearModel(), TensorItems(16), TensorItems(8), config, tmp_path / "resumed",
+                                  resume=True, progress=False).last_checkpoint)
+    for name, tensor in state["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    for name, tensor in state["ema"]["train_model"].items():
+        assert torch.equal(tensor, resumed["ema"]["train_model"][name]), name
+    assert resumed["ema"]["updates"] == 12
+
+
+def test_timm_trunk_random_and_from_a_local_file(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = StudyClassifier("timm:resnet18", None, seg_weight=0.5)
+    outputs = model(torch.randn(2, 3, 64, 64), {**TARGETS, "mask": torch.zeros(2, 64, 64, dtype=torch.uint8),
+                                               "mask_valid": torch.ones(2)})
+    assert outputs["study_logits"].shape == (2, 4) and outputs["mask_logits"].shape == (2, 1, 8, 8)
+    reference = timm.create_model("resnet18", pretrained=False)
+    torch.save(reference.state_dict(), tmp_path / "timm_resnet18.pth")
+    loaded = StudyClassifier("timm:resnet18", str(tmp_path / "timm_resnet18.pth"))
+    assert torch.equal(loaded.trunk.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    with pytest.raises(WeightsError, match="does not fit timm model"):
+        StudyClassifier("timm:efficientnet_b0", str(tmp_path / "timm_resnet18.pth"))
+    with pytest.raises(ValueError, match="unknown timm model"):
+        StudyClassifier("timm:no_such_net", None)
+
+
+def test_ablation_runs_every_variant_and_writes_its_table(detection_prepared, tmp_path):
+    out = tmp_path / "ablation"
+    argv = ["--prepared", str(detection_prepared), "--config", "train/configs/demo.yaml", "--out", str(out),
+            "--variants", "plain", "seg_ema", "--no-progress", "--set", "epochs=1", "image_size=32",
+            "batch_size=8", "workers=0", "folds=[0]", "backbone=none", "arch=resnet18", "device=cpu", "amp=off"]
+    assert study_ablation.main(argv) == 0
+    rows = json.loads((out / "ablation.json").read_text())
+    assert [r["variant"] for r in rows][:3] == ["prior", "plain", "seg_ema"]
+    assert {r["variant"].split(" + TTA ")[-1] for r in rows[3:]} == {"hflip", "8 views"}
+    assert all(0 <= r["study_map"] <= 1 for r in rows)
+    table = (out / "ablation.md").read_text()
+    assert "| prior |" in table and "Command: `python train/study_ablation.py" in table
+    # The seg variant really trained the head, and its OOF went through the identity view only.
+    metrics = (out / "seg_ema" / "fold0" / "metrics.csv").read_text()
+    assert "train_loss_seg" in metrics
+    config = (out / "seg_ema" / "config.yaml").read_text()
+    assert "- identity" in config and "ema_decay: 0.997" in config
