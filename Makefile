@@ -24,6 +24,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 # The main job on the built-in synthetic dataset: generate (SIIM layout + NIH + RSNA companions) ->

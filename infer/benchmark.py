@@ -55,6 +55,7 @@ from utils.engine import (
     resolve_precision,
     train_one_epoch,
 )
+from utils.files import write_text_atomic
 from utils.models import ARCHITECTURES, MultiLabelClassifier
 from utils.nih import NIH_FINDINGS
 from utils.synthetic import display_to_stored, render_chest, write_dicom
@@ -189,23 +190,20 @@ def write_untrained_weights(weights_dir, config_path, folds: int = 1, overrides:
     section: the speed of prediction does not depend on what the weights learned."""
     from dataclasses import asdict
 
-    from train.train_frcnn import SECTION as FRCNN
-    from train.train_frcnn import FrcnnConfig
-    from train.train_study import SECTION as STUDY
-    from train.train_study import StudyConfig
-    from train.train_yolo import SECTION as YOLO
-    from train.train_yolo import YoloConfig
     from utils.config import load_section, load_yaml_section
     from utils.frcnn import detector_from_config
+    from utils.kinds.frcnn import FrcnnConfig
+    from utils.kinds.study import StudyConfig
+    from utils.kinds.yolo import YoloConfig
     from utils.manifest import register_ensemble, register_model
     from utils.models import PRETRAINED_NONE, StudyClassifier
     from utils.yolo import import_ultralytics
 
     weights_dir = Path(weights_dir)
     overrides = overrides or {}
-    study = load_section(config_path, STUDY, StudyConfig, overrides.get(STUDY))
-    frcnn = load_section(config_path, FRCNN, FrcnnConfig, overrides.get(FRCNN))
-    yolo = load_section(config_path, YOLO, YoloConfig, overrides.get(YOLO))
+    study = load_section(config_path, "study", StudyConfig, overrides.get("study"))
+    frcnn = load_section(config_path, "frcnn", FrcnnConfig, overrides.get("frcnn"))
+    yolo = load_section(config_path, "yolo", YoloConfig, overrides.get("yolo"))
     torch.manual_seed(0)
     files = {name: {k: f"{name}/fold{k}.pt" for k in range(folds)} for name in ("study", "faster_rcnn", "yolo")}
     for relative in (p for fold_files in files.values() for p in fold_files.values()):
@@ -411,7 +409,7 @@ def main(argv=None) -> dict:
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        write_text_atomic(args.out, text + "\n")
     return result
 
 

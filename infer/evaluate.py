@@ -32,12 +32,12 @@ import pandas as pd
 
 from infer.baseline_submission import baseline_rows
 from infer.predictor import SECTION, EnsembleConfig, ImagePrediction, assemble_submission, fuse_sources
-from train.cli import DEFAULT_CONFIG
 from utils.boxes import as_boxes
 from utils.classification import study_classifier_scores
-from utils.config import ConfigError, load_section, parse_overrides
+from utils.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
 from utils.detection import box_submission, detector_scores
 from utils.files import atomic_path
+from utils.kinds import KINDS
 from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 from utils.manifest import register_ensemble
 from utils.metric import class_detections, ground_truth_from_table, precision_recall, score
@@ -45,7 +45,7 @@ from utils.predictions import BOX_COLUMNS, NONE_PROB_COLUMN, STUDY_PROB_COLUMNS,
 from utils.prepare import read_meta
 
 log = logging.getLogger("evaluate")
-STAGE_FOLDERS = ("study", "frcnn", "yolo")
+STAGE_FOLDERS = tuple(KINDS)  # each kind's run folder under the run
 
 
 def get_args_parser() -> argparse.ArgumentParser:

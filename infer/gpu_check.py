@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from utils.files import write_json_atomic, write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("training", "real256", "inference", "epochs")
 # Toy sizes for --smoke (the same keys the tests use for their tiny real runs).
@@ -309,9 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         "parts": [{"name": p.name, "status": p.status, "seconds": p.seconds, "cap_s": p.cap_s, "figures": p.figures,
                    "command": " ".join(p.command)} for p in parts],
     }
-    (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(out / "gpu_check.json", result)
     table = markdown(result)
-    (out / "gpu_check.md").write_text(table)
+    write_text_atomic(out / "gpu_check.md", table)
     print(table)
     return 0 if all(p.status == "ok" for p in parts) else 1
 

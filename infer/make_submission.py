@@ -17,20 +17,20 @@ sample submission, in its order; an unreadable image is logged and gets a fallba
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from infer.predictor import SECTION, Ensemble, ensemble_config, write_ensemble_submission
 from utils.config import ConfigError, load_yaml_section, parse_overrides
+from utils.files import write_json_atomic
 from utils.manifest import ManifestError, read_manifest
 from utils.prepare import PreparationInputError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", required=True, type=Path, 
+    parser.add_argument("--data-dir", required=True, type=Path,
                         help="competition folder (test/, sample_submission.csv)")
     parser.add_argument("--test-meta", type=Path, default=None,
                         help="resized copy only: table of the test images and their studies (imageid, studyid)")
@@ -39,7 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the ensemble config's)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per model call")
     parser.add_argument("--workers", type=int, default=None, help="DICOM decoding processes")
-    parser.add_argument("--config", type=Path, default=None, 
+    parser.add_argument("--config", type=Path, default=None,
                         help=f"YAML whose '{SECTION}' section overrides the manifest's")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override ensemble keys, e.g. --set tta_hflip=false wbf_iou_thr=0.6")
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {summary['out']}: {summary['rows']} rows for {summary['images']} images in "
           f"{summary['seconds']:.1f} s ({1000 * summary['seconds_per_image']:.0f} ms per image on {ensemble.device}; "
           f"models loaded in {ensemble.load_seconds:.1f} s)")
-    (args.out.parent / f"{args.out.stem}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(args.out.parent / f"{args.out.stem}_summary.json", summary)
     return 0
 
 

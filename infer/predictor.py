@@ -26,28 +26,25 @@ gets a fallback row, so the submission is always complete.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.boxes import as_boxes, denormalize_xyxy, hflip_xyxy
+from utils.boxes import as_boxes, denormalize_xyxy
 from utils.config import from_mapping
 from utils.dicom import DicomReadError, read_radiograph, resize_image
-from utils.engine import Precision, resolve_device, resolve_precision
-from utils.frcnn import detector_from_config, load_detector_state, unpad_detections
-from utils.fusion import WBF_CONF_TYPES, blend_none, fuse_boxes
+from utils.engine import resolve_device, resolve_precision
+from utils.fusion import EnsembleConfig, blend_none, fuse_boxes
+from utils.kinds import KINDS
+from utils.kinds.base import classifier_input, detector_input  # noqa: F401 - the predictor's input contract
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX, strip_suffix
 from utils.manifest import ManifestError, read_manifest
-from utils.models import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED_NONE, StudyClassifier
-from utils.tta import FLIP, PLAIN, StudyTTA, check_views
 from utils.submission import image_prediction_string, study_prediction_string, write_submission
 
 log = logging.getLogger(__name__)
@@ -57,27 +54,6 @@ NEGATIVE = STUDY_CLASSES.index("negative")
 # A study none of whose images could be read: every class equally likely (no information).
 UNINFORMED_STUDY = np.full(len(STUDY_CLASSES), 1.0 / len(STUDY_CLASSES))
 UNINFORMED_NONE = 0.5
-
-
-@dataclass
-class EnsembleConfig:
-    """The ``ensemble`` section of a config (kept in the manifest by ``train/train_all.py``)."""
-
-    tta_hflip: bool = True
-    model_weights: dict[str, float] = field(default_factory=dict)
-    wbf_iou_thr: float = 0.55
-    wbf_skip_box_thr: float = 0.001
-    wbf_conf_type: Literal[WBF_CONF_TYPES] = "avg"
-    max_boxes: int = 100
-    none_classifier_weight: float = 1.0
-    none_study_weight: float = 1.0
-    none_boxes_weight: float = 1.0
-    negative_classifier_weight: float = 1.0
-    negative_boxes_weight: float = 1.0
-    batch_size: int = 8
-    workers: int = 2
-    device: str = "auto"
-    amp: str = "auto"
 
 
 def ensemble_config(manifest: dict, overrides: dict | None = None, source: str = "manifest") -> EnsembleConfig:
@@ -198,155 +174,7 @@ class ImagePrediction:
     opacity_map: np.ndarray | None = None  # (h, w) in [0, 1] over the image, when asked and available
 
 
-def detector_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, H, W)`` -> float ``(B, 3, H, W)`` in [0, 1]: the ``detector_eval`` preset's output
-    (torchvision's detectors normalise inside the model; YOLO takes [0, 1])."""
-    return images.float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
-
-
-def classifier_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, H, W)`` -> the ``study_eval`` preset's output: ImageNet-normalised ``(B, 3, H, W)``,
-    computed on the images' device."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (detector_input(images) - mean) / std
-
-
-class _Member:
-    kind = ""
-
-    def __init__(self, name: str, spec: dict, weights_dir: Path):
-        self.name = name
-        self.spec = spec
-        self.config = spec.get("config", {})
-        self.input_size = int(spec["input_size"])
-        self.folds = [int(f) for f in spec["folds"]]
-        self.files = [Path(weights_dir) / spec["files"][str(f)] for f in self.folds]
-        missing = [str(p) for p in self.files if not p.is_file()]
-        if missing:
-            raise ManifestError(f"model {name!r}: weights file(s) not found: {missing}")
-
-
-class StudyMember(_Member):
-    """The study classifier's folds: study class and none probabilities, averaged over folds and the
-    model's TTA views (its config's ``tta_views``; the identity alone when the ensemble's
-    ``tta_hflip`` is off), and on request the auxiliary head's opacity map."""
-
-    kind = "study_classifier"
-
-    def __init__(self, name, spec, weights_dir, device: torch.device):
-        super().__init__(name, spec, weights_dir)
-        self.models = []
-        for path in self.files:
-            model = StudyClassifier.from_config(self.config, PRETRAINED_NONE)
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            self.models.append(model.to(device).eval())
-        self.views = check_views(self.config.get("tta_views", FLIP))
-
-    @property
-    def has_opacity_map(self) -> bool:
-        return self.models[0].decoder is not None
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, tta: bool, precision: Precision,
-                with_opacity_map: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """uint8 ``(B, S, S)`` on the device -> ``(study probabilities (B, 4), none probability (B,),
-        opacity probability maps (B, h, w) of the unaugmented image, or None)``."""
-        batch = classifier_input(images)
-        views = self.views if tta else PLAIN
-        study, none, maps = 0.0, 0.0, None
-        want_maps = with_opacity_map and self.has_opacity_map
-        for model in self.models:
-            with torch.autocast(batch.device.type, dtype=precision.dtype, enabled=precision.enabled):
-                study_probs, none_probs = StudyClassifier.probabilities(StudyTTA(model, views)(batch))
-                if want_maps:
-                    fold_maps = model(batch, with_mask=True)["mask_logits"].float().sigmoid()[:, 0]
-                    maps = fold_maps if maps is None else maps + fold_maps
-            study = study + study_probs
-            none = none + none_probs
-        n = len(self.models)
-        return ((study / n).cpu().numpy().astype(np.float64), (none / n).cpu().numpy().astype(np.float64),
-                None if maps is None else (maps / n).cpu().numpy())
-
-
-Detections = list[tuple[np.ndarray, np.ndarray]]  # per source: (XYXY_NORM boxes (n, 4), scores (n,))
-
-
-def _with_flipped(per_image: list[Detections], flipped: list[Detections]) -> list[Detections]:
-    """Each image's sources plus its mirror image's sources with the boxes flipped back."""
-    return [own + [(hflip_xyxy(b, 1.0), s) for b, s in mirror] for own, mirror in zip(per_image, flipped)]
-
-
-class FasterRCNNMember(_Member):
-    kind = "faster_rcnn"
-
-    def __init__(self, name, spec, weights_dir, device: torch.device):
-        super().__init__(name, spec, weights_dir)
-        self.models = []
-        for path in self.files:
-            model = detector_from_config(self.config, PRETRAINED_NONE, self.input_size)
-            load_detector_state(model, torch.load(path, map_location="cpu", weights_only=True), path)
-            self.models.append(model.to(device).eval())
-
-    @property
-    def n_sources_per_flip(self) -> int:
-        return len(self.models)
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> list[Detections]:
-        """uint8 ``(B, S, S)`` on the device -> per image, one ``(boxes, scores)`` per fold and flip."""
-        batch = detector_input(images)
-        inputs = list(batch) + (list(batch.flip(-1)) if tta else [])
-        per_input: list[Detections] = [[] for _ in inputs]
-        for model in self.models:
-            with torch.autocast(batch.device.type, dtype=precision.dtype, enabled=precision.enabled):
-                outputs = model(inputs)
-            for k, found in enumerate(unpad_detections({key: v.cpu() for key, v in outputs.items()})):
-                per_input[k].append(found)
-        n = len(images)
-        return _with_flipped(per_input[:n], per_input[n:]) if tta else per_input
-
-
-class YoloMember(_Member):
-    kind = "yolo"
-
-    def __init__(self, name, spec, weights_dir, device: torch.device):
-        super().__init__(name, spec, weights_dir)
-        from utils.yolo import import_ultralytics
-
-        if self.input_size % 32:
-            raise ManifestError(f"model {name!r}: YOLO input size {self.input_size} is not a multiple of 32")
-        settings = os.environ.get("YOLO_CONFIG_DIR") or str(Path(tempfile.gettempdir()) / "siim-ultralytics")
-        ultralytics = import_ultralytics(settings)
-        self.models = [ultralytics.YOLO(str(path), task="detect") for path in self.files]
-        self.device = device
-        self.options = {"imgsz": self.input_size, "conf": float(self.config.get("score_threshold", 0.001)),
-                        "iou": float(self.config.get("nms_threshold", 0.6)),
-                        "max_det": int(self.config.get("detections_per_image", 100))}
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> list[Detections]:
-        batch = detector_input(images).contiguous()  # a BCHW tensor in [0, 1] is taken as preprocessed
-        inputs = torch.cat([batch, batch.flip(-1)]) if tta else batch
-        device = "cpu" if self.device.type == "cpu" else str(self.device)
-        per_input: list[Detections] = [[] for _ in range(len(inputs))]
-        threads = torch.get_num_threads()
-        for model in self.models:
-            try:
-                results = model.predict(inputs, device=device, verbose=False, save=False,
-                                        half=precision.dtype == torch.float16 and precision.enabled, **self.options)
-            finally:
-                # ultralytics' select_device sets cpu_count - 1 threads on the CPU (half the cores of a
-                # 2-core machine) for the whole process; the other models need them all.
-                torch.set_num_threads(threads)
-            for k, result in enumerate(results):
-                per_input[k].append((result.boxes.xyxyn.float().cpu().numpy().astype(np.float64),
-                                     result.boxes.conf.float().cpu().numpy().astype(np.float64)))
-        n = len(images)
-        return _with_flipped(per_input[:n], per_input[n:]) if tta else per_input
-
-
-MEMBER_TYPES = {m.kind: m for m in (StudyMember, FasterRCNNMember, YoloMember)}
+MEMBER_TYPES = {kind.manifest_kind: kind.member_class for kind in KINDS.values()}
 
 
 class Ensemble:
@@ -382,7 +210,7 @@ class Ensemble:
     @property
     def has_opacity_map(self) -> bool:
         """Whether a study model has the auxiliary segmentation head (``with_opacity_map`` gives maps)."""
-        return any(m.kind == StudyMember.kind and m.has_opacity_map for m in self.members)
+        return any(getattr(m, "has_opacity_map", False) for m in self.members)
 
     def device_batch(self, images: list[InputImage], size: int) -> torch.Tensor:
         array = np.stack([image.pixels[size] for image in images])
@@ -403,7 +231,7 @@ class Ensemble:
             sources: list[list] = [[] for _ in readable]
             weights: list[list] = [[] for _ in readable]
             for member in self.members:
-                if member.kind == StudyMember.kind:
+                if not member.predicts_boxes:
                     study, none, maps = member.predict(batches[member.input_size], tta, self.precision,
                                                        with_opacity_map)
                     continue

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from train.train_backbone import BackboneConfig
-from train.train_study import StudyConfig
 from utils.config import ConfigError, load_section, parse_overrides, save_config
+from utils.kinds.study import StudyConfig
+from utils.nih import BackboneConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "train" / "configs").glob("*.yaml"))
 SECTIONS = {"backbone": BackboneConfig, "study": StudyConfig}

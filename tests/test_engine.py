@@ -15,7 +15,6 @@ import torch
 from conftest import REPO, TINY_BACKBONE
 from torch import nn
 
-from train.presets import build_transform
 from utils.datasets import ImageDataset
 from utils.engine import (
     CHECKPOINT_KEYS,
@@ -30,6 +29,7 @@ from utils.engine import (
 )
 from utils.models import MultiLabelClassifier
 from utils.nih import NIH_FINDINGS, assign_nih_splits, load_nih_entries
+from utils.presets import build_transform
 
 
 def test_schedule_values_of_the_report():

@@ -15,7 +15,6 @@ from conftest import REPO
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from train import train_frcnn
-from train.presets import build_transform
 from utils.boxes import denormalize_xyxy, normalize_xyxy
 from utils.datasets import DetectionDataset
 from utils.engine import collate_detection, load_checkpoint
@@ -24,6 +23,7 @@ from utils.manifest import read_manifest
 from utils.models import WeightsError
 from utils.predictions import PREDICTION_COLUMNS, read_predictions
 from utils.prepare import decode_one
+from utils.presets import build_transform
 from utils.synthetic import display_to_stored, make_rsna_dataset, write_dicom
 
 TINY_FRCNN = ["epochs=1", "pretrain_epochs=1", "image_size=64", "predict_size=96", "batch_size=4",

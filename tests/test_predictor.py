@@ -24,10 +24,10 @@ from infer.predictor import (
     decode_test_image,
     detector_input,
 )
-from train.presets import build_transform
 from utils.boxes import as_boxes, hflip_xyxy
 from utils.manifest import ManifestError
 from utils.prepare import decode_one, find_dicoms, image_path
+from utils.presets import build_transform
 from utils.submission import parse_prediction_string
 
 DEMO = REPO / "train" / "configs" / "demo.yaml"

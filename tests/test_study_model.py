@@ -12,12 +12,12 @@ import torch
 from test_engine import LinearModel, TensorItems, _tiny_config
 
 from train import study_ablation
-from train.presets import build_transform
 from utils.boxes import boxes_to_mask
 from utils.config import ConfigError, load_section
 from utils.datasets import StudyDataset
 from utils.engine import ModelEma, fit, load_checkpoint
 from utils.models import StudyClassifier, WeightsError, segmentation_loss
+from utils.presets import build_transform
 from utils.tta import EIGHT_VIEWS, StudyTTA, apply_view, check_views
 
 TARGETS = {"study": torch.tensor([0, 1]), "none": torch.tensor([1.0, 0.0])}
@@ -119,7 +119,7 @@ def test_tta_views_and_their_average():
 
 
 def test_unknown_view_in_a_config_is_a_config_error(tmp_path):
-    from train.train_study import StudyConfig
+    from utils.kinds.study import StudyConfig
 
     path = tmp_path / "c.yaml"
     path.write_text("study:\n  arch: resnet18\n  tta_views: [identity, mirror]\n")

@@ -7,11 +7,10 @@ import json
 import pandas as pd
 import pytest
 
-from train.train_backbone import BackboneConfig
 from utils.classification import format_multilabel_table, multilabel_report
 from utils.config import load_section
 from utils.engine import load_checkpoint
-from utils.nih import NIH_FINDINGS
+from utils.nih import NIH_FINDINGS, BackboneConfig
 
 
 def test_backbone_run_writes_every_artefact(backbone_run):

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "full.yaml"
+from utils.config import DEFAULT_CONFIG
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, section: str, default_out: str, resume: bool = True) -> None:
@@ -24,3 +24,35 @@ def add_run_arguments(parser: argparse.ArgumentParser, section: str, default_out
 
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def kind_parser(kind, doc: str, default_out: str) -> argparse.ArgumentParser:
+    """The command line every model kind's training script shares."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepared", required=True, type=Path, help="meta.csv written by train/prepare.py")
+    parser.add_argument("--weights-dir", type=Path, default=None,
+                        help="where to export the fold weights and register them in manifest.json")
+    add_run_arguments(parser, kind.section, default_out, resume=kind.resumable)
+    return parser
+
+
+def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
+             parser: argparse.ArgumentParser | None = None, before=None) -> int:
+    """A thin training script: parse, load the kind's config section, train every fold
+    (:func:`utils.kinds.train_folds`). ``before(config, args, options)`` may return a changed config
+    (Faster R-CNN's RSNA pre-training). Config and data problems exit with the message, not a traceback."""
+    from utils.config import ConfigError, load_section, parse_overrides
+    from utils.kinds import RunOptions, TrainingError, train_folds
+
+    args = (parser or kind_parser(kind, doc, default_out)).parse_args(argv)
+    configure_logging()
+    try:
+        config = load_section(args.config, kind.section, kind.config_class, parse_overrides(args.overrides))
+        options = RunOptions(prepared=args.prepared, out=args.out, weights_dir=args.weights_dir,
+                             resume=getattr(args, "resume", False), progress=not args.no_progress)
+        if before is not None:
+            config = before(config, args, options)
+        train_folds(kind, config, options)
+    except (ConfigError, TrainingError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    return 0

@@ -23,8 +23,9 @@ from utils.prepare import PreparationInputError, prepare_data
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", required=True, help="competition folder (train/<study>/<series>/*.dcm) or resized copy "
-                        "(train/<id>.jpg|png, meta.csv), with train_*_level.csv")
+    parser.add_argument("--data-dir", required=True,
+                        help="competition folder (train/<study>/<series>/*.dcm) or resized copy "
+                             "(train/<id>.jpg|png, meta.csv), with train_*_level.csv")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--size", type=int, action="append", dest="sizes",
                         help="square PNG size; repeat for several (default 1024)")

@@ -17,7 +17,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +28,10 @@ from train.cli import configure_logging
 from utils.classification import study_classifier_scores
 from utils.config import load_section, parse_overrides
 from utils.engine import load_checkpoint
-from utils.files import atomic_path
+from utils.files import write_json_atomic, write_text_atomic
+from utils.kinds import KINDS
+from utils.kinds.study import load_study_table
 from utils.labels import STUDY_CLASSES
-from utils.models import PRETRAINED_NONE, StudyClassifier
 from utils.predictions import classifier_rows
 from utils.prepare import fold_split, select_folds
 from utils.tta import EIGHT_VIEWS, FLIP, PLAIN
@@ -93,16 +94,17 @@ def run_variant(name: str, overrides: list[str], args) -> Path:
 
 def tta_rows(run: Path, variant_overrides: list[str], table: pd.DataFrame, args) -> list[dict]:
     """The run's fold weights predicting their held-out folds through each view list of TTA_ROWS."""
-    config = load_section(args.config, train_study.SECTION, train_study.StudyConfig, parse_overrides(variant_overrides))
+    kind = KINDS["study"]
+    config = load_section(args.config, kind.section, kind.config_class, parse_overrides(variant_overrides))
     rows = []
     for label, views in TTA_ROWS.items():
         oof = []
+        viewed = replace(config, tta_views=list(views), backbone="none")
         for fold in select_folds(table, config.folds, args.prepared):
             _, _, held_out = fold_split(table, fold, args.prepared)
-            model = StudyClassifier.from_config(asdict(config), PRETRAINED_NONE)
+            model = kind.build_model(viewed)
             model.load_state_dict(load_checkpoint(run / f"fold{fold}" / "best.pt")["model"])
-            oof.append(train_study.predict_held_out(model, held_out, fold, config, views,
-                                                    progress=not args.no_progress))
+            oof.append(kind.predict_frame(model, held_out, fold, viewed, progress=not args.no_progress))
         scores = study_classifier_scores(pd.concat(oof, ignore_index=True), table)
         rows.append(scores_row(f"{run.name} + TTA {label}", f"{len(views)} views: {', '.join(views)}", scores))
     return rows
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging()
     common = [*args.overrides, f"tta_views={list(PLAIN)}"]
-    table = train_study.load_table(args.prepared, 0, with_boxes=True)
+    table = load_study_table(args.prepared, 0, with_boxes=True)
     rows, finished = [], {}
     for name in args.variants:
         change, overrides = VARIANTS[name]
@@ -141,11 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     best = max(rows[1:], key=lambda row: row["study_map"])["variant"]
     rows += tta_rows(*finished[best], table, args)
     args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out / "ablation.json") as temporary:
-        Path(temporary).write_text(json.dumps(rows, indent=2) + "\n")
+    write_json_atomic(args.out / "ablation.json", rows)
     text = markdown(rows, args)
-    with atomic_path(args.out / "ablation.md") as temporary:
-        Path(temporary).write_text(text)
+    write_text_atomic(args.out / "ablation.md", text)
     print(text)
     return 0
 

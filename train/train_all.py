@@ -34,31 +34,48 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from train.cli import DEFAULT_CONFIG, configure_logging
-from utils.config import ConfigError, load_section, load_yaml_section, parse_overrides
+from utils.config import ConfigError, load_section, parse_overrides
 from utils.files import atomic_path
+from utils.fusion import EnsembleConfig
+from utils.kinds import KINDS
+from utils.models import PRETRAINED_IMAGENET, PRETRAINED_NONE
+from utils.nih import BackboneConfig
 
 log = logging.getLogger("train_all")
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("prepare", "backbone", "frcnn", "yolo", "study", "evaluate")
+STAGES = ("prepare", "backbone", *KINDS, "evaluate")  # every model kind in the registry's order
 SECTION = "prepare"
-CONFIG_SECTIONS = (SECTION, "backbone", "frcnn", "yolo", "study", "ensemble")
 
 
 @dataclass
 class PrepareConfig:
+    """The ``prepare`` section: train/prepare.py's options (the sizes come from the models' sections)."""
+
     folds: int = 5
     seed: int = 42
     workers: int = 8
     patients: str | None = None
 
+    def __post_init__(self):
+        if self.folds < 2 or self.workers < 0:
+            raise ValueError(f"folds must be at least 2 and workers >= 0, got {self.folds}, {self.workers}")
+
+
+# Every section of a config file and its schema.
+SCHEMAS = {SECTION: PrepareConfig, "backbone": BackboneConfig,
+           **{name: kind.config_class for name, kind in KINDS.items()}, "ensemble": EnsembleConfig}
+CONFIG_SECTIONS = tuple(SCHEMAS)
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", required=True, type=Path, help="competition folder (DICOMs) or a resized copy of it (train/<id>.jpg|png, meta.csv), with the label CSVs")
+    parser.add_argument("--data-dir", required=True, type=Path,
+                        help="competition folder (DICOMs) or a resized copy of it (train/<id>.jpg|png, meta.csv), "
+                             "with the label CSVs")
     parser.add_argument("--out", required=True, type=Path, help="run folder for every stage")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML with every stage's section")
     parser.add_argument("--nih-dir", type=Path, default=None, help="NIH ChestX-ray14 folder for the backbone")
-    parser.add_argument("--rsna-dir", type=Path, default=None, 
+    parser.add_argument("--rsna-dir", type=Path, default=None,
                         help="RSNA Pneumonia folder for Faster R-CNN pre-training")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a stage's config key, e.g. --set frcnn.epochs=2 'study.folds=[0]'")
@@ -80,14 +97,44 @@ def split_overrides(items: list[str]) -> dict[str, list[str]]:
     return dict(by_section)
 
 
-def prepared_sizes(config_path: Path, overrides: dict[str, list[str]]) -> list[int]:
+def check_config(config_path: Path, overrides: dict[str, list[str]], args) -> dict:
+    """Every section of the file through its schema (types, allowed values, ranges) and every path it
+    names that must exist before its stage runs, all before the first stage: a misspelt key of the
+    last stage fails in the first seconds, naming the file and the key. Returns section -> config."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(config_path).read_text()) if Path(config_path).is_file() else None
+    except yaml.YAMLError:
+        document = None  # load_yaml_section reports it
+    unknown = sorted(set(document) - set(SCHEMAS)) if isinstance(document, dict) else []
+    if unknown:
+        raise ConfigError(f"{config_path}: unknown section(s) {unknown}; sections: {list(SCHEMAS)}")
+    configs = {section: load_section(config_path, section, schema, parse_overrides(overrides.get(section)))
+               for section, schema in SCHEMAS.items()}
+
+    def must_exist(section: str, key: str, value, allowed=()) -> None:
+        if value not in (None, "", *allowed) and not Path(value).is_file():
+            raise ConfigError(f"{config_path} [{section}]: {key}: file {value!r} not found")
+
+    must_exist(SECTION, "patients", configs[SECTION].patients)
+    if args.nih_dir is not None:
+        must_exist("backbone", "pretrained", configs["backbone"].pretrained, (PRETRAINED_IMAGENET, PRETRAINED_NONE))
+    else:  # without the NIH stage the trunks start from what the config names
+        for section in ("study", "frcnn"):
+            must_exist(section, "backbone", configs[section].backbone, (PRETRAINED_IMAGENET, PRETRAINED_NONE))
+    if args.rsna_dir is None:
+        must_exist("frcnn", "init_from", configs["frcnn"].init_from)
+    try:
+        configs["yolo"].check_files()
+    except FileNotFoundError as err:
+        raise ConfigError(f"{config_path} [yolo]: model: {err}") from None
+    return configs
+
+
+def prepared_sizes(configs: dict) -> list[int]:
     """Every image size a model trains or predicts at (so preparation writes each once)."""
-    sizes = set()
-    for section, keys in (("study", ("image_size",)), ("frcnn", ("image_size", "predict_size")),
-                          ("yolo", ("image_size", "predict_size"))):
-        mapping = {**load_yaml_section(config_path, section), **parse_overrides(overrides.get(section))}
-        sizes.update(int(mapping[k]) for k in keys if k in mapping)
-    return sorted(sizes)
+    return sorted({size for name, kind in KINDS.items() for size in kind.sizes(configs[name])})
 
 
 def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -95,7 +142,8 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
     out, config = args.out, args.config
     meta = out / "prepared" / "meta.csv"
     weights = out / "weights"
-    prepare = load_section(config, SECTION, PrepareConfig, parse_overrides(overrides.get(SECTION)))
+    configs = check_config(config, overrides, args)
+    prepare = configs[SECTION]
     common = ["--config", str(config)] + (["--no-progress"] if args.no_progress else [])
 
     def script(path: str, section: str | None, *extra: str, trunk: bool = False) -> list[str]:
@@ -109,7 +157,7 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
                     "--out", str(out / "prepared"), "--workers", str(prepare.workers), "--folds", str(prepare.folds),
                     "--seed", str(prepare.seed)]
                    + (["--patients", prepare.patients] if prepare.patients else [])
-                   + [a for size in prepared_sizes(config, overrides) for a in ("--size", str(size))],
+                   + [a for size in prepared_sizes(configs) for a in ("--size", str(size))],
         "backbone": None if args.nih_dir is None else
         script("train/train_backbone.py", "backbone", "--data-dir", str(args.nih_dir), "--out", str(out / "backbone")),
         "frcnn": script("train/train_frcnn.py", "frcnn", "--prepared", str(meta), "--out", str(out / "frcnn"),
@@ -122,8 +170,6 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
         "evaluate": script("infer/evaluate.py", "ensemble", "--run-dir", str(out), "--out", str(out / "report"),
                            "--weights-dir", str(weights)),
     }
-    if prepare.folds < 2:
-        raise ConfigError(f"{config} [{SECTION}]: folds must be at least 2, got {prepare.folds}")
     return commands
 
 

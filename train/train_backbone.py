@@ -12,23 +12,19 @@ Other stages take the trunk from best.pt (``--set backbone=runs/backbone/best.pt
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from train.cli import add_run_arguments, configure_logging
-from train.presets import build_transform
 from utils.classification import format_multilabel_table, multilabel_report
 from utils.config import load_section, parse_overrides, save_config
 from utils.datasets import ImageDataset
 from utils.engine import (
-    TrainConfig,
     fit,
     init_distributed,
     load_checkpoint,
@@ -36,21 +32,15 @@ from utils.engine import (
     resolve_device,
     resolve_precision,
 )
+from utils.files import write_json_atomic, write_text_atomic
 from utils.models import MultiLabelClassifier
-from utils.nih import NIH_FINDINGS, assign_nih_splits, load_nih_entries
+from utils.nih import NIH_FINDINGS, BackboneConfig, assign_nih_splits, load_nih_entries
+from utils.presets import build_transform
 
 log = logging.getLogger("train_backbone")
 SECTION = "backbone"
 
 
-@dataclass
-class BackboneConfig(TrainConfig):
-    arch: str = "resnext50_32x4d"
-    pretrained: str = "imagenet"
-    image_size: int = 224
-    resize: int = 256
-    val_fraction: float = 0.1
-    threshold: float = 0.5
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -128,9 +118,9 @@ def evaluate_split(checkpoint_path: Path, frame, split: str, config: BackboneCon
     targets = np.stack(frame["targets"])[indices.numpy()]
     report = multilabel_report(targets, outputs["logits"].sigmoid().numpy(), NIH_FINDINGS, config.threshold)
     report.update({"split": split, "checkpoint": str(checkpoint_path)})
-    (out / f"eval_{split}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(out / f"eval_{split}.json", report)
     table = format_multilabel_table(report)
-    (out / f"eval_{split}.txt").write_text(table + "\n")
+    write_text_atomic(out / f"eval_{split}.txt", table + "\n")
     log.info("%s split of %s:\n%s", split, checkpoint_path, table)
     return report
 

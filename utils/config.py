@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 ConfigT = TypeVar("ConfigT")
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "train" / "configs" / "full.yaml"
 
 
 class _Yaml12BooleansLoader(yaml.SafeLoader):
@@ -146,7 +147,6 @@ def load_section(path, section: str, cls: type[ConfigT], overrides: dict | None 
 
 def save_config(config, path, section: str) -> Path:
     """Write the resolved ``config`` as ``{section: {...}}`` YAML (loadable again with :func:`load_section`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({section: dataclasses.asdict(config)}, sort_keys=False))
-    return path
+    from utils.files import write_text_atomic
+
+    return write_text_atomic(path, yaml.safe_dump({section: dataclasses.asdict(config)}, sort_keys=False))

@@ -73,6 +73,25 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
 
+    def __post_init__(self):
+        """Ranges the types cannot say (a config file gets a ConfigError naming it and the key)."""
+        problems = [f"{name} must be at least 1, got {getattr(self, name)}"
+                    for name in ("epochs", "batch_size") if getattr(self, name) < 1]
+        problems += [f"{name} must be at least 1, got {getattr(self, name)}"
+                     for name in ("image_size", "resize") if getattr(self, name, 1) < 1]
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0 or not 0.0 <= self.lr_floor <= 1.0:
+            problems.append(f"momentum must be in [0, 1) and lr_floor in [0, 1]; got {self.momentum}, {self.lr_floor}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.workers < 0:
+            problems.append("weight_decay, warmup_epochs and workers must be >= 0")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            problems.append(f"grad_clip must be > 0 or null, got {self.grad_clip}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            problems.append(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the run stops instead of writing broken weights."""
@@ -343,7 +362,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, precisi
     """One pass over ``loader``: forward under autocast, summed loss, scaled backward, step, schedule.
 
     Returns the sample-weighted mean of each loss (``loss`` is their sum), ``n_images`` across ranks
-    and ``images_per_s`` (and ``peak_gpu_memory_gib`` on CUDA). Raises :class:`NonFiniteLossError` on a NaN/inf loss on any rank.
+    and ``images_per_s`` (and ``peak_gpu_memory_gib`` on CUDA). Raises :class:`NonFiniteLossError`
+    on a NaN/inf loss on any rank.
     """
     model.train()
     meter = _Meter()

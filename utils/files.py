@@ -24,3 +24,25 @@ def atomic_path(path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """``path`` replaced by ``text`` in one step (see :func:`atomic_path`)."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path, value) -> Path:
+    """``value`` as indented JSON (and a final newline), written atomically."""
+    import json
+
+    return write_text_atomic(path, json.dumps(value, indent=2) + "\n")
+
+
+def write_csv_atomic(frame, path, **options) -> Path:
+    """A pandas DataFrame as CSV (``index=False`` unless given), written atomically."""
+    options.setdefault("index", False)
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, **options)
+    return Path(path)

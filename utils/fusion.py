@@ -10,7 +10,8 @@ naming the list and the reason.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -109,3 +110,38 @@ def blend_none(signals: Sequence[float | None], weights: Sequence[float]) -> flo
     if not pairs:
         return None
     return sum(s * w for s, w in pairs) / sum(w for _, w in pairs)
+
+
+@dataclass
+class EnsembleConfig:
+    """The ``ensemble`` section of a config (kept in the manifest by ``train/train_all.py``)."""
+
+    tta_hflip: bool = True
+    model_weights: dict[str, float] = field(default_factory=dict)
+    wbf_iou_thr: float = 0.55
+    wbf_skip_box_thr: float = 0.001
+    wbf_conf_type: Literal[WBF_CONF_TYPES] = "avg"
+    max_boxes: int = 100
+    none_classifier_weight: float = 1.0
+    none_study_weight: float = 1.0
+    none_boxes_weight: float = 1.0
+    negative_classifier_weight: float = 1.0
+    negative_boxes_weight: float = 1.0
+    batch_size: int = 8
+    workers: int = 2
+    device: str = "auto"
+    amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
+
+    def __post_init__(self):
+        problems = []
+        if not 0.0 < self.wbf_iou_thr <= 1.0 or not 0.0 <= self.wbf_skip_box_thr < 1.0:
+            problems.append(f"wbf_iou_thr must be in (0, 1] and wbf_skip_box_thr in [0, 1); got "
+                            f"{self.wbf_iou_thr}, {self.wbf_skip_box_thr}")
+        if self.max_boxes < 1 or self.batch_size < 1 or self.workers < 0:
+            problems.append(f"max_boxes and batch_size must be >= 1 and workers >= 0; got {self.max_boxes}, "
+                            f"{self.batch_size}, {self.workers}")
+        weights = {k: v for k, v in vars(self).items() if k.endswith("_weight")}
+        weights.update({f"model_weights[{k}]": v for k, v in self.model_weights.items()})
+        problems += [f"{k} must be >= 0, got {v}" for k, v in weights.items() if v < 0]
+        if problems:
+            raise ValueError("; ".join(problems))

@@ -84,8 +84,9 @@ def load_trunk_weights(net: nn.Module, path) -> nn.Module:
 
 
 def build_trunk(arch: str = "resnext50_32x4d", pretrained: str | None = PRETRAINED_NONE) -> nn.Module:
-    """A torchvision ResNet/ResNeXt (:data:`ARCHITECTURES`). ``pretrained``: a local weights file (ImageNet state dict or our
-    checkpoint), ``"imagenet"`` for torchvision's download, or ``"none"``/``None`` for random weights."""
+    """A torchvision ResNet/ResNeXt (:data:`ARCHITECTURES`). ``pretrained``: a local weights file
+    (ImageNet state dict or our checkpoint), ``"imagenet"`` for torchvision's download, or
+    ``"none"``/``None`` for random weights."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
     builder, imagenet = ARCHITECTURES[arch]

@@ -8,11 +8,14 @@ the 14 findings; ``No Finding`` is all zeros. Images are PNGs anywhere under ``i
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
+
+from utils.engine import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +124,22 @@ def assign_nih_splits(entries: pd.DataFrame, split_dir=None, val_fraction: float
         _, val_rows = next(splitter.split(train_rows, groups=groups[train_rows]))
         split[train_rows[val_rows]] = "val"
     return split
+
+
+@dataclass
+class BackboneConfig(TrainConfig):
+    """The ``backbone`` section (train/train_backbone.py; train/configs/*.yaml document every key)."""
+
+    arch: str = "resnext50_32x4d"
+    pretrained: str = "imagenet"
+    image_size: int = 224
+    resize: int = 256
+    val_fraction: float = 0.1
+    threshold: float = 0.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 < self.val_fraction < 1.0 or not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"val_fraction and threshold must be in (0, 1), got {self.val_fraction}, {self.threshold}")
+        if self.resize < self.image_size:
+            raise ValueError(f"resize ({self.resize}) must be at least image_size ({self.image_size}): it is cropped")

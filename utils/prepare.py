@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from utils.boxes import as_boxes, kaggle_xywh_to_xyxy
 from utils.dicom import DicomReadError, read_radiograph, resize_image
-from utils.files import atomic_path
+from utils.files import atomic_path, write_csv_atomic
 from utils.labels import (
     DUPLICATES_KEEP_BOXED,
     IMAGE_SUFFIX,
@@ -368,7 +368,7 @@ def write_resized_subset(source, out, n_train: int, test_table=None, n_test: int
 def _finish_meta(data_dir: Path, out_dir: Path, sizes, decoded: list[DecodedImage], failures, n_folds: int,
                  seed: int, duplicates: str) -> pd.DataFrame:
     """Labels joined to the decoded images, folds, paths -> meta.csv (and failures.csv)."""
-    pd.DataFrame(failures, columns=["path", "reason"]).to_csv(out_dir / "failures.csv", index=False)
+    write_csv_atomic(pd.DataFrame(failures, columns=["path", "reason"]), out_dir / "failures.csv")
     headers = pd.DataFrame([asdict(d) for d in decoded],
                            columns=[f for f in DecodedImage.__dataclass_fields__])
     patients = headers.drop(columns="study_id")
@@ -438,7 +438,7 @@ def prepare_rsna(rsna_dir, out_dir, sizes=(512,), workers: int = 1, n_folds: int
         log.warning("skipped %s: listed in %s but not found", path, RSNA_LABELS)
     decoded, failures = decode_files([p for p in paths if p.is_file()], out_dir, sizes, workers, progress)
     failures += [(str(p), "file not found") for p in absent]
-    pd.DataFrame(failures, columns=["path", "reason"]).to_csv(out_dir / "failures.csv", index=False)
+    write_csv_atomic(pd.DataFrame(failures, columns=["path", "reason"]), out_dir / "failures.csv")
     rows = []
     for image in sorted((d for d in decoded if d.image_id in boxes), key=lambda d: d.image_id):
         image_boxes = boxes[image.image_id]  # (a cached image no longer in the labels is left out)

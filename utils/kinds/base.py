@@ -1,0 +1,254 @@
+"""What every model kind provides, and the one fold loop that trains any of them.
+
+A kind (:class:`ModelKind`) is one module under ``utils/kinds/``: its config schema (a dataclass: the
+YAML section of the same name), how to read its training table, how to train one fold and predict
+the held-out images (shared prediction rows), its out-of-fold report, how its weights enter the
+manifest, and its inference member (:class:`Member`) for the predictor. :func:`train_folds` runs the
+same loop for every kind; the torch kinds share :class:`TorchKind`'s fold (the engine's ``fit``, the
+best checkpoint reloaded, the held-out fold predicted); YOLO adapts ultralytics' trainer behind the
+same ``train_fold``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from utils.boxes import hflip_xyxy
+from utils.config import save_config
+from utils.engine import (
+    Precision,
+    collate_skip_none,
+    fit,
+    init_distributed,
+    load_checkpoint,
+    predict,
+    resolve_device,
+    resolve_precision,
+)
+from utils.manifest import ManifestError, register_fold_checkpoints
+from utils.models import IMAGENET_MEAN, IMAGENET_STD
+from utils.prepare import fold_split, select_folds
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A training run that cannot go on (bad table, empty fold); the message names the file."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a training script was started: its prepared table, run folder and switches."""
+
+    prepared: Path
+    out: Path
+    weights_dir: Path | None = None
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class FoldResult:
+    """One trained fold: the weights to keep and the held-out predictions (None off rank 0)."""
+
+    best: Path
+    predictions: pd.DataFrame | None
+
+
+class ModelKind:
+    """One kind of model; subclasses fill these in (see the module docstring and the README's
+    architecture notes for the list)."""
+
+    section: ClassVar[str]  # config section and run folder under OUT/
+    model_name: ClassVar[str]  # its name in the manifest and the "model" column of its prediction rows
+    manifest_kind: ClassVar[str]  # "kind" of its manifest entry
+    config_class: ClassVar[type]
+    member_class: ClassVar[type]  # the predictor's member
+    title: ClassVar[str]
+    resumable: ClassVar[bool] = True  # the engine's exact resume (--resume)
+
+    def sizes(self, config) -> set[int]:
+        """The prepared image sizes this kind reads (train/prepare.py writes each once)."""
+        return {config.image_size}
+
+    def load_table(self, meta_csv: Path, config) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def start(self, table: pd.DataFrame, config, options: RunOptions) -> None:
+        """Work done once before the folds (YOLO exports its dataset)."""
+
+    def train_fold(self, table: pd.DataFrame, fold: int, config, options: RunOptions) -> FoldResult:
+        raise NotImplementedError
+
+    def write_report(self, oof: pd.DataFrame, table: pd.DataFrame, out: Path) -> dict:
+        raise NotImplementedError
+
+    def register(self, best: dict[int, Path], config, weights_dir: Path) -> Path:
+        """Export each fold's best weights to ``<section>/fold<k>.pt`` and register them."""
+        return register_fold_checkpoints(weights_dir, self.model_name, self.manifest_kind, best,
+                                         self.input_size(config), asdict(config))
+
+    def input_size(self, config) -> int:
+        """The size its inference member predicts at (stored in the manifest)."""
+        return config.image_size
+
+
+def split_fold(table: pd.DataFrame, fold: int, source) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    try:
+        return fold_split(table, fold, source)
+    except ValueError as err:
+        raise TrainingError(str(err)) from err
+
+
+def train_folds(kind: ModelKind, config, options: RunOptions) -> dict:
+    """The one fold loop: read the table, train every configured fold, write the out-of-fold report
+    (rank 0) and register the weights. Returns the report's scores (empty off rank 0)."""
+    info = init_distributed(getattr(config, "device", "auto"))
+    try:
+        table = kind.load_table(options.prepared, config)
+        folds = select_folds(table, config.folds, options.prepared)
+    except (OSError, ValueError) as err:
+        raise TrainingError(str(err)) from err
+    if info.is_main:
+        save_config(config, options.out / "config.yaml", kind.section)
+        log.info("%s: %d images (%d used for training, %d with boxes); training folds %s", kind.title, len(table),
+                 int(table["used"].sum()), int((table["n_boxes"].astype(int) > 0).sum()), folds)
+    kind.start(table, config, options)
+    results = {fold: kind.train_fold(table, fold, config, options) for fold in folds}
+    scores = {}
+    if info.is_main:
+        oof = pd.concat([r.predictions for r in results.values()], ignore_index=True)
+        scores = kind.write_report(oof, table[table["fold"].isin(folds)], options.out)
+        if options.weights_dir is not None:
+            path = kind.register({fold: r.best for fold, r in results.items()}, config, options.weights_dir)
+            log.info("registered %d fold(s) of %r in %s", len(results), kind.model_name, path)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return scores
+
+
+class TorchKind(ModelKind):
+    """A kind trained by the engine: subclasses say how to build the model, its datasets, how the
+    validation outputs are scored, and how outputs become prediction rows."""
+
+    collate: ClassVar[Callable] = staticmethod(collate_skip_none)
+
+    def build_model(self, config) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def datasets(self, train: pd.DataFrame, val: pd.DataFrame, config) -> tuple[Dataset, Dataset]:
+        raise NotImplementedError
+
+    def held_out_dataset(self, held_out: pd.DataFrame, config) -> Dataset:
+        raise NotImplementedError
+
+    def prediction_model(self, model: torch.nn.Module, config) -> torch.nn.Module:
+        """The trained model as it predicts the held-out fold (at its prediction size, with TTA...)."""
+        return model
+
+    def rows(self, frame: pd.DataFrame, fold: int, outputs: dict) -> pd.DataFrame:
+        """Prediction rows (utils/predictions.py's schema) of ``frame``'s images from model outputs."""
+        raise NotImplementedError
+
+    def val_scores(self, predictions: pd.DataFrame, val: pd.DataFrame) -> dict[str, float]:
+        raise NotImplementedError
+
+    def monitor(self, config) -> tuple[str, str]:
+        """``(validation metric, "max"|"min")`` that picks the best epoch."""
+        raise NotImplementedError
+
+    def batch_size(self, config) -> int:
+        """Images per validation and prediction step."""
+        return config.batch_size
+
+    def prepare_train(self, train: pd.DataFrame, config) -> pd.DataFrame:
+        """The training images actually used (e.g. a share of the negatives)."""
+        return train
+
+    def train_fold(self, table: pd.DataFrame, fold: int, config, options: RunOptions, *,
+                   title: str | None = None) -> FoldResult:
+        """Train on the used images of the other folds, keep the best epoch on this fold's used
+        images, then predict every image of this fold (un-annotated duplicates too: a study's
+        probability is the mean over all its images, as at test time)."""
+        train, val, held_out = split_fold(table, fold, options.prepared)
+        train = self.prepare_train(train, config)
+
+        def evaluate(indices: torch.Tensor, outputs: dict) -> dict:
+            return self.val_scores(self.rows(val.iloc[indices.numpy()], fold, outputs), val)
+
+        model = self.build_model(config)
+        monitor, mode = self.monitor(config)
+        train_set, val_set = self.datasets(train, val, config)
+        result = fit(model, train_set, val_set, config, options.out / f"fold{fold}", evaluate=evaluate,
+                     monitor=monitor, mode=mode, resume=options.resume, collate_fn=self.collate,
+                     val_batch_size=self.batch_size(config), progress=options.progress,
+                     title=f"{title or self.title}, fold {fold}")
+        if not init_distributed(config.device).is_main:
+            return FoldResult(result.best_checkpoint, None)
+        model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
+        return FoldResult(result.best_checkpoint, self.predict_frame(model, held_out, fold, config, options.progress))
+
+    def predict_frame(self, model: torch.nn.Module, frame: pd.DataFrame, fold: int, config,
+                      progress: bool = True) -> pd.DataFrame:
+        """Prediction rows of every image of ``frame`` by trained ``model`` (this process alone)."""
+        device = resolve_device(config.device)
+        _, indices, outputs = predict(self.prediction_model(model, config), self.held_out_dataset(frame, config),
+                                      batch_size=self.batch_size(config), workers=config.workers, device=device,
+                                      precision=resolve_precision(config.amp, device), collate_fn=self.collate,
+                                      progress=progress, desc=f"fold {fold} out-of-fold")
+        return self.rows(frame.iloc[indices.numpy()], fold, outputs)
+
+
+# ----------------------------------------------------------------------------- inference members
+
+Detections = list[tuple[np.ndarray, np.ndarray]]  # per source: (XYXY_NORM boxes (n, 4), scores (n,))
+
+
+def detector_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, H, W)`` -> float ``(B, 3, H, W)`` in [0, 1]: the ``detector_eval`` preset's output
+    (torchvision's detectors normalise inside the model; YOLO takes [0, 1])."""
+    return images.float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+def classifier_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, H, W)`` -> the ``study_eval`` preset's output: ImageNet-normalised ``(B, 3, H, W)``,
+    computed on the images' device."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (detector_input(images) - mean) / std
+
+
+def with_flipped(per_image: list[Detections], flipped: list[Detections]) -> list[Detections]:
+    """Each image's sources plus its mirror image's sources with the boxes flipped back."""
+    return [own + [(hflip_xyxy(b, 1.0), s) for b, s in mirror] for own, mirror in zip(per_image, flipped)]
+
+
+class Member:
+    """One manifest model's folds, loaded for prediction. ``predict(images, tta, precision)`` takes
+    uint8 ``(B, S, S)`` images on the device at ``input_size``; a detector returns per image one
+    ``(boxes, scores)`` per fold and flip, the study model its probabilities."""
+
+    predicts_boxes: ClassVar[bool] = True
+
+    def __init__(self, name: str, spec: dict, weights_dir: Path, device: torch.device):
+        self.name = name
+        self.kind = spec["kind"]
+        self.config = spec.get("config", {})
+        self.input_size = int(spec["input_size"])
+        self.folds = [int(f) for f in spec["folds"]]
+        self.files = [Path(weights_dir) / spec["files"][str(f)] for f in self.folds]
+        self.device = device
+        missing = [str(p) for p in self.files if not p.is_file()]
+        if missing:
+            raise ManifestError(f"model {name!r}: weights file(s) not found: {missing}")
+
+    def predict(self, images: torch.Tensor, tta: bool, precision: Precision):
+        raise NotImplementedError

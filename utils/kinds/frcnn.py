@@ -1,0 +1,188 @@
+"""Model kind "frcnn": the torchvision Faster R-CNN opacity detector on a ResNet/ResNeXt FPN (trunk from
+the NIH backbone), trained at ``image_size`` and predicting at ``predict_size``; optional RSNA
+Pneumonia pre-training (report section 2.2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import torch
+
+from utils.datasets import DetectionDataset
+from utils.detection import detector_scores, read_detection_table, write_detector_report
+from utils.engine import Precision, TrainConfig, collate_detection, init_distributed, load_checkpoint
+from utils.frcnn import FasterRCNNDetector, detector_from_config, load_detector_state, unpad_detections
+from utils.kinds.base import Detections, Member, RunOptions, TorchKind, TrainingError, detector_input, with_flipped
+from utils.models import PRETRAINED_NONE
+from utils.predictions import detection_rows
+from utils.prepare import prepare_rsna
+from utils.presets import build_transform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrcnnConfig(TrainConfig):
+    """The ``frcnn`` section (train/configs/*.yaml document every key)."""
+
+    arch: str = "resnext50_32x4d"
+    backbone: str = PRETRAINED_NONE
+    init_from: str | None = None
+    freeze_bn: bool = True
+    trainable_layers: int = 3
+    image_size: int = 512
+    predict_size: int = 1024
+    val_batch_size: int = 6
+    score_threshold: float = 0.001
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    proposals: int = 1000
+    roi_samples: int = 512
+    fpn_channels: int = 256
+    box_head_size: int = 1024
+    negative_fraction: float = 1.0
+    pretrain_epochs: int = 10
+    folds: list[int] | None = None
+    monitor: Literal["opacity_ap", "loss"] = "opacity_ap"
+
+    def __post_init__(self):
+        super().__post_init__()
+        problems = [f"{name} must be at least 1, got {value}" for name, value in (
+            ("predict_size", self.predict_size), ("val_batch_size", self.val_batch_size),
+            ("detections_per_image", self.detections_per_image), ("proposals", self.proposals),
+            ("roi_samples", self.roi_samples), ("fpn_channels", self.fpn_channels),
+            ("box_head_size", self.box_head_size), ("pretrain_epochs", self.pretrain_epochs)) if value < 1]
+        if not 0 <= self.trainable_layers <= 5:
+            problems.append(f"trainable_layers must be in 0-5, got {self.trainable_layers}")
+        for name in ("score_threshold", "nms_threshold", "negative_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def keep_negatives(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """The training images with boxes and a ``fraction`` of those without (drawn with ``seed``): on a
+    CPU budget the box-free images cost as much as the others but teach the detector less."""
+    negative = train["n_boxes"].astype(int) == 0
+    if fraction >= 1.0 or not negative.any():
+        return train
+    kept = train[negative].sample(frac=fraction, random_state=seed)
+    log.info("training on %d images with boxes and %d of %d without (negative_fraction=%g)",
+             int((~negative).sum()), len(kept), int(negative.sum()), fraction)
+    return pd.concat([train[~negative], kept]).sort_index().reset_index(drop=True)
+
+
+class FrcnnKind(TorchKind):
+    section = "frcnn"
+    model_name = "faster_rcnn"
+    manifest_kind = "faster_rcnn"
+    config_class = FrcnnConfig
+    title = "Faster R-CNN"
+    collate = staticmethod(collate_detection)
+
+    def sizes(self, config: FrcnnConfig) -> set[int]:
+        return {config.image_size, config.predict_size}
+
+    def input_size(self, config: FrcnnConfig) -> int:
+        return config.predict_size
+
+    def load_table(self, meta_csv, config: FrcnnConfig) -> pd.DataFrame:
+        return read_detection_table(meta_csv, config.image_size, config.predict_size)
+
+    def build_model(self, config: FrcnnConfig) -> FasterRCNNDetector:
+        """The detector of ``config``: the trunk from ``backbone``, or everything from ``init_from``."""
+        trunk = PRETRAINED_NONE if config.init_from else config.backbone
+        if config.freeze_bn and trunk in (None, "", PRETRAINED_NONE) and not config.init_from:
+            log.warning("freeze_bn with a random trunk keeps untrained normalisation; set freeze_bn=false")
+        model = detector_from_config(dataclasses.asdict(config), trunk, config.image_size)
+        if config.init_from:
+            load_detector_state(model, load_checkpoint(config.init_from)["model"], config.init_from)
+        return model
+
+    def prepare_train(self, train, config: FrcnnConfig):
+        return keep_negatives(train, config.negative_fraction, config.seed)
+
+    def _dataset(self, frame, preset: str, size: int, config: FrcnnConfig, column: str = "image_path"):
+        return DetectionDataset(frame[column], frame["boxes_norm"], build_transform(preset, size), seed=config.seed)
+
+    def datasets(self, train, val, config: FrcnnConfig):
+        return (self._dataset(train, "frcnn_train", config.image_size, config),
+                self._dataset(val, "detector_eval", config.image_size, config))
+
+    def held_out_dataset(self, held_out, config: FrcnnConfig):
+        return self._dataset(held_out, "detector_eval", config.predict_size, config, "predict_path")
+
+    def prediction_model(self, model: FasterRCNNDetector, config: FrcnnConfig):
+        model.set_image_size(config.predict_size)
+        return model
+
+    def batch_size(self, config: FrcnnConfig) -> int:
+        return config.val_batch_size
+
+    def rows(self, frame, fold, outputs):
+        return detection_rows(frame["image_id"], frame["study_id"], self.model_name, fold,
+                              unpad_detections(outputs))
+
+    def val_scores(self, predictions, val) -> dict[str, float]:
+        return {"opacity_ap": detector_scores(predictions, val)["opacity_ap"]}
+
+    def monitor(self, config: FrcnnConfig) -> tuple[str, str]:
+        return ("val_opacity_ap", "max") if config.monitor == "opacity_ap" else ("val_loss", "min")
+
+    def write_report(self, oof, table, out) -> dict:
+        return write_detector_report(oof, table, out)
+
+    def pretrain_on_rsna(self, rsna_dir: Path, config: FrcnnConfig, options: RunOptions) -> Path:
+        """Prepare the RSNA folder (cached under OUT/rsna/prepared), train ``pretrain_epochs`` with fold 0
+        held out, and return the best checkpoint (every SIIM fold then starts from it)."""
+        out = options.out / "rsna"
+        info = init_distributed(config.device)
+        if info.is_main:
+            prepare_rsna(rsna_dir, out / "prepared", sizes=tuple(sorted(self.sizes(config))),
+                         workers=max(1, config.workers), progress=options.progress)
+        if info.enabled:
+            torch.distributed.barrier()
+        pre_config = dataclasses.replace(config, epochs=config.pretrain_epochs)
+        pre_options = dataclasses.replace(options, prepared=out / "prepared" / "meta.csv", out=out)
+        try:
+            table = self.load_table(pre_options.prepared, pre_config)
+        except (OSError, ValueError) as err:
+            raise TrainingError(str(err)) from err
+        result = self.train_fold(table, 0, pre_config, pre_options, title="RSNA pre-training")
+        if info.is_main:
+            write_detector_report(result.predictions, table[table["fold"] == 0], out)
+        return result.best
+
+
+class FasterRCNNMember(Member):
+    def __init__(self, name, spec, weights_dir, device: torch.device):
+        super().__init__(name, spec, weights_dir, device)
+        self.models = []
+        for path in self.files:
+            model = detector_from_config(self.config, PRETRAINED_NONE, self.input_size)
+            load_detector_state(model, torch.load(path, map_location="cpu", weights_only=True), path)
+            self.models.append(model.to(device).eval())
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> list[Detections]:
+        """uint8 ``(B, S, S)`` on the device -> per image, one ``(boxes, scores)`` per fold and flip."""
+        batch = detector_input(images)
+        inputs = list(batch) + (list(batch.flip(-1)) if tta else [])
+        per_input: list[Detections] = [[] for _ in inputs]
+        for model in self.models:
+            with torch.autocast(batch.device.type, dtype=precision.dtype, enabled=precision.enabled):
+                outputs = model(inputs)
+            for k, found in enumerate(unpad_detections({key: v.cpu() for key, v in outputs.items()})):
+                per_input[k].append(found)
+        n = len(images)
+        return with_flipped(per_input[:n], per_input[n:]) if tta else per_input
+
+
+FrcnnKind.member_class = FasterRCNNMember
+KIND = FrcnnKind()

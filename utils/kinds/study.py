@@ -1,0 +1,163 @@
+"""Model kind "study": the study-level classifier (negative / typical / indeterminate / atypical, plus
+the image-level "none"), optionally with the auxiliary opacity segmentation head, EMA and TTA views."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from utils.classification import study_accuracy, study_classifier_scores
+from utils.datasets import StudyDataset
+from utils.detection import read_detection_table
+from utils.engine import Precision, TrainConfig
+from utils.files import write_json_atomic, write_text_atomic
+from utils.kinds.base import FoldResult, Member, RunOptions, TorchKind, classifier_input
+from utils.metric import format_score_table
+from utils.models import PRETRAINED_NONE, StudyClassifier
+from utils.predictions import classifier_rows, write_predictions
+from utils.presets import build_transform
+from utils.tta import FLIP, PLAIN, StudyTTA, check_views
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyConfig(TrainConfig):
+    """The ``study`` section (train/configs/*.yaml document every key)."""
+
+    arch: str = "resnext50_32x4d"
+    backbone: str = PRETRAINED_NONE
+    image_size: int = 512
+    folds: list[int] | None = None
+    none_weight: float = 1.0
+    seg_weight: float = 0.0
+    decoder_width: int = 64
+    label_smoothing: float = 0.0
+    tta_views: list[str] = field(default_factory=lambda: list(FLIP))
+    monitor: Literal["study_map", "loss"] = "study_map"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_views(self.tta_views)
+        if self.seg_weight < 0 or not 0 <= self.label_smoothing < 1 or self.decoder_width < 1:
+            raise ValueError("need seg_weight >= 0, 0 <= label_smoothing < 1 and decoder_width >= 1; got "
+                             f"{self.seg_weight}, {self.label_smoothing}, {self.decoder_width}")
+
+
+def load_study_table(meta_csv, image_size: int, with_boxes: bool = False) -> pd.DataFrame:
+    """meta.csv (see :func:`utils.prepare.read_meta`) with the targets per image: the study class and
+    "none"; ``with_boxes`` adds the boxes (XYXY_NORM, drawn into the auxiliary head's mask by the
+    dataset) and ``mask_valid``: 0 for an un-annotated duplicate, whose boxes are unknown."""
+    table = read_detection_table(meta_csv, image_size, image_size)
+    table["targets"] = [{"study": int(label), "none": float(n == 0)}
+                        for label, n in zip(table["study_label"], table["n_boxes"].astype(int))]
+    if with_boxes:
+        for target, boxes, used in zip(table["targets"], table["boxes_norm"], table["used"]):
+            target.update(boxes=boxes, mask_valid=float(used))
+    return table
+
+
+class StudyKind(TorchKind):
+    section = "study"
+    model_name = "study"
+    manifest_kind = "study_classifier"
+    config_class = StudyConfig
+    title = "study classifier"
+
+    def load_table(self, meta_csv, config: StudyConfig) -> pd.DataFrame:
+        return load_study_table(meta_csv, config.image_size, with_boxes=config.seg_weight > 0)
+
+    def build_model(self, config: StudyConfig) -> StudyClassifier:
+        return StudyClassifier.from_config(vars(config), config.backbone)
+
+    def _dataset(self, frame: pd.DataFrame, preset: str, config: StudyConfig) -> StudyDataset:
+        return StudyDataset(frame["image_path"], frame["targets"], build_transform(preset, config.image_size),
+                            seed=config.seed)
+
+    def datasets(self, train, val, config):
+        return self._dataset(train, "study_train", config), self._dataset(val, "study_eval", config)
+
+    def held_out_dataset(self, held_out, config):
+        return self._dataset(held_out, "study_eval", config)
+
+    def prediction_model(self, model, config: StudyConfig):
+        return StudyTTA(model, config.tta_views)
+
+    def rows(self, frame: pd.DataFrame, fold: int, outputs: dict) -> pd.DataFrame:
+        study_probs, none_probs = StudyClassifier.probabilities(outputs)
+        return classifier_rows(frame["image_id"], frame["study_id"], self.model_name, fold, study_probs, none_probs)
+
+    def val_scores(self, predictions, val) -> dict[str, float]:
+        scores = study_classifier_scores(predictions, val)
+        return {"study_map": scores["study_map"], "none_ap": scores["none_ap"],
+                "study_accuracy": study_accuracy(predictions, val)}
+
+    def monitor(self, config: StudyConfig) -> tuple[str, str]:
+        return ("val_study_map", "max") if config.monitor == "study_map" else ("val_loss", "min")
+
+    def write_report(self, oof: pd.DataFrame, table: pd.DataFrame, out) -> dict:
+        """oof_predictions.csv and the competition-metric scores of those predictions (json + table)."""
+        write_predictions(oof, out / "oof_predictions.csv")
+        scores = study_classifier_scores(oof, table)
+        scores["study_accuracy"] = study_accuracy(oof, table)
+        scores["per_fold"] = {int(fold): study_classifier_scores(part, table)["study_map"]
+                              for fold, part in oof.groupby("fold")}
+        write_json_atomic(out / "oof_scores.json", scores)
+        text = format_score_table(scores)
+        text += f"\nnone AP {scores['none_ap']:.4f}" if scores["none_ap"] is not None else ""
+        text += f"\nstudy accuracy {scores['study_accuracy']:.4f}\n"
+        write_text_atomic(out / "oof_scores.txt", text)
+        log.info("out-of-fold scores (%s):\n%s", out / "oof_scores.json", text)
+        return scores
+
+
+class StudyMember(Member):
+    """The study classifier's folds: study class and none probabilities, averaged over folds and the
+    model's TTA views (its config's ``tta_views``; the identity alone when the ensemble's
+    ``tta_hflip`` is off), and on request the auxiliary head's opacity map."""
+
+    predicts_boxes = False
+
+    def __init__(self, name, spec, weights_dir, device: torch.device):
+        super().__init__(name, spec, weights_dir, device)
+        self.models = []
+        for path in self.files:
+            model = StudyClassifier.from_config(self.config, PRETRAINED_NONE)
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self.models.append(model.to(device).eval())
+        self.views = check_views(self.config.get("tta_views", FLIP))
+
+    @property
+    def has_opacity_map(self) -> bool:
+        return self.models[0].decoder is not None
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, tta: bool, precision: Precision,
+                with_opacity_map: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """uint8 ``(B, S, S)`` on the device -> ``(study probabilities (B, 4), none probability (B,),
+        opacity probability maps (B, h, w) of the unaugmented image, or None)``."""
+        batch = classifier_input(images)
+        views = self.views if tta else PLAIN
+        study, none, maps = 0.0, 0.0, None
+        want_maps = with_opacity_map and self.has_opacity_map
+        for model in self.models:
+            with torch.autocast(batch.device.type, dtype=precision.dtype, enabled=precision.enabled):
+                study_probs, none_probs = StudyClassifier.probabilities(StudyTTA(model, views)(batch))
+                if want_maps:
+                    fold_maps = model(batch, with_mask=True)["mask_logits"].float().sigmoid()[:, 0]
+                    maps = fold_maps if maps is None else maps + fold_maps
+            study = study + study_probs
+            none = none + none_probs
+        n = len(self.models)
+        return ((study / n).cpu().numpy().astype(np.float64), (none / n).cpu().numpy().astype(np.float64),
+                None if maps is None else (maps / n).cpu().numpy())
+
+
+StudyKind.member_class = StudyMember
+KIND = StudyKind()
+__all__ = ["KIND", "FoldResult", "RunOptions", "StudyConfig", "StudyMember", "load_study_table"]
