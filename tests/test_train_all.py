@@ -77,12 +77,16 @@ def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
 
     config = REPO / "train" / "configs" / "demo.yaml"
     args = train_all.get_args_parser().parse_args(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config)])
-    overrides = train_all.split_overrides(["frcnn.predict_size=160", "study.epochs=2"])
+    # No NIH folder: the trunks start from the config's value, whose file must then exist.
+    with pytest.raises(ConfigError, match=r"demo.yaml \[study\]: backbone: file 'runs/demo/backbone/best.pt'"):
+        train_all.stage_commands(args, train_all.split_overrides(["frcnn.backbone=none"]))
+    overrides = train_all.split_overrides(["frcnn.predict_size=160", "study.epochs=2", "study.backbone=none",
+                                           "frcnn.backbone=none"])
     commands = train_all.stage_commands(args, overrides)
-    assert commands["backbone"] is None  # no NIH folder: the trunks start from the config's value
+    assert commands["backbone"] is None
     assert "--pretrain-rsna" not in commands["frcnn"]
     assert commands["prepare"][-4:] == ["--size", "128", "--size", "160"]  # every size a model uses, once
-    assert commands["study"][-2:] == ["--set", "epochs=2"]
+    assert commands["study"][-3:] == ["--set", "epochs=2", "backbone=none"]
 
     args = train_all.get_args_parser().parse_args(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config),
                                                    "--nih-dir", "N", "--rsna-dir", "R"])
@@ -92,3 +96,26 @@ def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
     for bad in (["frcnn_epochs=2"], ["frcn.epochs=2"]):
         with pytest.raises(ConfigError):
             train_all.split_overrides(bad)
+
+
+@pytest.mark.parametrize("section_text, message", [
+    ("yolo:\n  modle: yolov8n.yaml\n", r"\[yolo\]: unknown key\(s\) \['modle'\]"),
+    ("yolo:\n  epochs: -1\n", r"\[yolo\]: epochs must be at least 1"),
+    ("yolo:\n  model: missing.pt\n", r"\[yolo\]: model: missing.pt: weights file not found"),
+    ("study:\n  tta_views: [identity, sideways]\n", r"\[study\]: unknown TTA view 'sideways'"),
+    ("ensemble:\n  max_boxes: 0\n", r"\[ensemble\]: max_boxes and batch_size must be >= 1"),
+    ("yolov8:\n  epochs: 1\n", r"unknown section\(s\) \['yolov8'\]"),
+])
+def test_the_whole_config_is_checked_before_the_first_stage(tmp_path, section_text, message):
+    """A mistake in the last stage's section stops the run at once (no stage has run), naming the file."""
+    import yaml
+
+    document = yaml.safe_load((REPO / "train" / "configs" / "demo.yaml").read_text())
+    for section, values in yaml.safe_load(section_text).items():
+        document[section] = {**document.get(section, {}), **values}
+    document["study"]["backbone"] = document["frcnn"]["backbone"] = "none"
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(document))
+    with pytest.raises(SystemExit, match=message):
+        train_all.main(["--data-dir", str(tmp_path / "D"), "--out", str(tmp_path / "run"), "--config", str(config)])
+    assert not (tmp_path / "run" / "prepared").exists() and not (tmp_path / "run" / "train_all.json").exists()
