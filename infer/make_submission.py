@@ -26,6 +26,7 @@ from utils.config import ConfigError, load_yaml_section, parse_overrides
 from utils.files import write_json_atomic
 from utils.manifest import ManifestError, read_manifest
 from utils.prepare import PreparationInputError
+from utils.submission import SubmissionError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = write_ensemble_submission(ensemble, args.data_dir, args.out, batch_size=args.batch_size,
                                             workers=args.workers, progress=not args.no_progress,
                                             test_table=args.test_meta)
-    except (ConfigError, ManifestError, FileNotFoundError, PreparationInputError) as err:
+    except (ConfigError, ManifestError, FileNotFoundError, PreparationInputError, SubmissionError) as err:
         raise SystemExit(f"error: {err}") from None
     summary["load_seconds"] = ensemble.load_seconds
     for image_id, reason in summary["unreadable"].items():

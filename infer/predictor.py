@@ -45,7 +45,14 @@ from utils.kinds import KINDS
 from utils.kinds.base import classifier_input, detector_input  # noqa: F401 - the predictor's input contract
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX, strip_suffix
 from utils.manifest import ManifestError, read_manifest
-from utils.submission import image_prediction_string, study_prediction_string, write_submission
+from utils.submission import (
+    SubmissionError,
+    check_output_path,
+    image_prediction_string,
+    sample_problems,
+    study_prediction_string,
+    write_submission,
+)
 
 log = logging.getLogger(__name__)
 
@@ -376,11 +383,22 @@ def find_test_dicoms(data_dir, sample: pd.DataFrame) -> list[TestImage]:
     return [TestImage.from_dicom_path(p) for p in paths if p.stem in wanted or not wanted]
 
 
+class NoTestImagesError(FileNotFoundError):
+    """Not one image of the sample submission was found: a wrong folder, not a few bad files."""
+
+
 def _warn_missing(wanted: set, found: set, where: Path) -> None:
+    """Fail when no wanted image has a file (a submission of fallback rows scores zero, found out
+    hours later on Kaggle); warn loudly with counts and examples when some are missing."""
     missing = sorted(wanted - found)
+    if wanted and len(missing) == len(wanted):
+        raise NoTestImagesError(
+            f"{where}: none of the {len(wanted)} images of the sample submission was found ({len(found)} image "
+            f"files there, e.g. {sorted(found)[:3]}; wanted e.g. {missing[:3]}). Is this the competition's test "
+            f"folder (test/<study>/<series>/<image>.dcm)?")
     if missing:
-        log.warning("%d image(s) of the sample submission have no file under %s (fallback rows), e.g. %s",
-                    len(missing), where, missing[:3])
+        log.warning("%d of %d image(s) of the sample submission (%.0f%%) have no file under %s: they get fallback "
+                    "rows; e.g. %s", len(missing), len(wanted), 100 * len(missing) / len(wanted), where, missing[:5])
 
 
 def read_test_table(path) -> pd.DataFrame:
@@ -447,7 +465,11 @@ def write_ensemble_submission(ensemble: Ensemble, data_dir, out, *, batch_size: 
                               workers: int | None = None, progress: bool = True, test_table=None) -> dict:
     """Predict the test split of ``data_dir`` (:func:`find_test_images`) and write the validated
     submission to ``out``. Returns a summary: rows, images, unreadable images with their reasons, seconds."""
+    check_output_path(out)
     sample, images = find_test_images(data_dir, test_table)
+    problems = sample_problems(sample)
+    if problems:
+        raise SubmissionError(problems, where=f"{data_dir} sample submission")
     started = time.perf_counter()
     predictions = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=progress)
     submission = assemble_submission(predictions, sample, ensemble.config)

@@ -86,3 +86,33 @@ def test_off_and_yes_stay_strings_true_and_false_are_booleans(tmp_path):
     assert parse_overrides(["amp=off", "nesterov=true"]) == {"amp": "off", "nesterov": True}
     config = load_section(path, "backbone", BackboneConfig)
     assert (config.amp, config.nesterov, config.arch) == ("off", False, "yes")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", "0"], "--size must be at least 16"),
+    (["--folds", "1"], "--folds must be at least 2"),
+    (["--workers", "0"], "--workers must be at least 1"),
+])
+def test_prepare_refuses_option_values_out_of_range(tmp_path, capsys, argv, message):
+    from train import prepare
+
+    with pytest.raises(SystemExit):
+        prepare.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), *argv])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("epochs=-1", "epochs must be at least 1"),
+    ("lr=0", "lr must be > 0"),
+    ("image_size=abc", "image_size: expected int"),
+    ("ema_decay=1.5", "ema_decay must be in"),
+    ("label_smoothing=1", "label_smoothing < 1"),
+])
+def test_training_options_out_of_range_stop_before_anything_runs(tmp_path, override, message):
+    from train import train_study
+
+    with pytest.raises(SystemExit, match=message):
+        train_study.main(["--prepared", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "run"),
+                          "--config", "train/configs/demo.yaml", "--set", override])
+    assert not (tmp_path / "run").exists()

@@ -4,6 +4,8 @@ unreadable images, the submission it assembles, and clear errors for a bad weigh
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import cv2
 import numpy as np
@@ -191,3 +193,57 @@ def test_the_inference_benchmark_measures_every_stage(untrained_weights, tmp_pat
     assert all(rate > 0 for rate in rates.values())
     minutes = result["estimated_notebook_minutes"]
     assert 0 < minutes["1263"] < minutes["6000"]
+
+
+def _submission_argv(data, weights, out):
+    return ["--data-dir", str(data), "--weights-dir", str(weights), "--out", str(out), "--no-progress"]
+
+
+def test_make_submission_checks_what_it_can_before_predicting(untrained_weights, siim_dataset, tmp_path,
+                                                              monkeypatch):
+    """A bad output path or sample fails at once, before any image is predicted."""
+    from infer import make_submission
+
+    def no_prediction(*args, **kwargs):
+        raise AssertionError("predicted before checking the inputs")
+
+    monkeypatch.setattr(Ensemble, "predict_paths", no_prediction)
+    with pytest.raises(SystemExit, match="is a folder"):
+        make_submission.main(_submission_argv(siim_dataset, untrained_weights, tmp_path))
+    with pytest.raises(SystemExit, match="cannot write under"):
+        make_submission.main(_submission_argv(siim_dataset, untrained_weights, siim_dataset / "sample_submission.csv"
+                                              / "sub.csv"))
+    data = tmp_path / "data"
+    shutil.copytree(siim_dataset, data)
+    sample = pd.read_csv(data / "sample_submission.csv")
+    bad = pd.concat([sample, sample.head(1), pd.DataFrame({"id": ["abc_series"], "PredictionString": ["x"]})])
+    bad.to_csv(data / "sample_submission.csv", index=False)
+    with pytest.raises(SystemExit, match=r"duplicate id .*\n.*abc_series' ends neither"):
+        make_submission.main(_submission_argv(data, untrained_weights, tmp_path / "sub.csv"))
+
+
+def test_a_wrong_data_folder_fails_loudly_and_missing_images_are_counted(untrained_weights, siim_dataset, tmp_path,
+                                                                         caplog):
+    from infer import make_submission
+
+    data = tmp_path / "data"
+    shutil.copytree(siim_dataset, data)
+    shutil.rmtree(data / "test")
+    (data / "test").mkdir()
+    with pytest.raises(SystemExit, match="none of the .* images of the sample submission was found"):
+        make_submission.main(_submission_argv(data, untrained_weights, tmp_path / "sub.csv"))
+    # Upper-case .DCM files are not the competition's layout either: still no image found.
+    shutil.rmtree(data / "test")
+    shutil.copytree(siim_dataset / "test", data / "test")
+    dicoms = find_dicoms(data / "test")
+    for path in dicoms:
+        path.rename(path.with_suffix(".DCM"))
+    with pytest.raises(SystemExit, match="none of the"):
+        make_submission.main(_submission_argv(data, untrained_weights, tmp_path / "sub.csv"))
+    # Some images missing: a warning with the count and the share, and a complete submission.
+    shutil.rmtree(data / "test")
+    shutil.copytree(siim_dataset / "test", data / "test")
+    find_dicoms(data / "test")[0].unlink()
+    with caplog.at_level("WARNING"):
+        assert make_submission.main(_submission_argv(data, untrained_weights, tmp_path / "sub.csv")) == 0
+    assert re.search(r"1 of \d+ image\(s\) of the sample submission \(\d+%\) have no file", caplog.text)

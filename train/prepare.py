@@ -43,8 +43,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     sizes = tuple(args.sizes or [1024])
+    # Ranges first: a size of 0 would blame every image's DICOM, 1 fold would end in an sklearn traceback.
+    if min(sizes) < 16:
+        parser.error(f"--size must be at least 16 pixels, got {min(sizes)}")
+    if args.folds < 2:
+        parser.error(f"--folds must be at least 2, got {args.folds}")
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     try:
         table = prepare_data(args.data_dir, args.out, sizes, args.workers, args.folds, args.seed, args.duplicates,
                              args.patients)

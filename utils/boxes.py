@@ -16,11 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 
-KAGGLE_XYWH = "kaggle_xywh"
-XYXY_PX = "xyxy_px"
-XYXY_NORM = "xyxy_norm"
-CXCYWH_NORM = "cxcywh_norm"
-
 
 def as_boxes(boxes) -> np.ndarray:
     """Any sequence of 4-number boxes -> float64 array of shape (N, 4); empty -> (0, 4)."""

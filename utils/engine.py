@@ -261,9 +261,9 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def save_checkpoint(path, state: dict) -> Path:
     """Write ``state`` (exactly :data:`CHECKPOINT_KEYS`) to a temporary file, then rename it over ``path``."""
-    missing = set(CHECKPOINT_KEYS) ^ set(state)
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint keys must be {CHECKPOINT_KEYS}; differs in {sorted(missing)}")
+    differing = set(CHECKPOINT_KEYS) ^ set(state)
+    if differing:
+        raise CheckpointError(f"{path}: checkpoint keys must be {CHECKPOINT_KEYS}; differs in {sorted(differing)}")
     with atomic_path(path) as temporary:
         torch.save(state, temporary)
     return Path(path)

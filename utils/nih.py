@@ -29,7 +29,6 @@ NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Pat
 ENTRY_FILE = "Data_Entry_2017.csv"
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
-SPLITS = ("train", "val", "test")
 
 
 class NihLabelError(ValueError):

@@ -8,6 +8,7 @@ A prediction string is groups of six tokens ``class confidence x1 y1 x2 y2``. St
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -20,7 +21,6 @@ from utils.files import atomic_path
 from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 
 HEADER = ["id", "PredictionString"]
-DUMMY_BOX = (0.0, 0.0, 1.0, 1.0)
 
 
 class SubmissionError(ValueError):
@@ -154,6 +154,31 @@ def submission_problems(submission: pd.DataFrame, sample: pd.DataFrame | None = 
             continue
         problems.extend(_string_problems(identifier, text))
     return problems
+
+
+def sample_problems(sample: pd.DataFrame) -> list[str]:
+    """What makes a sample submission unusable as the list of ids to predict: no ``id`` column,
+    duplicate ids, ids that are neither ``<study>_study`` nor ``<image>_image``."""
+    if "id" not in sample.columns:
+        return [f"no 'id' column (columns: {list(sample.columns)})"]
+    ids = sample["id"].astype(str)
+    problems = [f"duplicate id {i!r}" for i in sorted(set(ids[ids.duplicated()]))[:20]]
+    problems += [f"id {i!r} ends neither in {STUDY_SUFFIX!r} nor {IMAGE_SUFFIX!r}"
+                 for i in ids if not (i.endswith(STUDY_SUFFIX) or i.endswith(IMAGE_SUFFIX))][:20]
+    return problems
+
+
+def check_output_path(path) -> Path:
+    """Raise (``SubmissionError``) when ``path`` cannot receive the submission: a folder, or a parent
+    that is not a writable folder. Checked before any prediction, not after hours of it."""
+    path = Path(path)
+    if path.is_dir():
+        raise SubmissionError([f"{path} is a folder; give the submission's file name"], where=str(path))
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SubmissionError([f"cannot write under {existing} (not a writable folder)"], where=str(path))
+    return path
 
 
 def read_submission(path) -> pd.DataFrame:
