@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 
 DEMO_DIR := runs/demo
 
-.PHONY: setup test demo train-all notebook kaggle-datasets kaggle-push serve bench gpu-check clean
+.PHONY: setup test demo train-all study-ablation notebook kaggle-datasets kaggle-push serve bench gpu-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,13 @@ train-all: $(STAMP)
 	@test -n "$(DATA)" || { echo "usage: make train-all DATA=competition_dir_or_resized_copy [NIH=nih_dir] [RSNA=rsna_dir] [CONFIG=...] [OUT=...]"; exit 2; }
 	$(PY) train/train_all.py --data-dir $(DATA) --out $(OUT) --config $(CONFIG) \
 	  $(if $(NIH),--nih-dir $(NIH)) $(if $(RSNA),--rsna-dir $(RSNA))
+
+# The study model's ablation on the real-data recipe (after make train-all ... OUT=runs/real256):
+# one change at a time, out of fold, beside the class prior (README "Results on real radiographs").
+ABLATION_RUN ?= runs/real256
+study-ablation: $(STAMP)
+	$(PY) train/study_ablation.py --prepared $(ABLATION_RUN)/prepared/meta.csv --config train/configs/real256.yaml \
+	  --out $(ABLATION_RUN)/study-ablation --no-progress
 
 # Kaggle delivery: the notebook (generated, committed), upload folders, upload.
 WEIGHTS ?= runs/full/weights

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.update(parse_overrides(args.overrides))
         if args.device:
             overrides["device"] = args.device
-        config = ensemble_config(read_manifest(args.weights_dir), overrides, str(args.weights_dir / "manifest.json"))
+        manifest = read_manifest(args.weights_dir, must_exist=True)
+        config = ensemble_config(manifest, overrides, str(args.weights_dir / "manifest.json"))
         ensemble = Ensemble(args.weights_dir, config)
         summary = write_ensemble_submission(ensemble, args.data_dir, args.out, batch_size=args.batch_size,
                                             workers=args.workers, progress=not args.no_progress,

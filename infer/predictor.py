@@ -189,7 +189,7 @@ class Ensemble:
 
     def __init__(self, weights_dir, config: EnsembleConfig | None = None, overrides: dict | None = None):
         self.weights_dir = Path(weights_dir)
-        manifest = read_manifest(self.weights_dir)
+        manifest = read_manifest(self.weights_dir, must_exist=True)
         if not manifest["models"]:
             raise ManifestError(f"{self.weights_dir / 'manifest.json'}: no trained models (run train/train_all.py)")
         self.config = config or ensemble_config(manifest, overrides, str(self.weights_dir / "manifest.json"))
@@ -198,8 +198,10 @@ class Ensemble:
         self.members = []
         started = time.perf_counter()
         for name, spec in sorted(manifest["models"].items()):
-            if spec.get("kind") not in MEMBER_TYPES:
-                raise ManifestError(f"model {name!r}: unknown kind {spec.get('kind')!r}")
+            if not isinstance(spec, dict) or spec.get("kind") not in MEMBER_TYPES:
+                kind = spec.get("kind") if isinstance(spec, dict) else spec
+                raise ManifestError(f"{self.weights_dir / 'manifest.json'}: model {name!r}: unknown kind {kind!r}; "
+                                    f"known: {sorted(MEMBER_TYPES)}")
             self.members.append(MEMBER_TYPES[spec["kind"]](name, spec, self.weights_dir, self.device))
         self.load_seconds = time.perf_counter() - started
         unknown = sorted(set(self.config.model_weights) - {m.name for m in self.members})

@@ -26,7 +26,9 @@ PACKAGES = ("utils", "infer", "train")
 
 
 def module_path(module: str) -> Path:
-    return ROOT / (module.replace(".", "/") + ".py")
+    """The file of ``module``: ``a/b.py``, or ``a/b/__init__.py`` for a package (``utils.kinds``)."""
+    package = ROOT / module.replace(".", "/") / "__init__.py"
+    return package if package.is_file() else ROOT / (module.replace(".", "/") + ".py")
 
 
 def project_imports(module: str) -> set[str]:
@@ -63,9 +65,9 @@ def _cell(kind: str, text: str) -> dict:
 
 def build() -> dict:
     modules = code_closure()
-    files = {f"{m.replace('.', '/')}.py": module_path(m).read_text() for m in modules}
+    files = {module_path(m).relative_to(ROOT).as_posix(): module_path(m).read_text() for m in modules}
     for package in sorted({m.split(".")[0] for m in modules}):
-        files[f"{package}/__init__.py"] = ""
+        files.setdefault(f"{package}/__init__.py", "")
     sources = json.dumps(files, indent=0, sort_keys=True)
     cells = [
         _cell("markdown", "# SIIM-FISABIO-RSNA COVID-19 Detection: inference\n\n"

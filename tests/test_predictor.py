@@ -4,6 +4,7 @@ unreadable images, the submission it assembles, and clear errors for a bad weigh
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 
@@ -247,3 +248,39 @@ def test_a_wrong_data_folder_fails_loudly_and_missing_images_are_counted(untrain
     with caplog.at_level("WARNING"):
         assert make_submission.main(_submission_argv(data, untrained_weights, tmp_path / "sub.csv")) == 0
     assert re.search(r"1 of \d+ image\(s\) of the sample submission \(\d+%\) have no file", caplog.text)
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda m, w: (w / m["models"]["study"]["files"]["0"]).write_bytes(os.urandom(500)),
+     "not a readable weights file"),
+    (lambda m, w: (w / m["models"]["faster_rcnn"]["files"]["1"]).write_bytes(
+        (w / m["models"]["faster_rcnn"]["files"]["1"]).read_bytes()[:2000]), "not a readable weights file"),
+    (lambda m, w: (w / m["models"]["yolo"]["files"]["0"]).write_bytes(b"PK\x03\x04junk"), "not a readable YOLO"),
+    (lambda m, w: m["models"]["study"]["files"].update({"0": "/etc/passwd"}), "outside the weights folder"),
+    (lambda m, w: m["models"]["study"]["files"].update({"0": "../../x.pt"}), "outside the weights folder"),
+    (lambda m, w: m["models"]["study"].pop("input_size"), "'input_size' must be a positive integer"),
+    (lambda m, w: m["models"]["study"].update(input_size=-64), "'input_size' must be a positive integer"),
+    (lambda m, w: m["models"]["study"].update(input_size="64"), "'input_size' must be a positive integer"),
+    (lambda m, w: m["models"]["study"].update(folds=[0, 1, 2]), "'files' must name a file for every fold"),
+    (lambda m, w: m["models"].update(study=["not", "an", "object"]), "unknown kind"),
+])
+def test_broken_weights_folders_are_errors_naming_the_file(untrained_weights, tmp_path, break_it, message):
+    weights = tmp_path / "weights"
+    shutil.copytree(untrained_weights, weights)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    break_it(manifest, weights)
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=message) as caught:
+        Ensemble(weights)
+    assert "weights_only=False" not in str(caught.value)
+
+
+def test_a_manifest_that_is_a_list_or_a_missing_folder_is_said_plainly(tmp_path):
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(ManifestError, match="expected an object with a 'models' mapping"):
+        Ensemble(tmp_path)
+    with pytest.raises(ManifestError, match="weights folder not found"):
+        Ensemble(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match="no trained models"):
+        Ensemble(tmp_path / "empty")

@@ -48,6 +48,7 @@ VARIANTS = {
     "seg_ema": ("+ segmentation + EMA", {"seg_weight": SEG_WEIGHT, "ema_decay": EMA_DECAY}),
     "smooth": ("+ label smoothing 0.05", {"label_smoothing": 0.05}),
 }
+DEFAULT_VARIANTS = ("plain", "seg", "ema", "seg_ema")
 TTA_ROWS = {"hflip": FLIP, "8 views": EIGHT_VIEWS}
 
 
@@ -56,7 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prepared", required=True, type=Path, help="meta.csv written by train/prepare.py")
     parser.add_argument("--config", type=Path, default=Path("train/configs/real256.yaml"))
     parser.add_argument("--out", type=Path, default=Path("runs/study-ablation"))
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
+                        help=f"default: {' '.join(DEFAULT_VARIANTS)} (each about 23 min on 2 CPU cores)")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="overrides for every variant (e.g. epochs=1 for a quick try)")
     parser.add_argument("--no-progress", action="store_true")

@@ -25,17 +25,64 @@ class ManifestError(ValueError):
     """A manifest or weights folder that cannot be used; names the file and the problem."""
 
 
-def read_manifest(weights_dir) -> dict:
-    path = Path(weights_dir) / MANIFEST_FILE
+def read_manifest(weights_dir, must_exist: bool = False) -> dict:
+    """The manifest of ``weights_dir`` (an empty one when there is none yet, unless ``must_exist``:
+    then a missing folder or file is an error saying so)."""
+    weights_dir = Path(weights_dir)
+    path = weights_dir / MANIFEST_FILE
+    if must_exist and not weights_dir.is_dir():
+        raise ManifestError(f"{weights_dir}: weights folder not found")
     if not path.is_file():
+        if must_exist:
+            raise ManifestError(f"{path}: not found: no trained models in {weights_dir} (run train/train_all.py)")
         return {"models": {}}
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ManifestError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(manifest.get("models"), dict):
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
         raise ManifestError(f"{path}: expected an object with a 'models' mapping")
     return manifest
+
+
+def entry_files(weights_dir, name: str, spec) -> tuple[list[int], list[Path], int]:
+    """``(folds, files, input size)`` of manifest entry ``name`` after checking its shape: folds a list
+    of integers, a file for each inside the weights folder (never outside it: an entry of
+    ``/etc/passwd`` or ``../x`` is refused) that exists, a positive integer input size."""
+    where = f"{Path(weights_dir) / MANIFEST_FILE}: model {name!r}"
+    if not isinstance(spec, dict):
+        raise ManifestError(f"{where}: expected an object, got {type(spec).__name__}")
+    folds, files, size = spec.get("folds"), spec.get("files"), spec.get("input_size")
+    if not isinstance(folds, list) or not folds or not all(isinstance(f, int) and not isinstance(f, bool)
+                                                             for f in folds):
+        raise ManifestError(f"{where}: 'folds' must be a non-empty list of integers, got {folds!r}")
+    if not isinstance(files, dict) or any(str(f) not in files for f in folds):
+        raise ManifestError(f"{where}: 'files' must name a file for every fold {folds}, got {files!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ManifestError(f"{where}: 'input_size' must be a positive integer, got {size!r}")
+    root = Path(weights_dir).resolve()
+    paths = []
+    for fold in folds:
+        path = (root / str(files[str(fold)])).resolve()
+        if not path.is_relative_to(root):
+            raise ManifestError(f"{where}: fold {fold} file {files[str(fold)]!r} is outside the weights folder {root}")
+        if not path.is_file():
+            raise ManifestError(f"{where}: weights file not found: {path}")
+        paths.append(path)
+    return folds, paths, size
+
+
+def load_state_dict_file(path) -> dict:
+    """A weights file exported by training (a state dict), loaded safely (``weights_only``); anything
+    else (corrupt, truncated, not ours) is a ManifestError naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every unpickling failure means the same: not a usable file
+        raise ManifestError(f"{path}: not a readable weights file ({type(err).__name__}); is it corrupt or "
+                            f"truncated? Re-export it from its training run") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ManifestError(f"{path}: expected a state dict of tensors")
+    return state
 
 
 def _write_manifest(weights_dir: Path, manifest: dict) -> Path:

@@ -33,7 +33,7 @@ from utils.engine import (
     resolve_device,
     resolve_precision,
 )
-from utils.manifest import ManifestError, register_fold_checkpoints
+from utils.manifest import entry_files, register_fold_checkpoints
 from utils.models import IMAGENET_MEAN, IMAGENET_STD
 from utils.prepare import fold_split, select_folds
 
@@ -242,13 +242,8 @@ class Member:
         self.name = name
         self.kind = spec["kind"]
         self.config = spec.get("config", {})
-        self.input_size = int(spec["input_size"])
-        self.folds = [int(f) for f in spec["folds"]]
-        self.files = [Path(weights_dir) / spec["files"][str(f)] for f in self.folds]
+        self.folds, self.files, self.input_size = entry_files(weights_dir, name, spec)
         self.device = device
-        missing = [str(p) for p in self.files if not p.is_file()]
-        if missing:
-            raise ManifestError(f"model {name!r}: weights file(s) not found: {missing}")
 
     def predict(self, images: torch.Tensor, tta: bool, precision: Precision):
         raise NotImplementedError

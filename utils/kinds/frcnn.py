@@ -18,6 +18,7 @@ from utils.detection import detector_scores, read_detection_table, write_detecto
 from utils.engine import Precision, TrainConfig, collate_detection, init_distributed, load_checkpoint
 from utils.frcnn import FasterRCNNDetector, detector_from_config, load_detector_state, unpad_detections
 from utils.kinds.base import Detections, Member, RunOptions, TorchKind, TrainingError, detector_input, with_flipped
+from utils.manifest import load_state_dict_file
 from utils.models import PRETRAINED_NONE
 from utils.predictions import detection_rows
 from utils.prepare import prepare_rsna
@@ -166,7 +167,7 @@ class FasterRCNNMember(Member):
         self.models = []
         for path in self.files:
             model = detector_from_config(self.config, PRETRAINED_NONE, self.input_size)
-            load_detector_state(model, torch.load(path, map_location="cpu", weights_only=True), path)
+            load_detector_state(model, load_state_dict_file(path), path)
             self.models.append(model.to(device).eval())
 
     @torch.no_grad()

@@ -17,6 +17,7 @@ from utils.detection import read_detection_table
 from utils.engine import Precision, TrainConfig
 from utils.files import write_json_atomic, write_text_atomic
 from utils.kinds.base import FoldResult, Member, RunOptions, TorchKind, classifier_input
+from utils.manifest import load_state_dict_file
 from utils.metric import format_score_table
 from utils.models import PRETRAINED_NONE, StudyClassifier
 from utils.predictions import classifier_rows, write_predictions
@@ -128,7 +129,7 @@ class StudyMember(Member):
         self.models = []
         for path in self.files:
             model = StudyClassifier.from_config(self.config, PRETRAINED_NONE)
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            model.load_state_dict(load_state_dict_file(path))
             self.models.append(model.to(device).eval())
         self.views = check_views(self.config.get("tta_views", FLIP))
 

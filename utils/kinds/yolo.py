@@ -167,7 +167,12 @@ class YoloMember(Member):
             raise ManifestError(f"model {name!r}: YOLO input size {self.input_size} is not a multiple of 32")
         settings = os.environ.get("YOLO_CONFIG_DIR") or str(Path(tempfile.gettempdir()) / "siim-ultralytics")
         ultralytics = import_ultralytics(settings)
-        self.models = [ultralytics.YOLO(str(path), task="detect") for path in self.files]
+        self.models = []
+        for path in self.files:
+            try:
+                self.models.append(ultralytics.YOLO(str(path), task="detect"))
+            except Exception as err:  # noqa: BLE001 - ultralytics raises many types for a bad file
+                raise ManifestError(f"{path}: not a readable YOLO weights file ({type(err).__name__})") from None
         self.options = {"imgsz": self.input_size, "conf": float(self.config.get("score_threshold", 0.001)),
                         "iou": float(self.config.get("nms_threshold", 0.6)),
                         "max_det": int(self.config.get("detections_per_image", 100))}
