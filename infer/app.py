@@ -12,9 +12,11 @@ documented at ``/docs``) and ``GET /healthz``. The same predictor as make_submis
 Prediction runs in a worker thread, one at a time behind a lock (the models, pydicom's settings and
 torch's thread count are shared by the process), so the event loop keeps answering (``/healthz``
 within milliseconds while radiographs are predicted). Uploads are read into memory (never written
-to disk) up to the size limit (413 beyond it); images with absurd dimensions are refused from their
-header before decoding (:class:`utils.dicom.ImageSizeError`: 413); an unreadable file gets a 422
-saying why. It listens on 127.0.0.1 unless told otherwise.
+to disk: the body is streamed into memory with a running count and parsed there) up to the size
+limit (413 beyond it, from ``Content-Length`` before reading when it is declared); images with absurd
+dimensions, and deflated DICOMs that would expand past the pixel bound, are refused before decoding
+(:class:`utils.dicom.ImageSizeError`: 413); an unreadable file gets a 422 saying why. It listens on
+127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request, UploadFile
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -48,6 +50,55 @@ log = logging.getLogger("app")
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 MAX_PIXELS = 80_000_000  # about 9,000 x 9,000: far above any radiograph, far below a decompression bomb
 PREVIEW_SIZE = 1024  # longer side of the preview the page draws on
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file, beyond the upload limit
+UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "DICOM, PNG or JPEG"}}}}}}}
+
+
+def upload_from_multipart(content_type: str, body: bytes) -> tuple[str, bytes]:
+    """``(file name, bytes)`` of the multipart field ``file`` of an in-memory request body (parsed
+    with python-multipart's streaming parser, nothing spooled to disk). Raises HTTPException 400."""
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    kind, params = parse_options_header(content_type or "")
+    if kind != b"multipart/form-data" or b"boundary" not in params:
+        raise HTTPException(400, "send the radiograph as multipart/form-data in the field 'file'")
+    parts, current, header = [], {}, {"field": b"", "value": b""}
+
+    def on_part_begin():
+        current.clear()
+        current.update(headers={}, data=bytearray())
+
+    def on_header_field(data, start, end):
+        header["field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        header["value"] += data[start:end]
+
+    def on_header_end():
+        current["headers"][header["field"].lower()] = header["value"]
+        header["field"] = header["value"] = b""
+
+    def on_part_data(data, start, end):
+        current["data"] += data[start:end]
+
+    def on_part_end():
+        parts.append(dict(current))
+
+    parser = MultipartParser(params[b"boundary"], {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_part_data": on_part_data, "on_part_end": on_part_end})
+    try:
+        parser.write(body)
+        parser.finalize()
+    except Exception as err:  # noqa: BLE001 - the parser's own error types; the answer is the same
+        raise HTTPException(400, f"malformed multipart body ({type(err).__name__})") from None
+    for part in parts:
+        _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if disposition.get(b"name") == b"file":
+            return disposition.get(b"filename", b"upload").decode("utf-8", "replace") or "upload", bytes(part["data"])
+    raise HTTPException(400, "no multipart field 'file' in the request")
 
 
 def _png_base64(pixels: np.ndarray) -> str | None:
@@ -122,24 +173,30 @@ def create_app(weights_dir: Path | None, *, device: str = "cpu", max_upload_byte
         return {"status": "ok", "device": str(ensemble.device), "models": ensemble.describe()["models"],
                 "opacity_map": ensemble.has_opacity_map}
 
-    @app.post("/api/predict")
-    async def predict(request: Request, file: UploadFile, preview: bool = False, opacity_map: bool = False) -> dict:
+    @app.post("/api/predict", openapi_extra=UPLOAD_SCHEMA)
+    async def predict(request: Request, preview: bool = False, opacity_map: bool = False) -> dict:
         """Predict one radiograph (DICOM, PNG or JPEG) sent as the multipart field ``file``. Boxes are in
         the original image's pixels; ``preview=true`` adds the decoded image as a base64 PNG (longer
         side at most 1,024); ``opacity_map=true`` adds the study model's opacity map as a base64 PNG
         (grey 0-255 = probability, covering the whole image; null without the auxiliary head)."""
+        too_large = HTTPException(413, f"upload larger than the limit of {max_upload_bytes // (1 << 20)} MB")
+        limit = max_upload_bytes + MULTIPART_OVERHEAD
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_upload_bytes + 1024 * 1024:
-            raise HTTPException(413, f"upload larger than the limit of {max_upload_bytes // (1 << 20)} MB")
-        data = await file.read(max_upload_bytes + 1)
-        await file.close()
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise too_large  # refused from the header: the body is never read
+        body = bytearray()
+        async for chunk in request.stream():  # a running count bounds what is held without a length
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        name, data = upload_from_multipart(request.headers.get("content-type", ""), bytes(body))
+        del body
         if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"upload larger than the limit of {max_upload_bytes // (1 << 20)} MB")
+            raise too_large
         if not data:
-            raise HTTPException(400, f"{file.filename or 'upload'}: empty file")
+            raise HTTPException(400, f"{name}: empty file")
         if ensemble is None:
             raise HTTPException(503, problem)
-        name = file.filename or "upload"
         try:
             return await run_in_threadpool(predict_locked, data, name, preview, opacity_map)
         except ImageSizeError as err:

@@ -184,3 +184,34 @@ def test_the_load_check_runs_without_errors(weights, siim_dataset):
 
     result = benchmark_serve(weights, requests=6, concurrency=3, image=find_dicoms(siim_dataset / "test")[0])
     assert result["errors"] == 0 and result["median_latency_s"] > 0 and result["requests"] == 6
+
+
+def test_uploads_stay_in_memory_and_are_bounded_without_a_length(client, siim_dataset, monkeypatch):
+    """The body is parsed in memory (starlette's spooling form parser is never used), and a chunked
+    upload without Content-Length is cut off at the limit with 413."""
+    import starlette.formparsers
+
+    def spooling(*args, **kwargs):
+        raise AssertionError("the upload went through the spooling form parser")
+
+    monkeypatch.setattr(starlette.formparsers.MultiPartParser, "__init__", spooling)
+    path = find_dicoms(siim_dataset / "test")[0]
+    padded = path.read_bytes()
+    assert _post(client, path.name, padded).status_code == 200
+
+    def chunks():
+        yield b"--x\r\nContent-Disposition: form-data; name=file; filename=a.dcm\r\n\r\n"
+        for _ in range(8):
+            yield b"\0" * (1 << 20)  # 8 MB against the test app's 3 MB limit
+
+    response = client.post("/api/predict", content=chunks(),
+                           headers={"content-type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 413 and "larger than the limit" in response.json()["detail"]
+    assert client.post("/api/predict", content=b"abc", headers={"content-type": "text/plain"}).status_code == 400
+
+
+def test_a_deflated_dicom_bomb_gets_413(client):
+    from test_dicom import _deflated_dicom
+
+    response = _post(client, "bomb.dcm", _deflated_dicom(9000, 9000))  # 162 MB of pixels in a small upload
+    assert response.status_code == 413 and "expands beyond" in response.json()["detail"]

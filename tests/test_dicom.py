@@ -222,3 +222,40 @@ def test_32_bit_and_signed_pixels(tmp_path):
         pixels = read_dicom(tmp_path / "v.dcm", 48).pixels
         expected = cv2.resize(np.rint(display_pattern() * 255), (48, 48), interpolation=cv2.INTER_AREA)
         assert np.abs(pixels - expected).mean() < 1.0, dtype
+
+
+def _deflated_dicom(rows: int, cols: int) -> bytes:
+    """A 12-bit MONOCHROME2 DICOM in the Deflated Explicit VR Little Endian syntax (mostly zeros: it
+    compresses about 700:1)."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    pixels = np.zeros((rows, cols), np.uint16)
+    pixels[rows // 4: rows // 2, cols // 4: cols // 2] = 3000
+    ds.PixelData = pixels.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_deflated_dicom_is_refused_before_it_expands_past_the_bound():
+    from utils.dicom import ImageSizeError, read_radiograph
+
+    bomb = _deflated_dicom(2000, 2000)  # 8 MB of pixels in about 12 KB
+    assert len(bomb) < 50_000
+    assert read_radiograph(bomb, 64).pixels.shape == (64, 64)  # trusted input (no bound): read as usual
+    with pytest.raises(ImageSizeError, match="deflate-compressed DICOM expands beyond"):
+        read_radiograph(bomb, 64, max_pixels=1_000_000)
+    small = read_radiograph(_deflated_dicom(200, 300), 64, max_pixels=1_000_000)
+    assert (small.original_height, small.original_width) == (200, 300) and small.pixels.max() == 255

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -118,10 +119,39 @@ def _source_name(source: Source, name: str | None) -> str:
     return str(source)
 
 
-def _open_dataset(source: Source, label: str, stop_before_pixels: bool) -> pydicom.Dataset:
+DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole body is zlib
+
+
+def check_deflated_size(data: bytes, label: str, limit: int) -> None:
+    """Refuse a deflate-compressed DICOM whose body would inflate beyond ``limit`` bytes, inflating at
+    most ``limit + 1`` bytes to find out (pydicom inflates the whole body on reading, before any
+    header value can be checked: a small upload could expand to gigabytes)."""
+    fileobj = io.BytesIO(data)
+    try:
+        from pydicom.filereader import _read_file_meta_info, read_preamble
+
+        read_preamble(fileobj, True)
+        meta = _read_file_meta_info(fileobj)
+    except Exception:  # noqa: BLE001 - not parseable here: dcmread says why
+        return
+    if str(meta.get("TransferSyntaxUID", "")) != DEFLATED_SYNTAX:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(data[fileobj.tell():], limit + 1)
+    except zlib.error:
+        return  # corrupt stream: dcmread says why
+    if len(inflated) > limit:
+        raise ImageSizeError(label, f"deflate-compressed DICOM expands beyond {limit} bytes")
+
+
+def _open_dataset(source: Source, label: str, stop_before_pixels: bool,
+                  max_inflated: int | None = None) -> pydicom.Dataset:
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
             raise DicomReadError(label, "empty file (0 bytes)")
+        if max_inflated is not None:
+            check_deflated_size(bytes(source), label, max_inflated)
         fileobj = io.BytesIO(source)
     else:
         path = Path(source)
@@ -292,7 +322,10 @@ def read_dicom(
     """
     label = _source_name(source, name)
     with lenient_dicom_values():
-        ds = _open_dataset(source, label, stop_before_pixels=False)
+        # With a pixel bound (untrusted input), a deflated body may hold at most 2 bytes per allowed
+        # pixel (16-bit) plus 1 MB of other elements.
+        inflate_limit = None if max_pixels is None else 2 * max_pixels + (1 << 20)
+        ds = _open_dataset(source, label, stop_before_pixels=False, max_inflated=inflate_limit)
         header = _header(ds, label)
         check_image_shape(label, header.rows, header.columns, max_pixels)
         frame = _decode_first_frame(ds, header, label)
