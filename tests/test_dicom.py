@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import cv2
@@ -224,16 +225,16 @@ def test_32_bit_and_signed_pixels(tmp_path):
         assert np.abs(pixels - expected).mean() < 1.0, dtype
 
 
-def _deflated_dicom(rows: int, cols: int) -> bytes:
-    """A 12-bit MONOCHROME2 DICOM in the Deflated Explicit VR Little Endian syntax (mostly zeros: it
-    compresses about 700:1)."""
+def _deflated_dicom(rows: int, cols: int, syntax=None) -> bytes:
+    """A 12-bit MONOCHROME2 DICOM, by default in the Deflated Explicit VR Little Endian syntax (mostly
+    zeros: it compresses about 700:1)."""
     import io
 
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
     meta = FileMetaDataset()
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta.TransferSyntaxUID = syntax or DeflatedExplicitVRLittleEndian
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     ds = Dataset()
@@ -259,3 +260,30 @@ def test_a_deflated_dicom_is_refused_before_it_expands_past_the_bound():
         read_radiograph(bomb, 64, max_pixels=1_000_000)
     small = read_radiograph(_deflated_dicom(200, 300), 64, max_pixels=1_000_000)
     assert (small.original_height, small.original_width) == (200, 300) and small.pixels.max() == 255
+
+
+def test_not_a_dicom_and_truncated_dicoms_say_so():
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    data = _deflated_dicom(40, 30, ExplicitVRLittleEndian)  # 2,400 pixel bytes at the end of the file
+    png = cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes()
+    for bad, reason in ((b"hello, not a DICOM\n" * 20, "not a DICOM file (no DICM marker"),
+                        (png, "not a DICOM file (a PNG image with a DICOM name?)"),
+                        (data[:-1000], "truncated: 1400 of 2400 pixel bytes"),
+                        (data[:300], "truncated")):
+        with pytest.raises(DicomReadError, match=re.escape(reason)):
+            read_dicom(bad, 16, name="x.dcm")
+    assert read_dicom(data, 16).original_height == 40
+
+
+def test_rows_that_disagree_with_the_pixel_data_are_refused():
+    import io
+
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(io.BytesIO(_deflated_dicom(40, 30, ExplicitVRLittleEndian)))
+    ds.Rows = 20  # the 40-row image would decode as the first of two 20-row "frames"
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    with pytest.raises(DicomReadError, match=r"pixel data holds 2400 bytes but Rows x Columns x frames"):
+        read_dicom(buffer.getvalue(), 16, name="x.dcm")

@@ -203,11 +203,68 @@ def _syntax_name(header: DicomHeader) -> str:
         return header.transfer_syntax or "unknown transfer syntax"
 
 
-def _decode_first_frame(ds: pydicom.Dataset, header: DicomHeader, label: str) -> np.ndarray:
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+_BITMAP_SIGNATURES = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image"}
+
+
+def _expected_pixel_bytes(ds: pydicom.Dataset, header: DicomHeader, frames: int = 1) -> int:
+    """Bytes of ``frames`` uncompressed frames by the header; 0 when a field is malformed (unknown)."""
+    try:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bytes_per_sample = (int(ds.get("BitsAllocated", 8) or 8) + 7) // 8
+    except (TypeError, ValueError):
+        return 0
+    return header.rows * header.columns * samples * bytes_per_sample * frames
+
+
+def _missing_pixels_reason(source: Source, ds: pydicom.Dataset, header: DicomHeader) -> str:
+    """Why a dataset has no pixel data: not a DICOM at all, or a DICOM cut short (and how short)."""
+    try:
+        data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+    except OSError:
+        data = b""
+    for signature, what in _BITMAP_SIGNATURES.items():
+        if data.startswith(signature):
+            return f"not a DICOM file ({what} with a DICOM name?)"
+    if not is_dicom_bytes(data) and header.rows <= 0 and not header.image_uid:
+        return "not a DICOM file (no DICM marker and no DICOM image header)"
+    if header.rows <= 0 or header.columns <= 0:
+        return "truncated or corrupt DICOM: no image header (Rows, Columns) and no pixel data could be read"
+    expected = _expected_pixel_bytes(ds, header) or "?"
+    at = data.rfind(_PIXEL_DATA_TAG)
+    if at < 0:
+        return f"no pixel data: truncated before it, or a DICOM without an image (0 of {expected} pixel bytes)"
+    present = max(0, len(data) - at - 12)  # tag, VR OB/OW, reserved, 4-byte length
+    return f"truncated: {present} of {expected} pixel bytes"
+
+
+def _check_pixel_length(ds: pydicom.Dataset, header: DicomHeader, label: str) -> None:
+    """Uncompressed pixel data must fit the header's Rows x Columns x frames: fewer bytes is a file cut
+    short; more (a Rows too small for its data) would silently decode as the first of several frames."""
+    syntax = pydicom.uid.UID(header.transfer_syntax) if header.transfer_syntax else None
+    if "PixelData" not in ds or (syntax is not None and syntax.is_compressed):
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        stored = len(ds.PixelData)
+    except (TypeError, ValueError):
+        return  # a malformed field: the decoder says what is wrong
+    expected = _expected_pixel_bytes(ds, header, frames)
+    if expected and stored < expected:
+        raise DicomReadError(label, f"truncated: {stored} of {expected} pixel bytes")
+    if expected and stored > expected + 1:  # one byte of padding to an even length is allowed
+        raise DicomReadError(label, f"pixel data holds {stored} bytes but Rows x Columns x frames "
+                                    f"({header.rows} x {header.columns} x {frames}) needs {expected}: the header "
+                                    "does not describe the image")
+
+
+def _decode_first_frame(ds: pydicom.Dataset, header: DicomHeader, label: str,
+                        source: Source | None = None) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise DicomReadError(label, "no pixel data")
+        raise DicomReadError(label, "no pixel data" if source is None else _missing_pixels_reason(source, ds, header))
     if header.rows <= 0 or header.columns <= 0:
         raise DicomReadError(label, f"zero-size image ({header.rows} x {header.columns})")
+    _check_pixel_length(ds, header, label)
     try:
         frame = pixel_array(ds, index=0)
     except Exception as err:
@@ -328,7 +385,7 @@ def read_dicom(
         ds = _open_dataset(source, label, stop_before_pixels=False, max_inflated=inflate_limit)
         header = _header(ds, label)
         check_image_shape(label, header.rows, header.columns, max_pixels)
-        frame = _decode_first_frame(ds, header, label)
+        frame = _decode_first_frame(ds, header, label, source)
         try:
             if frame.ndim == 2 and header.photometric != "PALETTE COLOR":
                 pixels = _grayscale_display(ds, frame, header, size, keep_aspect, dtype)
