@@ -1,3 +1,4 @@
+import os
 import shutil
 
 import cv2
@@ -39,10 +40,17 @@ def test_prepare_resumes_without_decoding_again(siim_dataset, tmp_path):
     before = png.stat().st_mtime_ns
     lines = (out / "headers.jsonl").read_text().count("\n")
     png.unlink()  # one image lost: only that one is decoded again
+    # a run killed mid-write left a temporary file (its pid is gone); a live process's is kept
+    stale = out / "images_48" / f"{png.stem}.tmp-{2**22 + 12345}.png"
+    live = out / "images_48" / f"another.tmp-{os.getpid()}.png"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
     second = next(p for p in (out / "images_48").glob("*.png"))
     second_mtime = second.stat().st_mtime_ns
     meta = prepare_competition(siim_dataset, out, sizes=(48,), progress=False)
     assert png.is_file() and png.stat().st_mtime_ns != before
+    assert not stale.exists() and live.exists()
+    live.unlink()
     assert second.stat().st_mtime_ns == second_mtime
     assert (out / "headers.jsonl").read_text().count("\n") == lines + 1
     assert meta["used"].sum() > 0 and not meta["image_id"].duplicated().any()
