@@ -14,8 +14,10 @@ import argparse
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from utils.metric import format_score_columns, format_score_table, ground_truth_from_files, score
-from utils.submission import read_submission
+from utils.submission import SubmissionError, read_submission, submission_problems
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -30,13 +32,24 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     """Prints and returns the score of the first submission (and of each, with several)."""
     args = get_args_parser().parse_args(argv)
-    truth = ground_truth_from_files(args.image_labels, args.study_labels)  # its errors name the label file
+    try:
+        truth = ground_truth_from_files(args.image_labels, args.study_labels)
+    except (OSError, KeyError, ValueError, pd.errors.EmptyDataError) as err:
+        raise SystemExit(f"label files {args.image_labels}, {args.study_labels}: not usable "
+                         f"({type(err).__name__}: {err}); expected the competition's train_*_level.csv") from None
     results = {}
     for path in args.submissions:
+        # Only a valid submission is scored: a duplicate row, a confidence outside [0, 1], x2 < x1 or a
+        # study class on an image row would change the figure without a word.
         try:
-            results[path] = score(read_submission(path), truth)
-        except ValueError as err:  # a malformed prediction string: name the submission, no traceback
-            raise SystemExit(f"{path}: {err}") from None
+            submission = read_submission(path)
+        except SubmissionError as err:
+            raise SystemExit(f"{path}: {'; '.join(err.problems)}") from None
+        problems = submission_problems(submission)
+        if problems:
+            raise SystemExit(f"{path}: not scored, {len(problems)} problem(s) (infer/validate_submission.py lists "
+                             f"them all):\n" + "\n".join(f"  - {p}" for p in problems[:20]))
+        results[path] = score(submission, truth)
     if len(results) == 1:
         (result,) = results.values()
         print(json.dumps(result) if args.json else format_score_table(result))

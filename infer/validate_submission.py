@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from utils.submission import read_submission, submission_problems
+from utils.submission import SubmissionError, read_submission, submission_problems
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -20,8 +20,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    sample = read_submission(args.sample_submission) if args.sample_submission else None
-    problems = submission_problems(read_submission(args.submission), sample)
+    try:
+        sample = read_submission(args.sample_submission) if args.sample_submission else None
+        problems = submission_problems(read_submission(args.submission), sample)
+    except SubmissionError as err:  # the file itself is unreadable: one line naming it
+        print(f"{err.where}: {'; '.join(err.problems)}")
+        return 1
     for problem in problems:
         print(problem)
     print(f"{args.submission}: {'valid' if not problems else f'{len(problems)} problem(s)'}")

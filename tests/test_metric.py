@@ -170,3 +170,56 @@ def test_cli_names_the_submission_for_a_malformed_string(tmp_path):
         main([str(tmp_path / "sub.csv"), "--image-labels", str(tmp_path / "img.csv"),
               "--study-labels", str(tmp_path / "study.csv")])
     assert str(info.value).startswith(str(tmp_path / "sub.csv")) and "i1_image" in str(info.value)
+
+
+def _labels(tmp_path):
+    (tmp_path / "img.csv").write_text("id,boxes,label,StudyInstanceUID\ni1_image,,none 1 0 0 1 1,s1\n")
+    (tmp_path / "study.csv").write_text("id,Negative for Pneumonia,Typical Appearance,Indeterminate Appearance,"
+                                        "Atypical Appearance\ns1_study,1,0,0,0\n")
+    return ["--image-labels", str(tmp_path / "img.csv"), "--study-labels", str(tmp_path / "study.csv")]
+
+
+@pytest.mark.parametrize("rows, problem", [
+    ("i1_image,none 1 0 0 1 1\ni1_image,none 0.5 0 0 1 1\n", "duplicate id"),
+    ("i1_image,none 1.5 0 0 1 1\n", "i1_image"),
+    ("i1_image,opacity 0.5 50 10 10 40\n", "i1_image"),
+    ("i1_image,typical 0.5 0 0 1 1\n", "i1_image"),
+])
+def test_score_refuses_an_invalid_submission_instead_of_scoring_it(tmp_path, rows, problem):
+    from infer.score import main
+
+    (tmp_path / "sub.csv").write_text("id,PredictionString\ns1_study,negative 1 0 0 1 1\n" + rows)
+    with pytest.raises(SystemExit, match=f"sub.csv: not scored(.|\\n)*{problem}"):
+        main([str(tmp_path / "sub.csv"), *_labels(tmp_path)])
+
+
+def test_score_names_a_label_file_it_cannot_use(tmp_path):
+    from infer.score import main
+
+    argv = _labels(tmp_path)
+    (tmp_path / "img.csv").write_text("identifier,boxes\n")
+    (tmp_path / "sub.csv").write_text("id,PredictionString\n")
+    with pytest.raises(SystemExit, match="label files .*img.csv.*not usable"):
+        main([str(tmp_path / "sub.csv"), *argv])
+    (tmp_path / "img.csv").write_text("")
+    with pytest.raises(SystemExit, match="not usable"):
+        main([str(tmp_path / "sub.csv"), *argv])
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "file not found"),
+    (b"", "empty file"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00binary", "not UTF-8 text"),
+    ("id,PredictionString\ns1_study,négatif 1 0 0 1 1\n".encode("latin-1"), "not UTF-8 text"),
+    (b"id,PredictionString,extra\ns1_study,negative 1 0 0 1 1,x\n", "header is"),
+    (b'id,PredictionString\n"s1_study,negative 1 0 0 1 1\n', "not a readable CSV"),
+])
+def test_validate_submission_reports_an_unreadable_file_in_one_line(tmp_path, capsys, content, message):
+    from infer.validate_submission import main
+
+    path = tmp_path / "sub.csv"
+    if content is not None:
+        path.write_bytes(content)
+    assert main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert message in out and str(path) in out and "Traceback" not in out

@@ -65,3 +65,17 @@ def test_a_line_cut_short_by_a_killed_run_is_decoded_again(siim_dataset, tmp_pat
     assert meta["used"].sum() > 0 and not meta["original_height"].isna().any()
     records = (out / "headers.jsonl").read_text().splitlines()
     assert records[-1] == lines[-1] and records[-2] == lines[-1][:20]
+
+
+def test_an_image_id_in_two_series_is_kept_once_with_a_warning(siim_dataset, tmp_path, caplog):
+    split = tmp_path / "test"
+    shutil.copytree(siim_dataset / "test", split)
+    first = find_dicoms(split)[0]
+    twin = first.parent.parent / "zzz-other-series" / first.name
+    twin.parent.mkdir()
+    shutil.copy(first, twin)
+    with caplog.at_level("WARNING"):
+        found = find_dicoms(split)
+    assert [p for p in found if p.stem == first.stem] == [min(first, twin)]
+    assert f"image id {first.stem} found twice" in caplog.text
+    assert len(found) == len(find_dicoms(siim_dataset / "test"))

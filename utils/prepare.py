@@ -72,8 +72,16 @@ class DecodedImage:
 
 
 def find_dicoms(split_dir) -> list[Path]:
-    """Every ``<study>/<series>/<image>.dcm`` under a split folder, sorted."""
-    return sorted(Path(split_dir).glob("*/*/*.dcm"))
+    """Every ``<study>/<series>/<image>.dcm`` under a split folder, sorted, one per image id: an id
+    found twice (two series of a study holding the same image) is logged with both paths and the
+    first in sorted order is kept, so every run makes the same choice."""
+    kept: dict[str, Path] = {}
+    for path in sorted(Path(split_dir).glob("*/*/*.dcm")):
+        if path.stem in kept:
+            log.warning("image id %s found twice: keeping %s, ignoring %s", path.stem, kept[path.stem], path)
+            continue
+        kept[path.stem] = path
+    return sorted(kept.values())
 
 
 def image_path(out_dir: Path, size: int, image_id: str) -> Path:

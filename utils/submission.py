@@ -7,6 +7,7 @@ A prediction string is groups of six tokens ``class confidence x1 y1 x2 y2``. St
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class SubmissionError(ValueError):
 
     def __init__(self, problems: list[str], where: str = "submission"):
         self.problems = problems
+        self.where = where
         shown = "\n".join(f"  - {p}" for p in problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
         super().__init__(f"{where}: {len(problems)} problem(s)\n{shown}{more}")
@@ -182,8 +184,26 @@ def check_output_path(path) -> Path:
 
 
 def read_submission(path) -> pd.DataFrame:
-    """A submission CSV with every field kept as text (an empty string stays empty, not NaN)."""
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    """A submission CSV with every field kept as text (an empty string stays empty, not NaN).
+    Raises :class:`SubmissionError` naming the file, in one line, for a file that is not such a CSV:
+    missing, empty, binary or not UTF-8, unparseable."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(["file not found"], where=str(path))
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as err:
+        raise SubmissionError([f"not UTF-8 text (byte {err.start}): binary or another encoding"],
+                              where=str(path)) from None
+    if "\0" in text:
+        raise SubmissionError(["binary content (NUL bytes)"], where=str(path))
+    if not text.strip():
+        raise SubmissionError(["empty file (expected the header id,PredictionString)"], where=str(path))
+    try:
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as err:
+        raise SubmissionError([f"not a readable CSV ({str(err).strip()})"], where=str(path)) from None
 
 
 def write_submission(submission: pd.DataFrame, path, sample: pd.DataFrame | None = None) -> Path:
