@@ -45,6 +45,7 @@ from infer.predictor import (
 from utils.boxes import denormalize_xyxy
 from utils.dicom import DicomReadError, ImageSizeError, read_radiograph
 from utils.labels import STUDY_CLASSES
+from utils.log import configure_logging
 
 log = logging.getLogger("app")
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     app = create_app(args.weights_dir, device=args.device, max_upload_bytes=args.max_upload_mb << 20)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0

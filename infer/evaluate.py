@@ -39,6 +39,7 @@ from utils.detection import box_submission, detector_scores
 from utils.files import atomic_path
 from utils.kinds import KINDS
 from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
+from utils.log import configure_logging
 from utils.manifest import register_ensemble
 from utils.metric import class_detections, ground_truth_from_table, precision_recall, score
 from utils.predictions import BOX_COLUMNS, NONE_PROB_COLUMN, STUDY_PROB_COLUMNS, read_predictions
@@ -239,7 +240,7 @@ def plot_loss_curves(run_dir: Path, path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     out = args.out or args.run_dir / "report"
     try:
         config = load_section(args.config, SECTION, EnsembleConfig, parse_overrides(args.overrides))

@@ -17,13 +17,13 @@ sample submission, in its order; an unreadable image is logged and gets a fallba
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from infer.predictor import SECTION, Ensemble, ensemble_config, write_ensemble_submission
 from utils.config import ConfigError, load_yaml_section, parse_overrides
 from utils.files import write_json_atomic
+from utils.log import configure_logging
 from utils.manifest import ManifestError, read_manifest
 from utils.prepare import PreparationInputError
 from utils.submission import SubmissionError
@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         overrides = load_yaml_section(args.config, SECTION) if args.config else {}
         overrides.update(parse_overrides(args.overrides))

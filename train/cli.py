@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from utils.config import DEFAULT_CONFIG
+from utils.log import configure_logging  # noqa: F401 - the scripts import it from here
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, section: str, default_out: str, resume: bool = True) -> None:
@@ -22,8 +22,6 @@ def add_run_arguments(parser: argparse.ArgumentParser, section: str, default_out
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def kind_parser(kind, doc: str, default_out: str) -> argparse.ArgumentParser:

@@ -12,12 +12,12 @@ original size, no label, missing) is listed in failures.csv with its reason and 
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import pandas as pd
 
 from utils.labels import DUPLICATE_POLICIES, DUPLICATES_KEEP_BOXED, LabelFileError
+from utils.log import configure_logging
 from utils.prepare import PreparationInputError, prepare_data
 
 
@@ -42,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    configure_logging()
     parser = get_args_parser()
     args = parser.parse_args(argv)
     sizes = tuple(args.sizes or [1024])
