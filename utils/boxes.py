@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# Normalised coordinates this far outside [0, 1] are rounding (fp16 outputs, resizes, CSV decimals)
+# and are clipped; anything further out means the boxes are not normalised (a bug upstream).
+NORM_TOLERANCE = 1e-3
+
 
 def as_boxes(boxes) -> np.ndarray:
     """Any sequence of 4-number boxes -> float64 array of shape (N, 4); empty -> (0, 4)."""

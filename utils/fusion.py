@@ -15,12 +15,9 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from utils.boxes import as_boxes, clip_xyxy, valid_box_mask
+from utils.boxes import NORM_TOLERANCE, as_boxes, clip_xyxy, valid_box_mask
 
 WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
-# Coordinates this far outside [0, 1] are rounding (fp16 outputs, resizes) and are clipped;
-# anything further out means the boxes are not normalised, which is a bug upstream.
-_RANGE_TOLERANCE = 1e-3
 
 
 class FusionInputError(ValueError):
@@ -58,7 +55,7 @@ def check_box_lists(boxes_list: Sequence, scores_list: Sequence, weights: Sequen
             raise FusionInputError(f"source {k}: non-finite box coordinates")
         if not np.isfinite(scores).all() or ((scores < 0) | (scores > 1)).any():
             raise FusionInputError(f"source {k}: scores must be finite and within [0, 1]")
-        if ((raw < -_RANGE_TOLERANCE) | (raw > 1 + _RANGE_TOLERANCE)).any():
+        if ((raw < -NORM_TOLERANCE) | (raw > 1 + NORM_TOLERANCE)).any():
             raise FusionInputError(f"source {k}: box coordinates outside [0, 1] (not XYXY_NORM?): "
                                    f"min {raw.min():.4g}, max {raw.max():.4g}")
         clipped = clip_xyxy(raw, 1.0, 1.0)

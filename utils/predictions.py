@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.boxes import as_boxes
+from utils.boxes import NORM_TOLERANCE, as_boxes
 from utils.files import atomic_path
 from utils.labels import STUDY_CLASSES
 
@@ -75,7 +75,7 @@ def check_predictions(frame: pd.DataFrame, where: str = "predictions") -> pd.Dat
     frame = frame[list(PREDICTION_COLUMNS)].copy()
     boxes = frame[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)
     has_box = ~np.isnan(boxes).any(axis=1)
-    out_of_range = has_box & ((boxes < -1e-6) | (boxes > 1 + 1e-6)).any(axis=1)
+    out_of_range = has_box & ((boxes < -NORM_TOLERANCE) | (boxes > 1 + NORM_TOLERANCE)).any(axis=1)
     if out_of_range.any():
         raise PredictionFileError(f"{where}: {int(out_of_range.sum())} boxes are not normalised to [0, 1], "
                                   f"e.g. image {frame.loc[out_of_range, 'image_id'].iloc[0]}")
