@@ -110,3 +110,24 @@ def install_missing(wheels_dir: Path | None, modules: dict[str, str] = REQUIRED_
     subprocess.run(command, check=True)
     importlib.invalidate_caches()
     return missing
+
+
+def usable_device(torch_module=None) -> tuple[str, str]:
+    """``(device, message)``: ``"cuda"`` when torch has kernels for the visible GPU, else ``"cpu"`` with
+    the reason. Kaggle's current torch has no kernels for the P100 (sm_60): every CUDA call would fail
+    with ``cudaErrorNoKernelImageForDevice``, so the notebook says so and predicts on the CPU instead
+    (pick the "GPU T4 x2" or "L4" accelerator)."""
+    torch = torch_module
+    if torch is None:
+        import torch
+    if not torch.cuda.is_available():
+        return "cpu", "no GPU visible: predicting on the CPU (slow; pick the GPU T4 x2 accelerator)"
+    major, minor = torch.cuda.get_device_capability(0)
+    name = torch.cuda.get_device_name(0)
+    built = {arch.split("_", 1)[1] for arch in torch.cuda.get_arch_list() if arch.startswith("sm_")}
+    if built and f"{major}{minor}" not in built and not any(int(a) // 10 == major and int(a) <= major * 10 + minor
+                                                             for a in built if a.isdigit()):
+        return "cpu", (f"this torch {torch.__version__} has no kernels for the {name} (sm_{major}{minor}; built for "
+                       f"{', '.join(sorted('sm_' + a for a in built))}): predicting on the CPU instead. "
+                       f"Pick the GPU T4 x2 or L4 accelerator")
+    return "cuda", f"predicting on the {name} (sm_{major}{minor})"

@@ -143,3 +143,24 @@ def test_push_says_what_is_missing_without_credentials(tmp_path):
     result = _run("push.py", str(tmp_path), env=env)
     assert result.returncode == 2
     assert "kaggle command-line tool is not installed" in result.stderr or "no Kaggle credentials" in result.stderr
+
+
+def test_a_gpu_without_kernels_in_this_torch_falls_back_to_the_cpu_with_a_message():
+    """Kaggle's P100 (sm_60) with a torch built from sm_70 on: the notebook predicts on the CPU and says why."""
+    from types import SimpleNamespace
+
+    from infer.kaggle_runtime import usable_device
+
+    def fake_torch(capability, name, archs=("sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")):
+        cuda = SimpleNamespace(is_available=lambda: capability is not None,
+                               get_device_capability=lambda index: capability, get_device_name=lambda index: name,
+                               get_arch_list=lambda: list(archs))
+        return SimpleNamespace(cuda=cuda, __version__="2.10.0")
+
+    device, message = usable_device(fake_torch((6, 0), "Tesla P100-PCIE-16GB"))
+    assert device == "cpu" and "no kernels for the Tesla P100" in message and "T4 x2" in message
+    assert usable_device(fake_torch((7, 5), "Tesla T4"))[0] == "cuda"
+    assert usable_device(fake_torch((8, 9), "NVIDIA L4"))[0] == "cuda"  # runs sm_86 code
+    assert usable_device(fake_torch(None, ""))[0] == "cpu"
+    source = (REPO / "kaggle" / "inference.ipynb").read_text()
+    assert "usable_device()" in source and "'--device', DEVICE" in source
