@@ -4,6 +4,7 @@ weights said plainly, and one end-to-end run in a real headless browser (Debian'
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import shutil
 
@@ -210,8 +211,48 @@ def test_uploads_stay_in_memory_and_are_bounded_without_a_length(client, siim_da
     assert client.post("/api/predict", content=b"abc", headers={"content-type": "text/plain"}).status_code == 400
 
 
-def test_a_deflated_dicom_bomb_gets_413(client):
+@functools.lru_cache(maxsize=1)
+def _bomb() -> bytes:
+    """A deflated 9,000 x 9,000 16-bit DICOM: 162 MB of pixels in a small upload (built once)."""
     from test_dicom import _deflated_dicom
 
-    response = _post(client, "bomb.dcm", _deflated_dicom(9000, 9000))  # 162 MB of pixels in a small upload
+    return _deflated_dicom(9000, 9000)
+
+
+def test_a_deflated_dicom_bomb_gets_413(client):
+    response = _post(client, "bomb.dcm", _bomb())
     assert response.status_code == 413 and "expands beyond" in response.json()["detail"]
+
+
+def test_small_hostile_uploads_on_a_real_server_stay_bounded(weights):
+    """Against uvicorn on loopback: thin images with a preview, a deflate bomb and an oversize chunked
+    body, three rounds each; every answer is a 413 and the process's peak memory grows by little
+    (the thin PNG alone used to take it from 2.2 to 4.7 GB)."""
+    import resource
+
+    import httpx
+
+    url, server = start_background_server(create_app(weights, max_upload_bytes=3 << 20))
+    sliver = cv2.imencode(".png", np.zeros((1, 3000), np.uint8))[1].tobytes()
+    bomb = _bomb()
+
+    def chunks():
+        yield b"--x\r\nContent-Disposition: form-data; name=file; filename=a.dcm\r\n\r\n"
+        for _ in range(8):
+            yield b"\0" * (1 << 20)
+
+    try:
+        peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        with httpx.Client(base_url=url, timeout=60) as http:
+            for _ in range(3):
+                for name, data in (("sliver.png", sliver), ("bomb.dcm", bomb)):
+                    answer = http.post("/api/predict?preview=true", files={"file": (name, data)})
+                    assert answer.status_code == 413, answer.text
+                answer = http.post("/api/predict", content=chunks(),
+                                   headers={"content-type": "multipart/form-data; boundary=x"})
+                assert answer.status_code == 413
+                assert http.get("/healthz").json()["status"] == "ok"
+        grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+        assert grown_mib < 400, f"peak memory grew by {grown_mib:.0f} MiB"
+    finally:
+        server.should_exit = True
