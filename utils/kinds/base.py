@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from utils.boxes import hflip_xyxy
 from utils.config import save_config
+from utils.detection import read_detection_table
 from utils.engine import (
     Precision,
     collate_skip_none,
@@ -133,6 +134,20 @@ def train_folds(kind: ModelKind, config, options: RunOptions) -> dict:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return scores
+
+
+class DetectorKind:
+    """What both opacity detectors share: trained at ``image_size``, predicting at ``predict_size``,
+    on the detection table (boxes normalised, both sizes' paths). Mixed in before the base kind."""
+
+    def sizes(self, config) -> set[int]:
+        return {config.image_size, config.predict_size}
+
+    def input_size(self, config) -> int:
+        return config.predict_size
+
+    def load_table(self, meta_csv, config) -> pd.DataFrame:
+        return read_detection_table(meta_csv, config.image_size, config.predict_size)
 
 
 class TorchKind(ModelKind):

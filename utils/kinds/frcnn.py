@@ -14,10 +14,19 @@ import pandas as pd
 import torch
 
 from utils.datasets import DetectionDataset
-from utils.detection import detector_scores, read_detection_table, write_detector_report
+from utils.detection import detector_scores, write_detector_report
 from utils.engine import Precision, TrainConfig, collate_detection, init_distributed, load_checkpoint
 from utils.frcnn import FasterRCNNDetector, detector_from_config, load_detector_state, unpad_detections
-from utils.kinds.base import Detections, Member, RunOptions, TorchKind, TrainingError, detector_input, with_flipped
+from utils.kinds.base import (
+    Detections,
+    DetectorKind,
+    Member,
+    RunOptions,
+    TorchKind,
+    TrainingError,
+    detector_input,
+    with_flipped,
+)
 from utils.manifest import load_state_dict_file
 from utils.models import PRETRAINED_NONE
 from utils.predictions import detection_rows
@@ -79,22 +88,13 @@ def keep_negatives(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFr
     return pd.concat([train[~negative], kept]).sort_index().reset_index(drop=True)
 
 
-class FrcnnKind(TorchKind):
+class FrcnnKind(DetectorKind, TorchKind):
     section = "frcnn"
     model_name = "faster_rcnn"
     manifest_kind = "faster_rcnn"
     config_class = FrcnnConfig
     title = "Faster R-CNN"
     collate = staticmethod(collate_detection)
-
-    def sizes(self, config: FrcnnConfig) -> set[int]:
-        return {config.image_size, config.predict_size}
-
-    def input_size(self, config: FrcnnConfig) -> int:
-        return config.predict_size
-
-    def load_table(self, meta_csv, config: FrcnnConfig) -> pd.DataFrame:
-        return read_detection_table(meta_csv, config.image_size, config.predict_size)
 
     def build_model(self, config: FrcnnConfig) -> FasterRCNNDetector:
         """The detector of ``config``: the trunk from ``backbone``, or everything from ``init_from``."""

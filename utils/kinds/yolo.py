@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from utils.detection import read_detection_table, write_detector_report
+from utils.detection import write_detector_report
 from utils.engine import Precision, copy_atomic, plot_loss_curve, write_metrics_csv
 from utils.kinds.base import (
     Detections,
+    DetectorKind,
     FoldResult,
     Member,
     ModelKind,
@@ -91,22 +92,13 @@ class YoloConfig:
                                     f"or a model yaml such as yolov8s.yaml)")
 
 
-class YoloKind(ModelKind):
+class YoloKind(DetectorKind, ModelKind):
     section = "yolo"
     model_name = "yolo"
     manifest_kind = "yolo"
     config_class = YoloConfig
     title = "YOLO"
     resumable = False  # ultralytics' runs restart
-
-    def sizes(self, config: YoloConfig) -> set[int]:
-        return {config.image_size, config.predict_size}
-
-    def input_size(self, config: YoloConfig) -> int:
-        return config.predict_size
-
-    def load_table(self, meta_csv, config: YoloConfig) -> pd.DataFrame:
-        return read_detection_table(meta_csv, config.image_size, config.predict_size)
 
     def start(self, table: pd.DataFrame, config: YoloConfig, options: RunOptions) -> None:
         """ultralytics imported offline (settings in the run folder); the used images exported once
