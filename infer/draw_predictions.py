@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from utils.dicom import read_dicom
-from utils.files import atomic_path
 from utils.labels import IMAGE_SUFFIX, STUDY_SUFFIX, load_image_labels, load_study_labels
 from utils.prepare import find_dicoms
+from utils.report import figure
 from utils.submission import parse_prediction_string, read_submission
 
 DISPLAY_SIZE = 512  # longer side of each panel, in pixels of the drawing
@@ -40,12 +40,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def draw(submission: pd.DataFrame, data_dir: Path, image_labels: pd.DataFrame, study_labels: pd.DataFrame,
          out: Path, n_images: int, min_score: float) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
     predicted = dict(zip(submission["id"].astype(str), submission["PredictionString"]))
     classes = dict(zip(study_labels["study_id"], study_labels["study_class"]))
     paths = {p.stem: p for p in find_dicoms(data_dir / "test")}
@@ -53,31 +47,34 @@ def draw(submission: pd.DataFrame, data_dir: Path, image_labels: pd.DataFrame, s
     chosen = chosen.sort_values("image_id").head(n_images)
     if chosen.empty:
         raise SystemExit(f"{data_dir / 'test'}: no image with true boxes to draw")
-    figure, axes = plt.subplots(len(chosen), 2, figsize=(9, 4.6 * len(chosen)), squeeze=False)
-    for (left, right), row in zip(axes, chosen.itertuples(index=False)):
-        radiograph = read_dicom(paths[row.image_id], DISPLAY_SIZE, keep_aspect=True)
-        scale = radiograph.pixels.shape[0] / radiograph.original_height
-        study = parse_prediction_string(predicted.get(f"{row.study_id}{STUDY_SUFFIX}", ""))
-        best = max(study, key=lambda p: p.confidence).label if study else "?"
-        probs = ", ".join(f"{p.label[:5]} {p.confidence:.2f}" for p in study)
-        for axis in (left, right):
-            axis.imshow(radiograph.pixels, cmap="gray")
-            axis.axis("off")
-        for x1, y1, x2, y2 in row.boxes * scale:
-            left.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", linewidth=2))
-        left.set_title(f"{row.image_id}: truth, {classes.get(row.study_id, '?')}", fontsize=9)
-        found = [p for p in parse_prediction_string(predicted.get(f"{row.image_id}{IMAGE_SUFFIX}", ""))
-                 if p.label == "opacity" and p.confidence >= min_score]
-        for p in found:
-            x1, y1, x2, y2 = (v * scale for v in p.box)
-            right.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="red", linewidth=2))
-            right.text(x1, y1 - 3, f"{p.confidence:.2f}", color="red", fontsize=8)
-        right.set_title(f"predicted ({best}): {probs}", fontsize=8)
-    figure.tight_layout()
-    with atomic_path(out) as temporary:
-        figure.savefig(temporary, format="png", dpi=80)
-    plt.close(figure)
+    with figure(len(chosen), 2, figsize=(9, 4.6 * len(chosen)), squeeze=False, dpi=80, path=out) as (_, axes):
+        for (left, right), row in zip(axes, chosen.itertuples(index=False)):
+            _draw_pair(left, right, row, paths, predicted, classes, min_score)
     return out
+
+
+def _draw_pair(left, right, row, paths: dict, predicted: dict, classes: dict, min_score: float) -> None:
+    """The truth (left) and the prediction (right) of one radiograph."""
+    from matplotlib.patches import Rectangle
+
+    radiograph = read_dicom(paths[row.image_id], DISPLAY_SIZE, keep_aspect=True)
+    scale = radiograph.pixels.shape[0] / radiograph.original_height
+    study = parse_prediction_string(predicted.get(f"{row.study_id}{STUDY_SUFFIX}", ""))
+    best = max(study, key=lambda p: p.confidence).label if study else "?"
+    probs = ", ".join(f"{p.label[:5]} {p.confidence:.2f}" for p in study)
+    for axis in (left, right):
+        axis.imshow(radiograph.pixels, cmap="gray")
+        axis.axis("off")
+    for x1, y1, x2, y2 in row.boxes * scale:
+        left.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", linewidth=2))
+    left.set_title(f"{row.image_id}: truth, {classes.get(row.study_id, '?')}", fontsize=9)
+    found = [p for p in parse_prediction_string(predicted.get(f"{row.image_id}{IMAGE_SUFFIX}", ""))
+             if p.label == "opacity" and p.confidence >= min_score]
+    for p in found:
+        x1, y1, x2, y2 = (v * scale for v in p.box)
+        right.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="red", linewidth=2))
+        right.text(x1, y1 - 3, f"{p.confidence:.2f}", color="red", fontsize=8)
+    right.set_title(f"predicted ({best}): {probs}", fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> int:

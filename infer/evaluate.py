@@ -44,6 +44,7 @@ from utils.manifest import register_ensemble
 from utils.metric import class_detections, ground_truth_from_table, precision_recall, score
 from utils.predictions import BOX_COLUMNS, NONE_PROB_COLUMN, STUDY_PROB_COLUMNS, read_predictions
 from utils.prepare import read_meta
+from utils.report import figure, markdown_table, show
 
 log = logging.getLogger("evaluate")
 STAGE_FOLDERS = tuple(KINDS)  # each kind's run folder under the run
@@ -153,37 +154,32 @@ def evaluate_run(run_dir: Path, config: EnsembleConfig) -> tuple[dict, dict, dic
     return report, submissions, truth
 
 
-def _show(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def markdown_report(report: dict) -> str:
     lines = ["# Cross-validation report\n",
              f"Folds {report['folds']}: {report['n_studies']} studies, {report['n_images']} images "
              "(out-of-fold predictions; the ensemble fused without test-time flips).\n"]
     if "backbone" in report:
-        lines.append(f"NIH backbone: mean test AUC over the 14 findings {_show(report['backbone']['mean_auc'])}.\n")
-    lines += ["| model | study mAP | none AP | opacity AP |", "| --- | --- | --- | --- |"]
-    for name, m in report["models"].items():
-        cells = [_show(m.get(key)) for key in ("study_map", "none_ap", "opacity_ap")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "| submission | study mAP | image mAP | **final mAP** | " + " | ".join(
-        f"{c} AP" for c in (*STUDY_CLASSES, *IMAGE_CLASSES)) + " |", "| --- " * 10 + "|"]
-    for label in ("ensemble", "baseline_prior", "baseline_prior_fixed_boxes"):
-        r = report[label]
-        lines.append(f"| {label} | {_show(r['study_map'])} | {_show(r['image_map'])} | **{_show(r['map'])}** | "
-                     + " | ".join(_show(r["ap"][c]) for c in (*STUDY_CLASSES, *IMAGE_CLASSES)) + " |")
+        lines.append(f"NIH backbone: mean test AUC over the 14 findings {show(report['backbone']['mean_auc'], 3)}.\n")
+    lines += markdown_table(("model", "study mAP", "none AP", "opacity AP"),
+                            [(name, *(m.get(key) for key in ("study_map", "none_ap", "opacity_ap")))
+                             for name, m in report["models"].items()], numeric_from=1)
+    classes = (*STUDY_CLASSES, *IMAGE_CLASSES)
+    header = ("submission", "study mAP", "image mAP", "**final mAP**", *(f"{c} AP" for c in classes))
+    lines += ["", *markdown_table(header,
+                                  [(label, report[label]["study_map"], report[label]["image_map"],
+                                    f"**{show(report[label]['map'], 3)}**", *(report[label]["ap"][c] for c in classes))
+                                   for label in ("ensemble", "baseline_prior", "baseline_prior_fixed_boxes")],
+                                  numeric_from=1)]
     return "\n".join(lines) + "\n"
 
 
 def plot_pr_curves(submissions: dict, truth: dict, path: Path) -> None:
     """Opacity precision-recall per detector and for the ensemble; the ensemble's study classes and none."""
-    import matplotlib
+    with figure(1, 2, figsize=(11, 4.5), dpi=110, path=path) as (_, (left, right)):
+        _draw_pr_curves(left, right, submissions, truth)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+def _draw_pr_curves(left, right, submissions: dict, truth: dict) -> None:
     for name, submission in submissions.items():
         if name.startswith("baseline") and name != "baseline_prior_fixed_boxes":
             continue
@@ -199,20 +195,11 @@ def plot_pr_curves(submissions: dict, truth: dict, path: Path) -> None:
             right.plot(curve[0], curve[1], label=name)
     right.set(title="ensemble: study classes and none", xlabel="recall", xlim=(0, 1), ylim=(0, 1.02))
     right.legend()
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=110)
-    plt.close(figure)
 
 
 def plot_loss_curves(run_dir: Path, path: Path) -> bool:
     """Training and validation loss per epoch of every stage's runs (one panel per stage, a line per
     fold); False when no run has a metrics.csv yet."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = {}
     for stage in ("backbone", *STAGE_FOLDERS):
         files = sorted((run_dir / stage).glob("fold*/metrics.csv")) or sorted((run_dir / stage).glob("metrics.csv"))
@@ -220,21 +207,17 @@ def plot_loss_curves(run_dir: Path, path: Path) -> bool:
             runs[stage] = files
     if not runs:
         return False
-    figure, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.6), squeeze=False)
-    for axis, (stage, files) in zip(axes[0], runs.items()):
-        for k, file in enumerate(files):
-            history = pd.read_csv(file)
-            label = file.parent.name if file.parent.name.startswith("fold") else ""
-            for column, style in (("train_loss", "-"), ("val_loss", "--")):
-                if column in history and history[column].notna().any():
-                    axis.plot(history["epoch"], history[column], style, color=f"C{k}",
-                              label=f"{label} {column.split('_')[0]}".strip())
-        axis.set(title=stage, xlabel="epoch", ylabel="loss")
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=110)
-    plt.close(figure)
+    with figure(1, len(runs), figsize=(4.2 * len(runs), 3.6), squeeze=False, dpi=110, path=path) as (_, axes):
+        for axis, (stage, files) in zip(axes[0], runs.items()):
+            for k, file in enumerate(files):
+                history = pd.read_csv(file)
+                label = file.parent.name if file.parent.name.startswith("fold") else ""
+                for column, style in (("train_loss", "-"), ("val_loss", "--")):
+                    if column in history and history[column].notna().any():
+                        axis.plot(history["epoch"], history[column], style, color=f"C{k}",
+                                  label=f"{label} {column.split('_')[0]}".strip())
+            axis.set(title=stage, xlabel="epoch", ylabel="loss")
+            axis.legend(fontsize=7)
     return True
 
 

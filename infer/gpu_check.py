@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.files import write_json_atomic, write_text_atomic
+from utils.report import show_general
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("training", "real256", "inference", "epochs")
@@ -198,10 +199,6 @@ def run_parts(parts: list[Part], out: Path, budget_s: float, env: dict) -> None:
         print(f"   {part.status} in {part.seconds} s", flush=True)
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
-
-
 def markdown(result: dict) -> str:
     """The table of every figure, one row per measurement."""
     lines = [f"GPU check on {result['device']} (torch {result['torch']}, {result['date']}; "
@@ -212,27 +209,27 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | status | {part['status']} ({part['seconds']} s) |")
         if name == "training" and figures:
             lines += [f"| training | {figures['arch']} {figures['image_size']} px batch {figures['batch_size']}, "
-                      f"fp32 images/s | {_fmt(figures['fp32_images_per_s'])} |",
-                      f"| training | {figures['amp']} images/s (speed-up) | {_fmt(figures['amp_images_per_s'])} "
-                      f"({_fmt(figures['speedup'])}x) |"]
+                      f"fp32 images/s | {show_general(figures['fp32_images_per_s'])} |",
+                      f"| training | {figures['amp']} images/s (speed-up) | "
+                      f"{show_general(figures['amp_images_per_s'])} ({show_general(figures['speedup'])}x) |"]
         if name == "inference" and figures:
             for stage, rate in figures.get("images_per_s", {}).items():
-                lines.append(f"| inference | {stage} images/s | {_fmt(rate)} |")
+                lines.append(f"| inference | {stage} images/s | {show_general(rate)} |")
             for n, minutes in figures.get("estimated_notebook_minutes", {}).items():
-                lines.append(f"| inference | notebook minutes for {n} images | {_fmt(minutes)} |")
+                lines.append(f"| inference | notebook minutes for {n} images | {show_general(minutes)} |")
         if name in ("real256", "epochs"):
             for stage, seconds in figures.get("stage_seconds", {}).items():
-                lines.append(f"| {name} | {stage} seconds | {_fmt(seconds)} |")
+                lines.append(f"| {name} | {stage} seconds | {show_general(seconds)} |")
             for label, scores in figures.get("cv", {}).items():
                 if label != "models":
-                    lines.append(f"| {name} | CV {label}: final / study mAP / opacity AP | {_fmt(scores.get('map'))} / "
-                                 f"{_fmt(scores.get('study_map'))} / {_fmt(scores.get('opacity_ap'))} |")
+                    shown = " / ".join(show_general(scores.get(k)) for k in ("map", "study_map", "opacity_ap"))
+                    lines.append(f"| {name} | CV {label}: final / study mAP / opacity AP | {shown} |")
             for model, scores in figures.get("cv", {}).get("models", {}).items():
-                shown = ", ".join(f"{k} {_fmt(v)}" for k, v in scores.items())
+                shown = ", ".join(f"{k} {show_general(v)}" for k, v in scores.items())
                 lines.append(f"| {name} | CV {model} | {shown} |")
             for key in ("faster_rcnn", "yolo", "study", "faster_rcnn_epoch", "study_epoch"):
                 if figures.get(key):
-                    shown = ", ".join(f"{k} {_fmt(v)}" for k, v in figures[key].items())
+                    shown = ", ".join(f"{k} {show_general(v)}" for k, v in figures[key].items())
                     lines.append(f"| {name} | {key.replace('_epoch', '')} epoch | {shown} |")
     return "\n".join(lines) + "\n"
 

@@ -113,10 +113,11 @@ def install_missing(wheels_dir: Path | None, modules: dict[str, str] = REQUIRED_
 
 
 def usable_device(torch_module=None) -> tuple[str, str]:
-    """``(device, message)``: ``"cuda"`` when torch has kernels for the visible GPU, else ``"cpu"`` with
-    the reason. Kaggle's current torch has no kernels for the P100 (sm_60): every CUDA call would fail
-    with ``cudaErrorNoKernelImageForDevice``, so the notebook says so and predicts on the CPU instead
-    (pick the "GPU T4 x2" or "L4" accelerator)."""
+    """``(devices, message)`` for make_submission's ``--devices``: ``"cuda"`` when torch has kernels for
+    the visible GPU, ``"cuda:0,cuda:1"`` with two of them (Kaggle's T4 x2: the images are shared out
+    between both), else ``"cpu"`` with the reason. Kaggle's current torch has no kernels for the P100
+    (sm_60): every CUDA call would fail with ``cudaErrorNoKernelImageForDevice``, so the notebook says
+    so and predicts on the CPU instead (pick the "GPU T4 x2" or "L4" accelerator)."""
     torch = torch_module
     if torch is None:
         import torch
@@ -130,4 +131,8 @@ def usable_device(torch_module=None) -> tuple[str, str]:
         return "cpu", (f"this torch {torch.__version__} has no kernels for the {name} (sm_{major}{minor}; built for "
                        f"{', '.join(sorted('sm_' + a for a in built))}): predicting on the CPU instead. "
                        f"Pick the GPU T4 x2 or L4 accelerator")
+    count = torch.cuda.device_count()
+    if count > 1:
+        return (",".join(f"cuda:{k}" for k in range(count)),
+                f"predicting on {count} x {name} (sm_{major}{minor}), one worker per GPU")
     return "cuda", f"predicting on the {name} (sm_{major}{minor})"

@@ -1,7 +1,8 @@
 """Predict the competition's test split with the trained ensemble and write a validated submission.
 
     python infer/make_submission.py --data-dir DIR --weights-dir W --out submission.csv
-        [--device auto|cpu|cuda] [--batch-size N] [--workers N] [--config FILE] [--set KEY=VALUE ...]
+        [--device auto|cpu|cuda | --devices cuda:0,cuda:1] [--batch-size N] [--workers N] [--config FILE]
+        [--set KEY=VALUE ...]
     python infer/make_submission.py --data-dir RESIZED_DIR --test-meta test_meta.csv --weights-dir W --out ...
 
 DIR is the competition folder (``test/<study>/<series>/<image>.dcm`` and ``sample_submission.csv``),
@@ -12,6 +13,8 @@ W is a weights folder with its ``manifest.json`` (``runs/<run>/weights`` after `
 The ensemble settings (TTA, fusion, none blending) come from the manifest's ``ensemble`` section;
 ``--config`` (a YAML with an ``ensemble`` section) and ``--set`` override them. One row per id of the
 sample submission, in its order; an unreadable image is logged and gets a fallback row.
+``--devices cuda:0,cuda:1`` (Kaggle's T4 x2) shares the images out among the devices, one worker
+process each, and gives the same submission as one device (``infer/sharding.py``).
 """
 
 from __future__ import annotations
@@ -21,12 +24,20 @@ import sys
 from pathlib import Path
 
 from infer.predictor import SECTION, Ensemble, ensemble_config, write_ensemble_submission
+from infer.sharding import ShardError, parse_devices
 from utils.config import ConfigError, load_yaml_section, parse_overrides
 from utils.files import write_json_atomic
 from utils.log import configure_logging
 from utils.manifest import ManifestError, read_manifest
 from utils.prepare import PreparationInputError
 from utils.submission import SubmissionError
+
+
+def _device_list(text: str) -> list[str]:
+    try:
+        return parse_devices(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,7 +48,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="resized copy only: table of the test images and their studies (imageid, studyid)")
     parser.add_argument("--weights-dir", required=True, type=Path, help="weights folder with manifest.json")
     parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="where to write the submission")
-    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the ensemble config's)")
+    devices = parser.add_mutually_exclusive_group()
+    devices.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the ensemble config's)")
+    devices.add_argument("--devices", default=None, type=_device_list, metavar="D1,D2,...",
+                         help="several devices at once, one worker each, e.g. cuda:0,cuda:1")
     parser.add_argument("--batch-size", type=int, default=None, help="images per model call")
     parser.add_argument("--workers", type=int, default=None, help="DICOM decoding processes")
     parser.add_argument("--config", type=Path, default=None,
@@ -56,19 +70,25 @@ def main(argv: list[str] | None = None) -> int:
         overrides.update(parse_overrides(args.overrides))
         if args.device:
             overrides["device"] = args.device
+        sharded = args.devices is not None and len(args.devices) > 1
+        if args.devices and not sharded:
+            overrides["device"] = args.devices[0]
+        elif sharded:
+            overrides["device"] = "cpu"  # here only for its checks and settings: the workers load their own
         manifest = read_manifest(args.weights_dir, must_exist=True)
         config = ensemble_config(manifest, overrides, str(args.weights_dir / "manifest.json"))
         ensemble = Ensemble(args.weights_dir, config)
         summary = write_ensemble_submission(ensemble, args.data_dir, args.out, batch_size=args.batch_size,
                                             workers=args.workers, progress=not args.no_progress,
-                                            test_table=args.test_meta)
-    except (ConfigError, ManifestError, FileNotFoundError, PreparationInputError, SubmissionError) as err:
+                                            test_table=args.test_meta, devices=args.devices if sharded else None)
+    except (ConfigError, ManifestError, FileNotFoundError, PreparationInputError, SubmissionError, ShardError) as err:
         raise SystemExit(f"error: {err}") from None
     summary["load_seconds"] = ensemble.load_seconds
     for image_id, reason in summary["unreadable"].items():
         print(f"unreadable (fallback row): {image_id}: {reason}")
     print(f"wrote {summary['out']}: {summary['rows']} rows for {summary['images']} images in "
-          f"{summary['seconds']:.1f} s ({1000 * summary['seconds_per_image']:.0f} ms per image on {ensemble.device}; "
+          f"{summary['seconds']:.1f} s ({1000 * summary['seconds_per_image']:.0f} ms per image on "
+          f"{', '.join(summary['devices'])}; "
           f"models loaded in {ensemble.load_seconds:.1f} s)")
     write_json_atomic(args.out.parent / f"{args.out.stem}_summary.json", summary)
     return 0

@@ -26,6 +26,7 @@ gets a fallback row, so the submission is always complete.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -259,9 +260,9 @@ class Ensemble:
                                                           np.zeros(0), error=image.error) for image in images]
 
     def predict_paths(self, paths: Sequence, *, batch_size: int | None = None, workers: int | None = None,
-                      progress: bool = True) -> list[ImagePrediction]:
+                      progress: bool = True, on_batch=None) -> list[ImagePrediction]:
         """Predictions for test images (:class:`TestImage`, or DICOM paths in the competition's layout),
-        decoded in ``workers`` processes."""
+        decoded in ``workers`` processes; ``on_batch(n)`` is called after each batch of n images."""
         from tqdm import tqdm
 
         batch_size = batch_size or self.config.batch_size
@@ -277,6 +278,8 @@ class Ensemble:
                         log.warning("unreadable, fallback prediction: %s: %s", image.image_id, image.error)
                 predictions += self.predict_batch(images)
                 bar.update(len(images))
+                if on_batch is not None:
+                    on_batch(len(images))
         return predictions
 
     def predict_source(self, source, *, image_id: str = "upload", name: str | None = None,
@@ -464,19 +467,33 @@ def find_test_images(data_dir, test_table=None) -> tuple[pd.DataFrame, list[Test
 
 
 def write_ensemble_submission(ensemble: Ensemble, data_dir, out, *, batch_size: int | None = None,
-                              workers: int | None = None, progress: bool = True, test_table=None) -> dict:
+                              workers: int | None = None, progress: bool = True, test_table=None,
+                              devices: Sequence[str] | None = None) -> dict:
     """Predict the test split of ``data_dir`` (:func:`find_test_images`) and write the validated
-    submission to ``out``. Returns a summary: rows, images, unreadable images with their reasons, seconds."""
+    submission to ``out``. With several ``devices`` the images are shared out among them, one worker
+    process each (:mod:`infer.sharding`), ``ensemble`` serving only for its settings. Returns a summary:
+    rows, images, unreadable images with their reasons, seconds."""
     check_output_path(out)
     sample, images = find_test_images(data_dir, test_table)
     problems = sample_problems(sample)
     if problems:
         raise SubmissionError(problems, where=f"{data_dir} sample submission")
     started = time.perf_counter()
-    predictions = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=progress)
+    batch_size = batch_size or ensemble.config.batch_size
+    workers = ensemble.config.workers if workers is None else workers
+    if devices and len(devices) > 1:
+        from infer.sharding import predict_on_devices
+
+        # CPU workers share the cores; GPU workers keep torch's default
+        threads = max(1, (os.cpu_count() or 1) // len(devices)) if all(d == "cpu" for d in devices) else None
+        predictions = predict_on_devices(ensemble.weights_dir, ensemble.config, images, devices, batch_size=batch_size,
+                                         workers=workers, cpu_threads=threads, progress=progress)
+    else:
+        predictions = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=progress)
     submission = assemble_submission(predictions, sample, ensemble.config)
     write_submission(submission, out, sample=sample)
     seconds = time.perf_counter() - started
     failed = {p.image_id: p.error for p in predictions if p.error is not None}
     return {"out": str(out), "rows": len(submission), "images": len(images), "unreadable": failed,
-            "seconds": seconds, "seconds_per_image": seconds / max(len(images), 1)}
+            "seconds": seconds, "seconds_per_image": seconds / max(len(images), 1),
+            "devices": list(devices) if devices and len(devices) > 1 else [str(ensemble.device)]}

@@ -95,14 +95,15 @@ def build() -> dict:
               "paths = kaggle_runtime.find_paths()\n"
               "print(paths)\n"
               "print('installed:', kaggle_runtime.install_missing(paths.wheels_dir) or 'nothing')\n"
-              "DEVICE, message = kaggle_runtime.usable_device()  # a GPU this torch cannot run (P100): the CPU\n"
+              "# a GPU this torch cannot run (P100): the CPU; two T4s: both, one worker each\n"
+              "DEVICES, message = kaggle_runtime.usable_device()\n"
               "print(message)"),
         _cell("code", "# The same predictor and submission writer as `python infer/make_submission.py`.\n"
               "from infer import make_submission\n\n"
               "paths.output_dir.mkdir(parents=True, exist_ok=True)\n"
               "OUT = paths.output_dir / 'submission.csv'\n"
               "make_submission.main(['--data-dir', str(paths.data_dir), '--weights-dir', str(paths.weights_dir),\n"
-              "                      '--out', str(OUT), '--device', DEVICE, '--no-progress'])"),
+              "                      '--out', str(OUT), '--devices', DEVICES, '--no-progress'])"),
         _cell("code", "import pandas as pd\n\n"
               "pd.read_csv(OUT).head()"),
     ]

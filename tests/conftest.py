@@ -32,6 +32,21 @@ def shared():
     return shared_path
 
 
+def same_submission(a, b) -> None:
+    """Two submissions with the same rows, labels and (to float rounding) confidences and boxes."""
+    import numpy as np
+
+    from utils.submission import parse_prediction_string
+
+    assert a["id"].tolist() == b["id"].tolist()
+    for identifier, x, y in zip(a["id"], a["PredictionString"], b["PredictionString"]):
+        px, py = parse_prediction_string(x), parse_prediction_string(y)
+        assert [p.label for p in px] == [p.label for p in py], identifier
+        np.testing.assert_allclose([p.confidence for p in px], [p.confidence for p in py], atol=1e-5)
+        np.testing.assert_allclose(np.reshape([p.box for p in px], (-1, 4)), np.reshape([p.box for p in py], (-1, 4)),
+                                   atol=1e-3)
+
+
 @pytest.fixture(scope="session")
 def siim_dataset(tmp_path_factory) -> Path:
     """A small synthetic competition folder, written once per test session."""

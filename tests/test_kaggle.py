@@ -7,29 +7,17 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, same_submission
 
 from infer import kaggle_runtime, make_submission
-from utils.submission import parse_prediction_string
 
 
 def test_the_committed_notebook_is_what_the_sources_build():
     result = subprocess.run([sys.executable, str(REPO / "kaggle" / "build_notebook.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def _same_submission(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    assert a["id"].tolist() == b["id"].tolist()
-    for identifier, x, y in zip(a["id"], a["PredictionString"], b["PredictionString"]):
-        px, py = parse_prediction_string(x), parse_prediction_string(y)
-        assert [p.label for p in px] == [p.label for p in py], identifier
-        np.testing.assert_allclose([p.confidence for p in px], [p.confidence for p in py], atol=1e-5)
-        np.testing.assert_allclose(np.reshape([p.box for p in px], (-1, 4)), np.reshape([p.box for p in py], (-1, 4)),
-                                   atol=1e-3)
 
 
 @pytest.mark.slow
@@ -54,7 +42,7 @@ def test_the_notebook_runs_headless_and_writes_what_make_submission_writes(train
     outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
     assert "installed: nothing" in outputs  # everything importable: the wheels folder is not needed
     assert (tmp_path / "code" / "infer" / "predictor.py").read_text() == (REPO / "infer" / "predictor.py").read_text()
-    _same_submission(pd.read_csv(tmp_path / "working" / "submission.csv", keep_default_na=False),
+    same_submission(pd.read_csv(tmp_path / "working" / "submission.csv", keep_default_na=False),
                      pd.read_csv(expected, keep_default_na=False))
 
 
@@ -124,18 +112,52 @@ def test_upload_folders_are_flat_valid_and_the_weights_still_predict(trained_run
     assert {m.name for m in ensemble.members} == {"study", "faster_rcnn", "yolo"}
 
 
-def test_wheels_are_binary_for_kaggle_pinned_and_without_dependencies(tmp_path):
+def _make_datasets():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("make_datasets", REPO / "kaggle" / "make_datasets.py")
     make_datasets = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_datasets)
+    return make_datasets
+
+
+def test_wheels_are_binary_for_kaggle_pinned_and_without_dependencies(tmp_path):
+    make_datasets = _make_datasets()
+    assert make_datasets.DEFAULT_PYTHON_VERSIONS == ("3.12",)  # Kaggle's image since 2026
     command = make_datasets.wheel_download_command(tmp_path, "3.11", "2.35")
     assert {"--only-binary=:all:", "--no-deps"} <= set(command)
     assert "ensemble-boxes==1.0.9" in command and "ultralytics==8.3.253" in command and "pydicom==3.0.2" in command
     assert command[command.index("--python-version") + 1] == "3.11"
     platforms = {command[k + 1] for k, a in enumerate(command) if a == "--platform"}
     assert {"manylinux_2_28_x86_64", "manylinux_2_34_x86_64", "manylinux2014_x86_64", "any"} <= platforms
+
+
+def _tiny_wheel(folder, name: str, tag: str) -> None:
+    """A minimal valid wheel (metadata only): enough for pip to resolve it."""
+    import zipfile
+
+    info = f"{name}-1.0.dist-info"
+    files = {f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\nTag: {tag}\n"}
+    files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(folder / f"{name}-1.0-{tag}.whl", "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+
+
+def test_the_wheel_check_names_a_package_without_a_wheel_for_one_python(tmp_path):
+    """A compiled package built for 3.11 only (python-gdcm's cp311 wheel on Kaggle's 3.12): the check
+    fails here for 3.12, naming it, and passes for 3.11."""
+    make_datasets = _make_datasets()
+    _tiny_wheel(tmp_path, "purepkg", "py3-none-any")
+    _tiny_wheel(tmp_path, "compiledpkg", "cp311-cp311-manylinux_2_28_x86_64")
+    requirements = ["purepkg==1.0", "compiledpkg==1.0"]
+    problems = make_datasets.check_wheels(tmp_path, ["3.11", "3.12"], "2.35", requirements)
+    assert list(problems) == ["3.12"] and "compiledpkg==1.0: no wheel for CPython 3.12" in problems["3.12"]
+    assert "purepkg" not in problems["3.12"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no wheel files there" in make_datasets.check_wheels(empty, ["3.12"], "2.35")["3.12"]
 
 
 def test_push_says_what_is_missing_without_credentials(tmp_path):
@@ -151,8 +173,8 @@ def test_a_gpu_without_kernels_in_this_torch_falls_back_to_the_cpu_with_a_messag
 
     from infer.kaggle_runtime import usable_device
 
-    def fake_torch(capability, name, archs=("sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")):
-        cuda = SimpleNamespace(is_available=lambda: capability is not None,
+    def fake_torch(capability, name, archs=("sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"), gpus=1):
+        cuda = SimpleNamespace(is_available=lambda: capability is not None, device_count=lambda: gpus,
                                get_device_capability=lambda index: capability, get_device_name=lambda index: name,
                                get_arch_list=lambda: list(archs))
         return SimpleNamespace(cuda=cuda, __version__="2.10.0")
@@ -160,7 +182,8 @@ def test_a_gpu_without_kernels_in_this_torch_falls_back_to_the_cpu_with_a_messag
     device, message = usable_device(fake_torch((6, 0), "Tesla P100-PCIE-16GB"))
     assert device == "cpu" and "no kernels for the Tesla P100" in message and "T4 x2" in message
     assert usable_device(fake_torch((7, 5), "Tesla T4"))[0] == "cuda"
+    assert usable_device(fake_torch((7, 5), "Tesla T4", gpus=2))[0] == "cuda:0,cuda:1"  # T4 x2: both
     assert usable_device(fake_torch((8, 9), "NVIDIA L4"))[0] == "cuda"  # runs sm_86 code
     assert usable_device(fake_torch(None, ""))[0] == "cpu"
     source = (REPO / "kaggle" / "inference.ipynb").read_text()
-    assert "usable_device()" in source and "'--device', DEVICE" in source
+    assert "usable_device()" in source and "'--devices', DEVICES" in source

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, same_submission
 
 from infer.benchmark import write_untrained_weights
 from infer.predictor import (
@@ -284,3 +284,35 @@ def test_a_manifest_that_is_a_list_or_a_missing_folder_is_said_plainly(tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ManifestError, match="no trained models"):
         Ensemble(tmp_path / "empty")
+
+
+def test_the_images_are_dealt_out_in_whole_batches():
+    from infer.sharding import batch_shards, parse_devices
+
+    assert batch_shards(10, 4, 2) == [[0, 1, 2, 3, 8, 9], [4, 5, 6, 7]]
+    assert batch_shards(3, 4, 2) == [[0, 1, 2], []]
+    assert parse_devices("cuda:0, cuda:1") == ["cuda:0", "cuda:1"]
+    for bad in ("", "gpu0", "cuda:x"):
+        with pytest.raises(ValueError):
+            parse_devices(bad)
+
+
+def test_two_workers_write_the_one_device_submission(untrained_weights, siim_dataset, tmp_path):
+    """Kaggle's T4 x2 path, run with two CPU workers: each loads the ensemble, predicts its batches,
+    and the merged submission is the one-device one (to float rounding: a CPU worker's thread count
+    changes the order of its sums); a failing worker stops the run."""
+    from infer import make_submission
+    from infer.predictor import find_test_images
+    from infer.sharding import ShardError, predict_on_devices
+
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    assert make_submission.main(_submission_argv(siim_dataset, untrained_weights, one) + ["--batch-size", "2"]) == 0
+    assert make_submission.main(_submission_argv(siim_dataset, untrained_weights, two)
+                                + ["--batch-size", "2", "--devices", "cpu,cpu"]) == 0
+    same_submission(pd.read_csv(two, keep_default_na=False), pd.read_csv(one, keep_default_na=False))
+    assert json.loads((tmp_path / "two_summary.json").read_text())["devices"] == ["cpu", "cpu"]
+
+    _, images = find_test_images(siim_dataset)
+    with pytest.raises(ShardError, match="worker 0 on cpu:.*weights folder not found"):
+        predict_on_devices(tmp_path / "absent", EnsembleConfig(device="cpu"), images[:2], ["cpu", "cpu"],
+                           batch_size=1, workers=0, cpu_threads=1, progress=False)

@@ -45,7 +45,7 @@ def test_prepare_resumes_without_decoding_again(siim_dataset, tmp_path):
     live = out / "images_48" / f"another.tmp-{os.getpid()}.png"
     stale.write_bytes(b"half")
     live.write_bytes(b"half")
-    second = next(p for p in (out / "images_48").glob("*.png"))
+    second = next(p for p in (out / "images_48").glob("*.png") if ".tmp-" not in p.name)
     second_mtime = second.stat().st_mtime_ns
     meta = prepare_competition(siim_dataset, out, sizes=(48,), progress=False)
     assert png.is_file() and png.stat().st_mtime_ns != before

@@ -34,6 +34,7 @@ from utils.kinds.study import load_study_table
 from utils.labels import STUDY_CLASSES
 from utils.predictions import classifier_rows
 from utils.prepare import fold_split, select_folds
+from utils.report import markdown_table
 from utils.tta import EIGHT_VIEWS, FLIP, PLAIN
 
 log = logging.getLogger("study_ablation")
@@ -113,14 +114,9 @@ def tta_rows(run: Path, variant_overrides: list[str], table: pd.DataFrame, args)
 
 
 def markdown(rows: list[dict], args) -> str:
-    def show(value):
-        return "n/a" if value is None else f"{value:.3f}"
-
-    lines = ["| variant | change | study mAP | " + " | ".join(STUDY_CLASSES) + " | none AP |",
-             "|---|---|---:|" + "---:|" * (len(STUDY_CLASSES) + 1)]
-    for row in rows:
-        lines.append(f"| {row['variant']} | {row['change']} | {show(row['study_map'])} | "
-                     + " | ".join(show(row[c]) for c in STUDY_CLASSES) + f" | {show(row['none_ap'])} |")
+    lines = markdown_table(("variant", "change", "study mAP", *STUDY_CLASSES, "none AP"),
+                           [(row["variant"], row["change"], row["study_map"], *(row[c] for c in STUDY_CLASSES),
+                             row["none_ap"]) for row in rows], numeric_from=2)
     command = f"python train/study_ablation.py --prepared {args.prepared} --config {args.config} --out {args.out}"
     if args.overrides:
         command += " --set " + " ".join(args.overrides)

@@ -10,6 +10,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 from utils.metric import ground_truth_from_table, score
 from utils.predictions import NONE_PROB_COLUMN, STUDY_PROB_COLUMNS, study_probabilities
+from utils.report import text_table
 from utils.submission import image_prediction_string, study_prediction_string
 
 
@@ -44,16 +45,13 @@ def multilabel_report(targets, probabilities, names, threshold: float = 0.5) -> 
 
 
 def format_multilabel_table(report: dict) -> str:
-    def show(value):
-        return "   n/a" if value is None else f"{value:.4f}"
-
-    lines = [f"{'finding':<20}{'AUC':>8}{'F1':>8}{'accuracy':>10}{'positives':>11}"]
-    for name, m in report["per_output"].items():
-        lines.append(f"{name:<20}{show(m['auc']):>8}{show(m['f1']):>8}{show(m['accuracy']):>10}{m['positives']:>11}")
-    lines += ["-" * 57,
-              f"{'mean':<20}{show(report['mean_auc']):>8}{show(report['mean_f1']):>8}{show(report['mean_accuracy']):>10}",
-              f"({report['n_images']} images, threshold {report['threshold']})"]
-    return "\n".join(lines)
+    widths = (20, 8, 8, 10, 11)
+    header, *rows = text_table(("finding", "AUC", "F1", "accuracy", "positives"),
+                               [(name, m["auc"], m["f1"], m["accuracy"], m["positives"])
+                                for name, m in report["per_output"].items()], widths)
+    mean = text_table(("mean", report["mean_auc"], report["mean_f1"], report["mean_accuracy"], ""), [], widths)
+    return "\n".join([header, *rows, "-" * sum(widths), *mean,
+                      f"({report['n_images']} images, threshold {report['threshold']})"])
 
 
 def classifier_submission(predictions: pd.DataFrame) -> pd.DataFrame:

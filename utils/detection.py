@@ -17,6 +17,7 @@ from utils.labels import IMAGE_SUFFIX, boxes_from_json
 from utils.metric import ground_truth_from_table, score
 from utils.predictions import BOX_COLUMNS, write_predictions
 from utils.prepare import read_meta
+from utils.report import show
 from utils.submission import image_prediction_string
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,6 @@ def read_detection_table(meta_csv, image_size: int, predict_size: int) -> pd.Dat
 
 
 def format_detector_scores(scores: dict) -> str:
-    def show(value):
-        return "null" if value is None else f"{value:.4f}"
-
     lines = [f"opacity AP@0.5            {show(scores['opacity_ap'])}",
              f"fixed-box baseline AP@0.5 {show(scores['baseline_fixed_boxes_ap'])}",
              f"({scores['n_images']} images, {scores['n_truth_boxes']} true boxes, "

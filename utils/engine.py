@@ -42,6 +42,7 @@ from torch.utils.data._utils.collate import default_collate
 from tqdm import tqdm
 
 from utils.files import atomic_path
+from utils.report import figure
 
 log = logging.getLogger(__name__)
 
@@ -476,25 +477,13 @@ def write_metrics_csv(history: list[dict], path) -> None:
 
 def plot_loss_curve(history: list[dict], path, title: str = "") -> None:
     """Training and validation loss per epoch (the report's Figures 1 and 2)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [row["epoch"] for row in history]
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for key, label in (("train_loss", "training loss"), ("val_loss", "validation loss")):
-        values = [row.get(key, np.nan) for row in history]
-        axes.plot(epochs, values, marker="o", label=label)
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("loss")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100)
-    plt.close(figure)
+    with figure(figsize=(6, 4), dpi=100, path=path) as (_, axes):
+        for key, label in (("train_loss", "training loss"), ("val_loss", "validation loss")):
+            axes.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", label=label)
+        axes.set(xlabel="epoch", ylabel="loss", title=title)
+        axes.grid(alpha=0.3)
+        axes.legend()
 
 
 @dataclass

@@ -26,6 +26,7 @@ from utils.labels import (
     boxes_from_json,
     load_study_labels,
 )
+from utils.report import text_table
 from utils.submission import parse_prediction_string, row_kind
 
 IOU_THRESHOLD = 0.5
@@ -163,30 +164,16 @@ def score(submission: pd.DataFrame, truth: dict[str, list[tuple[str, tuple]]]) -
 
 def format_score_table(result: dict) -> str:
     """A readable table of a :func:`score` result."""
-    def show(value):
-        return "  null" if value is None else f"{value:.4f}"
-
-    lines = [f"{'class':<15}{'AP@0.5':>8}"]
-    lines += [f"{c:<15}{show(result['ap'][c]):>8}" for c in ALL_CLASSES]
-    lines += [
-        "-" * 23,
-        f"{'study mAP':<15}{show(result['study_map']):>8}",
-        f"{'image mAP':<15}{show(result['image_map']):>8}",
-        f"{'final mAP':<15}{show(result['map']):>8}",
-        f"({result['n_studies']} studies, {result['n_images']} images scored)",
-    ]
-    return "\n".join(lines)
+    return format_score_columns({"AP@0.5": result}) + (
+        f"\n({result['n_studies']} studies, {result['n_images']} images scored)")
 
 
 def format_score_columns(results: dict[str, dict]) -> str:
     """Several :func:`score` results side by side, one column per name."""
-    def show(value):
-        return "null" if value is None else f"{value:.4f}"
-
-    width = max(10, *(len(name) + 2 for name in results))
-    lines = [f"{'class':<15}" + "".join(f"{name:>{width}}" for name in results)]
-    lines += [f"{c:<15}" + "".join(f"{show(r['ap'][c]):>{width}}" for r in results.values()) for c in ALL_CLASSES]
-    lines.append("-" * (15 + width * len(results)))
-    for key, label in (("study_map", "study mAP"), ("image_map", "image mAP"), ("map", "final mAP")):
-        lines.append(f"{label:<15}" + "".join(f"{show(r[key]):>{width}}" for r in results.values()))
-    return "\n".join(lines)
+    widths = (15, *(max(10, len(name) + 2) for name in results))
+    header, *classes = text_table(("class", *results), [(c, *(r["ap"][c] for r in results.values()))
+                                                        for c in ALL_CLASSES], widths)
+    summaries = (("study_map", "study mAP"), ("image_map", "image mAP"), ("map", "final mAP"))
+    _, *means = text_table(("", *results), [(label, *(r[key] for r in results.values()))
+                                            for key, label in summaries], widths)
+    return "\n".join([header, *classes, "-" * sum(widths), *means])

@@ -1,0 +1,117 @@
+"""Prediction over several devices (Kaggle's two T4s): one worker process per device, each with its own
+copy of the ensemble, the images dealt out batch by batch, the predictions merged back in order.
+
+Each shard is made of whole batches of the one-device run (batch k goes to worker k mod n), so every
+model sees exactly the batches it would see on one device and the submission is the same (to float
+rounding: on the CPU each worker's thread count changes the order of its sums). Workers are
+spawned (CUDA cannot be forked) and hand their predictions back through a file, so a large shard never
+blocks a pipe; a worker that fails stops the run with its error.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import pickle
+import tempfile
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+
+def parse_devices(text: str) -> list[str]:
+    """``"cuda:0,cuda:1"`` -> ``["cuda:0", "cuda:1"]`` (``"cpu,cpu"`` runs two CPU workers, for tests)."""
+    devices = [part.strip() for part in text.split(",") if part.strip()]
+    if not devices:
+        raise ValueError(f"--devices {text!r}: expected a comma-separated list such as cuda:0,cuda:1")
+    for device in devices:
+        if device != "cpu" and not (device == "cuda" or device.startswith("cuda:") and device[5:].isdigit()):
+            raise ValueError(f"--devices: {device!r} is not cpu, cuda or cuda:N")
+    return devices
+
+
+def batch_shards(n_items: int, batch_size: int, n_shards: int) -> list[list[int]]:
+    """Item indices per shard: batch k (items ``k*batch_size ...``) goes to shard ``k % n_shards``."""
+    shards: list[list[int]] = [[] for _ in range(n_shards)]
+    for batch, start in enumerate(range(0, n_items, batch_size)):
+        shards[batch % n_shards].extend(range(start, min(start + batch_size, n_items)))
+    return shards
+
+
+def _worker(weights_dir: str, config, device: str, images: list, batch_size: int, workers: int, threads: int | None,
+            out: str, done) -> None:
+    """One device's share: load the ensemble there, predict (adding to the shared count ``done`` after
+    each batch, for the parent's progress bar), write ``(predictions, error)`` to ``out``."""
+    import torch
+
+    from infer.predictor import Ensemble
+
+    def count(n: int) -> None:
+        with done.get_lock():
+            done.value += n
+
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        ensemble = Ensemble(weights_dir, replace(config, device=device))
+        result = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=False,
+                                        on_batch=count), None
+    except BaseException:  # handed to the parent, which raises it
+        result = None, traceback.format_exc()
+    with open(out, "wb") as handle:
+        pickle.dump(result, handle)
+
+
+class ShardError(RuntimeError):
+    """A worker of a multi-device prediction failed (its traceback is in the message)."""
+
+
+def predict_on_devices(weights_dir, config, images: Sequence, devices: Sequence[str], *, batch_size: int,
+                       workers: int, cpu_threads: int | None = None, progress: bool = True) -> list:
+    """``Ensemble.predict_paths`` over ``devices`` at once (one process each); the predictions in the
+    order of ``images``. ``workers`` decoding processes per device; ``cpu_threads`` torch threads per
+    worker (for CPU workers, which would otherwise each take every core)."""
+    from tqdm import tqdm
+
+    shards = batch_shards(len(images), batch_size, len(devices))
+    context = multiprocessing.get_context("spawn")
+    done = context.Value("l", 0)
+    with tempfile.TemporaryDirectory(prefix="siim-shards-") as folder:
+        processes = []
+        for k, (device, indices) in enumerate(zip(devices, shards)):
+            if not indices:
+                continue
+            out = str(Path(folder) / f"shard{k}.pkl")
+            process = context.Process(target=_worker, name=f"predict-{device}-{k}", args=(
+                str(weights_dir), config, device, [images[i] for i in indices], batch_size, workers, cpu_threads, out,
+                done))
+            process.start()
+            processes.append((k, device, indices, process, out))
+            log.info("worker %d on %s: %d images", k, device, len(indices))
+        with tqdm(total=len(images), desc=f"predict on {len(processes)} devices", unit="image",
+                  disable=not progress) as bar:
+            while any(p.is_alive() for *_, p, _ in processes):
+                bar.update(done.value - bar.n)
+                time.sleep(0.5)
+            bar.update(done.value - bar.n)
+        merged: list = [None] * len(images)
+        failures = []
+        for k, device, indices, process, out in processes:
+            process.join()
+            if not Path(out).is_file():
+                failures.append(f"worker {k} on {device} died (exit code {process.exitcode})")
+                continue
+            with open(out, "rb") as handle:
+                predictions, error = pickle.load(handle)
+            if error is not None:
+                failures.append(f"worker {k} on {device}: {error.strip().splitlines()[-1]}\n{error}")
+                continue
+            for index, prediction in zip(indices, predictions):
+                merged[index] = prediction
+    if failures:
+        raise ShardError("; ".join(failures))
+    return merged
