@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 
 DEMO_DIR := runs/demo
 
-.PHONY: setup test demo train-all study-ablation notebook kaggle-datasets kaggle-push serve bench gpu-check clean
+.PHONY: setup test demo train-all study-ablation notebook kaggle-datasets kaggle-check kaggle-push serve bench gpu-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,11 @@ notebook: $(STAMP)
 
 kaggle-datasets: $(STAMP)
 	$(PY) kaggle/make_datasets.py --weights-dir $(WEIGHTS) --out runs/kaggle $(if $(OWNER),--owner $(OWNER))
+
+# The notebook in a Kaggle-like second environment (Python 3.12, Kaggle's torch 2.10), installing from
+# the wheels dataset offline as on Kaggle; compared with make_submission.py's output. Not in CI (3 GB).
+kaggle-check: $(STAMP)
+	$(PY) kaggle/kaggle_check.py $(if $(KAGGLE_PYTHON),--python $(KAGGLE_PYTHON)) $(if $(CHECK_WEIGHTS),--weights-dir $(CHECK_WEIGHTS))
 
 kaggle-push: kaggle-datasets
 	$(PY) kaggle/push.py runs/kaggle

@@ -25,13 +25,19 @@ KAGGLE_WORKING = Path("/kaggle/working")
 # import name -> the pip requirement installed from the wheels dataset when the import is missing
 REQUIRED_MODULES = {
     "ensemble_boxes": "ensemble-boxes",
+    "numba": "numba",  # imported by ensemble_boxes
+    "llvmlite": "llvmlite",
     "pydicom": "pydicom",
     "gdcm": "python-gdcm",
     "pylibjpeg": "pylibjpeg",
     "openjpeg": "pylibjpeg-openjpeg",
     "libjpeg": "pylibjpeg-libjpeg",
+    "rle": "pylibjpeg-rle",
     "ultralytics": "ultralytics",
 }
+# import name -> the oldest version the project works with: an older copy in Kaggle's image is
+# replaced from the wheels (pydicom 2 lacks the 3.x API the reader uses).
+MINIMUM_VERSIONS = {"pydicom": "3.0"}
 
 
 @dataclass(frozen=True)
@@ -92,21 +98,44 @@ def find_paths(input_root: Path = KAGGLE_INPUT) -> NotebookPaths:
     return NotebookPaths(data, weights, wheels, output)
 
 
-def missing_requirements(modules: dict[str, str] = REQUIRED_MODULES) -> list[str]:
-    """The pip requirements whose import name is not importable here."""
-    return [requirement for module, requirement in modules.items() if importlib.util.find_spec(module) is None]
+def _older_than(installed: str, minimum: str) -> bool:
+    def numbers(version):
+        return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0) for part in version.split(".")[:3])
+    return numbers(installed) < numbers(minimum)
+
+
+def missing_requirements(modules: dict[str, str] = REQUIRED_MODULES,
+                         minimum: dict[str, str] = MINIMUM_VERSIONS) -> list[str]:
+    """The pip requirements whose import name is not importable here, or whose installed version is
+    older than ``minimum`` asks."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    missing = []
+    for module, requirement in modules.items():
+        if importlib.util.find_spec(module) is None:
+            missing.append(requirement)
+        elif module in minimum:
+            try:
+                if _older_than(version(requirement), minimum[module]):
+                    missing.append(requirement)
+            except PackageNotFoundError:
+                pass
+    return missing
 
 
 def install_missing(wheels_dir: Path | None, modules: dict[str, str] = REQUIRED_MODULES) -> list[str]:
-    """``pip install --no-index --find-links wheels_dir`` of the missing requirements (nothing when all
-    are importable or there is no wheels folder); returns what it installed."""
+    """``pip install --no-index --no-deps --find-links wheels_dir`` of the missing requirements (nothing
+    when all are importable or there is no wheels folder); returns what it installed. No dependencies:
+    the wheels dataset carries only what Kaggle's image lacks, and pip must not try to resolve the
+    image's own packages offline."""
     missing = missing_requirements(modules)
     if not missing:
         return []
     if wheels_dir is None:
         raise ModuleNotFoundError(f"missing {missing} and no wheels folder (attach the wheels dataset or set "
                                   "SIIM_WHEELS_DIR)")
-    command = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels_dir), *missing]
+    command = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links", str(wheels_dir),
+               *missing]
     subprocess.run(command, check=True)
     importlib.invalidate_caches()
     return missing

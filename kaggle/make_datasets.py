@@ -37,9 +37,11 @@ WHEELS_SLUG = "siim-covid19-pipeline-wheels"
 KERNEL_SLUG = "siim-covid19-pipeline-inference"
 # What Kaggle's GPU image lacks (it has torch, torchvision, opencv, pandas, scikit-learn, matplotlib, pydicom,
 # timm, albumentations, ...): the pinned versions of requirements.txt plus ultralytics-thop, the one
-# ultralytics dependency it lacks. pydicom is carried too: the image's may be older than the reader needs.
-WHEEL_PACKAGES = ("ensemble-boxes", "pydicom", "python-gdcm", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg",
-                  "pylibjpeg-rle", "ultralytics", "ultralytics-thop")
+# ultralytics dependency it lacks for prediction. Carried in case the image has them too old or not at
+# all (installed only then): pydicom (the reader needs 3.x) and numba with llvmlite (ensemble-boxes
+# imports numba; `make kaggle-check` failed on its absence).
+WHEEL_PACKAGES = ("ensemble-boxes", "numba", "llvmlite", "pydicom", "python-gdcm", "pylibjpeg", "pylibjpeg-libjpeg",
+                  "pylibjpeg-openjpeg", "pylibjpeg-rle", "ultralytics", "ultralytics-thop")
 # Kaggle's GPU image (Kaggle/docker-python, 2026-08, on the Colab runtime of May 2026) runs Python 3.12;
 # 3.11 is the previous image's.
 DEFAULT_PYTHON_VERSIONS = ("3.12",)

@@ -96,6 +96,8 @@ def detection_prepared(siim_dataset, tmp_path_factory) -> Path:
 
 TINY_TRAIN_ALL = [
     "prepare.folds=3", "prepare.workers=1",
+    # ResNet-18 trunks everywhere (the demo's ResNeXt-50 costs 4x for the same path)
+    "backbone.arch=resnet18", "study.arch=resnet18", "frcnn.arch=resnet18",
     "backbone.epochs=1", "backbone.image_size=48", "backbone.resize=56", "backbone.batch_size=8",
     "backbone.workers=0", "backbone.device=cpu",
     "study.image_size=64", "study.epochs=1", "study.batch_size=8", "study.workers=0", "study.folds=[0]",

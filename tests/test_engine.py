@@ -143,9 +143,9 @@ def _nih_sets(nih_dataset, seed: int):
             ImageDataset(val["path"], val["targets"], build_transform("nih_eval", 40, 48), seed=seed))
 
 
-def _model():
+def _model(arch: str = "resnext50_32x4d"):
     torch.manual_seed(0)
-    return MultiLabelClassifier(len(NIH_FINDINGS), "resnext50_32x4d", None)
+    return MultiLabelClassifier(len(NIH_FINDINGS), arch, None)
 
 
 def test_resume_after_a_crash_ends_with_the_same_weights(nih_dataset, tmp_path):
@@ -182,7 +182,7 @@ def test_resume_after_a_crash_ends_with_the_same_weights(nih_dataset, tmp_path):
 
 def test_bf16_autocast_trains_on_the_cpu(nih_dataset, tmp_path):
     train, val = _nih_sets(nih_dataset, 0)
-    result = fit(_model(), train, val, _tiny_config(epochs=1, batch_size=8, lr=0.01, amp="bf16"), tmp_path,
+    result = fit(_model("resnet18"), train, val, _tiny_config(epochs=1, batch_size=8, lr=0.01, amp="bf16"), tmp_path,
                  progress=False)
     assert math.isfinite(result.history[0]["train_loss"])
 
@@ -206,7 +206,7 @@ def test_two_process_distributed_training_on_the_cpu(nih_dataset, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "train/train_backbone.py", "--data-dir", str(nih_dataset), "--out", str(out), "--no-progress",
-               "--config", "train/configs/demo.yaml", "--set", *TINY_BACKBONE, "epochs=1"]
+               "--config", "train/configs/demo.yaml", "--set", *TINY_BACKBONE, "epochs=1", "arch=resnet18"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

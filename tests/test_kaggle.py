@@ -126,7 +126,8 @@ def test_wheels_are_binary_for_kaggle_pinned_and_without_dependencies(tmp_path):
     assert make_datasets.DEFAULT_PYTHON_VERSIONS == ("3.12",)  # Kaggle's image since 2026
     command = make_datasets.wheel_download_command(tmp_path, "3.11", "2.35")
     assert {"--only-binary=:all:", "--no-deps"} <= set(command)
-    assert "ensemble-boxes==1.0.9" in command and "ultralytics==8.3.253" in command and "pydicom==3.0.2" in command
+    assert "ensemble-boxes==1.0.9" in command and "ultralytics==8.4.190" in command and "pydicom==3.0.2" in command
+    assert "numba==0.68.1" in command and "llvmlite==0.50.0" in command  # what ensemble-boxes imports
     assert command[command.index("--python-version") + 1] == "3.11"
     platforms = {command[k + 1] for k, a in enumerate(command) if a == "--platform"}
     assert {"manylinux_2_28_x86_64", "manylinux_2_34_x86_64", "manylinux2014_x86_64", "any"} <= platforms

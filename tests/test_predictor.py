@@ -34,9 +34,11 @@ from utils.presets import build_transform
 from utils.submission import parse_prediction_string
 
 DEMO = REPO / "train" / "configs" / "demo.yaml"
+# ResNet-18 trunks: the plumbing does not depend on the trunk, and ResNeXt-50's weights are 4x the reading.
 TINY_MODELS = {
-    "study": {"image_size": 64},
-    "frcnn": {"image_size": 64, "predict_size": 96, "proposals": 50, "roi_samples": 32, "freeze_bn": False},
+    "study": {"image_size": 64, "arch": "resnet18"},
+    "frcnn": {"image_size": 64, "predict_size": 96, "proposals": 50, "roi_samples": 32, "freeze_bn": False,
+              "arch": "resnet18"},
     "yolo": {"model": "yolov8n.yaml", "image_size": 64, "predict_size": 96},
     "ensemble": {"workers": 0, "device": "cpu", "batch_size": 4, "amp": "off"},
 }
