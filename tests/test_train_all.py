@@ -47,6 +47,18 @@ def test_the_cv_report_scores_each_model_the_ensemble_and_the_baselines(trained_
 
 
 @pytest.mark.slow
+def test_the_tiny_run_learns_beyond_the_trivial_baselines(trained_run):
+    """Learning, not just plumbing: out of fold, the trained Faster R-CNN finds opacities the fixed box
+    per lung does not, and the fused ensemble beats the class prior's final mAP (conftest.LEARNING)."""
+    report = json.loads((trained_run / "report" / "cv_report.json").read_text())
+    fixed_boxes = report["baseline_prior_fixed_boxes"]["ap"]["opacity"] or 0.0
+    assert report["models"]["faster_rcnn"]["opacity_ap"] >= fixed_boxes + 0.15, report["models"]
+    assert report["ensemble"]["map"] >= report["baseline_prior"]["map"] + 0.15, (report["ensemble"],
+                                                                                 report["baseline_prior"])
+    assert report["ensemble"]["study_map"] > report["baseline_prior"]["study_map"]
+
+
+@pytest.mark.slow
 def test_make_submission_with_a_corrupt_dicom_is_complete_valid_and_scored(trained_run, siim_dataset, tmp_path,
                                                                            capsys):
     data = tmp_path / "data"
