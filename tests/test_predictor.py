@@ -34,11 +34,13 @@ from utils.presets import build_transform
 from utils.submission import parse_prediction_string
 
 DEMO = REPO / "train" / "configs" / "demo.yaml"
-# ResNet-18 trunks: the plumbing does not depend on the trunk, and ResNeXt-50's weights are 4x the reading.
+# A ResNet-18 study trunk (the plumbing does not depend on it; ResNeXt-50 is 4x the work). The detector keeps
+# ResNeXt-50: a random ResNet-18 one scores its boxes within thousandths of each other (0.50 to 0.53), so the
+# rounding between an image and its mirror reorders them, the fusion groups them differently, and the exact
+# flip check fails.
 TINY_MODELS = {
     "study": {"image_size": 64, "arch": "resnet18"},
-    "frcnn": {"image_size": 64, "predict_size": 96, "proposals": 50, "roi_samples": 32, "freeze_bn": False,
-              "arch": "resnet18"},
+    "frcnn": {"image_size": 64, "predict_size": 96, "proposals": 50, "roi_samples": 32, "freeze_bn": False},
     "yolo": {"model": "yolov8n.yaml", "image_size": 64, "predict_size": 96},
     "ensemble": {"workers": 0, "device": "cpu", "batch_size": 4, "amp": "off"},
 }

@@ -85,12 +85,18 @@ def test_make_submission_with_a_corrupt_dicom_is_complete_valid_and_scored(train
 
 
 def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
+    import yaml
+
     from utils.config import ConfigError
 
-    config = REPO / "train" / "configs" / "demo.yaml"
+    # demo.yaml with a trunk file that is surely absent (runs/demo/backbone/best.pt exists after make demo)
+    document = yaml.safe_load((REPO / "train" / "configs" / "demo.yaml").read_text())
+    document["study"]["backbone"] = document["frcnn"]["backbone"] = str(tmp_path / "absent" / "best.pt")
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(document))
     args = train_all.get_args_parser().parse_args(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config)])
     # No NIH folder: the trunks start from the config's value, whose file must then exist.
-    with pytest.raises(ConfigError, match=r"demo.yaml \[study\]: backbone: file 'runs/demo/backbone/best.pt'"):
+    with pytest.raises(ConfigError, match=r"demo.yaml \[study\]: backbone: file '.*absent/best.pt'"):
         train_all.stage_commands(args, train_all.split_overrides(["frcnn.backbone=none"]))
     overrides = train_all.split_overrides(["frcnn.predict_size=160", "study.epochs=2", "study.backbone=none",
                                            "frcnn.backbone=none"])
