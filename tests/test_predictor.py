@@ -309,9 +309,15 @@ def test_two_workers_write_the_one_device_submission(untrained_weights, siim_dat
     from infer.predictor import find_test_images
     from infer.sharding import ShardError, predict_on_devices
 
+    # The study model alone: sharding does not depend on the kinds, and each worker loads its own copy.
+    weights = tmp_path / "weights"
+    shutil.copytree(untrained_weights / "study", weights / "study")
+    manifest = json.loads((untrained_weights / "manifest.json").read_text())
+    manifest["models"] = {"study": manifest["models"]["study"]}
+    (weights / "manifest.json").write_text(json.dumps(manifest))
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
-    assert make_submission.main(_submission_argv(siim_dataset, untrained_weights, one) + ["--batch-size", "2"]) == 0
-    assert make_submission.main(_submission_argv(siim_dataset, untrained_weights, two)
+    assert make_submission.main(_submission_argv(siim_dataset, weights, one) + ["--batch-size", "2"]) == 0
+    assert make_submission.main(_submission_argv(siim_dataset, weights, two)
                                 + ["--batch-size", "2", "--devices", "cpu,cpu"]) == 0
     same_submission(pd.read_csv(two, keep_default_na=False), pd.read_csv(one, keep_default_na=False))
     assert json.loads((tmp_path / "two_summary.json").read_text())["devices"] == ["cpu", "cpu"]

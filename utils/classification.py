@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score, roc_auc_score
 
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 from utils.metric import ground_truth_from_table, score
@@ -17,6 +16,8 @@ from utils.submission import image_prediction_string, study_prediction_string
 def multilabel_report(targets, probabilities, names, threshold: float = 0.5) -> dict:
     """Per output: ROC AUC (None when only one class is present), F1 and accuracy at ``threshold``,
     and the number of positives; plus their means over the outputs (AUC over those defined)."""
+    from sklearn.metrics import f1_score, roc_auc_score  # here: sklearn costs 1.5 s to import in every stage
+
     targets = np.asarray(targets, dtype=np.float64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if targets.shape != probabilities.shape or targets.ndim != 2 or targets.shape[1] != len(names):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from utils.boxes import as_boxes, kaggle_xywh_to_xyxy
 
@@ -166,6 +165,8 @@ def assign_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> np.nd
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         return np.zeros(len(table), dtype=int)
+    from sklearn.model_selection import StratifiedGroupKFold  # here: 1.5 s to import, needed by prepare only
+
     splitter = StratifiedGroupKFold(n_splits=min(n_folds, n_groups), shuffle=True, random_state=seed)
     folds = np.full(len(table), -1, dtype=int)
     for fold, (_, valid) in enumerate(splitter.split(np.zeros(len(table)), table["study_label"].to_numpy(), groups)):

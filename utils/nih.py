@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupShuffleSplit
 
 from utils.engine import TrainConfig
 
@@ -100,6 +99,8 @@ def assign_nih_splits(entries: pd.DataFrame, split_dir=None, val_fraction: float
     in neither list are left out as ``""``); otherwise a patient-wise ``test_fraction``. ``val`` is a
     patient-wise ``val_fraction`` of the rest.
     """
+    from sklearn.model_selection import GroupShuffleSplit  # here: sklearn takes 1.5 s to import
+
     split = np.full(len(entries), "", dtype=object)
     groups = entries["patient_id"].astype(str).to_numpy()
     lists = [Path(split_dir) / TRAIN_VAL_LIST, Path(split_dir) / TEST_LIST] if split_dir else []
