@@ -44,6 +44,7 @@ KAGGLE_IMAGE_PACKAGES = ("numpy<2.3", "pandas", "scikit-learn", "scipy", "opencv
                          "albumentations", "pydicom", "timm", "matplotlib", "pillow", "pyyaml", "tqdm", "psutil",
                          "requests", "polars", "ipykernel", "nbclient", "nbformat")
 WHEEL_PYTHONS = ("3.11", "3.12")
+REPORTED_PACKAGES = ("numpy", "pandas", "opencv-python", "albumentations", "pydicom", "timm", "scikit-learn")
 
 
 def default_python() -> str:
@@ -65,7 +66,14 @@ def venv_versions(venv: Path) -> dict:
     result = subprocess.run([python, "-c", "import json, platform, torch, torchvision; print(json.dumps({"
                              "'python': platform.python_version(), 'torch': torch.__version__, "
                              "'torchvision': torchvision.__version__}))"], capture_output=True, text=True)
-    return json.loads(result.stdout) if result.returncode == 0 else {}
+    if result.returncode != 0:
+        return {}
+    versions = json.loads(result.stdout)
+    listed = subprocess.run([python, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True)
+    if listed.returncode == 0:
+        installed = {p["name"].lower(): p["version"] for p in json.loads(listed.stdout)}
+        versions["packages"] = {name: installed.get(name) for name in REPORTED_PACKAGES}
+    return versions
 
 
 def build_venv(python: str, venv: Path) -> dict:
@@ -134,8 +142,11 @@ def run_notebook(venv: Path, data: Path, weights: Path, wheels: Path, out: Path)
             import shutil
 
             shutil.rmtree(folder)
-    env = {**os.environ, "SIIM_DATA_DIR": str(data), "SIIM_WEIGHTS_DIR": str(weights), "SIIM_WHEELS_DIR": str(wheels),
-           "SIIM_OUTPUT_DIR": str(working), "SIIM_CODE_DIR": str(code), "PYTHONNOUSERSITE": "1"}
+    # this machine's pip settings (PIP_* variables, config files: extra find-links) are not Kaggle's
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    env = {**env, "SIIM_DATA_DIR": str(data), "SIIM_WEIGHTS_DIR": str(weights), "SIIM_WHEELS_DIR": str(wheels),
+           "SIIM_OUTPUT_DIR": str(working), "SIIM_CODE_DIR": str(code), "PYTHONNOUSERSITE": "1",
+           "PIP_CONFIG_FILE": os.devnull}
     env.pop("PYTHONPATH", None)
     env.pop("VIRTUAL_ENV", None)
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
@@ -179,7 +190,9 @@ def markdown(report: dict) -> str:
     c = report.get("comparison", {})
     lines = [f"# Kaggle check ({report['date']}): {'PASSED' if report['passed'] else 'FAILED'}", "",
              f"- environment: Python {report['venv'].get('python')}, torch {report['venv'].get('torch')}, "
-             f"torchvision {report['venv'].get('torchvision')} (`{report['venv_path']}`)",
+             f"torchvision {report['venv'].get('torchvision')}, "
+             + ", ".join(f"{k} {v}" for k, v in report["venv"].get("packages", {}).items())
+             + f" (`{report['venv_path']}`)",
              f"- wheels: `{report['wheels']}`, resolve offline for Python {', '.join(WHEEL_PYTHONS)}",
              f"- weights: {report['weights']}",
              f"- installed by the notebook from the wheels: {report.get('installed', 'n/a')}",
