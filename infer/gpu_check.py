@@ -62,10 +62,11 @@ class Part:
     figures: dict = field(default_factory=dict)
 
 
-def _train_all(data: Path, out: Path, config: str, patients: Path | None, keys: list[str]) -> list[str]:
+def _train_all(data: Path, out: Path, config: str, patients: Path | None, keys: list[str],
+               to_stage: str = "evaluate") -> list[str]:
     sets = list(keys) + ([f"prepare.patients={patients}"] if patients else ["prepare.patients=null"])
     return [sys.executable, str(ROOT / "train/train_all.py"), "--data-dir", str(data), "--out", str(out),
-            "--config", str(ROOT / config), "--no-progress", "--set", *sets]
+            "--config", str(ROOT / config), "--no-progress", "--to-stage", to_stage, "--set", *sets]
 
 
 def plan(out: Path, data: Path, patients: Path | None, subset: Path, smoke: bool, workers: int) -> list[Part]:
@@ -97,8 +98,9 @@ def plan(out: Path, data: Path, patients: Path | None, subset: Path, smoke: bool
         Part("real256", _train_all(data, out / "real256", "train/configs/real256.yaml", patients, real256_keys),
              caps["real256"]),
         Part("inference", inference + ["--out", str(out / "inference.json")], caps["inference"]),
-        Part("epochs", _train_all(subset, out / "epochs", "train/configs/full.yaml", patients, epoch_keys),
-             caps["epochs"]),
+        # one epoch of each model: no CV report (its figures are the epochs' speed and memory)
+        Part("epochs", _train_all(subset, out / "epochs", "train/configs/full.yaml", patients, epoch_keys,
+                                  to_stage="study"), caps["epochs"]),
     ]
 
 

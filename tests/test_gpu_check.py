@@ -22,6 +22,7 @@ def test_gpu_check_smoke_runs_every_part_and_writes_its_table(tmp_path, capsys):
     assert set(parts["real256"]["figures"]["cv"]) >= {"ensemble", "baseline_prior", "models"}
     assert parts["epochs"]["figures"]["faster_rcnn"]["images_per_s"] > 0
     assert parts["epochs"]["figures"]["yolo"]["images_per_s"] > 0
+    assert "evaluate" not in parts["epochs"]["figures"]["stage_seconds"]  # one epoch each, no CV report
     table = (tmp_path / "check" / "gpu_check.md").read_text()
     assert "| real256 | CV ensemble" in table and table in capsys.readouterr().out
 

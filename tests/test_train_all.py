@@ -117,6 +117,9 @@ def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
     for bad in (["frcnn_epochs=2"], ["frcn.epochs=2"]):
         with pytest.raises(ConfigError):
             train_all.split_overrides(bad)
+    with pytest.raises(SystemExit, match="--to-stage frcnn comes before --from-stage study"):
+        train_all.main(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config), "--from-stage", "study",
+                        "--to-stage", "frcnn", "--set", "study.backbone=none", "frcnn.backbone=none"])
 
 
 @pytest.mark.parametrize("section_text, message", [

@@ -1,7 +1,7 @@
 """Train everything, in order, into one run folder: what ``make train-all`` and ``make demo`` run.
 
     python train/train_all.py --data-dir SIIM_DIR --out runs/full [--config train/configs/full.yaml]
-        [--nih-dir NIH_DIR] [--rsna-dir RSNA_DIR] [--set SECTION.KEY=VALUE ...] [--from-stage NAME]
+        [--nih-dir NIH_DIR] [--rsna-dir RSNA_DIR] [--set SECTION.KEY=VALUE ...] [--from-stage NAME] [--to-stage NAME]
 
 Stages (each is the stage's own script, run as a child process with the same config file):
 
@@ -17,7 +17,8 @@ Stages (each is the stage's own script, run as a child process with the same con
 
 Every model registers its folds in OUT/weights/manifest.json, usable as ``--weights-dir`` of
 ``infer/make_submission.py``. ``--from-stage`` restarts at a stage after a failure (earlier
-outputs are kept). Stage times go to OUT/train_all.json.
+outputs are kept); ``--to-stage`` stops after one (``--to-stage study``: no CV report). Stage times
+go to OUT/train_all.json.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a stage's config key, e.g. --set frcnn.epochs=2 'study.folds=[0]'")
     parser.add_argument("--from-stage", choices=STAGES, default=STAGES[0], help="start at this stage")
+    parser.add_argument("--to-stage", choices=STAGES, default=STAGES[-1], help="stop after this stage")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return parser
 
@@ -185,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     summary_path = args.out / "train_all.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     started = time.perf_counter()
-    for stage in STAGES[STAGES.index(args.from_stage):]:
+    if STAGES.index(args.to_stage) < STAGES.index(args.from_stage):
+        raise SystemExit(f"error: --to-stage {args.to_stage} comes before --from-stage {args.from_stage}")
+    for stage in STAGES[STAGES.index(args.from_stage):STAGES.index(args.to_stage) + 1]:
         command = commands[stage]
         if command is None:
             log.info("stage %s: skipped (no input for it)", stage)
