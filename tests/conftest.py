@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-os.environ["YOLO_OFFLINE"] = "true"  # ultralytics 8.3 reads only "true" (not "1")
+os.environ["YOLO_OFFLINE"] = "true"  # "true": the one value every ultralytics version reads as on
 # ultralytics writes its settings file when first imported: keep it out of the user's home.
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ultralytics-settings-"))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -34,7 +34,7 @@ def import_ultralytics(settings_dir):
     When it was imported earlier in this process (tests), its settings stay where they are and
     this is logged; the offline switch and ``sync=False`` are applied either way.
     """
-    os.environ["YOLO_OFFLINE"] = "true"  # ultralytics reads only "true"
+    os.environ["YOLO_OFFLINE"] = "true"  # the one value every ultralytics version reads as on (8.3: only "true")
     if "ultralytics" in sys.modules:
         current = os.environ.get("YOLO_CONFIG_DIR")
         if current != str(settings_dir):
