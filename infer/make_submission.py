@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from infer.predictor import SECTION, Ensemble, ensemble_config, write_ensemble_submission
-from infer.sharding import ShardError, parse_devices
+from infer.sharding import ShardedEnsemble, ShardError, parse_devices
 from utils.config import ConfigError, load_yaml_section, parse_overrides
 from utils.files import write_json_atomic
 from utils.log import configure_logging
@@ -68,28 +68,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = load_yaml_section(args.config, SECTION) if args.config else {}
         overrides.update(parse_overrides(args.overrides))
-        if args.device:
-            overrides["device"] = args.device
-        sharded = args.devices is not None and len(args.devices) > 1
-        if args.devices and not sharded:
-            overrides["device"] = args.devices[0]
-        elif sharded:
-            overrides["device"] = "cpu"  # here only for its checks and settings: the workers load their own
+        devices = args.devices or ([args.device] if args.device else [])
+        if len(devices) == 1:
+            overrides["device"] = devices[0]
         manifest = read_manifest(args.weights_dir, must_exist=True)
         config = ensemble_config(manifest, overrides, str(args.weights_dir / "manifest.json"))
-        ensemble = Ensemble(args.weights_dir, config)
+        ensemble = (ShardedEnsemble(args.weights_dir, config, devices) if len(devices) > 1
+                    else Ensemble(args.weights_dir, config))
         summary = write_ensemble_submission(ensemble, args.data_dir, args.out, batch_size=args.batch_size,
                                             workers=args.workers, progress=not args.no_progress,
-                                            test_table=args.test_meta, devices=args.devices if sharded else None)
+                                            test_table=args.test_meta)
     except (ConfigError, ManifestError, FileNotFoundError, PreparationInputError, SubmissionError, ShardError) as err:
         raise SystemExit(f"error: {err}") from None
     summary["load_seconds"] = ensemble.load_seconds
     for image_id, reason in summary["unreadable"].items():
         print(f"unreadable (fallback row): {image_id}: {reason}")
+    loaded = ("each worker loads its own models" if ensemble.load_seconds is None
+              else f"models loaded in {ensemble.load_seconds:.1f} s")
     print(f"wrote {summary['out']}: {summary['rows']} rows for {summary['images']} images in "
           f"{summary['seconds']:.1f} s ({1000 * summary['seconds_per_image']:.0f} ms per image on "
-          f"{', '.join(summary['devices'])}; "
-          f"models loaded in {ensemble.load_seconds:.1f} s)")
+          f"{summary['device']}; {loaded})")
     write_json_atomic(args.out.parent / f"{args.out.stem}_summary.json", summary)
     return 0
 

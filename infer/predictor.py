@@ -26,7 +26,6 @@ gets a fallback row, so the submission is always complete.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ from utils.fusion import EnsembleConfig, blend_none, fuse_boxes
 from utils.kinds import KINDS
 from utils.kinds.base import classifier_input, detector_input  # noqa: F401 - the predictor's input contract
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX, strip_suffix
-from utils.manifest import ManifestError, read_manifest
+from utils.manifest import ManifestError, entry_files, read_manifest
 from utils.submission import (
     SubmissionError,
     check_output_path,
@@ -185,29 +184,40 @@ class ImagePrediction:
 MEMBER_TYPES = {kind.manifest_kind: kind.member_class for kind in KINDS.values()}
 
 
+def checked_manifest(weights_dir, config: EnsembleConfig | None = None,
+                     overrides: dict | None = None) -> tuple[dict, EnsembleConfig]:
+    """The manifest of ``weights_dir`` and the ensemble settings, checked without loading a model: at
+    least one model, each of a known kind with its files inside the folder, ``model_weights`` naming
+    only models it has."""
+    weights_dir = Path(weights_dir)
+    manifest = read_manifest(weights_dir, must_exist=True)
+    if not manifest["models"]:
+        raise ManifestError(f"{weights_dir / 'manifest.json'}: no trained models (run train/train_all.py)")
+    config = config or ensemble_config(manifest, overrides, str(weights_dir / "manifest.json"))
+    for name, spec in sorted(manifest["models"].items()):
+        if not isinstance(spec, dict) or spec.get("kind") not in MEMBER_TYPES:
+            kind = spec.get("kind") if isinstance(spec, dict) else spec
+            raise ManifestError(f"{weights_dir / 'manifest.json'}: model {name!r}: unknown kind {kind!r}; "
+                                f"known: {sorted(MEMBER_TYPES)}")
+        entry_files(weights_dir, name, spec)
+    unknown = sorted(set(config.model_weights) - set(manifest["models"]))
+    if unknown:
+        raise ManifestError(f"model_weights name models not in the manifest: {unknown}")
+    return manifest, config
+
+
 class Ensemble:
     """Every model of ``weights_dir/manifest.json``, ready to predict (see the module docstring)."""
 
     def __init__(self, weights_dir, config: EnsembleConfig | None = None, overrides: dict | None = None):
         self.weights_dir = Path(weights_dir)
-        manifest = read_manifest(self.weights_dir, must_exist=True)
-        if not manifest["models"]:
-            raise ManifestError(f"{self.weights_dir / 'manifest.json'}: no trained models (run train/train_all.py)")
-        self.config = config or ensemble_config(manifest, overrides, str(self.weights_dir / "manifest.json"))
+        manifest, self.config = checked_manifest(self.weights_dir, config, overrides)
         self.device = resolve_device(self.config.device)
         self.precision = resolve_precision(self.config.amp, self.device)
-        self.members = []
         started = time.perf_counter()
-        for name, spec in sorted(manifest["models"].items()):
-            if not isinstance(spec, dict) or spec.get("kind") not in MEMBER_TYPES:
-                kind = spec.get("kind") if isinstance(spec, dict) else spec
-                raise ManifestError(f"{self.weights_dir / 'manifest.json'}: model {name!r}: unknown kind {kind!r}; "
-                                    f"known: {sorted(MEMBER_TYPES)}")
-            self.members.append(MEMBER_TYPES[spec["kind"]](name, spec, self.weights_dir, self.device))
+        self.members = [MEMBER_TYPES[spec["kind"]](name, spec, self.weights_dir, self.device)
+                        for name, spec in sorted(manifest["models"].items())]
         self.load_seconds = time.perf_counter() - started
-        unknown = sorted(set(self.config.model_weights) - {m.name for m in self.members})
-        if unknown:
-            raise ManifestError(f"model_weights name models not in the manifest: {unknown}")
         log.info("ensemble of %s on %s (%s) loaded in %.1f s",
                  ", ".join(f"{m.name} ({len(m.folds)} fold(s), {m.input_size} px)" for m in self.members),
                  self.device, "mixed precision" if self.precision.enabled else "full precision", self.load_seconds)
@@ -466,34 +476,22 @@ def find_test_images(data_dir, test_table=None) -> tuple[pd.DataFrame, list[Test
     return sample, find_test_dicoms(data_dir, sample)
 
 
-def write_ensemble_submission(ensemble: Ensemble, data_dir, out, *, batch_size: int | None = None,
-                              workers: int | None = None, progress: bool = True, test_table=None,
-                              devices: Sequence[str] | None = None) -> dict:
-    """Predict the test split of ``data_dir`` (:func:`find_test_images`) and write the validated
-    submission to ``out``. With several ``devices`` the images are shared out among them, one worker
-    process each (:mod:`infer.sharding`), ``ensemble`` serving only for its settings. Returns a summary:
-    rows, images, unreadable images with their reasons, seconds."""
+def write_ensemble_submission(ensemble, data_dir, out, *, batch_size: int | None = None,
+                              workers: int | None = None, progress: bool = True, test_table=None) -> dict:
+    """Predict the test split of ``data_dir`` (:func:`find_test_images`) with ``ensemble`` (an
+    :class:`Ensemble`, or :class:`infer.sharding.ShardedEnsemble` for several devices) and write the
+    validated submission to ``out``. Returns a summary: rows, images, unreadable images with their
+    reasons, seconds, device."""
     check_output_path(out)
     sample, images = find_test_images(data_dir, test_table)
     problems = sample_problems(sample)
     if problems:
         raise SubmissionError(problems, where=f"{data_dir} sample submission")
     started = time.perf_counter()
-    batch_size = batch_size or ensemble.config.batch_size
-    workers = ensemble.config.workers if workers is None else workers
-    if devices and len(devices) > 1:
-        from infer.sharding import predict_on_devices
-
-        # CPU workers share the cores; GPU workers keep torch's default
-        threads = max(1, (os.cpu_count() or 1) // len(devices)) if all(d == "cpu" for d in devices) else None
-        predictions = predict_on_devices(ensemble.weights_dir, ensemble.config, images, devices, batch_size=batch_size,
-                                         workers=workers, cpu_threads=threads, progress=progress)
-    else:
-        predictions = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=progress)
+    predictions = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=progress)
     submission = assemble_submission(predictions, sample, ensemble.config)
     write_submission(submission, out, sample=sample)
     seconds = time.perf_counter() - started
     failed = {p.image_id: p.error for p in predictions if p.error is not None}
     return {"out": str(out), "rows": len(submission), "images": len(images), "unreadable": failed,
-            "seconds": seconds, "seconds_per_image": seconds / max(len(images), 1),
-            "devices": list(devices) if devices and len(devices) > 1 else [str(ensemble.device)]}
+            "seconds": seconds, "seconds_per_image": seconds / max(len(images), 1), "device": str(ensemble.device)}

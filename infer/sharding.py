@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import tempfile
 import time
@@ -68,6 +69,31 @@ def _worker(weights_dir: str, config, device: str, images: list, batch_size: int
 
 class ShardError(RuntimeError):
     """A worker of a multi-device prediction failed (its traceback is in the message)."""
+
+
+class ShardedEnsemble:
+    """The ensemble of ``weights_dir`` on several devices, where :class:`infer.predictor.Ensemble` is
+    on one (``write_ensemble_submission`` takes either). This process only checks the manifest: each
+    worker loads the models on its own device, and a copy here would be loaded for nothing."""
+
+    def __init__(self, weights_dir, config, devices: Sequence[str]):
+        from infer.predictor import checked_manifest
+
+        self.weights_dir = Path(weights_dir)
+        _, self.config = checked_manifest(self.weights_dir, config)
+        self.devices = list(devices)
+        self.device = ",".join(self.devices)
+        self.load_seconds = None  # each worker loads its own copy
+
+    def predict_paths(self, images: Sequence, *, batch_size: int | None = None, workers: int | None = None,
+                      progress: bool = True) -> list:
+        # CPU workers share the cores; GPU workers keep torch's default
+        cpu_only = all(device == "cpu" for device in self.devices)
+        threads = max(1, (os.cpu_count() or 1) // len(self.devices)) if cpu_only else None
+        return predict_on_devices(self.weights_dir, self.config, images, self.devices,
+                                  batch_size=batch_size or self.config.batch_size,
+                                  workers=self.config.workers if workers is None else workers,
+                                  cpu_threads=threads, progress=progress)
 
 
 def predict_on_devices(weights_dir, config, images: Sequence, devices: Sequence[str], *, batch_size: int,

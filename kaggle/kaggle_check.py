@@ -28,6 +28,7 @@ import datetime
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -138,10 +139,7 @@ def run_notebook(venv: Path, data: Path, weights: Path, wheels: Path, out: Path)
     working = out / "working"
     code = out / "code"
     for folder in (working, code):
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
+        shutil.rmtree(folder, ignore_errors=True)
     # this machine's pip settings (PIP_* variables, config files: extra find-links) are not Kaggle's
     env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
     env = {**env, "SIIM_DATA_DIR": str(data), "SIIM_WEIGHTS_DIR": str(weights), "SIIM_WHEELS_DIR": str(wheels),

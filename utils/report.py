@@ -11,25 +11,23 @@ from utils.files import atomic_path
 MISSING = "n/a"  # how every table shows a score that does not exist (e.g. an AP with no positives)
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)  # None or NaN
+
+
 def show(value, digits: int = 4) -> str:
     """A score for a table: ``n/a`` when missing (None or NaN), a float with ``digits`` decimals, an
     integer as it is, anything else as text."""
-    if value is None or (isinstance(value, float) and value != value):
+    if _missing(value):
         return MISSING
-    if isinstance(value, bool) or isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def show_general(value) -> str:
     """Like :func:`show` but with ``%g`` for numbers: measurements (rates, seconds) of any magnitude."""
-    if value is None or (isinstance(value, float) and value != value):
+    if _missing(value):
         return MISSING
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:g}"
-    return str(value)
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def text_table(header: Sequence[str], rows: Iterable[Sequence], widths: Sequence[int], digits: int = 4) -> list[str]:
