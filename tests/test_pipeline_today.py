@@ -4,6 +4,7 @@ and the benchmarks at toy sizes (they must run; their figures come from the comm
 import shutil
 
 import pandas as pd
+import pytest
 
 from infer.baseline_submission import main as baseline_main
 from infer.benchmark import benchmark_reader, benchmark_training
@@ -37,4 +38,6 @@ def test_reader_benchmark_runs_and_agrees_with_the_copied_recipe():
 def test_training_benchmark_measures_both_precisions_through_the_engine():
     result = benchmark_training(image_size=32, batch_size=4, steps=1, repeats=1, amp="bf16", device_name="cpu")
     assert result["amp"] == "bf16" and result["fp32_images_per_s"] > 0 and result["amp_images_per_s"] > 0
-    assert result["speedup"] == round(result["amp_images_per_s"] / result["fp32_images_per_s"], 2)
+    # the ratio of the unrounded rates, rounded: within 0.01 of the ratio of the rounded ones (a run
+    # gave 0.09 against 1.47 / 17.32 = 0.0849)
+    assert result["speedup"] == pytest.approx(result["amp_images_per_s"] / result["fp32_images_per_s"], abs=0.01)
