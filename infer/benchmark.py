@@ -236,28 +236,52 @@ def _median_rate(function, n_images: int, repeats: int, sync) -> float:
     return n_images / statistics.median(times)
 
 
+def _end_to_end(ensemble, paths, repeats: int) -> dict:
+    """``ensemble.predict_paths`` on the first half of ``paths`` and on all of them, median of
+    ``repeats``: the steady rate is the second half's images over the difference of the two times
+    (what is paid once per run cancels out: decoding workers and fusion processes starting, the
+    pipeline filling and draining), and that once-per-run cost is reported beside it."""
+    half = len(paths) // 2
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ensemble.predict_paths(paths[:half], progress=False)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        ensemble.predict_paths(paths, progress=False)
+        whole = time.perf_counter() - start
+        rate = (len(paths) - half) / max(whole - first, 1e-9)
+        runs.append((rate, max(0.0, first - half / rate)))
+    return {"rate": statistics.median(r for r, _ in runs), "start_seconds": statistics.median(f for _, f in runs)}
+
+
 def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, repeats: int = 3,
                         batch_size: int | None = None, workers: int | None = None, device_name: str | None = None,
-                        scale: float = 1.0, work_dir=None, folds: int = 1) -> dict:
+                        scale: float = 1.0, work_dir=None, folds: int = 1, fusion_workers: int | None = None) -> dict:
     """Images per second of every prediction stage and end to end, and the notebook's run time.
 
     Stages, each the median of ``repeats``: decoding (the project's reader + resizes, one process,
-    and ``workers`` DataLoader processes), each model on decoded batches already on the device
-    (without and with the flip TTA), weighted boxes fusion, and the whole predictor
-    (``Ensemble.predict_paths``: decoding in workers overlapped with the models). Without
+    and ``workers`` DataLoader processes, as the predictor decodes), each model on decoded batches
+    already on the device (without and with the flip TTA), weighted boxes fusion in one process,
+    and the whole predictor (``Ensemble.predict_paths``: decoding, models and fusion overlapped),
+    with its ``fusion_workers`` processes and, the baseline, with the fusion inline. ``models``
+    is the models' combined TTA rate, the ceiling end to end can reach. End to end is the steady
+    rate (from runs on half and all of the images), its once-per-run start-up beside it. Without
     ``weights_dir`` the models of ``config_path`` are built with random weights, ``folds`` of each.
     """
-    from torch.utils.data import DataLoader
+    from dataclasses import replace
 
-    from infer.predictor import Ensemble, InputImageDataset, collate_images, fuse_sources
+    from infer.predictor import Ensemble, decoded_batches
+    from utils.fusion import fuse_images, resolve_fusion_workers
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="bench-inference-"))
     if weights_dir is None:
         weights_dir = write_untrained_weights(work / "weights", config_path, folds).parent
-    overrides = {k: v for k, v in (("device", device_name), ("workers", workers), ("batch_size", batch_size))
-                 if v is not None}
+    overrides = {k: v for k, v in (("device", device_name), ("workers", workers), ("batch_size", batch_size),
+                                   ("fusion_workers", fusion_workers)) if v is not None}
     ensemble = Ensemble(weights_dir, overrides=overrides)
     config = ensemble.config
+    n_fusion = resolve_fusion_workers(config, ensemble.device.type)
     paths = write_full_size_files(work / "dicoms", images, seed=1, scale=scale)
     device = ensemble.device
 
@@ -266,9 +290,8 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
             torch.cuda.synchronize(device)
 
     def decode(n_workers: int):
-        loader = DataLoader(InputImageDataset(paths, ensemble.sizes), batch_size=config.batch_size,
-                            num_workers=n_workers, collate_fn=collate_images)
-        return [image for batch in loader for image in batch]
+        return [image for batch in decoded_batches(paths, ensemble.sizes, config.batch_size, n_workers)
+                for image in batch]
 
     rates = {"decode_1_process": _median_rate(lambda: decode(0), images, repeats, sync)}
     if config.workers:
@@ -277,17 +300,29 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
     batches = [decoded[i:i + config.batch_size] for i in range(0, len(decoded), config.batch_size)]
     on_device = [{size: ensemble.device_batch(batch, size) for size in ensemble.sizes} for batch in batches]
     sources = {}
+    seconds_per_image = 0.0
     for member in ensemble.members:
         for tta in (False, True):
             def run(member=member, tta=tta):
                 return [member.predict(batch[member.input_size], tta, ensemble.precision) for batch in on_device]
             rates[f"{member.name}{'_tta' if tta else ''}"] = _median_rate(run, images, repeats, sync)
+        seconds_per_image += 1.0 / rates[f"{member.name}{'_tta' if config.tta_hflip else ''}"]
         if member.kind != "study_classifier":
             sources[member.name] = [found for out in run() for found in out]
+    rates["models"] = 1.0 / seconds_per_image
     per_image = [[s for name in sources for s in sources[name][k]] for k in range(images)]
-    rates["wbf"] = _median_rate(lambda: [fuse_sources(s, [1.0] * len(s), config) for s in per_image], images,
-                                repeats, sync)
-    rates["end_to_end"] = _median_rate(lambda: ensemble.predict_paths(paths, progress=False), images, repeats, sync)
+    weights = [[1.0] * len(s) for s in per_image]
+    rates["wbf_1_process"] = _median_rate(lambda: fuse_images(per_image, weights, config), images, repeats, sync)
+    variants = {"end_to_end_inline_fusion": 0}
+    if n_fusion:  # the configured run first, the inline fusion its baseline
+        variants = {f"end_to_end_{n_fusion}_fusion_workers": n_fusion, **variants}
+    end_to_end = {}
+    for name, fusion in variants.items():
+        ensemble.config = replace(config, fusion_workers=fusion)
+        end_to_end[name] = _end_to_end(ensemble, paths, repeats)
+        rates[name] = end_to_end[name]["rate"]
+    ensemble.config = config
+    configured = end_to_end[next(iter(variants))]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     return {
         "benchmark": "inference",
@@ -297,14 +332,18 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
         "tta_hflip": config.tta_hflip,
         "batch_size": config.batch_size,
         "workers": config.workers,
+        "fusion_workers": n_fusion,
         "images": images,
         "image_size": "about 2500 x 3000, 16-bit" if scale == 1.0 else f"scaled by {scale}",
         "repeats": repeats,
         "images_per_s": {k: round(v, 3) for k, v in rates.items()},
+        "end_to_end_share_of_models": round(configured["rate"] / rates["models"], 3),
+        "end_to_end_start_seconds": {k: round(v["start_seconds"], 2) for k, v in end_to_end.items()},
         "model_load_seconds": round(ensemble.load_seconds, 1),
         # The notebook loads the models once and predicts the whole test split end to end.
-        "estimated_notebook_minutes": {str(n): round((ensemble.load_seconds + n / rates["end_to_end"]) / 60, 1)
-                                       for n in (1263, 6000)},
+        "estimated_notebook_minutes": {
+            str(n): round((ensemble.load_seconds + configured["start_seconds"] + n / configured["rate"]) / 60, 1)
+            for n in (1263, 6000)},
         "torch": torch.__version__,
     }
 
@@ -379,7 +418,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     inference.add_argument("--images", type=int, default=8)
     inference.add_argument("--repeats", type=int, default=3)
     inference.add_argument("--batch-size", type=int, default=None)
-    inference.add_argument("--workers", type=int, default=None)
+    inference.add_argument("--workers", type=int, default=None, help="decoding processes")
+    inference.add_argument("--fusion-workers", type=int, default=None,
+                           help="fusion processes (default: the config's; 0 on the CPU)")
     inference.add_argument("--device", default=None)
     inference.add_argument("--scale", type=float, default=1.0, help="shrink the test DICOMs (quick checks)")
     inference.add_argument("--out", help="also write the JSON here")
@@ -401,7 +442,8 @@ def main(argv=None) -> dict:
         result = benchmark_serve(args.weights_dir, args.requests, args.concurrency, args.image, args.device)
     elif args.stage == "inference":
         result = benchmark_inference(args.weights_dir, args.config, args.images, args.repeats, args.batch_size,
-                                     args.workers, args.device, args.scale, folds=args.folds)
+                                     args.workers, args.device, args.scale, folds=args.folds,
+                                     fusion_workers=args.fusion_workers)
     else:
         result = benchmark_training(args.arch, args.image_size, args.batch_size, args.steps, args.repeats, args.amp,
                                     args.device)

@@ -31,12 +31,13 @@ import numpy as np
 import pandas as pd
 
 from infer.baseline_submission import baseline_rows
-from infer.predictor import SECTION, EnsembleConfig, ImagePrediction, assemble_submission, fuse_sources
+from infer.predictor import SECTION, EnsembleConfig, ImagePrediction, assemble_submission
 from utils.boxes import as_boxes
 from utils.classification import study_classifier_scores
 from utils.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
 from utils.detection import box_submission, detector_scores
 from utils.files import atomic_path
+from utils.fusion import fuse_sources
 from utils.kinds import KINDS
 from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 from utils.log import configure_logging

@@ -6,15 +6,17 @@
 Parts, in this order, each a child process with a time cap (its own, and never past ``--budget``
 seconds in all); a part that does not finish is reported as such, never silently dropped:
 
-    training   backbone training images/s, full vs mixed precision (ResNeXt-50, 224 px, batch 32:
-               ``infer/benchmark.py training``)
-    real256    the real-data recipe (``train/configs/real256.yaml``, fold 0 of every model) trained on
-               the resized copy ``--data`` on this device: stage times and out-of-fold CV
     inference  prediction with the full config (1,024 px, 5 folds of every model, random weights,
                flip TTA) from real-size DICOMs: images/s for decoding, each model, fusion and end to
-               end, and the notebook time for 1,263 and 6,000 images (``infer/benchmark.py inference``)
+               end (fusion in processes and inline), and the notebook time for 1,263 and 6,000
+               images (``infer/benchmark.py inference``)
+    training   backbone training images/s, full vs mixed precision (ResNeXt-50, 224 px, batch 32:
+               ``infer/benchmark.py training``)
     epochs     one training epoch of Faster R-CNN, YOLO and the study model at the full config's sizes
                on a subset of ``--data``: images/s and peak GPU memory
+    real256    the real-data recipe (``train/configs/real256.yaml``, fold 0 of every model) trained on
+               the resized copy ``--data`` on this device: stage times and out-of-fold CV (about 6
+               minutes on an H100: give it a call of its own, ``--parts real256 --budget 420``)
 
 Writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md`` (the table, also printed) and each part's log.
 ``--smoke`` runs every part at toy sizes on whatever device there is (the CPU in the tests), on a
@@ -40,7 +42,9 @@ from utils.files import write_json_atomic, write_text_atomic
 from utils.report import show_general
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("training", "real256", "inference", "epochs")
+# The prediction figures first (the open speed work needs them), the real-data recipe last: it
+# needs about 6 minutes alone, so it gets what is left, or a call of its own (--parts real256).
+PARTS = ("inference", "training", "epochs", "real256")
 # Toy sizes for --smoke (the same keys the tests use for their tiny real runs).
 SMOKE_TRAIN_ALL = [
     "prepare.folds=3", "prepare.workers=1",
@@ -77,30 +81,31 @@ def plan(out: Path, data: Path, patients: Path | None, subset: Path, smoke: bool
         training = [py, bench, "training", "--arch", "resnet18", "--image-size", "32", "--batch-size", "2",
                     "--steps", "2", "--repeats", "1"]
         inference = [py, bench, "inference", "--config", str(ROOT / "train/configs/real256.yaml"), "--folds", "1",
-                     "--images", "2", "--repeats", "1", "--scale", "0.1", "--workers", "0", "--batch-size", "2"]
+                     "--images", "4", "--repeats", "1", "--scale", "0.1", "--workers", "0", "--batch-size", "2",
+                     "--fusion-workers", "1"]
         real256_keys = SMOKE_TRAIN_ALL
         epoch_keys = SMOKE_TRAIN_ALL + ["yolo.model=yolov8n.yaml", "study.arch=resnet18", "frcnn.arch=resnet18",
                                         "frcnn.folds=[0]", "yolo.folds=[0]", "study.folds=[0]"]
     else:
         training = [py, bench, "training"]  # its GPU defaults: ResNeXt-50, 224 px, batch 32, 20 steps x 5
         inference = [py, bench, "inference", "--config", str(ROOT / "train/configs/full.yaml"), "--folds", "5",
-                     "--images", "48", "--repeats", "2", "--workers", str(workers)]
+                     "--images", "32", "--repeats", "1", "--workers", str(workers)]
         worker_keys = [f"{s}.workers={workers}" for s in ("prepare", "study", "frcnn", "yolo", "ensemble")]
         real256_keys = worker_keys
         epoch_keys = worker_keys + ["frcnn.epochs=1", "frcnn.folds=[0]", "yolo.epochs=1", "yolo.folds=[0]",
                                     "study.epochs=1", "study.folds=[0]", "prepare.folds=5"]
     # No NIH backbone here: the full config's trunks start from random weights (speed does not depend on them).
     epoch_keys = epoch_keys + ["frcnn.backbone=none", "study.backbone=none"]
-    caps = {"training": 60, "real256": 210, "inference": 120, "epochs": 100} if not smoke else \
-        {"training": 120, "real256": 300, "inference": 120, "epochs": 300}
+    caps = {"inference": 180, "training": 60, "epochs": 100, "real256": 420} if not smoke else \
+        {"inference": 120, "training": 120, "epochs": 300, "real256": 300}
     return [
-        Part("training", training + ["--out", str(out / "training.json")], caps["training"]),
-        Part("real256", _train_all(data, out / "real256", "train/configs/real256.yaml", patients, real256_keys),
-             caps["real256"]),
         Part("inference", inference + ["--out", str(out / "inference.json")], caps["inference"]),
+        Part("training", training + ["--out", str(out / "training.json")], caps["training"]),
         # one epoch of each model: no CV report (its figures are the epochs' speed and memory)
         Part("epochs", _train_all(subset, out / "epochs", "train/configs/full.yaml", patients, epoch_keys,
                                   to_stage="study"), caps["epochs"]),
+        Part("real256", _train_all(data, out / "real256", "train/configs/real256.yaml", patients, real256_keys),
+             caps["real256"]),
     ]
 
 
@@ -217,6 +222,10 @@ def markdown(result: dict) -> str:
         if name == "inference" and figures:
             for stage, rate in figures.get("images_per_s", {}).items():
                 lines.append(f"| inference | {stage} images/s | {show_general(rate)} |")
+            share = show_general(figures.get("end_to_end_share_of_models"))
+            lines.append(f"| inference | end to end / models | {share} |")
+            for variant, seconds in figures.get("end_to_end_start_seconds", {}).items():
+                lines.append(f"| inference | {variant} start-up seconds | {show_general(seconds)} |")
             for n, minutes in figures.get("estimated_notebook_minutes", {}).items():
                 lines.append(f"| inference | notebook minutes for {n} images | {show_general(minutes)} |")
         if name in ("real256", "epochs"):

@@ -10,11 +10,12 @@ Per image:
 1. :func:`decode_test_image` reads the DICOM (or PNG/JPEG) once with the project's reader at the
    largest input size and area-resizes it to each model's size: the same pixels preparation wrote
    to the PNGs the models were trained on. In :meth:`Ensemble.predict_paths` this runs in
-   DataLoader workers, so the device does not wait for decoding.
+   DataLoader workers, one image each, so the device does not wait for decoding.
 2. Each model runs every fold, on the image and (``tta_hflip``) on its mirror image, whose boxes are
    flipped back. Classifier probabilities are averaged over folds and flips.
 3. All box sets (models x folds x flips) are fused with weighted boxes fusion in XYXY_NORM; a
-   model's weight (``model_weights``) is shared among its sources.
+   model's weight (``model_weights``) is shared among its sources. In ``predict_paths`` a batch is
+   fused in ``fusion_workers`` processes while the models predict the next one.
 
 :func:`assemble_submission` then averages the image probabilities over each study, blends each
 image's "none" signals (classifier, its study's negative probability, its boxes) and each study's
@@ -27,9 +28,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,7 +42,7 @@ from utils.boxes import as_boxes, denormalize_xyxy
 from utils.config import from_mapping
 from utils.dicom import DicomReadError, read_radiograph, resize_image
 from utils.engine import resolve_device, resolve_precision
-from utils.fusion import EnsembleConfig, blend_none, fuse_boxes
+from utils.fusion import EnsembleConfig, blend_none, fuse_images, fusion_pool, resolve_fusion_workers
 from utils.kinds import KINDS
 from utils.kinds.base import classifier_input, detector_input  # noqa: F401 - the predictor's input contract
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX, strip_suffix
@@ -67,17 +69,6 @@ def ensemble_config(manifest: dict, overrides: dict | None = None, source: str =
     """The manifest's ``ensemble`` section (defaults where it has none) with ``overrides`` on top."""
     mapping = {**manifest.get(SECTION, {}), **(overrides or {})}
     return from_mapping(EnsembleConfig, mapping, f"{source} [{SECTION}]")
-
-
-def fuse_sources(sources: list[tuple[np.ndarray, np.ndarray]], weights: list[float],
-                 config: EnsembleConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted boxes fusion of one image's ``(XYXY_NORM boxes, scores)`` sources with the config's
-    settings (the predictor and the out-of-fold evaluation both fuse through here)."""
-    if not sources:
-        return as_boxes([]), np.zeros(0)
-    return fuse_boxes([b for b, _ in sources], [s for _, s in sources], weights, iou_thr=config.wbf_iou_thr,
-                      skip_box_thr=config.wbf_skip_box_thr, conf_type=config.wbf_conf_type,
-                      max_boxes=config.max_boxes)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -156,8 +147,26 @@ class InputImageDataset(Dataset):
                                  original_size=size)
 
 
-def collate_images(items: list[InputImage]) -> list[InputImage]:
-    return items
+def _single_image(item: InputImage) -> InputImage:
+    return item
+
+
+def decoded_batches(images: Sequence, sizes: Sequence[int], batch_size: int,
+                    workers: int) -> Iterator[list[InputImage]]:
+    """Batches of decoded test images (:class:`InputImageDataset`), in order. With ``workers``, each
+    process decodes single images (not whole batches), so a batch is ready after
+    ``batch_size / workers`` decodes and all workers stay busy; about two batches are decoded ahead."""
+    prefetch = max(2, -(-2 * batch_size // workers)) if workers else None
+    loader = DataLoader(InputImageDataset(images, sizes), batch_size=None, num_workers=workers,
+                        collate_fn=_single_image, prefetch_factor=prefetch)
+    batch: list[InputImage] = []
+    for image in loader:
+        batch.append(image)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 # ----------------------------------------------------------------------------- models
@@ -179,6 +188,32 @@ class ImagePrediction:
     none_prob: float | None = None
     error: str | None = None
     opacity_map: np.ndarray | None = None  # (h, w) in [0, 1] over the image, when asked and available
+
+
+@dataclass
+class ModelOutputs:
+    """What the models said about a batch before fusion: per readable image its box sources (one per
+    model, fold and flip) with their fusion weights, and the study model's outputs (None without one)."""
+
+    images: list[InputImage]
+    readable: list[InputImage]
+    sources: list[list]
+    weights: list[list[float]]
+    study: np.ndarray | None = None
+    none: np.ndarray | None = None
+    maps: list | None = None
+
+    def predictions(self, fused: list[tuple[np.ndarray, np.ndarray]]) -> list[ImagePrediction]:
+        """One :class:`ImagePrediction` per image in order, given the fused ``(boxes, scores)`` of
+        each readable image; an unreadable one carries its error."""
+        results = {}
+        for k, (image, (boxes, scores)) in enumerate(zip(self.readable, fused)):
+            results[id(image)] = ImagePrediction(
+                image.image_id, image.study_id, image.original_height, image.original_width, boxes, scores,
+                None if self.study is None else self.study[k], None if self.none is None else float(self.none[k]),
+                opacity_map=None if self.maps is None else self.maps[k])
+        return [results.get(id(image)) or ImagePrediction(image.image_id, image.study_id, 0, 0, as_boxes([]),
+                                                          np.zeros(0), error=image.error) for image in self.images]
 
 
 MEMBER_TYPES = {kind.manifest_kind: kind.member_class for kind in KINDS.values()}
@@ -239,57 +274,65 @@ class Ensemble:
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)
 
+    def run_models(self, images: list[InputImage], with_opacity_map: bool = False) -> "ModelOutputs":
+        """Every model on the readable ``images`` (on the device): their box sources, not yet fused."""
+        readable = [image for image in images if image.error is None]
+        outputs = ModelOutputs(images, readable, [[] for _ in readable], [[] for _ in readable])
+        if not readable:
+            return outputs
+        batches = {size: self.device_batch(readable, size) for size in self.sizes}
+        for member in self.members:
+            if not member.predicts_boxes:
+                outputs.study, outputs.none, outputs.maps = member.predict(
+                    batches[member.input_size], self.config.tta_hflip, self.precision, with_opacity_map)
+                continue
+            found = member.predict(batches[member.input_size], self.config.tta_hflip, self.precision)
+            weight = self.config.model_weights.get(member.name, 1.0)
+            for k, sources in enumerate(found):
+                outputs.sources[k] += sources
+                outputs.weights[k] += [weight / len(sources)] * len(sources)
+        return outputs
+
     def predict_batch(self, images: list[InputImage], with_opacity_map: bool = False) -> list[ImagePrediction]:
         """Predictions for decoded images, in their order (unreadable ones carry their error);
         ``with_opacity_map`` adds the study model's opacity map where it has the auxiliary head."""
-        readable = [image for image in images if image.error is None]
-        results = {}
-        if readable:
-            batches = {size: self.device_batch(readable, size) for size in self.sizes}
-            tta = self.config.tta_hflip
-            study = none = maps = None
-            sources: list[list] = [[] for _ in readable]
-            weights: list[list] = [[] for _ in readable]
-            for member in self.members:
-                if not member.predicts_boxes:
-                    study, none, maps = member.predict(batches[member.input_size], tta, self.precision,
-                                                       with_opacity_map)
-                    continue
-                outputs = member.predict(batches[member.input_size], tta, self.precision)
-                weight = self.config.model_weights.get(member.name, 1.0)
-                for k, found in enumerate(outputs):
-                    sources[k] += found
-                    weights[k] += [weight / len(found)] * len(found)
-            for k, image in enumerate(readable):
-                boxes, scores = fuse_sources(sources[k], weights[k], self.config)
-                results[id(image)] = ImagePrediction(
-                    image.image_id, image.study_id, image.original_height, image.original_width, boxes, scores,
-                    None if study is None else study[k], None if none is None else float(none[k]),
-                    opacity_map=None if maps is None else maps[k])
-        return [results.get(id(image)) or ImagePrediction(image.image_id, image.study_id, 0, 0, as_boxes([]),
-                                                          np.zeros(0), error=image.error) for image in images]
+        outputs = self.run_models(images, with_opacity_map)
+        return outputs.predictions(fuse_images(outputs.sources, outputs.weights, self.config))
 
     def predict_paths(self, paths: Sequence, *, batch_size: int | None = None, workers: int | None = None,
                       progress: bool = True, on_batch=None) -> list[ImagePrediction]:
         """Predictions for test images (:class:`TestImage`, or DICOM paths in the competition's layout),
-        decoded in ``workers`` processes; ``on_batch(n)`` is called after each batch of n images."""
+        in their order; ``on_batch(n)`` is called after each batch of n images.
+
+        Three stages overlap: ``workers`` processes decode the next images (:func:`decoded_batches`),
+        the models predict this batch on the device, and ``fusion_workers`` processes fuse the boxes
+        of the batches before it (at most two batches wait for their fusion)."""
         from tqdm import tqdm
 
         batch_size = batch_size or self.config.batch_size
         workers = self.config.workers if workers is None else workers
-        loader = DataLoader(InputImageDataset(paths, self.sizes), batch_size=batch_size, num_workers=workers,
-                            collate_fn=collate_images, persistent_workers=False,
-                            prefetch_factor=4 if workers else None)
-        predictions = []
-        with tqdm(total=len(paths), desc="predict", unit="image", disable=not progress) as bar:
-            for images in loader:
+        predictions: list[ImagePrediction] = []
+        waiting: deque = deque()  # (model outputs, fusion future) in order
+
+        def finish_oldest():
+            outputs, fused = waiting.popleft()
+            predictions.extend(outputs.predictions(fused.result()))
+            bar.update(len(outputs.images))
+            if on_batch is not None:
+                on_batch(len(outputs.images))
+
+        with tqdm(total=len(paths), desc="predict", unit="image", disable=not progress) as bar, \
+                fusion_pool(resolve_fusion_workers(self.config, self.device.type)) as pool:
+            for images in decoded_batches(paths, self.sizes, batch_size, workers):
                 for image in images:
                     if image.error is not None:
                         log.warning("unreadable, fallback prediction: %s: %s", image.image_id, image.error)
-                predictions += self.predict_batch(images)
-                bar.update(len(images))
-                if on_batch is not None:
-                    on_batch(len(images))
+                outputs = self.run_models(images)
+                waiting.append((outputs, pool.submit(fuse_images, outputs.sources, outputs.weights, self.config)))
+                while waiting and (len(waiting) > 2 or waiting[0][1].done()):
+                    finish_oldest()
+            while waiting:
+                finish_oldest()
         return predictions
 
     def predict_source(self, source, *, image_id: str = "upload", name: str | None = None,

@@ -77,3 +77,34 @@ def test_none_blend_is_the_weighted_mean_of_the_available_signals():
     assert blend_none([None, None, 0.9], [1.0, 1.0, 0.0]) is None
     with pytest.raises(ValueError, match="non-negative"):
         blend_none([0.2], [-1.0])
+
+
+def test_fusion_processes_give_the_callers_results_and_errors():
+    """The predictor's fusion processes (spawned) return what fusing in the caller returns, and a bad
+    input's error reaches the caller the same way."""
+    from utils.fusion import EnsembleConfig, fuse_images, fusion_pool
+
+    shifted = BOX + 0.01
+    sources = [[(BOX, np.array([0.8])), (shifted, np.array([0.6]))], [], [(BOX, np.array([0.3]))]]
+    weights = [[1.0, 1.0], [], [2.0]]
+    config = EnsembleConfig()
+    bad = [[(BOX, np.array([np.nan]))]]
+    for workers in (0, 1):
+        with fusion_pool(workers) as pool:
+            fused = pool.submit(fuse_images, sources, weights, config).result()
+            with pytest.raises(FusionInputError, match="scores must be finite"):
+                pool.submit(fuse_images, bad, [[1.0]], config).result()
+        for (boxes, scores), expected in zip(fused, fuse_images(sources, weights, config)):
+            np.testing.assert_allclose(boxes, expected[0])
+            np.testing.assert_allclose(scores, expected[1])
+    assert len(fused[0][1]) == 1 and len(fused[1][1]) == 0
+
+
+def test_fusion_workers_default_to_none_on_the_cpu_and_some_beside_a_gpu():
+    from utils.fusion import EnsembleConfig, resolve_fusion_workers
+
+    assert resolve_fusion_workers(EnsembleConfig(), "cpu") == 0
+    assert 1 <= resolve_fusion_workers(EnsembleConfig(), "cuda") <= 4
+    assert resolve_fusion_workers(EnsembleConfig(fusion_workers=3), "cpu") == 3
+    with pytest.raises(ValueError, match="fusion_workers"):
+        EnsembleConfig(fusion_workers=-1)

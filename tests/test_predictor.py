@@ -142,6 +142,40 @@ def test_an_unreadable_image_gets_its_error_and_the_others_are_predicted(ensembl
     assert predictions[1].error is None and predictions[1].study_probs is not None
 
 
+def test_the_pipeline_keeps_the_order_with_decoding_and_fusion_processes(ensemble, siim_dataset, tmp_path):
+    """Decoding in two processes (one image each) and fusion in another process give the plain loop's
+    predictions, in order, an unreadable image among them included."""
+    from dataclasses import replace
+
+    from infer.predictor import decoded_batches
+
+    good = find_dicoms(siim_dataset / "test")[:4]
+    bad = tmp_path / "study" / "series" / "broken.dcm"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(good[0].read_bytes()[:400])
+    paths = good[:2] + [bad] + good[2:]
+    batches = list(decoded_batches(paths, ensemble.sizes, batch_size=2, workers=2))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert [i.image_id for b in batches for i in b] == [p.stem for p in paths]
+    assert batches[1][0].error and all(i.pixels for b in batches for i in b if i.image_id != "broken")
+
+    plain = ensemble.predict_paths(paths, batch_size=2, workers=0, progress=False)
+    config, done = ensemble.config, []
+    try:
+        ensemble.config = replace(config, fusion_workers=1)
+        piped = ensemble.predict_paths(paths, batch_size=2, workers=2, progress=False, on_batch=done.append)
+    finally:
+        ensemble.config = config
+    assert done == [2, 2, 1]
+    assert [p.image_id for p in piped] == [p.image_id for p in plain] == [p.stem for p in paths]
+    assert piped[2].error == plain[2].error and piped[2].error
+    for a, b in zip(piped, plain):
+        if a.error is None:
+            np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-6)
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+            np.testing.assert_allclose(a.study_probs, b.study_probs, atol=1e-6)
+
+
 def test_predict_source_takes_bytes(ensemble, siim_dataset):
     path = find_dicoms(siim_dataset / "test")[0]
     prediction = ensemble.predict_source(path.read_bytes(), name="upload.dcm")
@@ -191,11 +225,16 @@ def test_a_bad_weights_folder_is_refused_clearly(untrained_weights, tmp_path):
 def test_the_inference_benchmark_measures_every_stage(untrained_weights, tmp_path):
     from infer.benchmark import benchmark_inference
 
-    result = benchmark_inference(untrained_weights, images=2, repeats=1, scale=0.05, work_dir=tmp_path)
+    result = benchmark_inference(untrained_weights, images=2, repeats=1, scale=0.05, work_dir=tmp_path,
+                                 fusion_workers=1)
     rates = result["images_per_s"]
-    assert {"decode_1_process", "study", "study_tta", "faster_rcnn", "faster_rcnn_tta", "yolo", "yolo_tta", "wbf",
-            "end_to_end"} <= set(rates)
+    assert {"decode_1_process", "study", "study_tta", "faster_rcnn", "faster_rcnn_tta", "yolo", "yolo_tta",
+            "models", "wbf_1_process", "end_to_end_1_fusion_workers", "end_to_end_inline_fusion"} <= set(rates)
     assert all(rate > 0 for rate in rates.values())
+    # the models' combined rate: one over the sum of each one's seconds per image (with the flip TTA)
+    assert 1 / rates["models"] == pytest.approx(sum(1 / rates[f"{m}_tta"] for m in ("study", "faster_rcnn", "yolo")),
+                                                rel=0.01)
+    assert set(result["end_to_end_start_seconds"]) == {"end_to_end_1_fusion_workers", "end_to_end_inline_fusion"}
     minutes = result["estimated_notebook_minutes"]
     assert 0 < minutes["1263"] < minutes["6000"]
 

@@ -9,7 +9,10 @@ naming the list and the reason.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import warnings
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -126,6 +129,9 @@ class EnsembleConfig:
     negative_boxes_weight: float = 1.0
     batch_size: int = 8
     workers: int = 2
+    # Processes fusing the boxes while the models predict the next batch; None: 0 on the CPU (the models
+    # already use every core), else a quarter of the cores, 1 to 4.
+    fusion_workers: int | None = None
     device: str = "auto"
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
 
@@ -134,11 +140,68 @@ class EnsembleConfig:
         if not 0.0 < self.wbf_iou_thr <= 1.0 or not 0.0 <= self.wbf_skip_box_thr < 1.0:
             problems.append(f"wbf_iou_thr must be in (0, 1] and wbf_skip_box_thr in [0, 1); got "
                             f"{self.wbf_iou_thr}, {self.wbf_skip_box_thr}")
-        if self.max_boxes < 1 or self.batch_size < 1 or self.workers < 0:
-            problems.append(f"max_boxes and batch_size must be >= 1 and workers >= 0; got {self.max_boxes}, "
-                            f"{self.batch_size}, {self.workers}")
+        if self.max_boxes < 1 or self.batch_size < 1 or self.workers < 0 or (self.fusion_workers or 0) < 0:
+            problems.append(f"max_boxes and batch_size must be >= 1, workers and fusion_workers >= 0; got "
+                            f"{self.max_boxes}, {self.batch_size}, {self.workers}, {self.fusion_workers}")
         weights = {k: v for k, v in vars(self).items() if k.endswith("_weight")}
         weights.update({f"model_weights[{k}]": v for k, v in self.model_weights.items()})
         problems += [f"{k} must be >= 0, got {v}" for k, v in weights.items() if v < 0]
         if problems:
             raise ValueError("; ".join(problems))
+
+
+# ----------------------------------------------------------------------------- the predictor's fusion
+
+Source = tuple[np.ndarray, np.ndarray]  # one model, fold and flip: XYXY_NORM boxes (n, 4), scores (n,)
+
+
+def fuse_sources(sources: Sequence[Source], weights: Sequence[float],
+                 config: EnsembleConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted boxes fusion of one image's sources with the config's settings (the predictor and the
+    out-of-fold evaluation both fuse through here)."""
+    if not sources:
+        return as_boxes([]), np.zeros(0)
+    return fuse_boxes([b for b, _ in sources], [s for _, s in sources], weights, iou_thr=config.wbf_iou_thr,
+                      skip_box_thr=config.wbf_skip_box_thr, conf_type=config.wbf_conf_type,
+                      max_boxes=config.max_boxes)
+
+
+def fuse_images(sources: Sequence[Sequence[Source]], weights: Sequence[Sequence[float]],
+                config: EnsembleConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`fuse_sources` of each image of a batch: one task of the fusion processes."""
+    return [fuse_sources(s, w, config) for s, w in zip(sources, weights)]
+
+
+def resolve_fusion_workers(config: EnsembleConfig, device_type: str) -> int:
+    """``config.fusion_workers``, or for None: 0 on the CPU, else a quarter of the cores (1 to 4)."""
+    if config.fusion_workers is not None:
+        return config.fusion_workers
+    return 0 if device_type == "cpu" else min(4, max(1, (os.cpu_count() or 1) // 4))
+
+
+class InlineFusion(Executor):
+    """Runs each task at once in the caller: the pool of ``fusion_workers=0``."""
+
+    def submit(self, function, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(function(*args, **kwargs))
+        except BaseException as err:  # delivered by future.result(), as a process pool's would be
+            future.set_exception(err)
+        return future
+
+
+def _import_fusion() -> None:
+    import ensemble_boxes  # noqa: F401 - numba's import takes about half a second
+
+
+def fusion_pool(workers: int) -> Executor:
+    """An executor for :func:`fuse_images`: ``workers`` spawned processes (a fresh interpreter: the
+    parent may hold CUDA and thread pools a fork would copy), or :class:`InlineFusion` for 0. The
+    processes start at once, importing the fusion library, while the first batches are decoded."""
+    if workers == 0:
+        return InlineFusion()
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    for _ in range(workers):
+        pool.submit(_import_fusion)
+    return pool

@@ -179,7 +179,8 @@ class YoloMember(Member):
         for model in self.models:
             try:
                 results = model.predict(inputs, device=device, verbose=False, save=False,
-                                        half=precision.dtype == torch.float16 and precision.enabled, **self.options)
+                                        quantize=16 if precision.enabled and precision.dtype == torch.float16
+                                        else None, **self.options)
             finally:
                 # ultralytics' select_device sets cpu_count - 1 threads on the CPU (half the cores of a
                 # 2-core machine) for the whole process; the other models need them all.
