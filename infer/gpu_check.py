@@ -82,14 +82,14 @@ def plan(out: Path, data: Path, patients: Path | None, subset: Path, smoke: bool
                     "--steps", "2", "--repeats", "1"]
         inference = [py, bench, "inference", "--config", str(ROOT / "train/configs/real256.yaml"), "--folds", "1",
                      "--images", "4", "--repeats", "1", "--scale", "0.1", "--workers", "0", "--batch-size", "2",
-                     "--fusion-workers", "1"]
+                     "--fusion-workers", "1", "--compare-channels-last"]
         real256_keys = SMOKE_TRAIN_ALL
         epoch_keys = SMOKE_TRAIN_ALL + ["yolo.model=yolov8n.yaml", "study.arch=resnet18", "frcnn.arch=resnet18",
                                         "frcnn.folds=[0]", "yolo.folds=[0]", "study.folds=[0]"]
     else:
         training = [py, bench, "training"]  # its GPU defaults: ResNeXt-50, 224 px, batch 32, 20 steps x 5
         inference = [py, bench, "inference", "--config", str(ROOT / "train/configs/full.yaml"), "--folds", "5",
-                     "--images", "32", "--repeats", "1", "--workers", str(workers)]
+                     "--images", "32", "--repeats", "1", "--workers", str(workers), "--compare-channels-last"]
         worker_keys = [f"{s}.workers={workers}" for s in ("prepare", "study", "frcnn", "yolo", "ensemble")]
         real256_keys = worker_keys
         epoch_keys = worker_keys + ["frcnn.epochs=1", "frcnn.folds=[0]", "yolo.epochs=1", "yolo.folds=[0]",

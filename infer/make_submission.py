@@ -75,9 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         config = ensemble_config(manifest, overrides, str(args.weights_dir / "manifest.json"))
         ensemble = (ShardedEnsemble(args.weights_dir, config, devices) if len(devices) > 1
                     else Ensemble(args.weights_dir, config))
-        summary = write_ensemble_submission(ensemble, args.data_dir, args.out, batch_size=args.batch_size,
-                                            workers=args.workers, progress=not args.no_progress,
-                                            test_table=args.test_meta)
+        try:
+            summary = write_ensemble_submission(ensemble, args.data_dir, args.out, batch_size=args.batch_size,
+                                                workers=args.workers, progress=not args.no_progress,
+                                                test_table=args.test_meta)
+        finally:
+            ensemble.close()
     except (ConfigError, ManifestError, FileNotFoundError, PreparationInputError, SubmissionError, ShardError) as err:
         raise SystemExit(f"error: {err}") from None
     summary["load_seconds"] = ensemble.load_seconds

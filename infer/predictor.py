@@ -252,10 +252,30 @@ class Ensemble:
         started = time.perf_counter()
         self.members = [MEMBER_TYPES[spec["kind"]](name, spec, self.weights_dir, self.device)
                         for name, spec in sorted(manifest["models"].items())]
+        if self.config.channels_last:
+            for member in self.members:
+                member.set_channels_last(True)
         self.load_seconds = time.perf_counter() - started
+        self._fusion: tuple[int, object] | None = None  # (workers, pool), started by the first predict_paths
         log.info("ensemble of %s on %s (%s) loaded in %.1f s",
                  ", ".join(f"{m.name} ({len(m.folds)} fold(s), {m.input_size} px)" for m in self.members),
                  self.device, "mixed precision" if self.precision.enabled else "full precision", self.load_seconds)
+
+    def fusion_executor(self):
+        """The fusion processes of ``config.fusion_workers`` (:func:`utils.fusion.fusion_pool`), started
+        once and kept for later calls (their start-up, a second or more, is paid once); :meth:`close`
+        stops them."""
+        workers = resolve_fusion_workers(self.config, self.device.type)
+        if self._fusion is None or self._fusion[0] != workers:
+            self.close()
+            self._fusion = workers, fusion_pool(workers)
+        return self._fusion[1]
+
+    def close(self) -> None:
+        """Stop the fusion processes, if any were started."""
+        if self._fusion is not None:
+            self._fusion[1].shutdown()
+            self._fusion = None
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -321,8 +341,8 @@ class Ensemble:
             if on_batch is not None:
                 on_batch(len(outputs.images))
 
-        with tqdm(total=len(paths), desc="predict", unit="image", disable=not progress) as bar, \
-                fusion_pool(resolve_fusion_workers(self.config, self.device.type)) as pool:
+        pool = self.fusion_executor()
+        with tqdm(total=len(paths), desc="predict", unit="image", disable=not progress) as bar:
             for images in decoded_batches(paths, self.sizes, batch_size, workers):
                 for image in images:
                     if image.error is not None:

@@ -61,6 +61,7 @@ def _worker(weights_dir: str, config, device: str, images: list, batch_size: int
         ensemble = Ensemble(weights_dir, replace(config, device=device))
         result = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=False,
                                         on_batch=count), None
+        ensemble.close()
     except BaseException:  # handed to the parent, which raises it
         result = None, traceback.format_exc()
     with open(out, "wb") as handle:
@@ -84,6 +85,9 @@ class ShardedEnsemble:
         self.devices = list(devices)
         self.device = ",".join(self.devices)
         self.load_seconds = None  # each worker loads its own copy
+
+    def close(self) -> None:
+        """Nothing to stop here: each worker stops its own fusion processes."""
 
     def predict_paths(self, images: Sequence, *, batch_size: int | None = None, workers: int | None = None,
                       progress: bool = True) -> list:

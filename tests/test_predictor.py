@@ -164,8 +164,10 @@ def test_the_pipeline_keeps_the_order_with_decoding_and_fusion_processes(ensembl
     try:
         ensemble.config = replace(config, fusion_workers=1)
         piped = ensemble.predict_paths(paths, batch_size=2, workers=2, progress=False, on_batch=done.append)
+        assert ensemble.fusion_executor() is ensemble.fusion_executor()  # started once, kept
     finally:
         ensemble.config = config
+        ensemble.close()
     assert done == [2, 2, 1]
     assert [p.image_id for p in piped] == [p.image_id for p in plain] == [p.stem for p in paths]
     assert piped[2].error == plain[2].error and piped[2].error

@@ -134,6 +134,7 @@ class EnsembleConfig:
     fusion_workers: int | None = None
     device: str = "auto"
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
+    channels_last: bool = False  # the torch models' weights channels-last (see Member.set_channels_last)
 
     def __post_init__(self):
         problems = []

@@ -262,3 +262,12 @@ class Member:
 
     def predict(self, images: torch.Tensor, tta: bool, precision: Precision):
         raise NotImplementedError
+
+    def set_channels_last(self, enabled: bool) -> bool:
+        """Keep the folds' weights channels-last (``enabled``) or contiguous; convolutions then run in
+        that layout (faster on tensor cores for some models: measured by ``infer/benchmark.py
+        inference --compare-channels-last``). Returns whether this member's models support it."""
+        layout = torch.channels_last if enabled else torch.contiguous_format
+        for model in self.models:
+            model.to(memory_format=layout)
+        return True

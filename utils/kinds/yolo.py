@@ -169,6 +169,9 @@ class YoloMember(Member):
                         "iou": float(self.config.get("nms_threshold", 0.6)),
                         "max_det": int(self.config.get("detections_per_image", 100))}
 
+    def set_channels_last(self, enabled: bool) -> bool:
+        return False  # ultralytics builds (and fuses) its own inference model: left as it makes it
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> list[Detections]:
         batch = detector_input(images).contiguous()  # a BCHW tensor in [0, 1] is taken as preprocessed
