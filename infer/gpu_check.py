@@ -81,8 +81,8 @@ def plan(out: Path, data: Path, patients: Path | None, subset: Path, smoke: bool
         training = [py, bench, "training", "--arch", "resnet18", "--image-size", "32", "--batch-size", "2",
                     "--steps", "2", "--repeats", "1"]
         inference = [py, bench, "inference", "--config", str(ROOT / "train/configs/real256.yaml"), "--folds", "1",
-                     "--images", "4", "--repeats", "1", "--scale", "0.1", "--workers", "0", "--batch-size", "2",
-                     "--fusion-workers", "1", "--compare-channels-last"]
+                     "--images", "2", "--repeats", "1", "--scale", "0.1", "--workers", "0", "--batch-size", "1",
+                     "--compare-channels-last"]
         real256_keys = SMOKE_TRAIN_ALL
         epoch_keys = SMOKE_TRAIN_ALL + ["yolo.model=yolov8n.yaml", "study.arch=resnet18", "frcnn.arch=resnet18",
                                         "frcnn.folds=[0]", "yolo.folds=[0]", "study.folds=[0]"]
