@@ -101,9 +101,10 @@ def plan(out: Path, data: Path, patients: Path | None, subset: Path, smoke: bool
     return [
         Part("inference", inference + ["--out", str(out / "inference.json")], caps["inference"]),
         Part("training", training + ["--out", str(out / "training.json")], caps["training"]),
-        # one epoch of each model: no CV report (its figures are the epochs' speed and memory)
+        # one epoch of each model: no CV report (its figures are the epochs' speed and memory); the
+        # smoke stops after YOLO: its study stage and figures are real256's (a stage costs the suite 13 s)
         Part("epochs", _train_all(subset, out / "epochs", "train/configs/full.yaml", patients, epoch_keys,
-                                  to_stage="study"), caps["epochs"]),
+                                  to_stage="yolo" if smoke else "study"), caps["epochs"]),
         Part("real256", _train_all(data, out / "real256", "train/configs/real256.yaml", patients, real256_keys),
              caps["real256"]),
     ]

@@ -26,6 +26,7 @@ def test_gpu_check_smoke_runs_every_part_and_writes_its_table(tmp_path, capsys):
     assert parts["epochs"]["figures"]["faster_rcnn"]["images_per_s"] > 0
     assert parts["epochs"]["figures"]["yolo"]["images_per_s"] > 0
     assert "evaluate" not in parts["epochs"]["figures"]["stage_seconds"]  # one epoch each, no CV report
+    assert parts["real256"]["figures"]["study_epoch"]["images_per_s"] > 0
     table = (tmp_path / "check" / "gpu_check.md").read_text()
     assert "| real256 | CV ensemble" in table and table in capsys.readouterr().out
 
