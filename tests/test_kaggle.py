@@ -46,6 +46,24 @@ def test_the_notebook_runs_headless_and_writes_what_make_submission_writes(train
                      pd.read_csv(expected, keep_default_na=False))
 
 
+def test_fusion_processes_start_from_a_notebook_kernel(tmp_path):
+    """Kaggle runs make_submission inside its Jupyter kernel, and beside a GPU the predictor spawns its
+    fusion processes from there (the headless run above is on the CPU, where it spawns none)."""
+    import nbclient
+    import nbformat
+
+    code = (f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport numpy as np\n"
+            "from utils.fusion import EnsembleConfig, fuse_images, fusion_pool\n"
+            "with fusion_pool(1) as pool:\n"
+            "    fused = pool.submit(fuse_images, [[(np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([0.9]))]], [[1.0]],\n"
+            "                        EnsembleConfig()).result()\n"
+            "print('fused boxes:', len(fused[0][1]))")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert "fused boxes: 1" in "".join(o.get("text", "") for o in notebook.cells[0].outputs)
+
+
 def _kaggle_input(root):
     (root / "siim-covid19-detection" / "test").mkdir(parents=True)
     (root / "siim-covid19-detection" / "sample_submission.csv").write_text("id,PredictionString\n")
