@@ -131,6 +131,21 @@ def test_mixed_precision_predicts_the_same_boxes_roughly(untrained_weights, ense
     np.testing.assert_allclose(mixed.study_probs, full.study_probs, atol=0.05)
 
 
+def test_the_channels_last_setting_keeps_the_predictions(untrained_weights, ensemble, siim_dataset):
+    """``ensemble.channels_last`` stores the torch members' weights channels-last (YOLO keeps its own) and
+    predicts what the contiguous layout predicts."""
+    path = find_dicoms(siim_dataset / "test")[0]
+    plain = ensemble.predict_source(path)
+    channels_last = Ensemble(untrained_weights, overrides={"channels_last": True})
+    convolutions = [m for member in channels_last.members if member.kind != "yolo" for model in member.models
+                    for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convolutions)
+    found = channels_last.predict_source(path)
+    np.testing.assert_allclose(found.study_probs, plain.study_probs, atol=1e-4)
+    np.testing.assert_allclose(found.scores, plain.scores, atol=1e-4)
+    np.testing.assert_allclose(found.boxes, plain.boxes, atol=1e-4)
+
+
 def test_an_unreadable_image_gets_its_error_and_the_others_are_predicted(ensemble, siim_dataset, tmp_path):
     good = find_dicoms(siim_dataset / "test")[0]
     bad = tmp_path / "study" / "series" / "broken.dcm"
