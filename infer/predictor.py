@@ -44,7 +44,7 @@ from utils.dicom import DicomReadError, read_radiograph, resize_image
 from utils.engine import resolve_device, resolve_precision
 from utils.fusion import EnsembleConfig, blend_none, fuse_images, fusion_pool, resolve_fusion_workers
 from utils.kinds import KINDS
-from utils.kinds.base import classifier_input, detector_input  # noqa: F401 - the predictor's input contract
+from utils.kinds.base import model_input  # noqa: F401 - the predictor's input contract
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX, strip_suffix
 from utils.manifest import ManifestError, entry_files, read_manifest
 from utils.submission import (

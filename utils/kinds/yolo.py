@@ -24,7 +24,7 @@ from utils.kinds.base import (
     Member,
     ModelKind,
     RunOptions,
-    detector_input,
+    model_input,
     split_fold,
     with_flipped,
 )
@@ -174,7 +174,7 @@ class YoloMember(Member):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> list[Detections]:
-        batch = detector_input(images).contiguous()  # a BCHW tensor in [0, 1] is taken as preprocessed
+        batch = model_input(images).contiguous()  # a BCHW tensor in [0, 1] is taken as preprocessed
         inputs = torch.cat([batch, batch.flip(-1)]) if tta else batch
         device = "cpu" if self.device.type == "cpu" else str(self.device)
         per_input: list[Detections] = [[] for _ in range(len(inputs))]
