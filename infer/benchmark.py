@@ -58,7 +58,7 @@ from utils.engine import (
     train_one_epoch,
 )
 from utils.files import write_text_atomic
-from utils.models import ARCHITECTURES, MultiLabelClassifier
+from utils.models import ARCHITECTURES, PRETRAINED_NONE, MultiLabelClassifier, StudyClassifier
 from utils.nih import NIH_FINDINGS
 from utils.synthetic import display_to_stored, render_chest, write_dicom
 
@@ -184,6 +184,61 @@ def benchmark_training(arch: str = "resnext50_32x4d", image_size: int = 224, bat
         "speedup": round(mixed / baseline, 2),
         "torch": torch.__version__,
     }
+
+
+def _grey_stem(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` taking one grey channel: its first 3-channel convolution summed over the input channels
+    and its normalisation kept to one channel. The same function of a grey image replicated three
+    times when the normalisation is equal on every channel (EfficientNet-Lite's); not for ImageNet's."""
+    import copy
+
+    grey = copy.deepcopy(model)
+    mean, std = grey.normalize.mean, grey.normalize.std
+    if not (torch.all(mean == mean[:, :1]) and torch.all(std == std[:, :1])):
+        raise ValueError(f"{grey.normalize.name} normalisation differs per channel: summing the stem changes the model")
+    grey.normalize.mean, grey.normalize.std = mean[:, :1], std[:, :1]
+    conv = next(module for module in grey.modules() if isinstance(module, torch.nn.Conv2d) and module.in_channels == 3)
+    # In place, so subclasses (timm's TF "same"-padding convolution) keep their own forward.
+    conv.weight = torch.nn.Parameter(conv.weight.detach().sum(dim=1, keepdim=True))
+    conv.in_channels = 1
+    return grey
+
+
+def benchmark_grey_input(arch: str = "timm:tf_efficientnet_lite0", image_size: int = 160, batch_size: int = 16,
+                         steps: int = 5, repeats: int = 5) -> dict:
+    """The study classifier's training steps on grey radiographs replicated to three channels (what the
+    pipeline does) against one channel through a stem convolution summed over its input channels: the
+    outputs' largest difference and the median images/s of each, timed alternately in one run."""
+    torch.manual_seed(0)
+    replicated = StudyClassifier(arch, PRETRAINED_NONE, seg_weight=0.5)
+    variants = {"replicated_3ch": replicated, "summed_stem_1ch": _grey_stem(replicated)}
+    grey = torch.rand(batch_size, 1, image_size, image_size)
+    inputs = {"replicated_3ch": grey.expand(-1, 3, -1, -1).contiguous(), "summed_stem_1ch": grey}
+    with torch.no_grad():
+        outputs = {name: model.eval()(inputs[name])["study_logits"] for name, model in variants.items()}
+    difference = float((outputs["replicated_3ch"] - outputs["summed_stem_1ch"]).abs().max())
+    targets = {"study": torch.zeros(batch_size, dtype=torch.long), "none": torch.zeros(batch_size),
+               "mask": torch.zeros(batch_size, image_size, image_size, dtype=torch.uint8),
+               "mask_valid": torch.ones(batch_size)}
+    rates = {name: [] for name in variants}
+    for repeat in range(repeats + 1):  # the first round warms up and is dropped
+        for name, model in variants.items():
+            model.train()
+            optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+            started = time.perf_counter()
+            for _ in range(steps):
+                loss = sum(v for k, v in model(inputs[name], targets).items() if k.startswith("loss"))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            if repeat:
+                rates[name].append(batch_size * steps / (time.perf_counter() - started))
+    medians = {name: round(statistics.median(values), 2) for name, values in rates.items()}
+    return {"benchmark": "grey-input", "device": f"cpu ({torch.get_num_threads()} threads)", "arch": arch,
+            "image_size": image_size, "batch_size": batch_size, "steps_per_repeat": steps, "repeats": repeats,
+            "max_logit_difference": difference, **{f"{k}_images_per_s": v for k, v in medians.items()},
+            "speedup_1ch": round(medians["summed_stem_1ch"] / medians["replicated_3ch"], 3),
+            "torch": torch.__version__}
 
 
 def write_untrained_weights(weights_dir, config_path, folds: int = 1, overrides: dict | None = None) -> Path:
@@ -423,6 +478,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                           help="mixed precision to compare (default: fp16 on CUDA, bf16 on the CPU)")
     training.add_argument("--device", default="auto")
     training.add_argument("--out", help="also write the JSON here")
+    grey = sub.add_parser("grey-input", help="study training images/s: grey replicated to 3 channels vs 1-channel stem")
+    grey.add_argument("--arch", default="timm:tf_efficientnet_lite0")
+    grey.add_argument("--image-size", type=int, default=160)
+    grey.add_argument("--batch-size", type=int, default=16)
+    grey.add_argument("--steps", type=int, default=5, help="training steps per repeat and variant")
+    grey.add_argument("--repeats", type=int, default=5)
+    grey.add_argument("--out", help="also write the JSON here")
     inference = sub.add_parser("inference", help="prediction images/s per stage and end to end")
     source = inference.add_mutually_exclusive_group()
     source.add_argument("--weights-dir", type=Path, default=None, help="trained weights (manifest.json)")
@@ -454,6 +516,8 @@ def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     if args.stage == "reader":
         result = benchmark_reader(args.files, args.repeats, args.size)
+    elif args.stage == "grey-input":
+        result = benchmark_grey_input(args.arch, args.image_size, args.batch_size, args.steps, args.repeats)
     elif args.stage == "serve":
         result = benchmark_serve(args.weights_dir, args.requests, args.concurrency, args.image, args.device)
     elif args.stage == "inference":

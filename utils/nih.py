@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from utils.engine import TrainConfig
+from utils.models import check_pretrained_source
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +144,4 @@ class BackboneConfig(TrainConfig):
             raise ValueError(f"val_fraction and threshold must be in (0, 1), got {self.val_fraction}, {self.threshold}")
         if self.resize < self.image_size:
             raise ValueError(f"resize ({self.resize}) must be at least image_size ({self.image_size}): it is cropped")
+        check_pretrained_source(self.arch, self.pretrained)
