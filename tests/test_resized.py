@@ -183,10 +183,13 @@ def test_a_dicom_gives_the_prepared_pixels_of_its_resized_copy(encoding, shared,
 
 def _train_and_submit(data: Path, test_table: Path, patients: Path, tmp_path: Path) -> tuple[pd.DataFrame, dict]:
     """train_all with the real256 recipe at a tiny size (up to the last model: the CV report is the main
-    job's test), then make_submission on the test folder; returns the submission and the manifest."""
+    job's test), its pretrained Lite0 trunks kept, then make_submission on the test folder; returns the
+    submission and the manifest."""
     run = tmp_path / "run"
+    recipe_trunks = [f"{section}.arch=timm:tf_efficientnet_lite0" for section in ("study", "frcnn")]
     code = train_all.main(["--data-dir", str(data), "--out", str(run), "--config", str(REAL256), "--no-progress",
-                           "--to-stage", "study", "--set", *TINY_TRAIN_ALL, f"prepare.patients={patients}"])
+                           "--to-stage", "study", "--set", *TINY_TRAIN_ALL, *recipe_trunks,
+                           f"prepare.patients={patients}"])
     assert code == 0, json.loads((run / "train_all.json").read_text())
     assert not (run / "report").exists()  # --to-stage study: the evaluate stage did not run
     out = tmp_path / "submission.csv"
@@ -228,4 +231,8 @@ def test_resized_copy_end_to_end_on_real_radiographs_or_a_synthetic_copy(resized
         data, patients = resized_dataset, resized_dataset / "train_meta.csv"
     submission, manifest = _train_and_submit(data, data / "test_meta.csv", patients, tmp_path)
     assert set(manifest["models"]) == {"study", "faster_rcnn", "yolo"}
+    for name in ("study", "faster_rcnn"):  # the manifest alone says how to feed the Lite weights
+        config = manifest["models"][name]["config"]
+        assert (config["arch"], config["backbone"], config["normalization"]) == (
+            "timm:tf_efficientnet_lite0", "imagenet-lite", "lite")
     _check_submission(submission, data / "test_meta.csv", pd.read_csv(data / "meta.csv", dtype={"image_id": str}))
