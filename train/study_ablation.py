@@ -28,13 +28,12 @@ from train.cli import configure_logging
 from utils.classification import study_classifier_scores
 from utils.config import load_section, parse_overrides
 from utils.engine import load_checkpoint
-from utils.files import write_json_atomic, write_text_atomic
 from utils.kinds import KINDS
 from utils.kinds.study import load_study_table
 from utils.labels import STUDY_CLASSES
 from utils.predictions import classifier_rows
 from utils.prepare import fold_split, select_folds
-from utils.report import markdown_table
+from utils.report import markdown_table, write_ablation
 from utils.tta import EIGHT_VIEWS, FLIP, PLAIN
 
 log = logging.getLogger("study_ablation")
@@ -140,11 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.insert(0, prior_row(oof, table))
     best = max(rows[1:], key=lambda row: row["study_map"])["variant"]
     rows += tta_rows(*finished[best], table, args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "ablation.json", rows)
-    text = markdown(rows, args)
-    write_text_atomic(args.out / "ablation.md", text)
-    print(text)
+    write_ablation(args.out, rows, markdown(rows, args))
     return 0
 
 

@@ -28,9 +28,9 @@ import pandas as pd
 from train import train_frcnn, train_study
 from train.cli import configure_logging
 from utils.engine import METRICS_CSV
-from utils.files import write_json_atomic, write_text_atomic
+from utils.files import write_json_atomic
 from utils.labels import STUDY_CLASSES
-from utils.report import markdown_table
+from utils.report import markdown_table, write_ablation
 
 log = logging.getLogger("trunk_ablation")
 
@@ -114,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging()
     rows = [run(stage, variant, args) for stage in args.stages for variant in args.variants]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "ablation.json", rows)
-    text = markdown(rows, args)
-    write_text_atomic(args.out / "ablation.md", text)
-    print(text)
+    write_ablation(args.out, rows, markdown(rows, args))
     return 0
 
 

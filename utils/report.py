@@ -6,7 +6,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterable, Sequence
 
-from utils.files import atomic_path
+from utils.files import atomic_path, write_json_atomic, write_text_atomic
 
 MISSING = "n/a"  # how every table shows a score that does not exist (e.g. an AP with no positives)
 
@@ -67,3 +67,12 @@ def figure(*args, dpi: int = 100, path=None, **kwargs):
                 fig.savefig(temporary, format="png", dpi=dpi)
     finally:
         plt.close(fig)
+
+
+def write_ablation(out, rows: list[dict], text: str) -> None:
+    """An ablation's result in folder ``out``: its rows (``ablation.json``) and its markdown table
+    (``ablation.md``, also printed: the README's copy)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "ablation.json", rows)
+    write_text_atomic(out / "ablation.md", text)
+    print(text)
