@@ -186,7 +186,7 @@ def benchmark_training(arch: str = "resnext50_32x4d", image_size: int = 224, bat
     }
 
 
-def _grey_stem(model: torch.nn.Module) -> torch.nn.Module:
+def one_channel_stem(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` taking one grey channel: its first 3-channel convolution summed over the input channels
     and its normalisation kept to one channel. The same function of a grey image replicated three
     times when the normalisation is equal on every channel (EfficientNet-Lite's); not for ImageNet's."""
@@ -211,7 +211,7 @@ def benchmark_grey_input(arch: str = "timm:tf_efficientnet_lite0", image_size: i
     outputs' largest difference and the median images/s of each, timed alternately in one run."""
     torch.manual_seed(0)
     replicated = StudyClassifier(arch, PRETRAINED_NONE, seg_weight=0.5)
-    variants = {"replicated_3ch": replicated, "summed_stem_1ch": _grey_stem(replicated)}
+    variants = {"replicated_3ch": replicated, "summed_stem_1ch": one_channel_stem(replicated)}
     grey = torch.rand(batch_size, 1, image_size, image_size)
     inputs = {"replicated_3ch": grey.expand(-1, 3, -1, -1).contiguous(), "summed_stem_1ch": grey}
     with torch.no_grad():

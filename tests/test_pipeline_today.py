@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from infer.baseline_submission import main as baseline_main
-from infer.benchmark import benchmark_reader, benchmark_training
+from infer.benchmark import one_channel_stem, benchmark_grey_input, benchmark_reader, benchmark_training
 from infer.score import main as score_main
 from infer.validate_submission import main as validate_main
 from train.prepare import main as prepare_main
@@ -41,3 +41,14 @@ def test_training_benchmark_measures_both_precisions_through_the_engine():
     # the ratio of the unrounded rates, rounded: within 0.01 of the ratio of the rounded ones (a run
     # gave 0.09 against 1.47 / 17.32 = 0.0849)
     assert result["speedup"] == pytest.approx(result["amp_images_per_s"] / result["fp32_images_per_s"], abs=0.01)
+
+
+def test_grey_input_benchmark_compares_two_equal_networks():
+    result = benchmark_grey_input(image_size=32, batch_size=2, steps=1, repeats=1)
+    assert result["max_logit_difference"] < 1e-4  # the one-channel stem computes the same function
+    assert result["replicated_3ch_images_per_s"] > 0 and result["summed_stem_1ch_images_per_s"] > 0
+    # With ImageNet's per-channel statistics summing the stem would change the model: refused.
+    from utils.models import StudyClassifier
+
+    with pytest.raises(ValueError, match="imagenet normalisation differs per channel"):
+        one_channel_stem(StudyClassifier("resnet18", None))
