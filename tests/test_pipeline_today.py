@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from infer.baseline_submission import main as baseline_main
-from infer.benchmark import one_channel_stem, benchmark_grey_input, benchmark_reader, benchmark_training
+from infer.benchmark import benchmark_grey_input, benchmark_reader, benchmark_training, one_channel_stem
 from infer.score import main as score_main
 from infer.validate_submission import main as validate_main
 from train.prepare import main as prepare_main
