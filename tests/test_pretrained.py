@@ -206,3 +206,26 @@ def test_the_trunk_ablation_trains_each_variant_once_and_writes_its_table(detect
     assert trunk_ablation.main([*common, "--stages", "study", *tiny]) == 0
     assert (out / "study-lite0" / "wall_seconds.json").stat().st_mtime_ns == stamp
     assert [r["variant"] for r in json.loads((out / "ablation.json").read_text())] == ["scratch-resnet18", "lite0"]
+
+
+def test_a_lite_nih_backbone_hands_its_trunk_to_the_study_classifier_and_the_detector(lite0_state, tmp_path):
+    """The NIH stage on a Lite trunk (ImageNet start), its checkpoint then starting the other models, as
+    train_all does with --nih-dir: the same trunk tensors arrive, and the normalisation agrees."""
+    from utils.engine import save_checkpoint
+    from utils.models import MultiLabelClassifier
+
+    backbone = MultiLabelClassifier(14, f"timm:{LITE0}", "imagenet-lite")
+    assert backbone.normalize.name == "lite"
+    assert torch.equal(backbone.trunk.conv_stem.weight, lite0_state["conv_stem.weight"])
+    with torch.no_grad():
+        backbone.trunk.blocks[6][0].conv_pw.weight.add_(1.0)  # "fine-tuned on NIH"
+    state = {"model": backbone.state_dict(), "optimizer": {}, "scheduler": {}, "scaler": {}, "epoch": 1,
+             "config": {"arch": f"timm:{LITE0}"}, "metrics": {}, "ema": None}
+    checkpoint = save_checkpoint(tmp_path / "best.pt", state)
+    study = StudyClassifier(f"timm:{LITE0}", str(checkpoint))
+    detector = FasterRCNNDetector(f"timm:{LITE0}", str(checkpoint), image_size=64, trainable_layers=5,
+                                  freeze_bn=False, proposals=20, roi_samples=16, fpn_channels=16, box_head_size=32)
+    tuned = backbone.trunk.blocks[6][0].conv_pw.weight
+    assert torch.equal(study.trunk.blocks[6][0].conv_pw.weight, tuned)
+    assert torch.equal(detector.net.backbone.body.blocks[6][0].conv_pw.weight, tuned)
+    assert study.normalize.name == "lite" and detector.net.transform.image_mean == list(INPUT_NORMALIZATIONS["lite"][0])
