@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 
 DEMO_DIR := runs/demo
 
-.PHONY: setup test demo train-all study-ablation notebook kaggle-datasets kaggle-check kaggle-push serve bench gpu-check clean
+.PHONY: setup test demo train-all study-ablation trunk-ablation notebook kaggle-datasets kaggle-check kaggle-push serve bench gpu-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,12 @@ ABLATION_RUN ?= runs/real256
 study-ablation: $(STAMP)
 	$(PY) train/study_ablation.py --prepared $(ABLATION_RUN)/prepared/meta.csv --config train/configs/real256.yaml \
 	  --out $(ABLATION_RUN)/study-ablation --no-progress
+
+# Which trunk (scratch ResNet-18 against the ImageNet EfficientNet-Lite0/1/2) for the study classifier and
+# Faster R-CNN of the same recipe, out of fold with wall times (README "Results on real radiographs").
+trunk-ablation: $(STAMP)
+	$(PY) train/trunk_ablation.py --prepared $(ABLATION_RUN)/prepared/meta.csv --config train/configs/real256.yaml \
+	  --out $(ABLATION_RUN)/trunk-ablation --no-progress
 
 # Kaggle delivery: the notebook (generated, committed), upload folders, upload.
 WEIGHTS ?= runs/full/weights
