@@ -240,7 +240,7 @@ def build_timm_trunk(name: str, pretrained: str | None = PRETRAINED_NONE,
         raise WeightsError(f"could not download timm's weights of {name} ({type(err).__name__}: {err}); offline, "
                            f"pass the file instead: a local .pth/.safetensors state dict") from err
     if pretrained == PRETRAINED_LITE:
-        _load_into_features(net, lite_state_dict(name), lite_weights_file(name), name)
+        _load_into_features(net, lite_state_dict(name), f"{PRETRAINED_LITE} ({LITE_WEIGHTS[name][2]})", name)
     elif pretrained not in (None, "", PRETRAINED_NONE, PRETRAINED_IMAGENET):
         path = Path(pretrained)
         if path.suffix == ".safetensors" and path.is_file():
@@ -289,8 +289,7 @@ def build_feature_trunk(arch: str, pretrained: str | None = PRETRAINED_NONE):
     """``(trunk, channels of its last three maps, feature_maps(trunk, images) -> those maps)`` for a
     torchvision name of :data:`ARCHITECTURES` or ``"timm:<name>"``. A torchvision trunk keeps its own
     parameter names (the NIH backbone's checkpoints load into it)."""
-    check_pretrained_source(arch, pretrained)
-    if arch.startswith(TIMM_PREFIX):
+    if arch.startswith(TIMM_PREFIX):  # both builders refuse a pair that cannot work (check_pretrained_source)
         net = build_timm_trunk(arch[len(TIMM_PREFIX):], pretrained)
         return net, tuple(net.feature_info.channels()), _timm_feature_maps
     net, features = _trunk(arch, pretrained)
