@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 
 DEMO_DIR := runs/demo
 
-.PHONY: setup test demo train-all study-ablation trunk-ablation notebook kaggle-datasets kaggle-check kaggle-push serve bench gpu-check clean
+.PHONY: setup test demo train-all calibrate study-ablation trunk-ablation notebook kaggle-datasets kaggle-check kaggle-push serve bench gpu-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,7 @@ demo: $(STAMP)
 	  --kind prior-boxes --out $(DEMO_DIR)/baseline_fixed_boxes.csv
 	$(PY) infer/draw_predictions.py --submission $(DEMO_DIR)/submission.csv --data-dir $(DEMO_DIR)/data \
 	  --image-labels $(DEMO_DIR)/data/test_image_level.csv --study-labels $(DEMO_DIR)/data/test_study_level.csv \
-	  --out $(DEMO_DIR)/predictions.png
+	  --weights-dir $(DEMO_DIR)/weights --out $(DEMO_DIR)/predictions.png
 	@echo; echo "== cross-validation (out-of-fold, $(DEMO_DIR)/report/cv_report.md) =="; cat $(DEMO_DIR)/report/cv_report.md
 	@echo; echo "== synthetic test split =="
 	$(PY) infer/score.py $(DEMO_DIR)/submission.csv $(DEMO_DIR)/baseline_prior.csv $(DEMO_DIR)/baseline_fixed_boxes.csv \
@@ -57,6 +57,13 @@ train-all: $(STAMP)
 	@test -n "$(DATA)" || { echo "usage: make train-all DATA=competition_dir_or_resized_copy [NIH=nih_dir] [RSNA=rsna_dir] [CONFIG=...] [OUT=...]"; exit 2; }
 	$(PY) train/train_all.py --data-dir $(DATA) --out $(OUT) --config $(CONFIG) \
 	  $(if $(NIH),--nih-dir $(NIH)) $(if $(RSNA),--rsna-dir $(RSNA))
+
+# The ensemble's fusion and blending chosen out of fold (also train-all's last stage), reported on data
+# the choice never saw, written into RUN/weights/manifest.json: make calibrate [RUN=...] [RUN_CONFIG=...]
+RUN ?= runs/real256
+RUN_CONFIG ?= train/configs/real256.yaml
+calibrate: $(STAMP)
+	$(PY) infer/calibrate.py --run-dir $(RUN) --weights-dir $(RUN)/weights --config $(RUN_CONFIG) --no-progress
 
 # The study model's ablation on the real-data recipe (after make train-all ... OUT=runs/real256):
 # one change at a time, out of fold, beside the class prior (README "Results on real radiographs").

@@ -3,7 +3,8 @@
     python infer/app.py --weights-dir W [--host 127.0.0.1] [--port 8000] [--device cpu] [--max-upload-mb 64]
 
 One page (``/``) where a DICOM, PNG or JPEG is dropped or picked and shown with its predicted boxes
-(a slider hides boxes under a score), the four study probabilities and the image's "none", and, when
+(a slider hides boxes under a score; it starts at the manifest's ``display_threshold``, the box score
+of best F1 out of fold, chosen by infer/calibrate.py), the four study probabilities and the image's "none", and, when
 the study model has the auxiliary segmentation head, a toggle that overlays its opacity map (where
 the model looks); a JSON API (``POST /api/predict``, the file in the multipart field ``file``;
 documented at ``/docs``) and ``GET /healthz``. The same predictor as make_submission.py
@@ -44,6 +45,7 @@ from infer.predictor import (
 )
 from utils.boxes import denormalize_xyxy
 from utils.dicom import DicomReadError, ImageSizeError, read_radiograph
+from utils.fusion import display_threshold
 from utils.labels import STUDY_CLASSES
 from utils.log import configure_logging
 
@@ -128,6 +130,7 @@ def prediction_payload(ensemble: Ensemble, data: bytes, name: str, preview: bool
                   for b, s in zip(boxes, prediction.scores)],
         "study": {c: round(float(p), 4) for c, p in zip(STUDY_CLASSES, study)},
         "none": round(image_none_probability(prediction, classifier_negative, config), 4),
+        "display_threshold": display_threshold(config),
         "seconds": round(time.perf_counter() - started, 3),
     }
     if opacity_map:
@@ -172,7 +175,7 @@ def create_app(weights_dir: Path | None, *, device: str = "cpu", max_upload_byte
         if ensemble is None:
             return {"status": "no_models", "detail": problem}
         return {"status": "ok", "device": str(ensemble.device), "models": ensemble.describe()["models"],
-                "opacity_map": ensemble.has_opacity_map}
+                "opacity_map": ensemble.has_opacity_map, "display_threshold": display_threshold(ensemble.config)}
 
     @app.post("/api/predict", openapi_extra=UPLOAD_SCHEMA)
     async def predict(request: Request, preview: bool = False, opacity_map: bool = False) -> dict:

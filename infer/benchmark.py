@@ -335,7 +335,7 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
     from dataclasses import replace
 
     from infer.predictor import Ensemble, decoded_batches
-    from utils.fusion import fuse_images, resolve_fusion_workers
+    from utils.fusion import MemberOutputs, combine_images, resolve_fusion_workers
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="bench-inference-"))
     if weights_dir is None:
@@ -378,9 +378,8 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
         if member.kind != "study_classifier":
             sources[member.name] = [found for out in run() for found in out]
     rates["models"] = 1.0 / seconds_per_image
-    per_image = [[s for name in sources for s in sources[name][k]] for k in range(images)]
-    weights = [[1.0] * len(s) for s in per_image]
-    rates["wbf_1_process"] = _median_rate(lambda: fuse_images(per_image, weights, config), images, repeats, sync)
+    per_image = [MemberOutputs({name: list(found[k]) for name, found in sources.items()}) for k in range(images)]
+    rates["wbf_1_process"] = _median_rate(lambda: combine_images(per_image, config), images, repeats, sync)
     variants = {"end_to_end_inline_fusion": 0}
     if n_fusion:  # the configured run first, the inline fusion its baseline
         variants = {f"end_to_end_{n_fusion}_fusion_workers": n_fusion, **variants}

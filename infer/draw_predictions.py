@@ -2,11 +2,13 @@
 
     python infer/draw_predictions.py --submission runs/demo/submission.csv --data-dir runs/demo/data
         --image-labels runs/demo/data/test_image_level.csv --study-labels runs/demo/data/test_study_level.csv
-        --out runs/demo/predictions.png [--images 4] [--min-score 0.2]
+        --out runs/demo/predictions.png [--images 4] [--weights-dir runs/demo/weights | --min-score 0.2]
 
 One row per image (the first ``--images`` images with true boxes, by id): on the left the radiograph
 with its true boxes and study class, on the right the predicted boxes scoring at least
-``--min-score`` with their scores, and the predicted study probabilities.
+``--min-score`` with their scores, and the predicted study probabilities. Without ``--min-score``,
+the weights folder's display threshold (the box score of best F1 out of fold, chosen by
+infer/calibrate.py), else 0.2.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from infer.predictor import ensemble_config
 from utils.dicom import read_dicom
+from utils.fusion import display_threshold
 from utils.labels import IMAGE_SUFFIX, STUDY_SUFFIX, load_image_labels, load_study_labels
+from utils.manifest import read_manifest
 from utils.prepare import find_dicoms
 from utils.report import figure
 from utils.submission import parse_prediction_string, read_submission
@@ -34,7 +39,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--study-labels", required=True, type=Path, help="truth in train_study_level.csv format")
     parser.add_argument("--out", required=True, type=Path, help="PNG to write")
     parser.add_argument("--images", type=int, default=4, help="how many radiographs")
-    parser.add_argument("--min-score", type=float, default=0.2, help="draw predicted boxes scoring at least this")
+    parser.add_argument("--min-score", type=float, default=None,
+                        help="draw predicted boxes scoring at least this (default: the display threshold of "
+                             "--weights-dir's manifest, else 0.2)")
+    parser.add_argument("--weights-dir", type=Path, default=None, help="the weights that made the submission")
     return parser
 
 
@@ -80,8 +88,12 @@ def _draw_pair(left, right, row, paths: dict, predicted: dict, classes: dict, mi
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     study_labels = load_study_labels(args.study_labels)
+    min_score = args.min_score
+    if min_score is None:
+        settings = read_manifest(args.weights_dir, must_exist=True) if args.weights_dir else {}
+        min_score = display_threshold(ensemble_config(settings))
     path = draw(read_submission(args.submission), args.data_dir, load_image_labels(args.image_labels), study_labels,
-                args.out, args.images, args.min_score)
+                args.out, args.images, min_score)
     print(f"wrote {path}")
     return 0
 

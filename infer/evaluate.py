@@ -37,7 +37,7 @@ from utils.classification import study_classifier_scores
 from utils.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
 from utils.detection import box_submission, detector_scores
 from utils.files import atomic_path
-from utils.fusion import fuse_sources
+from utils.fusion import CombinedImage, MemberOutputs, combine_images
 from utils.kinds import KINDS
 from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 from utils.log import configure_logging
@@ -85,33 +85,43 @@ def evaluated_rows(table: pd.DataFrame, oof: dict[str, pd.DataFrame]) -> pd.Data
     return table[table["fold"].astype(int).isin(folds)]
 
 
-def fused_predictions(oof: dict[str, pd.DataFrame], rows: pd.DataFrame,
-                      config: EnsembleConfig) -> list[ImagePrediction]:
-    """One :class:`ImagePrediction` per image of ``rows``, built from the out-of-fold predictions as the
-    ensemble builds its test predictions (each detector is one source with its model weight)."""
+def oof_member_outputs(oof: dict[str, pd.DataFrame], rows: pd.DataFrame) -> list[MemberOutputs]:
+    """Per image of ``rows``, what each model said about it out of fold, in the form the predictor
+    collects at test time: one box source per detector (empty when it found nothing), and each
+    classifier's probabilities."""
     detectors, classifiers = {}, {}
     for name, frame in oof.items():
         boxes = frame.dropna(subset=list(BOX_COLUMNS))
-        if len(boxes):
-            detectors[name] = {k: (g[list(BOX_COLUMNS)].to_numpy(), g["score"].to_numpy())
-                               for k, g in boxes.groupby("image_id")}
         probs = frame.dropna(subset=[NONE_PROB_COLUMN])
         if len(probs):
             classifiers[name] = probs.groupby("image_id")[[*STUDY_PROB_COLUMNS, NONE_PROB_COLUMN]].mean()
+        else:
+            detectors[name] = {k: (g[list(BOX_COLUMNS)].to_numpy(), g["score"].to_numpy())
+                               for k, g in boxes.groupby("image_id")}
     empty = (as_boxes([]), np.zeros(0))
-    predictions = []
-    for row in rows.itertuples(index=False):
-        sources = [found.get(row.image_id, empty) for found in detectors.values()]
-        weights = [config.model_weights.get(name, 1.0) for name in detectors]
-        boxes, scores = fuse_sources(sources, weights, config)
-        study = none = None
-        tables = [t for t in classifiers.values() if row.image_id in t.index]
-        if tables:
-            values = np.mean([t.loc[row.image_id].to_numpy(dtype=np.float64) for t in tables], axis=0)
-            study, none = values[:-1], float(values[-1])
-        predictions.append(ImagePrediction(row.image_id, row.study_id, int(row.original_height),
-                                           int(row.original_width), boxes, scores, study, none))
-    return predictions
+    outputs = []
+    for image_id in rows["image_id"]:
+        found = MemberOutputs({name: [by_image.get(image_id, empty)] for name, by_image in detectors.items()})
+        for name, table in classifiers.items():
+            if image_id in table.index:
+                values = table.loc[image_id].to_numpy(dtype=np.float64)
+                found.classifiers[name] = (values[:-1], float(values[-1]))
+        outputs.append(found)
+    return outputs
+
+
+def image_predictions(rows: pd.DataFrame, combined: list[CombinedImage]) -> list[ImagePrediction]:
+    """The predictor's :class:`ImagePrediction` of each image of ``rows`` from its combined outputs."""
+    return [ImagePrediction(row.image_id, row.study_id, int(row.original_height), int(row.original_width),
+                            found.boxes, found.scores, found.study_probs, found.none_prob)
+            for row, found in zip(rows.itertuples(index=False), combined)]
+
+
+def fused_predictions(oof: dict[str, pd.DataFrame], rows: pd.DataFrame,
+                      config: EnsembleConfig) -> list[ImagePrediction]:
+    """One :class:`ImagePrediction` per image of ``rows``, combined from the out-of-fold predictions by
+    :func:`utils.fusion.combine_image`, as the predictor combines its test predictions."""
+    return image_predictions(rows, combine_images(oof_member_outputs(oof, rows), config))
 
 
 def submission_ids(rows: pd.DataFrame) -> pd.DataFrame:

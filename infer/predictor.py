@@ -12,10 +12,13 @@ Per image:
    to the PNGs the models were trained on. In :meth:`Ensemble.predict_paths` this runs in
    DataLoader workers, one image each, so the device does not wait for decoding.
 2. Each model runs every fold, on the image and (``tta_hflip``) on its mirror image, whose boxes are
-   flipped back. Classifier probabilities are averaged over folds and flips.
-3. All box sets (models x folds x flips) are fused with weighted boxes fusion in XYXY_NORM; a
-   model's weight (``model_weights``) is shared among its sources. In ``predict_paths`` a batch is
-   fused in ``fusion_workers`` processes while the models predict the next one.
+   flipped back. Classifier probabilities are averaged over folds and flips. A model of weight 0
+   (``model_weights``) is not run.
+3. :func:`utils.fusion.combine_image` combines the models' outputs, as the out-of-fold report and
+   the calibration do: each detector's folds and flips fused, then the detectors fused with their
+   weights and score powers (weighted boxes fusion in XYXY_NORM), the classifiers averaged with
+   theirs, the boxes rescored by the classifiers' none. In ``predict_paths`` a batch is combined in
+   ``fusion_workers`` processes while the models predict the next one.
 
 :func:`assemble_submission` then averages the image probabilities over each study, blends each
 image's "none" signals (classifier, its study's negative probability, its boxes) and each study's
@@ -42,7 +45,15 @@ from utils.boxes import as_boxes, denormalize_xyxy
 from utils.config import from_mapping
 from utils.dicom import DicomReadError, read_radiograph, resize_image
 from utils.engine import resolve_device, resolve_precision
-from utils.fusion import EnsembleConfig, blend_none, fuse_images, fusion_pool, resolve_fusion_workers
+from utils.fusion import (
+    CombinedImage,
+    EnsembleConfig,
+    MemberOutputs,
+    blend_none,
+    combine_images,
+    fusion_pool,
+    resolve_fusion_workers,
+)
 from utils.kinds import KINDS
 from utils.kinds.base import model_input  # noqa: F401 - the predictor's input contract
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX, strip_suffix
@@ -192,25 +203,22 @@ class ImagePrediction:
 
 @dataclass
 class ModelOutputs:
-    """What the models said about a batch before fusion: per readable image its box sources (one per
-    model, fold and flip) with their fusion weights, and the study model's outputs (None without one)."""
+    """What the models said about a batch before they are combined: per readable image its
+    :class:`~utils.fusion.MemberOutputs`, and the study model's opacity maps when asked for."""
 
     images: list[InputImage]
     readable: list[InputImage]
-    sources: list[list]
-    weights: list[list[float]]
-    study: np.ndarray | None = None
-    none: np.ndarray | None = None
+    members: list[MemberOutputs]
     maps: list | None = None
 
-    def predictions(self, fused: list[tuple[np.ndarray, np.ndarray]]) -> list[ImagePrediction]:
-        """One :class:`ImagePrediction` per image in order, given the fused ``(boxes, scores)`` of
-        each readable image; an unreadable one carries its error."""
+    def predictions(self, combined: list[CombinedImage]) -> list[ImagePrediction]:
+        """One :class:`ImagePrediction` per image in order, given each readable image's
+        :func:`~utils.fusion.combine_image`; an unreadable one carries its error."""
         results = {}
-        for k, (image, (boxes, scores)) in enumerate(zip(self.readable, fused)):
+        for k, (image, found) in enumerate(zip(self.readable, combined)):
             results[id(image)] = ImagePrediction(
-                image.image_id, image.study_id, image.original_height, image.original_width, boxes, scores,
-                None if self.study is None else self.study[k], None if self.none is None else float(self.none[k]),
+                image.image_id, image.study_id, image.original_height, image.original_width, found.boxes,
+                found.scores, found.study_probs, found.none_prob,
                 opacity_map=None if self.maps is None else self.maps[k])
         return [results.get(id(image)) or ImagePrediction(image.image_id, image.study_id, 0, 0, as_boxes([]),
                                                           np.zeros(0), error=image.error) for image in self.images]
@@ -235,9 +243,12 @@ def checked_manifest(weights_dir, config: EnsembleConfig | None = None,
             raise ManifestError(f"{weights_dir / 'manifest.json'}: model {name!r}: unknown kind {kind!r}; "
                                 f"known: {sorted(MEMBER_TYPES)}")
         entry_files(weights_dir, name, spec)
-    unknown = sorted(set(config.model_weights) - set(manifest["models"]))
-    if unknown:
-        raise ManifestError(f"model_weights name models not in the manifest: {unknown}")
+    for key in ("model_weights", "score_powers"):
+        unknown = sorted(set(getattr(config, key)) - set(manifest["models"]))
+        if unknown:
+            raise ManifestError(f"{key} name models not in the manifest: {unknown}")
+    if all(config.model_weights.get(name, 1.0) <= 0 for name in manifest["models"]):
+        raise ManifestError("model_weights leave out every model")
     return manifest, config
 
 
@@ -250,8 +261,11 @@ class Ensemble:
         self.device = resolve_device(self.config.device)
         self.precision = resolve_precision(self.config.amp, self.device)
         started = time.perf_counter()
+        dropped = sorted(name for name in manifest["models"] if self.config.model_weights.get(name, 1.0) <= 0)
+        if dropped:
+            log.info("left out (model_weights 0): %s", ", ".join(dropped))
         self.members = [MEMBER_TYPES[spec["kind"]](name, spec, self.weights_dir, self.device)
-                        for name, spec in sorted(manifest["models"].items())]
+                        for name, spec in sorted(manifest["models"].items()) if name not in dropped]
         if self.config.channels_last:
             for member in self.members:
                 member.set_channels_last(True)
@@ -295,29 +309,31 @@ class Ensemble:
         return tensor.to(self.device, non_blocking=True)
 
     def run_models(self, images: list[InputImage], with_opacity_map: bool = False) -> "ModelOutputs":
-        """Every model on the readable ``images`` (on the device): their box sources, not yet fused."""
+        """Every model on the readable ``images`` (on the device): their outputs, not yet combined."""
         readable = [image for image in images if image.error is None]
-        outputs = ModelOutputs(images, readable, [[] for _ in readable], [[] for _ in readable])
+        outputs = ModelOutputs(images, readable, [MemberOutputs() for _ in readable])
         if not readable:
             return outputs
         batches = {size: self.device_batch(readable, size) for size in self.sizes}
         for member in self.members:
             if not member.predicts_boxes:
-                outputs.study, outputs.none, outputs.maps = member.predict(
-                    batches[member.input_size], self.config.tta_hflip, self.precision, with_opacity_map)
+                study, none, maps = member.predict(batches[member.input_size], self.config.tta_hflip,
+                                                   self.precision, with_opacity_map)
+                for k, image in enumerate(outputs.members):
+                    image.classifiers[member.name] = (study[k], float(none[k]))
+                if outputs.maps is None and maps is not None:
+                    outputs.maps = maps
                 continue
             found = member.predict(batches[member.input_size], self.config.tta_hflip, self.precision)
-            weight = self.config.model_weights.get(member.name, 1.0)
-            for k, sources in enumerate(found):
-                outputs.sources[k] += sources
-                outputs.weights[k] += [weight / len(sources)] * len(sources)
+            for image, sources in zip(outputs.members, found):
+                image.boxes[member.name] = list(sources)
         return outputs
 
     def predict_batch(self, images: list[InputImage], with_opacity_map: bool = False) -> list[ImagePrediction]:
         """Predictions for decoded images, in their order (unreadable ones carry their error);
         ``with_opacity_map`` adds the study model's opacity map where it has the auxiliary head."""
         outputs = self.run_models(images, with_opacity_map)
-        return outputs.predictions(fuse_images(outputs.sources, outputs.weights, self.config))
+        return outputs.predictions(combine_images(outputs.members, self.config))
 
     def predict_paths(self, paths: Sequence, *, batch_size: int | None = None, workers: int | None = None,
                       progress: bool = True, on_batch=None) -> list[ImagePrediction]:
@@ -348,7 +364,7 @@ class Ensemble:
                     if image.error is not None:
                         log.warning("unreadable, fallback prediction: %s: %s", image.image_id, image.error)
                 outputs = self.run_models(images)
-                waiting.append((outputs, pool.submit(fuse_images, outputs.sources, outputs.weights, self.config)))
+                waiting.append((outputs, pool.submit(combine_images, outputs.members, self.config)))
                 while waiting and (len(waiting) > 2 or waiting[0][1].done()):
                     finish_oldest()
             while waiting:

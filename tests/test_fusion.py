@@ -80,24 +80,56 @@ def test_none_blend_is_the_weighted_mean_of_the_available_signals():
 
 
 def test_fusion_processes_give_the_callers_results_and_errors():
-    """The predictor's fusion processes (spawned) return what fusing in the caller returns, and a bad
+    """The predictor's fusion processes (spawned) return what combining in the caller returns, and a bad
     input's error reaches the caller the same way."""
-    from utils.fusion import EnsembleConfig, fuse_images, fusion_pool
+    from utils.fusion import EnsembleConfig, MemberOutputs, combine_images, fusion_pool
 
     shifted = BOX + 0.01
-    sources = [[(BOX, np.array([0.8])), (shifted, np.array([0.6]))], [], [(BOX, np.array([0.3]))]]
-    weights = [[1.0, 1.0], [], [2.0]]
+    outputs = [MemberOutputs({"a": [(BOX, np.array([0.8])), (shifted, np.array([0.6]))]}), MemberOutputs(),
+               MemberOutputs({"a": [(BOX, np.array([0.3]))], "b": [(shifted, np.array([0.5]))]})]
     config = EnsembleConfig()
-    bad = [[(BOX, np.array([np.nan]))]]
+    bad = [MemberOutputs({"a": [(BOX, np.array([np.nan]))]})]
     for workers in (0, 1):
         with fusion_pool(workers) as pool:
-            fused = pool.submit(fuse_images, sources, weights, config).result()
+            fused = pool.submit(combine_images, outputs, config).result()
             with pytest.raises(FusionInputError, match="scores must be finite"):
-                pool.submit(fuse_images, bad, [[1.0]], config).result()
-        for (boxes, scores), expected in zip(fused, fuse_images(sources, weights, config)):
-            np.testing.assert_allclose(boxes, expected[0])
-            np.testing.assert_allclose(scores, expected[1])
-    assert len(fused[0][1]) == 1 and len(fused[1][1]) == 0
+                pool.submit(combine_images, bad, config).result()
+        for found, expected in zip(fused, combine_images(outputs, config)):
+            np.testing.assert_allclose(found.boxes, expected.boxes)
+            np.testing.assert_allclose(found.scores, expected.scores)
+    assert [len(f.scores) for f in fused] == [1, 0, 1]
+
+
+def test_combining_folds_and_flips_first_then_the_detectors():
+    """A detector's folds and flips are fused among themselves with equal weights before the detectors
+    are fused with their model weights, so a model's weight does not depend on how many sources it has."""
+    from utils.fusion import EnsembleConfig, MemberOutputs, combine_image
+
+    config = EnsembleConfig(wbf_skip_box_thr=0.0)
+    four_sources = MemberOutputs({"a": [(BOX, np.array([0.8]))] * 4, "b": [(BOX, np.array([0.4]))]})
+    one_source = MemberOutputs({"a": [(BOX, np.array([0.8]))], "b": [(BOX, np.array([0.4]))]})
+    for outputs in (four_sources, one_source):
+        found = combine_image(outputs, config)
+        np.testing.assert_allclose(found.scores, [0.6])  # (0.8 + 0.4) / 2 either way
+    # Weight 0 leaves a detector out: the other one passes through unfused, power applied.
+    found = combine_image(one_source, EnsembleConfig(model_weights={"b": 0.0}, score_powers={"a": 2.0}))
+    np.testing.assert_allclose(found.scores, [0.64])
+    np.testing.assert_allclose(found.boxes, BOX)
+
+
+def test_combined_classifiers_are_weighted_and_boxes_rescored_by_their_none():
+    from utils.fusion import EnsembleConfig, MemberOutputs, combine_image
+
+    study = np.array([0.1, 0.6, 0.2, 0.1])
+    outputs = MemberOutputs({"a": [(BOX, np.array([0.8]))]},
+                            {"c1": (study, 0.2), "c2": (np.array([0.7, 0.1, 0.1, 0.1]), 0.8)})
+    found = combine_image(outputs, EnsembleConfig(model_weights={"c2": 3.0}, box_none_power=1.0))
+    np.testing.assert_allclose(found.study_probs, (study + 3 * np.array([0.7, 0.1, 0.1, 0.1])) / 4)
+    assert found.none_prob == pytest.approx((0.2 + 3 * 0.8) / 4)
+    np.testing.assert_allclose(found.scores, [0.8 * (1 - found.none_prob)])
+    alone = combine_image(outputs, EnsembleConfig(model_weights={"c2": 0.0}))
+    np.testing.assert_allclose(alone.study_probs, study)
+    np.testing.assert_allclose(alone.scores, [0.8])  # box_none_power 0: scores as fused
 
 
 def test_fusion_workers_default_to_none_on_the_cpu_and_some_beside_a_gpu():

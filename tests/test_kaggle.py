@@ -53,11 +53,11 @@ def test_fusion_processes_start_from_a_notebook_kernel(tmp_path):
     import nbformat
 
     code = (f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport numpy as np\n"
-            "from utils.fusion import EnsembleConfig, fuse_images, fusion_pool\n"
+            "from utils.fusion import EnsembleConfig, MemberOutputs, combine_images, fusion_pool\n"
+            "found = MemberOutputs({'detector': [(np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([0.9]))]})\n"
             "with fusion_pool(1) as pool:\n"
-            "    fused = pool.submit(fuse_images, [[(np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([0.9]))]], [[1.0]],\n"
-            "                        EnsembleConfig()).result()\n"
-            "print('fused boxes:', len(fused[0][1]))")
+            "    fused = pool.submit(combine_images, [found], EnsembleConfig()).result()\n"
+            "print('fused boxes:', len(fused[0].scores))")
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
     nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()

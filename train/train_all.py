@@ -12,8 +12,10 @@ Stages (each is the stage's own script, run as a child process with the same con
     frcnn     train/train_frcnn.py    --out OUT/frcnn (--pretrain-rsna RSNA_DIR with --rsna-dir)
     yolo      train/train_yolo.py     --out OUT/yolo
     study     train/train_study.py    --out OUT/study
-    evaluate  infer/evaluate.py       --out OUT/report (the CV report; writes the ensemble settings
-                                       into the manifest)
+    evaluate  infer/evaluate.py       --out OUT/report (the CV report; writes the config's ensemble
+                                       settings into the manifest)
+    calibrate infer/calibrate.py      --out OUT/report (the ensemble's settings chosen out of fold and
+                                       written into the manifest; ``calibrate.enabled: false`` skips it)
 
 Every model registers its folds in OUT/weights/manifest.json, usable as ``--weights-dir`` of
 ``infer/make_submission.py``. ``--from-stage`` restarts at a stage after a failure (earlier
@@ -37,14 +39,14 @@ from pathlib import Path
 from train.cli import DEFAULT_CONFIG, configure_logging
 from utils.config import ConfigError, load_section, parse_overrides
 from utils.files import atomic_path
-from utils.fusion import EnsembleConfig
+from utils.fusion import CalibrateConfig, EnsembleConfig
 from utils.kinds import KINDS
 from utils.models import PRETRAINED_IMAGENET, PRETRAINED_LITE, PRETRAINED_NONE, TIMM_PREFIX, lite_weights_file
 from utils.nih import BackboneConfig
 
 log = logging.getLogger("train_all")
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("prepare", "backbone", *KINDS, "evaluate")  # every model kind in the registry's order
+STAGES = ("prepare", "backbone", *KINDS, "evaluate", "calibrate")  # every model kind in the registry's order
 SECTION = "prepare"
 
 
@@ -64,7 +66,8 @@ class PrepareConfig:
 
 # Every section of a config file and its schema.
 SCHEMAS = {SECTION: PrepareConfig, "backbone": BackboneConfig,
-           **{name: kind.config_class for name, kind in KINDS.items()}, "ensemble": EnsembleConfig}
+           **{name: kind.config_class for name, kind in KINDS.items()}, "ensemble": EnsembleConfig,
+           "calibrate": CalibrateConfig}
 CONFIG_SECTIONS = tuple(SCHEMAS)
 
 
@@ -178,6 +181,10 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
                         "--weights-dir", str(weights), trunk=True),
         "evaluate": script("infer/evaluate.py", "ensemble", "--run-dir", str(out), "--out", str(out / "report"),
                            "--weights-dir", str(weights)),
+        "calibrate": script("infer/calibrate.py", "calibrate", "--run-dir", str(out), "--out", str(out / "report"),
+                            "--weights-dir", str(weights),
+                            *(["--ensemble-set", *overrides["ensemble"]] if overrides.get("ensemble") else []))
+        if configs["calibrate"].enabled else None,
     }
     return commands
 
@@ -199,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage in STAGES[STAGES.index(args.from_stage):STAGES.index(args.to_stage) + 1]:
         command = commands[stage]
         if command is None:
-            log.info("stage %s: skipped (no input for it)", stage)
+            log.info("stage %s: skipped (no input for it, or disabled in the config)", stage)
             summary[stage] = {"skipped": True}
             continue
         log.info("stage %s: %s", stage, shlex.join(command))

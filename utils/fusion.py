@@ -117,10 +117,15 @@ class EnsembleConfig:
     """The ``ensemble`` section of a config (kept in the manifest by ``train/train_all.py``)."""
 
     tta_hflip: bool = True
+    # Per model name (absent: 1.0): a detector's weight in the fusion across models, a classifier's in the
+    # mean of the classifiers; 0 leaves the model out (it is not even run).
     model_weights: dict[str, float] = field(default_factory=dict)
+    score_powers: dict[str, float] = field(default_factory=dict)  # detector's scores ** power before fusion
+    member_wbf_iou_thr: float = 0.55  # fusing one model's folds and flips (fixed: out of fold has one source)
     wbf_iou_thr: float = 0.55
     wbf_skip_box_thr: float = 0.001
     wbf_conf_type: Literal[WBF_CONF_TYPES] = "avg"
+    box_none_power: float = 0.0  # fused box scores * (1 - the classifiers' none) ** power
     max_boxes: int = 100
     none_classifier_weight: float = 1.0
     none_study_weight: float = 1.0
@@ -135,12 +140,22 @@ class EnsembleConfig:
     device: str = "auto"
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     channels_last: bool = False  # the torch models' weights channels-last (see Member.set_channels_last)
+    # Box score from which people are shown a box (web app, drawings): the F1-best one out of fold, chosen
+    # by infer/calibrate.py; None: 0.2. The submission keeps every box (the metric ranks them).
+    display_threshold: float | None = None
 
     def __post_init__(self):
         problems = []
         if not 0.0 < self.wbf_iou_thr <= 1.0 or not 0.0 <= self.wbf_skip_box_thr < 1.0:
             problems.append(f"wbf_iou_thr must be in (0, 1] and wbf_skip_box_thr in [0, 1); got "
                             f"{self.wbf_iou_thr}, {self.wbf_skip_box_thr}")
+        if not 0.0 < self.member_wbf_iou_thr <= 1.0:
+            problems.append(f"member_wbf_iou_thr must be in (0, 1], got {self.member_wbf_iou_thr}")
+        if self.box_none_power < 0 or any(v <= 0 for v in self.score_powers.values()):
+            problems.append(f"box_none_power must be >= 0 and score_powers > 0; got {self.box_none_power}, "
+                            f"{self.score_powers}")
+        if self.display_threshold is not None and not 0.0 <= self.display_threshold <= 1.0:
+            problems.append(f"display_threshold must be in [0, 1] or null, got {self.display_threshold}")
         if self.max_boxes < 1 or self.batch_size < 1 or self.workers < 0 or (self.fusion_workers or 0) < 0:
             problems.append(f"max_boxes and batch_size must be >= 1, workers and fusion_workers >= 0; got "
                             f"{self.max_boxes}, {self.batch_size}, {self.workers}, {self.fusion_workers}")
@@ -151,26 +166,104 @@ class EnsembleConfig:
             raise ValueError("; ".join(problems))
 
 
-# ----------------------------------------------------------------------------- the predictor's fusion
+@dataclass
+class CalibrateConfig:
+    """The ``calibrate`` section: infer/calibrate.py's search of the ensemble settings out of fold (the
+    ``train_all`` stage after the CV report)."""
+
+    enabled: bool = True  # run the stage (needs out-of-fold predictions)
+    seed: int = 0  # the patient halves of a single held-out fold
+    passes: int = 2  # coordinate-search passes over every setting (stops early when one changes nothing)
+    min_gain: float = 0.001  # final mAP a change must add on the choosing part to be taken
+
+    def __post_init__(self):
+        if self.passes < 1 or self.min_gain < 0:
+            raise ValueError(f"passes must be >= 1 and min_gain >= 0, got {self.passes}, {self.min_gain}")
+
+
+# ----------------------------------------------------------------------------- combining the members
 
 Source = tuple[np.ndarray, np.ndarray]  # one model, fold and flip: XYXY_NORM boxes (n, 4), scores (n,)
+DEFAULT_DISPLAY_THRESHOLD = 0.2
 
 
-def fuse_sources(sources: Sequence[Source], weights: Sequence[float],
-                 config: EnsembleConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted boxes fusion of one image's sources with the config's settings (the predictor and the
-    out-of-fold evaluation both fuse through here)."""
-    if not sources:
+def display_threshold(config: EnsembleConfig) -> float:
+    """The box score from which people are shown boxes: the manifest's calibrated one, else 0.2."""
+    return DEFAULT_DISPLAY_THRESHOLD if config.display_threshold is None else float(config.display_threshold)
+
+
+@dataclass
+class MemberOutputs:
+    """What the models said about one image, before they are combined: per detector its box sources
+    (one per fold and flip; out of fold, one), per classifier its study probabilities (4,) and none."""
+
+    boxes: dict[str, list[Source]] = field(default_factory=dict)
+    classifiers: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
+
+
+@dataclass
+class CombinedImage:
+    """One image's combined prediction: fused XYXY_NORM boxes, highest score first, and the classifiers'
+    weighted mean study probabilities and none (None without a classifier)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    study_probs: np.ndarray | None = None
+    none_prob: float | None = None
+
+
+def fuse_detectors(outputs: MemberOutputs, config: EnsembleConfig) -> Source:
+    """The detectors' boxes of one image as one set: each detector's folds and flips fused
+    (``member_wbf_iou_thr``, equal weights), its scores raised to ``score_powers[name]``, then the
+    detectors fused with their ``model_weights`` and the ``wbf_*`` settings. A detector of weight 0 is
+    left out; a single detector passes through unfused (boxes under ``wbf_skip_box_thr`` dropped), so a
+    member alone scores what it scores on its own."""
+    members, weights = [], []
+    for name, sources in outputs.boxes.items():
+        weight = config.model_weights.get(name, 1.0)
+        if weight <= 0:
+            continue
+        if len(sources) == 1:
+            boxes, scores = check_box_lists([sources[0][0]], [sources[0][1]])[:2]
+            boxes, scores = boxes[0], scores[0]
+        else:
+            boxes, scores = fuse_boxes([b for b, _ in sources], [s for _, s in sources],
+                                       iou_thr=config.member_wbf_iou_thr, skip_box_thr=0.0, conf_type="avg")
+        members.append((boxes, scores ** config.score_powers.get(name, 1.0)))
+        weights.append(weight)
+    if not members:
         return as_boxes([]), np.zeros(0)
-    return fuse_boxes([b for b, _ in sources], [s for _, s in sources], weights, iou_thr=config.wbf_iou_thr,
-                      skip_box_thr=config.wbf_skip_box_thr, conf_type=config.wbf_conf_type,
-                      max_boxes=config.max_boxes)
+    if len(members) == 1:
+        boxes, scores = members[0]
+        keep = scores >= config.wbf_skip_box_thr
+        order = np.argsort(-scores[keep], kind="stable")
+        return boxes[keep][order], scores[keep][order]
+    return fuse_boxes([b for b, _ in members], [s for _, s in members], weights, iou_thr=config.wbf_iou_thr,
+                      skip_box_thr=config.wbf_skip_box_thr, conf_type=config.wbf_conf_type)
 
 
-def fuse_images(sources: Sequence[Sequence[Source]], weights: Sequence[Sequence[float]],
-                config: EnsembleConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """:func:`fuse_sources` of each image of a batch: one task of the fusion processes."""
-    return [fuse_sources(s, w, config) for s, w in zip(sources, weights)]
+def combine_image(outputs: MemberOutputs, config: EnsembleConfig, fused: Source | None = None) -> CombinedImage:
+    """The one way the members' outputs of an image become its prediction (the predictor, the
+    out-of-fold report and the calibration all call it): the classifiers' weighted mean, the detectors
+    fused (:func:`fuse_detectors`, or ``fused`` when the caller already has it), each box rescored by
+    (1 - none) ** ``box_none_power`` and at most ``max_boxes`` kept."""
+    study = none = None
+    weighted = [(config.model_weights.get(name, 1.0), probs, value)
+                for name, (probs, value) in outputs.classifiers.items()]
+    weighted = [item for item in weighted if item[0] > 0]
+    if weighted:
+        total = sum(w for w, _, _ in weighted)
+        study = sum(w * np.asarray(p, dtype=np.float64) for w, p, _ in weighted) / total
+        none = float(sum(w * float(v) for w, _, v in weighted) / total)
+    boxes, scores = fused if fused is not None else fuse_detectors(outputs, config)
+    if config.box_none_power > 0 and none is not None:
+        scores = scores * (1.0 - min(max(none, 0.0), 1.0)) ** config.box_none_power
+    return CombinedImage(boxes[: config.max_boxes], scores[: config.max_boxes], study, none)
+
+
+def combine_images(outputs: Sequence[MemberOutputs], config: EnsembleConfig) -> list[CombinedImage]:
+    """:func:`combine_image` of each image of a batch: one task of the fusion processes."""
+    return [combine_image(o, config) for o in outputs]
 
 
 def resolve_fusion_workers(config: EnsembleConfig, device_type: str) -> int:
@@ -197,7 +290,7 @@ def _import_fusion() -> None:
 
 
 def fusion_pool(workers: int) -> Executor:
-    """An executor for :func:`fuse_images`: ``workers`` spawned processes (a fresh interpreter: the
+    """An executor for :func:`combine_images`: ``workers`` spawned processes (a fresh interpreter: the
     parent may hold CUDA and thread pools a fork would copy), or :class:`InlineFusion` for 0. The
     processes start at once, importing the fusion library, while the first batches are decoded."""
     if workers == 0:

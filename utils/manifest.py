@@ -111,12 +111,17 @@ def register_model(weights_dir, name: str, kind: str, files: dict[int, str], inp
     return _write_manifest(weights_dir, manifest)
 
 
-def register_ensemble(weights_dir, settings: dict) -> Path:
+def register_ensemble(weights_dir, settings: dict, calibration: dict | None = None) -> Path:
     """Store the ensemble's settings (TTA, fusion, none blending) beside the models, under
-    ``"ensemble"``, so that a weights folder alone says how to predict with it."""
+    ``"ensemble"``, so that a weights folder alone says how to predict with it; ``calibration`` (where
+    they were chosen out of fold: infer/calibrate.py's summary) under ``"calibration"``, else that key
+    is removed (the settings came from a config)."""
     weights_dir = Path(weights_dir)
     manifest = read_manifest(weights_dir)
     manifest["ensemble"] = settings
+    manifest.pop("calibration", None)
+    if calibration is not None:
+        manifest["calibration"] = calibration
     return _write_manifest(weights_dir, manifest)
 
 

@@ -49,18 +49,24 @@ def precision_recall(detections: ClassDetections, iou_threshold: float = IOU_THR
     if n_truths == 0:
         return None
     order = sorted(detections.predictions, key=lambda p: (-p[0], p[1], p[2]))
-    matched = {identifier: np.zeros(len(b), dtype=bool) for identifier, b in detections.truths.items()}
+    # The greedy matching of an id depends only on that id's predictions in this order, so each id is
+    # matched on its own (one IoU matrix per id, not one per prediction).
+    positions: dict[str, list[int]] = {}
+    for k, (_, identifier, _) in enumerate(order):
+        positions.setdefault(identifier, []).append(k)
     true_positive = np.zeros(len(order))
-    for k, (_, identifier, box) in enumerate(order):
+    for identifier, ranks in positions.items():
         truths = detections.truths.get(identifier)
         if truths is None or len(truths) == 0:
             continue
-        ious = iou_matrix([box], truths)[0]
-        ious[matched[identifier]] = -1.0
-        best = int(np.argmax(ious))
-        if ious[best] > iou_threshold:
-            matched[identifier][best] = True
-            true_positive[k] = 1.0
+        ious = iou_matrix([order[k][2] for k in ranks], truths)
+        matched = np.zeros(len(truths), dtype=bool)
+        for row, k in enumerate(ranks):
+            candidates = np.where(matched, -1.0, ious[row])
+            best = int(np.argmax(candidates))
+            if candidates[best] > iou_threshold:
+                matched[best] = True
+                true_positive[k] = 1.0
     cum_tp = np.cumsum(true_positive)
     return cum_tp / n_truths, cum_tp / np.arange(1, len(order) + 1)
 
@@ -79,6 +85,21 @@ def average_precision(detections: ClassDetections, iou_threshold: float = IOU_TH
     precision = np.maximum.accumulate(precision[::-1])[::-1]
     steps = np.flatnonzero(recall[1:] != recall[:-1])
     return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
+
+
+def best_f1_threshold(detections: ClassDetections, iou_threshold: float = IOU_THRESHOLD) -> dict | None:
+    """The confidence from which predictions are best shown to people: the one maximising F1 (IoU >
+    ``iou_threshold`` matches), with its ``f1``, ``precision`` and ``recall``; None without ground
+    truth or predictions."""
+    curve = precision_recall(detections, iou_threshold)
+    if curve is None or not detections.predictions:
+        return None
+    recall, precision = curve
+    f1 = np.where(recall + precision > 0, 2 * recall * precision / np.maximum(recall + precision, 1e-12), 0.0)
+    best = int(np.argmax(f1))
+    confidences = sorted((p[0] for p in detections.predictions), reverse=True)  # precision_recall's order
+    return {"threshold": float(confidences[best]), "f1": float(f1[best]), "precision": float(precision[best]),
+            "recall": float(recall[best])}
 
 
 def ground_truth_from_files(image_labels_csv, study_labels_csv) -> dict[str, list[tuple[str, tuple]]]:
