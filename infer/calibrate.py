@@ -387,7 +387,7 @@ def markdown_report(report: dict) -> str:
     lines = ["# Calibration of the ensemble (out of fold)\n",
              f"Folds {report['folds']}, {report['n_images']} images. Each table is scored on a reporting part "
              "that the search never saw; APs at IoU 0.5.\n"]
-    lines += [f"## All images: every reporting part under the settings chosen without it\n",
+    lines += ["## All images: every reporting part under the settings chosen without it\n",
               *markdown_table(header, [(label, *_score_cells(r)) for label, r in report["all_images"].items()],
                               numeric_from=1), ""]
     for split in report["splits"]:
