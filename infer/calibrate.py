@@ -17,11 +17,12 @@ with one, it splits that fold's patients in two seeded halves, chooses on one an
 and the reverse. Every scored row of a reporting part comes from settings chosen without it. The
 settings written to the weights folder are searched on all out-of-fold images; where the chosen
 settings lost to the best member on any reporting part, the best members are written instead, and
-the report says so. The search also picks the box score of best F1 (``display_threshold``) for the
-web app and the drawings.
+the report says so; below ``min_images`` out-of-fold images the config's settings are kept. The box
+score of best F1 of the written settings becomes ``display_threshold`` (the web app, the drawings).
 
-Writes calibration.md and calibration.json to --out (default RUN/report); with --weights-dir, the
-chosen ``ensemble`` section (and a summary under ``calibration``) into its manifest.
+Writes calibration.md and calibration.json (with every setting tried and its scores) to --out
+(default RUN/report); with --weights-dir, the chosen ``ensemble`` section (and a summary under
+``calibration``) into its manifest.
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ SEARCH_GRID = {
     "wbf_skip_box_thr": (0.0, 0.001, 0.01, 0.05, 0.1),
     "wbf_conf_type": WBF_CONF_TYPES,
     "box_none_power": (0.0, 0.1, 0.25, 0.5, 1.0),
+    "none_classifier_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
     "none_study_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
     "none_boxes_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
+    "negative_classifier_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
     "negative_boxes_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
 }
 CLASSES = (*STUDY_CLASSES, *IMAGE_CLASSES)
@@ -156,15 +159,24 @@ class Members:
     best_detector: str | None
     best_classifier: str | None
     alone: dict  # name -> its settings alone
+    none_from_boxes: bool = False  # the best detector's boxes say "none" better than the best classifier
+    negative_from_boxes: bool = False  # and "negative"
 
     @property
     def all(self) -> list[str]:
         return [*self.detectors, *self.classifiers]
 
     def best(self, config: EnsembleConfig) -> EnsembleConfig:
-        """The best detector's boxes and the best classifier's probabilities, unblended."""
+        """The best members, unblended: the best detector's boxes, the best classifier's study
+        probabilities, and the image none and study negative each from whichever of the two says it
+        better alone."""
         keep = [n for n in (self.best_detector, self.best_classifier) if n is not None]
-        return alone(config, keep, self.all, self.best_classifier is not None)
+        settings = alone(config, keep, self.all, self.best_classifier is not None)
+        if self.none_from_boxes:
+            settings = replace(settings, none_classifier_weight=0.0, none_boxes_weight=1.0)
+        if self.negative_from_boxes:
+            settings = replace(settings, negative_classifier_weight=0.0, negative_boxes_weight=1.0)
+        return settings
 
 
 def rank_members(part: Part, config: EnsembleConfig) -> tuple[Members, dict]:
@@ -180,6 +192,10 @@ def rank_members(part: Part, config: EnsembleConfig) -> tuple[Members, dict]:
 
     members = Members(detectors, classifiers, best_of(detectors, "opacity"), best_of(classifiers, "study_map"),
                       settings)
+    if members.best_detector and members.best_classifier:
+        boxes, classifier = scores[members.best_detector]["ap"], scores[members.best_classifier]["ap"]
+        members.none_from_boxes = (boxes["none"] or 0.0) > (classifier["none"] or 0.0)
+        members.negative_from_boxes = (boxes["negative"] or 0.0) > (classifier["negative"] or 0.0)
     return members, scores
 
 
@@ -188,33 +204,43 @@ def rank_members(part: Part, config: EnsembleConfig) -> tuple[Members, dict]:
 
 def coordinates(members: Members) -> list[tuple[tuple[str, str | None], tuple]]:
     """Every setting the search moves, with its grid: ``((key, model name or None), values)``. The best
-    member of each kind keeps weight 1 (weights are relative); the classifier's own weights in the
-    none and negative blends are the anchors of those blends."""
-    items = [(("model_weights", n), SEARCH_GRID["model_weights"])
-             for n in members.all if n not in (members.best_detector, members.best_classifier)]
+    member of each kind keeps weight 1 (weights are relative)."""
+    others = [n for n in members.all if n not in (members.best_detector, members.best_classifier)]
+    # A detector joins the fusion only under some confidence type, so its weight moves with the type: the
+    # two in one step (a weak detector that only an unweighted 'avg' dilutes still gets its chance).
+    with_type = tuple((w, conf) for w in SEARCH_GRID["model_weights"] for conf in (WBF_CONF_TYPES if w else ("avg",)))
+    items = [(("model_weights", n), with_type if n in members.detectors else SEARCH_GRID["model_weights"])
+             for n in others]
     items += [(("score_powers", n), SEARCH_GRID["score_powers"]) for n in members.detectors]
     if len(members.detectors) > 1:
         items += [((k, None), SEARCH_GRID[k]) for k in ("wbf_iou_thr", "wbf_conf_type")]
     if members.detectors:
         items.append((("wbf_skip_box_thr", None), SEARCH_GRID["wbf_skip_box_thr"]))
     if members.classifiers and members.detectors:
-        items += [((k, None), SEARCH_GRID[k])
-                  for k in ("box_none_power", "none_study_weight", "none_boxes_weight", "negative_boxes_weight")]
+        items += [((k, None), SEARCH_GRID[k]) for k in ("box_none_power", "none_classifier_weight", "none_study_weight",
+                                                         "none_boxes_weight", "negative_classifier_weight",
+                                                         "negative_boxes_weight")]
     elif members.classifiers:
         items.append((("none_study_weight", None), SEARCH_GRID["none_study_weight"]))
     return items
 
 
 def with_value(config: EnsembleConfig, key: tuple[str, str | None], value) -> EnsembleConfig:
+    """``config`` with the setting ``key`` at ``value`` (a detector's weight comes with the fusion's
+    confidence type: ``(weight, conf_type)``)."""
     name, model = key
     if model is None:
         return replace(config, **{name: value})
+    if isinstance(value, tuple):
+        value, conf_type = value
+        config = replace(config, wbf_conf_type=conf_type)
     return replace(config, **{name: {**getattr(config, name), model: value}})
 
 
-def current_value(config: EnsembleConfig, key: tuple[str, str | None]):
+def current_value(config: EnsembleConfig, key: tuple[str, str | None], like=None):
     name, model = key
-    return getattr(config, name) if model is None else getattr(config, name).get(model, 1.0)
+    value = getattr(config, name) if model is None else getattr(config, name).get(model, 1.0)
+    return (value, config.wbf_conf_type) if isinstance(like, tuple) else value
 
 
 @dataclass
@@ -226,6 +252,7 @@ class SearchResult:
     changes: list  # (setting, value, final mAP) of each step taken
     opacity_floor: float | None  # the best single detector's opacity AP on the choosing part
     evaluations: int = 0
+    tried: list = field(default_factory=list)  # (setting, value, opacity AP, final mAP, taken) of every step
 
     @property
     def is_best_members(self) -> bool:
@@ -247,7 +274,7 @@ def search(part: Part, config: EnsembleConfig, calibrate: CalibrateConfig, progr
     start = max((label for label in starts if admissible(scored[label])),
                 key=lambda label: scored[label]["map"], default="best members")
     current, best = starts[start], scored[start]
-    changes, evaluations = [], len(alone_scores) + 2
+    changes, evaluations, tried = [], len(alone_scores) + 2, []
     grid = coordinates(members)
     with tqdm(total=calibrate.passes * sum(len(v) for _, v in grid), desc="calibrate", unit="setting",
               disable=not progress, leave=False) as bar:
@@ -256,17 +283,20 @@ def search(part: Part, config: EnsembleConfig, calibrate: CalibrateConfig, progr
             for key, values in grid:
                 for value in values:
                     bar.update(1)
-                    if value == current_value(current, key):
+                    if value == current_value(current, key, value):
                         continue
                     candidate = with_value(current, key, value)
                     result = part_score(part, candidate)
                     evaluations += 1
-                    if admissible(result) and result["map"] > best["map"] + calibrate.min_gain:
+                    setting = f"{key[0]}[{key[1]}]" if key[1] else key[0]
+                    taken = admissible(result) and result["map"] > best["map"] + calibrate.min_gain
+                    tried.append((setting, value, result["ap"]["opacity"], result["map"], taken))
+                    if taken:
                         current, best, changed = candidate, result, True
-                        changes.append((f"{key[0]}[{key[1]}]" if key[1] else key[0], value, result["map"]))
+                        changes.append((setting, value, result["map"]))
             if not changed:
                 break
-    return SearchResult(current, best, members, start, changes, floor, evaluations)
+    return SearchResult(current, best, members, start, changes, floor, evaluations, tried)
 
 
 # ----------------------------------------------------------------------------- the splits and the report
@@ -349,7 +379,7 @@ def calibrate_run(run_dir: Path, config: EnsembleConfig, calibrate: CalibrateCon
         report["splits"].append({
             "name": name, "choosing_images": sorted(choose_part.image_ids), "reporting_images": sorted(
                 report_part.image_ids), "start": found.start, "changes": found.changes,
-            "evaluations": found.evaluations, "chosen_on_choosing_part": found.scores["map"],
+            "evaluations": found.evaluations, "tried": found.tried, "chosen_on_choosing_part": found.scores["map"],
             "settings": settings_summary(found.config), "rows": scored, "guarantee": guarantee(scored, members)})
     everything = make_part(rows, outputs)
     pooled = pd.concat(cross_fitted, ignore_index=True)
@@ -362,14 +392,21 @@ def calibrate_run(run_dir: Path, config: EnsembleConfig, calibrate: CalibrateCon
     log.info("searching the settings to deploy on all %d images", len(rows))
     final = search(everything, config, calibrate, progress)
     held = all(s["guarantee"]["opacity_held"] and s["guarantee"]["map_held"] for s in report["splits"])
-    deployed = final.config if held else members.best(config)
-    report["deployed"] = ("chosen" if held and not final.is_best_members else "best members")
-    report["deployed_reason"] = (
-        "the search's settings kept the guarantee on every reporting part" if held and not final.is_best_members
-        else "the search found nothing better than the best members" if held
-        else "the search's settings lost to a member on a reporting part")
+    if len(rows) < calibrate.min_images:
+        deployed, report["deployed"] = config, "config's settings"
+        report["deployed_reason"] = (f"only {len(rows)} out-of-fold images, fewer than min_images "
+                                     f"{calibrate.min_images}: too few to choose on")
+    elif not held:
+        deployed, report["deployed"] = members.best(config), "best members"
+        report["deployed_reason"] = "the search's settings lost to a member on a reporting part"
+    elif final.is_best_members:
+        deployed, report["deployed"] = final.config, "best members"
+        report["deployed_reason"] = "the search found nothing better than the best members"
+    else:
+        deployed, report["deployed"] = final.config, "chosen"
+        report["deployed_reason"] = "the search's settings kept the guarantee on every reporting part"
     report["final_search"] = {"start": final.start, "changes": final.changes, "evaluations": final.evaluations,
-                              "map_on_all": final.scores["map"]}
+                              "map_on_all": final.scores["map"], "tried": final.tried}
     shown = best_f1_threshold(class_detections(part_submission(everything, deployed), everything.truth)["opacity"])
     deployed = replace(deployed, display_threshold=None if shown is None else round(shown["threshold"], 4))
     report["display_threshold"] = shown

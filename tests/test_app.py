@@ -57,6 +57,23 @@ def test_health_and_documented_api(client):
     assert health["opacity_map"] is True
 
 
+def test_the_slider_starts_at_the_manifests_display_threshold(weights, tmp_path):
+    """The page sets its slider from /healthz: the calibrated threshold of the manifest, else 0.2."""
+    import json
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    assert TestClient(create_app(weights)).get("/healthz").json()["display_threshold"] == 0.2
+    calibrated = tmp_path / "weights"
+    shutil.copytree(weights, calibrated)
+    manifest = json.loads((calibrated / "manifest.json").read_text())
+    manifest["ensemble"]["display_threshold"] = 0.61
+    (calibrated / "manifest.json").write_text(json.dumps(manifest))
+    assert TestClient(create_app(calibrated)).get("/healthz").json()["display_threshold"] == 0.61
+    assert "h.display_threshold" in (REPO / "infer" / "static" / "index.html").read_text()
+
+
 def test_the_opacity_map_covers_the_image_on_request(client, siim_dataset):
     path = find_dicoms(siim_dataset / "test")[0]
     plain = _post(client, path.name, path.read_bytes()).json()
@@ -162,6 +179,7 @@ def test_the_page_in_a_real_browser(weights, siim_dataset):
             page = browser.new_page()
             page.goto(url)
             page.wait_for_selector("text=Models loaded")
+            assert float(page.input_value("#threshold")) == pytest.approx(0.2)  # the manifest has none calibrated
             page.set_input_files("#file", str(find_dicoms(siim_dataset / "test")[0]))
             page.wait_for_selector("#result:not([hidden])", timeout=60_000)
             page.fill("#threshold", "0")

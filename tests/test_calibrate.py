@@ -4,8 +4,7 @@ saw, and carried by the manifest into the predictor; evaluate and the predictor 
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
@@ -18,15 +17,41 @@ from utils.labels import STUDY_CLASSES, boxes_from_json
 from utils.predictions import classifier_rows, detection_rows, write_predictions
 from utils.prepare import read_meta
 
+QUICK = CalibrateConfig(passes=1, min_images=0)  # the constructed runs have a few dozen images
 
-def constructed_run(meta_path, root, folds, seed=0):
-    """A run folder whose out-of-fold predictions are made up from the truth: a good detector (the true
-    boxes, jittered, scored high, plus one low-scored false box per image), a detector of pure noise and
-    a classifier that leans towards the true class."""
+
+def constructed_meta(path, n_patients=150, n_folds=3, seed=0):
+    """A prepared meta.csv of made-up radiographs (no pixels: the calibration reads predictions): patients
+    with one or two studies of one or two images, opacities in the non-negative studies, patient folds."""
     rng = np.random.default_rng(seed)
-    (root / "prepared").mkdir(parents=True)
-    shutil.copy(meta_path, root / "prepared" / "meta.csv")
-    table = read_meta(root / "prepared" / "meta.csv", 0)
+    rows = []
+    for patient in range(n_patients):
+        for study in range(rng.integers(1, 3)):
+            study_class = rng.choice(STUDY_CLASSES, p=[0.3, 0.4, 0.2, 0.1])
+            for image in range(rng.integers(1, 3)):
+                height, width = rng.integers(2000, 3000, 2)
+                n_boxes = 0 if study_class == "negative" or rng.random() < 0.25 else rng.integers(1, 3)
+                corner = rng.uniform(0.1, 0.5, (n_boxes, 2)) * [width, height]
+                boxes = np.hstack([corner, corner + rng.uniform(0.15, 0.4, (n_boxes, 2)) * [width, height]])
+                rows.append({"image_id": f"i{patient}_{study}_{image}", "study_id": f"s{patient}_{study}",
+                             "series_id": f"r{patient}_{study}", "patient_id": f"p{patient}",
+                             "original_height": height, "original_width": width, "fold": patient % n_folds,
+                             "study_class": study_class, "study_label": STUDY_CLASSES.index(study_class),
+                             "boxes": json.dumps(boxes.round(1).tolist()), "n_boxes": n_boxes,
+                             "has_box": n_boxes > 0, "used": True, "excluded_reason": "",
+                             "path_256": f"images_256/i{patient}_{study}_{image}.png"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def constructed_run(root, folds, seed=0):
+    """A run folder whose out-of-fold predictions are made up from the truth of :func:`constructed_meta`:
+    a good detector (the true boxes, jittered, scored high, plus one low-scored false box per image), a
+    detector of pure noise and a classifier that leans towards the true class and says "none" less
+    well than the good detector's boxes."""
+    rng = np.random.default_rng(seed)
+    table = read_meta(constructed_meta(root / "prepared" / "meta.csv", seed=seed), 0)
     rows = table[table["fold"].isin(folds)]
     good, noise = [], []
     for row in rows.itertuples(index=False):
@@ -41,7 +66,7 @@ def constructed_run(meta_path, root, folds, seed=0):
         noise.append((np.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], axis=1), rng.uniform(0, 1, 3)))
     onehot = np.eye(len(STUDY_CLASSES))[[STUDY_CLASSES.index(c) for c in rows["study_class"]]]
     probs = 0.5 * onehot + 0.5 * rng.dirichlet(np.ones(len(STUDY_CLASSES)), len(rows))
-    none = np.where(rows["has_box"].astype(bool), 0.3, 0.7) + rng.uniform(-0.25, 0.25, len(rows))
+    none = np.where(rows["has_box"].astype(bool), 0.35, 0.65) + rng.uniform(-0.3, 0.3, len(rows))
     for folder, frame in (
             ("frcnn", detection_rows(rows["image_id"], rows["study_id"], "good", 0, good)),
             ("yolo", detection_rows(rows["image_id"], rows["study_id"], "noise", 0, noise)),
@@ -53,13 +78,12 @@ def constructed_run(meta_path, root, folds, seed=0):
 
 
 @pytest.fixture(scope="module")
-def one_fold_run(detection_prepared, tmp_path_factory):
-    return constructed_run(detection_prepared, tmp_path_factory.mktemp("calibrate_one_fold"), [0])
+def one_fold_run(tmp_path_factory):
+    return constructed_run(tmp_path_factory.mktemp("calibrate_one_fold"), [0])
 
 
 def test_a_noise_detector_is_dropped_and_the_good_one_kept(one_fold_run):
-    deployed, report = calibrate.calibrate_run(one_fold_run, EnsembleConfig(), CalibrateConfig(passes=1),
-                                               progress=False)
+    deployed, report = calibrate.calibrate_run(one_fold_run, EnsembleConfig(), QUICK, progress=False)
     assert deployed.model_weights.get("noise", 1.0) <= 0.25 and deployed.model_weights.get("good", 1.0) == 1.0
     pooled = report["all_images"]
     good_alone = pooled["good alone"]["ap"]["opacity"]
@@ -70,8 +94,8 @@ def test_a_noise_detector_is_dropped_and_the_good_one_kept(one_fold_run):
     assert 0.0 < deployed.display_threshold < 1.0
 
 
-def test_the_reporting_part_is_never_the_choosing_part(one_fold_run, detection_prepared, tmp_path):
-    _, report = calibrate.calibrate_run(one_fold_run, EnsembleConfig(), CalibrateConfig(passes=1), progress=False)
+def test_the_reporting_part_is_never_the_choosing_part(one_fold_run, tmp_path):
+    _, report = calibrate.calibrate_run(one_fold_run, EnsembleConfig(), QUICK, progress=False)
     everything = set(evaluated_rows(read_meta(one_fold_run / "prepared" / "meta.csv", 0),
                                     load_oof(one_fold_run))["image_id"])
     assert [s["name"] for s in report["splits"]] == ["half A -> half B", "half B -> half A"]
@@ -85,8 +109,8 @@ def test_the_reporting_part_is_never_the_choosing_part(one_fold_run, detection_p
     halves = [set(table.loc[sorted(s["choosing_images"]), "patient_id"]) for s in report["splits"]]
     assert not halves[0] & halves[1]
     # with several folds, each fold reports what the others chose
-    folds = constructed_run(detection_prepared, tmp_path / "three", [0, 1, 2])
-    _, report = calibrate.calibrate_run(folds, EnsembleConfig(), CalibrateConfig(passes=1), progress=False)
+    folds = constructed_run(tmp_path / "three", [0, 1, 2])
+    _, report = calibrate.calibrate_run(folds, EnsembleConfig(), QUICK, progress=False)
     table = read_meta(folds / "prepared" / "meta.csv", 0).set_index("image_id")
     for split, fold in zip(report["splits"], (0, 1, 2)):
         assert split["name"] == f"fold {fold}"
@@ -98,12 +122,24 @@ def test_a_search_that_finds_nothing_keeps_the_best_members(one_fold_run):
     """With a gain no change can reach, the search stays where it started, and the deployed settings are
     the best detector and classifier alone, said so in the report."""
     deployed, report = calibrate.calibrate_run(one_fold_run, EnsembleConfig(),
-                                               CalibrateConfig(passes=1, min_gain=1.0), progress=False)
+                                               CalibrateConfig(passes=1, min_gain=1.0, min_images=0), progress=False)
     assert report["deployed"] == "best members" and "nothing better" in report["deployed_reason"]
     assert deployed.model_weights == {"good": 1.0, "noise": 0.0, "study": 1.0}
-    assert deployed.none_study_weight == 0 and deployed.none_boxes_weight == 0
+    # the image none from whichever says it better alone: here the good detector's boxes (every image with
+    # an opacity has a box over 0.6, every other one none over 0.5: the construction)
+    assert deployed.none_study_weight == 0
+    assert (deployed.none_classifier_weight, deployed.none_boxes_weight) == (0.0, 1.0)
     text = calibrate.markdown_report(report)
     assert "**best members**" in text and "half A -> half B" in text
+
+
+def test_too_few_images_keep_the_configs_settings(one_fold_run):
+    config = EnsembleConfig(none_study_weight=0.5)
+    deployed, report = calibrate.calibrate_run(one_fold_run, config, CalibrateConfig(passes=1, min_images=10_000),
+                                               progress=False)
+    assert report["deployed"] == "config's settings" and "fewer than min_images 10000" in report["deployed_reason"]
+    assert deployed == replace(config, display_threshold=deployed.display_threshold)
+    assert report["splits"] and "chosen (cross-fitted)" in report["all_images"]  # still measured and reported
 
 
 def test_the_script_writes_the_report_and_the_manifest(one_fold_run, tmp_path):
@@ -119,7 +155,7 @@ def test_the_script_writes_the_report_and_the_manifest(one_fold_run, tmp_path):
         n: {"kind": k, "folds": [0], "files": {"0": f"{n}.pt"}, "input_size": 64, "config": {}}
         for n, k in kinds.items()}}))
     assert calibrate.main(["--run-dir", str(one_fold_run), "--weights-dir", str(weights), "--out", str(tmp_path),
-                           "--config", "train/configs/demo.yaml", "--set", "passes=1", "--ensemble-set",
+                           "--config", "train/configs/demo.yaml", "--set", "passes=1", "min_images=0", "--ensemble-set",
                            "tta_hflip=false", "--no-progress"]) == 0
     report = json.loads((tmp_path / "calibration.json").read_text())
     manifest = read_manifest(weights)
@@ -171,3 +207,9 @@ def test_train_all_writes_a_calibrated_weights_folder(trained_run):
     assert manifest["calibration"]["deployed"] == report["deployed"]
     assert manifest["ensemble"]["model_weights"] == report["settings"]["model_weights"]
     assert manifest["ensemble"]["batch_size"] == 4  # the config's other keys are kept
+    from infer.predictor import Ensemble
+
+    ensemble = Ensemble(trained_run / "weights")  # the predictor takes the calibrated section as it is
+    assert asdict(ensemble.config) == manifest["ensemble"]
+    dropped = {n for n, w in manifest["ensemble"]["model_weights"].items() if w == 0}
+    assert {m.name for m in ensemble.members} == set(manifest["models"]) - dropped

@@ -175,10 +175,14 @@ class CalibrateConfig:
     seed: int = 0  # the patient halves of a single held-out fold
     passes: int = 2  # coordinate-search passes over every setting (stops early when one changes nothing)
     min_gain: float = 0.001  # final mAP a change must add on the choosing part to be taken
+    # Fewer out-of-fold images than this: the search is reported but the config's settings are kept (on a
+    # few dozen images one image moves an AP by points, and the choice would follow the noise).
+    min_images: int = 200
 
     def __post_init__(self):
-        if self.passes < 1 or self.min_gain < 0:
-            raise ValueError(f"passes must be >= 1 and min_gain >= 0, got {self.passes}, {self.min_gain}")
+        if self.passes < 1 or self.min_gain < 0 or self.min_images < 0:
+            raise ValueError(f"passes must be >= 1, min_gain and min_images >= 0, got {self.passes}, "
+                             f"{self.min_gain}, {self.min_images}")
 
 
 # ----------------------------------------------------------------------------- combining the members
