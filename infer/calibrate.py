@@ -14,7 +14,8 @@ that puts opacity AP under the best single detector's.
 
 Honest by construction: with several out-of-fold folds it chooses on the others and reports on each;
 with one, it splits that fold's patients in two seeded halves, chooses on one and reports on the other,
-and the reverse. Every scored row of a reporting part comes from settings chosen without it. The
+and the reverse. Every scored row of a reporting part comes from settings chosen without it; the
+summary table is the mean over the reporting parts. The
 settings written to the weights folder are searched on all out-of-fold images; where the chosen
 settings lost to the best member on any reporting part, the best members are written instead, and
 the report says so; below ``min_images`` out-of-fold images the config's settings are kept. The box
@@ -67,6 +68,9 @@ SEARCH_GRID = {
     "negative_boxes_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
 }
 CLASSES = (*STUDY_CLASSES, *IMAGE_CLASSES)
+# Equal APs differ by this much when only the arithmetic differs (a score power keeps the ranking but not the
+# last bits of the sums): "at least" means at least, up to this.
+FLOAT_TOLERANCE = 1e-6
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -267,7 +271,7 @@ def search(part: Part, config: EnsembleConfig, calibrate: CalibrateConfig, progr
     floor = (alone_scores[members.best_detector]["ap"]["opacity"] or 0.0) if members.best_detector else None
 
     def admissible(result: dict) -> bool:
-        return floor is None or (result["ap"]["opacity"] or 0.0) >= floor - 1e-12
+        return floor is None or (result["ap"]["opacity"] or 0.0) >= floor - FLOAT_TOLERANCE
 
     starts = {"best members": members.best(config), "config": config}
     scored = {label: part_score(part, s) for label, s in starts.items()}
@@ -343,9 +347,24 @@ def guarantee(rows: dict[str, dict], members: Members) -> dict:
     chosen = rows["chosen"]
     detector_best = max([(rows[f"{n} alone"]["ap"]["opacity"] or 0.0) for n in members.detectors], default=None)
     member_best = max([rows[f"{n} alone"]["map"] for n in members.all] + [rows["best members (unblended)"]["map"]])
-    opacity_held = detector_best is None or (chosen["ap"]["opacity"] or 0.0) >= detector_best - 1e-9
-    return {"opacity_held": bool(opacity_held), "map_held": bool(chosen["map"] >= member_best - 1e-9),
+    opacity_held = detector_best is None or (chosen["ap"]["opacity"] or 0.0) >= detector_best - FLOAT_TOLERANCE
+    return {"opacity_held": bool(opacity_held), "map_held": bool(chosen["map"] >= member_best - FLOAT_TOLERANCE),
             "best_detector_opacity": detector_best, "best_member_map": member_best}
+
+
+def mean_scores(parts: list[dict[str, dict]]) -> dict[str, dict]:
+    """Per row label, the mean over ``parts`` of each AP and mAP (a class without truth in a part is
+    left out of that class's mean)."""
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
+    return {label: {"map": mean([p[label]["map"] for p in parts]),
+                    "study_map": mean([p[label]["study_map"] for p in parts]),
+                    "image_map": mean([p[label]["image_map"] for p in parts]),
+                    "ap": {c: mean([p[label]["ap"][c] for p in parts]) for c in CLASSES}}
+            for label in parts[0]}
 
 
 def settings_summary(config: EnsembleConfig) -> dict:
@@ -366,7 +385,6 @@ def calibrate_run(run_dir: Path, config: EnsembleConfig, calibrate: CalibrateCon
     outputs = dict(zip(rows["image_id"], oof_member_outputs(oof, rows)))
     report = {"folds": sorted(int(f) for f in rows["fold"].unique()), "n_images": int(len(rows)),
               "seed": calibrate.seed, "grid": {k: list(v) for k, v in SEARCH_GRID.items()}, "splits": []}
-    cross_fitted = []  # each reporting part's predictions under the settings chosen without it
     for name, choosing, reporting in calibration_splits(rows, calibrate.seed):
         choose_part, report_part = make_part(choosing, outputs), make_part(reporting, outputs)
         if choose_part.image_ids & report_part.image_ids:
@@ -375,20 +393,16 @@ def calibrate_run(run_dir: Path, config: EnsembleConfig, calibrate: CalibrateCon
         found = search(choose_part, config, calibrate, progress)
         members = found.members
         scored = report_rows(report_part, config, found.config, members, table)
-        cross_fitted.append(part_submission(report_part, found.config))
         report["splits"].append({
             "name": name, "choosing_images": sorted(choose_part.image_ids), "reporting_images": sorted(
                 report_part.image_ids), "start": found.start, "changes": found.changes,
             "evaluations": found.evaluations, "tried": found.tried, "chosen_on_choosing_part": found.scores["map"],
             "settings": settings_summary(found.config), "rows": scored, "guarantee": guarantee(scored, members)})
+    # The parts' scores are averaged, not their predictions pooled: each part's settings put its scores on
+    # their own scale, and one ranking across parts would mix the scales.
+    report["mean_of_reporting_parts"] = mean_scores([s["rows"] for s in report["splits"]])
     everything = make_part(rows, outputs)
-    pooled = pd.concat(cross_fitted, ignore_index=True)
-    members, alone_scores = rank_members(everything, config)
-    report["all_images"] = {f"{n} alone": s for n, s in alone_scores.items()}
-    report["all_images"]["best members (unblended)"] = part_score(everything, members.best(config))
-    report["all_images"]["config's settings"] = part_score(everything, config)
-    report["all_images"]["chosen (cross-fitted)"] = score(pooled, everything.truth)
-    report["all_images"].update(baselines(everything, table))
+    members, _ = rank_members(everything, config)
     log.info("searching the settings to deploy on all %d images", len(rows))
     final = search(everything, config, calibrate, progress)
     held = all(s["guarantee"]["opacity_held"] and s["guarantee"]["map_held"] for s in report["splits"])
@@ -424,9 +438,9 @@ def markdown_report(report: dict) -> str:
     lines = ["# Calibration of the ensemble (out of fold)\n",
              f"Folds {report['folds']}, {report['n_images']} images. Each table is scored on a reporting part "
              "that the search never saw; APs at IoU 0.5.\n"]
-    lines += ["## All images: every reporting part under the settings chosen without it\n",
-              *markdown_table(header, [(label, *_score_cells(r)) for label, r in report["all_images"].items()],
-                              numeric_from=1), ""]
+    lines += ["## Mean over the reporting parts (each under the settings chosen without it)\n",
+              *markdown_table(header, [(label, *_score_cells(r))
+                                       for label, r in report["mean_of_reporting_parts"].items()], numeric_from=1), ""]
     for split in report["splits"]:
         held = split["guarantee"]
         lines += [f"## {split['name']} ({len(split['choosing_images'])} images choose, "
@@ -458,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_section(args.config, SECTION, EnsembleConfig, parse_overrides(args.ensemble_overrides))
         calibrate = load_section(args.config, CALIBRATE_SECTION, CalibrateConfig, parse_overrides(args.overrides))
+        if not load_oof(args.run_dir):  # e.g. every model trained on all the data: nothing to choose on
+            log.warning("%s: no out-of-fold predictions, nothing to calibrate on; the settings stay as they are",
+                        args.run_dir)
+            return 0
         deployed, report = calibrate_run(args.run_dir, config, calibrate, progress=not args.no_progress)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
@@ -468,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             temporary.write_text(content)
     if args.weights_dir is not None:
         summary = {k: report[k] for k in ("deployed", "deployed_reason", "folds", "n_images", "seed")}
-        summary["cross_fitted_map"] = report["all_images"]["chosen (cross-fitted)"]["map"]
+        summary["reporting_parts_map"] = {label: report["mean_of_reporting_parts"][label]["map"]
+                                          for label in ("chosen", "best members (unblended)", "config's settings")}
         register_ensemble(args.weights_dir, asdict(deployed), calibration=summary)
         log.info("calibrated ensemble settings stored in %s", args.weights_dir / "manifest.json")
     print(text)

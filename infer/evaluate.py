@@ -9,9 +9,10 @@ Reads RUN/prepared/meta.csv, RUN/{study,frcnn,yolo}/oof_predictions.csv and RUN/
 
 - backbone: mean test AUC over the 14 NIH findings;
 - study classifier: study mAP, none AP; each detector: opacity AP@0.5;
-- ensemble: the detectors' boxes fused with weighted boxes fusion and the none blend of the
-  ``ensemble`` config section, through the same functions as ``make_submission.py`` (without
+- ensemble: the models' outputs combined with the ``ensemble`` config section through the
+  predictor's own function (:func:`utils.fusion.combine_image`, then ``assemble_submission``; without
   test-time flips: the out-of-fold predictions have none), scored as a whole submission (final mAP);
+  ``infer/calibrate.py`` then chooses those settings out of fold;
 - baselines: class prior with all ``none``, and the prior plus one fixed box per lung.
 
 Writes cv_report.json, cv_report.md, pr_curves.png and loss_curves.png to --out. With

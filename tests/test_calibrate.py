@@ -85,12 +85,14 @@ def one_fold_run(tmp_path_factory):
 def test_a_noise_detector_is_dropped_and_the_good_one_kept(one_fold_run):
     deployed, report = calibrate.calibrate_run(one_fold_run, EnsembleConfig(), QUICK, progress=False)
     assert deployed.model_weights.get("noise", 1.0) <= 0.25 and deployed.model_weights.get("good", 1.0) == 1.0
-    pooled = report["all_images"]
-    good_alone = pooled["good alone"]["ap"]["opacity"]
-    assert good_alone > pooled["noise alone"]["ap"]["opacity"] + 0.3  # the construction did what it says
-    assert pooled["chosen (cross-fitted)"]["ap"]["opacity"] == pytest.approx(good_alone, abs=0.02)
-    assert pooled["chosen (cross-fitted)"]["map"] >= pooled["best members (unblended)"]["map"] - 0.02
-    assert pooled["config's settings"]["ap"]["opacity"] < good_alone  # equal-weight WBF with noise loses
+    for part in [*(s["rows"] for s in report["splits"]), report["mean_of_reporting_parts"]]:
+        good_alone = part["good alone"]["ap"]["opacity"]
+        assert good_alone > part["noise alone"]["ap"]["opacity"] + 0.3  # the construction did what it says
+        assert part["chosen"]["ap"]["opacity"] == pytest.approx(good_alone, abs=0.02)
+        assert part["chosen"]["map"] >= part["best members (unblended)"]["map"] - 0.02
+        assert part["config's settings"]["ap"]["opacity"] < good_alone - 0.05  # equal-weight WBF with noise loses
+    mean = report["mean_of_reporting_parts"]["chosen"]["map"]
+    assert mean == pytest.approx(np.mean([s["rows"]["chosen"]["map"] for s in report["splits"]]))
     assert 0.0 < deployed.display_threshold < 1.0
 
 
@@ -139,7 +141,13 @@ def test_too_few_images_keep_the_configs_settings(one_fold_run):
                                                progress=False)
     assert report["deployed"] == "config's settings" and "fewer than min_images 10000" in report["deployed_reason"]
     assert deployed == replace(config, display_threshold=deployed.display_threshold)
-    assert report["splits"] and "chosen (cross-fitted)" in report["all_images"]  # still measured and reported
+    assert report["splits"] and "chosen" in report["mean_of_reporting_parts"]  # still measured and reported
+
+
+def test_a_run_without_out_of_fold_predictions_is_left_as_it_is(tmp_path, caplog):
+    assert calibrate.main(["--run-dir", str(tmp_path), "--out", str(tmp_path / "report"), "--config",
+                           "train/configs/demo.yaml", "--no-progress"]) == 0
+    assert "no out-of-fold predictions" in caplog.text and not (tmp_path / "report").exists()
 
 
 def test_the_script_writes_the_report_and_the_manifest(one_fold_run, tmp_path):

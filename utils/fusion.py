@@ -1,5 +1,9 @@
 """Fusing box predictions (models x folds x test-time flips) and blending the image's "none" signals.
 
+:func:`combine_image` is the one way an image's model outputs become its prediction: the predictor
+(test images), ``infer/evaluate.py`` and ``infer/calibrate.py`` (out-of-fold predictions) all call
+it, with the settings of :class:`EnsembleConfig` (the manifest's ``ensemble`` section).
+
 Boxes here are XYXY_NORM (fractions of the original image), which is what ensemble-boxes expects.
 ensemble-boxes prints and calls ``exit()`` on lists of unequal length or an unknown ``conf_type``
 and lets NaN scores through; in a Kaggle kernel that ends the run without a submission. So every
