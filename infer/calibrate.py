@@ -422,8 +422,9 @@ def calibrate_run(run_dir: Path, config: EnsembleConfig, calibrate: CalibrateCon
     report["final_search"] = {"start": final.start, "changes": final.changes, "evaluations": final.evaluations,
                               "map_on_all": final.scores["map"], "tried": final.tried}
     shown = best_f1_threshold(class_detections(part_submission(everything, deployed), everything.truth)["opacity"])
-    deployed = replace(deployed, display_threshold=None if shown is None else round(shown["threshold"], 4))
     report["display_threshold"] = shown
+    if shown is not None and len(rows) >= calibrate.min_images:  # too few images: the config's stays too
+        deployed = replace(deployed, display_threshold=round(shown["threshold"], 4))
     report["settings"] = settings_summary(deployed)
     return deployed, report
 
@@ -459,7 +460,7 @@ def markdown_report(report: dict) -> str:
               f"{report['final_search']['start']}, changes: "
               + (", ".join(f"{k}={v}" for k, v, _ in report["final_search"]["changes"]) or "none") + ".\n",
               "```json", json.dumps(report["settings"], indent=2), "```\n",
-              "Display threshold (box score of best F1 out of fold): "
+              "Display threshold (box score of best F1 out of fold; written above unless too few images): "
               + ("n/a" if shown is None else f"{shown['threshold']:.3f} (F1 {shown['f1']:.3f}, precision "
                  f"{shown['precision']:.3f}, recall {shown['recall']:.3f})") + "."]
     return "\n".join(lines) + "\n"
