@@ -42,7 +42,7 @@ from infer.baseline_submission import baseline_rows
 from infer.evaluate import evaluated_rows, image_predictions, load_oof, oof_member_outputs, submission_ids
 from infer.predictor import SECTION, assemble_submission
 from utils.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
-from utils.files import atomic_path
+from utils.files import write_json_atomic, write_text_atomic
 from utils.fusion import WBF_CONF_TYPES, CalibrateConfig, EnsembleConfig, MemberOutputs, combine_image, fuse_detectors
 from utils.labels import IMAGE_CLASSES, STUDY_CLASSES
 from utils.log import configure_logging
@@ -402,9 +402,9 @@ def calibrate_run(run_dir: Path, config: EnsembleConfig, calibrate: CalibrateCon
     # their own scale, and one ranking across parts would mix the scales.
     report["mean_of_reporting_parts"] = mean_scores([s["rows"] for s in report["splits"]])
     everything = make_part(rows, outputs)
-    members, _ = rank_members(everything, config)
     log.info("searching the settings to deploy on all %d images", len(rows))
     final = search(everything, config, calibrate, progress)
+    members = final.members
     held = all(s["guarantee"]["opacity_held"] and s["guarantee"]["map_held"] for s in report["splits"])
     if len(rows) < calibrate.min_images:
         deployed, report["deployed"] = config, "config's settings"
@@ -482,9 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from None
     out.mkdir(parents=True, exist_ok=True)
     text = markdown_report(report)
-    for name, content in (("calibration.json", json.dumps(report, indent=2) + "\n"), ("calibration.md", text)):
-        with atomic_path(out / name) as temporary:
-            temporary.write_text(content)
+    write_json_atomic(out / "calibration.json", report)
+    write_text_atomic(out / "calibration.md", text)
     if args.weights_dir is not None:
         summary = {k: report[k] for k in ("deployed", "deployed_reason", "folds", "n_images", "seed")}
         summary["reporting_parts_map"] = {label: report["mean_of_reporting_parts"][label]["map"]

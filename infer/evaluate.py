@@ -37,7 +37,7 @@ from utils.boxes import as_boxes
 from utils.classification import study_classifier_scores
 from utils.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
 from utils.detection import box_submission, detector_scores
-from utils.files import atomic_path
+from utils.files import write_json_atomic, write_text_atomic
 from utils.fusion import CombinedImage, MemberOutputs, combine_images
 from utils.kinds import KINDS
 from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
@@ -92,11 +92,11 @@ def oof_member_outputs(oof: dict[str, pd.DataFrame], rows: pd.DataFrame) -> list
     classifier's probabilities."""
     detectors, classifiers = {}, {}
     for name, frame in oof.items():
-        boxes = frame.dropna(subset=list(BOX_COLUMNS))
         probs = frame.dropna(subset=[NONE_PROB_COLUMN])
         if len(probs):
             classifiers[name] = probs.groupby("image_id")[[*STUDY_PROB_COLUMNS, NONE_PROB_COLUMN]].mean()
         else:
+            boxes = frame.dropna(subset=list(BOX_COLUMNS))
             detectors[name] = {k: (g[list(BOX_COLUMNS)].to_numpy(), g["score"].to_numpy())
                                for k, g in boxes.groupby("image_id")}
     empty = (as_boxes([]), np.zeros(0))
@@ -244,9 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from None
     out.mkdir(parents=True, exist_ok=True)
     text = markdown_report(report)
-    for name, content in (("cv_report.json", json.dumps(report, indent=2) + "\n"), ("cv_report.md", text)):
-        with atomic_path(out / name) as temporary:
-            temporary.write_text(content)
+    write_json_atomic(out / "cv_report.json", report)
+    write_text_atomic(out / "cv_report.md", text)
     plot_pr_curves(submissions, truth, out / "pr_curves.png")
     plot_loss_curves(args.run_dir, out / "loss_curves.png")
     if args.weights_dir is not None:

@@ -176,6 +176,7 @@ def test_the_script_writes_the_report_and_the_manifest(one_fold_run, tmp_path):
     assert "## Deployed settings" in (tmp_path / "calibration.md").read_text()
 
 
+@pytest.mark.slow
 def test_evaluate_combines_as_the_predictor_does(trained_run, siim_dataset):
     """The same member outputs give the same fused boxes, scores and probabilities through the
     out-of-fold report's path (prediction tables -> evaluate) as through the predictor."""
