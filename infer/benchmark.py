@@ -254,7 +254,7 @@ def write_untrained_weights(weights_dir, config_path, folds: int = 1, overrides:
     from utils.kinds.yolo import YoloConfig
     from utils.manifest import register_ensemble, register_model
     from utils.models import PRETRAINED_NONE, StudyClassifier
-    from utils.yolo import import_ultralytics
+    from utils.yolo import import_ultralytics, save_yolo_weights
 
     weights_dir = Path(weights_dir)
     overrides = overrides or {}
@@ -265,13 +265,15 @@ def write_untrained_weights(weights_dir, config_path, folds: int = 1, overrides:
     files = {name: {k: f"{name}/fold{k}.pt" for k in range(folds)} for name in ("study", "faster_rcnn", "yolo")}
     for relative in (p for fold_files in files.values() for p in fold_files.values()):
         (weights_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-    ultralytics = import_ultralytics(weights_dir / "ultralytics_settings")
+    import_ultralytics(weights_dir / "ultralytics_settings")
+    from ultralytics.nn.tasks import DetectionModel
+
     for k in range(folds):
         torch.save(StudyClassifier.from_config(asdict(study), PRETRAINED_NONE).state_dict(),
                    weights_dir / files["study"][k])
         detector = detector_from_config(asdict(frcnn), PRETRAINED_NONE, frcnn.predict_size)
         torch.save(detector.state_dict(), weights_dir / files["faster_rcnn"][k])
-        ultralytics.YOLO(yolo.model).save(weights_dir / files["yolo"][k])
+        save_yolo_weights(DetectionModel(yolo.model, nc=1, verbose=False), weights_dir / files["yolo"][k])
     register_model(weights_dir, "study", "study_classifier", files["study"], study.image_size, asdict(study))
     register_model(weights_dir, "faster_rcnn", "faster_rcnn", files["faster_rcnn"], frcnn.predict_size, asdict(frcnn))
     register_model(weights_dir, "yolo", "yolo", files["yolo"], yolo.predict_size, asdict(yolo))

@@ -29,6 +29,7 @@ import pydicom
 import pydicom.config
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.pixels.utils import get_expected_length
 
 Source = Union[str, os.PathLike, bytes]
 
@@ -207,14 +208,13 @@ _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 _BITMAP_SIGNATURES = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image"}
 
 
-def _expected_pixel_bytes(ds: pydicom.Dataset, header: DicomHeader, frames: int = 1) -> int:
-    """Bytes of ``frames`` uncompressed frames by the header; 0 when a field is malformed (unknown)."""
+def _expected_pixel_bytes(ds: pydicom.Dataset) -> int:
+    """Bytes of all the uncompressed frames the header describes, as pydicom computes them (samples,
+    bits allocated, 1-bit data packed, 4:2:2 chroma subsampling); 0 when a field is missing or malformed."""
     try:
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        bytes_per_sample = (int(ds.get("BitsAllocated", 8) or 8) + 7) // 8
-    except (TypeError, ValueError):
+        return int(get_expected_length(ds, unit="bytes"))
+    except Exception:  # noqa: BLE001 - a missing or malformed field: the decoder says what is wrong
         return 0
-    return header.rows * header.columns * samples * bytes_per_sample * frames
 
 
 def _missing_pixels_reason(source: Source, ds: pydicom.Dataset, header: DicomHeader) -> str:
@@ -230,7 +230,7 @@ def _missing_pixels_reason(source: Source, ds: pydicom.Dataset, header: DicomHea
         return "not a DICOM file (no DICM marker and no DICOM image header)"
     if header.rows <= 0 or header.columns <= 0:
         return "truncated or corrupt DICOM: no image header (Rows, Columns) and no pixel data could be read"
-    expected = _expected_pixel_bytes(ds, header) or "?"
+    expected = _expected_pixel_bytes(ds) or "?"
     at = data.rfind(_PIXEL_DATA_TAG)
     if at < 0:
         return f"no pixel data: truncated before it, or a DICOM without an image (0 of {expected} pixel bytes)"
@@ -239,20 +239,22 @@ def _missing_pixels_reason(source: Source, ds: pydicom.Dataset, header: DicomHea
 
 
 def _check_pixel_length(ds: pydicom.Dataset, header: DicomHeader, label: str) -> None:
-    """Uncompressed pixel data must fit the header's Rows x Columns x frames: fewer bytes is a file cut
-    short; more (a Rows too small for its data) would silently decode as the first of several frames."""
+    """Uncompressed pixel data must hold the frames the header describes: fewer bytes is a file cut short;
+    a whole frame or more beyond them (a Rows too small for its data) would silently decode as the first of
+    several frames. Less than a frame beyond is padding, which pydicom trims."""
     syntax = pydicom.uid.UID(header.transfer_syntax) if header.transfer_syntax else None
     if "PixelData" not in ds or (syntax is not None and syntax.is_compressed):
         return
     try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
         stored = len(ds.PixelData)
     except (TypeError, ValueError):
         return  # a malformed field: the decoder says what is wrong
-    expected = _expected_pixel_bytes(ds, header, frames)
+    expected = _expected_pixel_bytes(ds)
     if expected and stored < expected:
         raise DicomReadError(label, f"truncated: {stored} of {expected} pixel bytes")
-    if expected and stored > expected + 1:  # one byte of padding to an even length is allowed
+    frame_bytes = expected // frames
+    if frame_bytes and stored >= expected + frame_bytes:
         raise DicomReadError(label, f"pixel data holds {stored} bytes but Rows x Columns x frames "
                                     f"({header.rows} x {header.columns} x {frames}) needs {expected}: the header "
                                     "does not describe the image")

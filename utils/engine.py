@@ -265,9 +265,22 @@ def save_checkpoint(path, state: dict) -> Path:
     differing = set(CHECKPOINT_KEYS) ^ set(state)
     if differing:
         raise CheckpointError(f"{path}: checkpoint keys must be {CHECKPOINT_KEYS}; differs in {sorted(differing)}")
+    # numpy scalars (a metric's value) pickle as numpy objects, which a weights_only load refuses.
+    state = {**state, "config": plain_values(state["config"]), "metrics": plain_values(state["metrics"])}
     with atomic_path(path) as temporary:
         torch.save(state, temporary)
     return Path(path)
+
+
+def plain_values(value):
+    """``value`` with numpy scalars and arrays inside dicts, lists and tuples turned into Python numbers."""
+    if isinstance(value, dict):
+        return {k: plain_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_values(v) for v in value)
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return value
 
 
 def copy_atomic(source, destination) -> Path:
@@ -283,9 +296,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: tensors, numbers, strings and plain containers only, so reading can never run code.
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first_line})") from None
     if isinstance(state, dict) and set(state) == set(CHECKPOINT_KEYS) - {"ema"}:
         state["ema"] = None  # written before the moving average existed
     if not isinstance(state, dict) or set(state) != set(CHECKPOINT_KEYS):

@@ -5,8 +5,6 @@ loss curve, its held-out predictions the shared prediction rows."""
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,11 +30,15 @@ from utils.manifest import ManifestError, register_model
 from utils.predictions import detection_rows
 from utils.yolo import (
     SETTINGS_DIR,
+    YoloWeightsError,
+    default_settings_dir,
     export_yolo_images,
     import_ultralytics,
+    load_yolo,
     predict_yolo,
     resolve_yolo_device,
     results_history,
+    save_yolo_weights,
     write_data_yaml,
 )
 
@@ -125,13 +127,14 @@ class YoloKind(DetectorKind, ModelKind):
             weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, mosaic=config.mosaic,
             fliplr=config.fliplr, amp=config.amp, single_cls=True, plots=False, verbose=False, val=True,
         )
-        best = run_dir / "weights" / "best.pt"
-        if not best.is_file():
-            best = run_dir / "weights" / "last.pt"
+        # After training, ultralytics holds its best checkpoint's network (its last when none was best):
+        # kept as data (model yaml + state dict), and the held-out images predicted through the same
+        # loader as every consumer of a weights folder.
+        best = save_yolo_weights(model.model, run_dir / "weights" / "best_state.pt")
         history = results_history(run_dir / "results.csv")
         write_metrics_csv(history, run_dir / "metrics.csv")
         plot_loss_curve(history, run_dir / "loss_curve.png", f"YOLO ({config.model}), fold {fold}")
-        detections = predict_yolo(self.ultralytics.YOLO(str(best)), held_out["predict_path"],
+        detections = predict_yolo(load_yolo(self.ultralytics, best), held_out["predict_path"],
                                   image_size=config.predict_size, score_threshold=config.score_threshold,
                                   nms_threshold=config.nms_threshold, max_detections=config.detections_per_image,
                                   device=device, progress=options.progress)
@@ -142,7 +145,7 @@ class YoloKind(DetectorKind, ModelKind):
         return write_detector_report(oof, table, out)
 
     def register(self, best: dict[int, Path], config: YoloConfig, weights_dir: Path) -> Path:
-        """ultralytics' own ``.pt`` files (what ``YOLO(path)`` loads) copied to ``yolo/fold<k>.pt``."""
+        """Each fold's weights as data (:func:`utils.yolo.save_yolo_weights`) copied to ``yolo/fold<k>.pt``."""
         files = {}
         for fold, source in sorted(best.items()):
             relative = Path(self.model_name) / f"fold{fold}.pt"
@@ -157,14 +160,13 @@ class YoloMember(Member):
         super().__init__(name, spec, weights_dir, device)
         if self.input_size % 32:
             raise ManifestError(f"model {name!r}: YOLO input size {self.input_size} is not a multiple of 32")
-        settings = os.environ.get("YOLO_CONFIG_DIR") or str(Path(tempfile.gettempdir()) / "siim-ultralytics")
-        ultralytics = import_ultralytics(settings)
+        ultralytics = import_ultralytics(default_settings_dir())
         self.models = []
         for path in self.files:
             try:
-                self.models.append(ultralytics.YOLO(str(path), task="detect"))
-            except Exception as err:  # noqa: BLE001 - ultralytics raises many types for a bad file
-                raise ManifestError(f"{path}: not a readable YOLO weights file ({type(err).__name__})") from None
+                self.models.append(load_yolo(ultralytics, path))
+            except YoloWeightsError as err:
+                raise ManifestError(str(err)) from None
         self.options = {"imgsz": self.input_size, "conf": float(self.config.get("score_threshold", 0.001)),
                         "iou": float(self.config.get("nms_threshold", 0.6)),
                         "max_det": int(self.config.get("detections_per_image", 100))}
