@@ -32,6 +32,24 @@ def shared():
     return shared_path
 
 
+class _CreatesFile:
+    """Unpickling this calls ``open(marker, "w")``: what a crafted weights file could do with any code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def write_code_running_weights(path, marker) -> Path:
+    """A ``.pt`` shaped like a state dict whose full unpickling (``weights_only=False``) creates ``marker``."""
+    import torch
+
+    torch.save({"model": _CreatesFile(marker), "weight": torch.zeros(1)}, path)
+    return Path(path)
+
+
 def same_submission(a, b) -> None:
     """Two submissions with the same rows, labels and (to float rounding) confidences and boxes."""
     import numpy as np

@@ -40,7 +40,9 @@ def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
     (:func:`utils.kinds.train_folds`). ``before(config, args, options)`` may return a changed config
     (Faster R-CNN's RSNA pre-training). Config and data problems exit with the message, not a traceback."""
     from utils.config import ConfigError, load_section, parse_overrides
+    from utils.engine import CheckpointError
     from utils.kinds import RunOptions, TrainingError, train_folds
+    from utils.models import WeightsError
 
     args = (parser or kind_parser(kind, doc, default_out)).parse_args(argv)
     configure_logging()
@@ -51,6 +53,6 @@ def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
         if before is not None:
             config = before(config, args, options)
         train_folds(kind, config, options)
-    except (ConfigError, TrainingError, FileNotFoundError) as err:
+    except (ConfigError, TrainingError, CheckpointError, WeightsError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     return 0

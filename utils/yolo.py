@@ -317,6 +317,20 @@ def load_yolo(ultralytics, path):
     return yolo_from_network(ultralytics, network.float().eval(), path)
 
 
+def check_starting_weights(path) -> None:
+    """A starting ``.pt`` named in a config (ultralytics' pretrained weights are whole pickles) read the
+    restricted way first: ``weights_only=True`` with ultralytics' allow-list of network classes, so a file
+    that would run anything else is refused before ultralytics loads it (:class:`YoloWeightsError`)."""
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        torch_safe_load(str(path), safe_only=True)
+    except Exception as err:  # noqa: BLE001 - ultralytics raises TypeError, RuntimeError, ... for a bad file
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise YoloWeightsError(f"{path}: not an ultralytics weights file that loads without running code "
+                               f"({type(err).__name__}: {first_line})") from None
+
+
 def convert_ultralytics_pickle(path) -> Path:
     """Rewrite ultralytics' pickled ``.pt`` at ``path`` in place as :func:`save_yolo_weights` data.
     This unpickles the file (``weights_only=False``: code in it runs): only for a file the user trusts."""

@@ -22,6 +22,7 @@ from utils.kinds.base import (
     Member,
     ModelKind,
     RunOptions,
+    TrainingError,
     model_input,
     split_fold,
     with_flipped,
@@ -31,6 +32,7 @@ from utils.predictions import detection_rows
 from utils.yolo import (
     SETTINGS_DIR,
     YoloWeightsError,
+    check_starting_weights,
     default_settings_dir,
     export_yolo_images,
     import_ultralytics,
@@ -107,6 +109,11 @@ class YoloKind(DetectorKind, ModelKind):
         for every fold at the training size."""
         config.check_files()
         self.ultralytics = import_ultralytics((options.out / SETTINGS_DIR).resolve())
+        if config.model.endswith(".pt"):
+            try:
+                check_starting_weights(config.model)
+            except YoloWeightsError as err:
+                raise TrainingError(str(err)) from None
         used = table[table["used"]]
         table.loc[used.index, "yolo_path"] = export_yolo_images(used, options.out / "dataset")
         log.info("%d used images exported to %s", len(used), options.out / "dataset")
