@@ -12,7 +12,10 @@ original ``dim0``/``dim1``) with ``--test-meta``, a table of its test images and
 W is a weights folder with its ``manifest.json`` (``runs/<run>/weights`` after ``train/train_all.py``).
 The ensemble settings (TTA, fusion, none blending) come from the manifest's ``ensemble`` section;
 ``--config`` (a YAML with an ``ensemble`` section) and ``--set`` override them. One row per id of the
-sample submission, in its order; an unreadable image is logged and gets a fallback row.
+sample submission, in its order; an image the reader refuses is logged and gets a fallback row (no
+boxes, ``none`` from its study's other images or 0.5; a study without a readable image gets uniform
+probabilities). The last line counts the unreadable images by reason; above the ensemble's
+``max_unreadable_share`` (5%) nothing is written and the exit status is 1, unless ``--allow-unreadable``.
 ``--devices cuda:0,cuda:1`` (Kaggle's T4 x2) shares the images out among the devices, one worker
 process each, and gives the same submission as one device (``infer/sharding.py``).
 """
@@ -23,7 +26,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from infer.predictor import SECTION, Ensemble, ensemble_config, write_ensemble_submission
+from infer.predictor import (
+    SECTION,
+    Ensemble,
+    TooManyUnreadableError,
+    describe_unreadable,
+    ensemble_config,
+    write_ensemble_submission,
+)
 from infer.sharding import ShardedEnsemble, ShardError, parse_devices
 from utils.config import ConfigError, load_yaml_section, parse_overrides
 from utils.files import write_json_atomic
@@ -31,6 +41,8 @@ from utils.log import configure_logging
 from utils.manifest import ManifestError, read_manifest
 from utils.prepare import PreparationInputError
 from utils.submission import SubmissionError
+
+SHOWN_UNREADABLE = 20  # unreadable images listed one per line; the summary JSON has them all
 
 
 def _device_list(text: str) -> list[str]:
@@ -58,6 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"YAML whose '{SECTION}' section overrides the manifest's")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override ensemble keys, e.g. --set tta_hflip=false wbf_iou_thr=0.6")
+    parser.add_argument("--allow-unreadable", action="store_true",
+                        help="write the submission even when more images than max_unreadable_share are unreadable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -78,20 +92,25 @@ def main(argv: list[str] | None = None) -> int:
         try:
             summary = write_ensemble_submission(ensemble, args.data_dir, args.out, batch_size=args.batch_size,
                                                 workers=args.workers, progress=not args.no_progress,
-                                                test_table=args.test_meta)
+                                                test_table=args.test_meta, allow_unreadable=args.allow_unreadable)
         finally:
             ensemble.close()
-    except (ConfigError, ManifestError, FileNotFoundError, PreparationInputError, SubmissionError, ShardError) as err:
+    except (ConfigError, ManifestError, FileNotFoundError, PreparationInputError, SubmissionError, ShardError,
+            TooManyUnreadableError) as err:
         raise SystemExit(f"error: {err}") from None
     summary["load_seconds"] = ensemble.load_seconds
-    for image_id, reason in summary["unreadable"].items():
+    unreadable = list(summary["unreadable"].items())
+    for image_id, reason in unreadable[:SHOWN_UNREADABLE]:
         print(f"unreadable (fallback row): {image_id}: {reason}")
+    if len(unreadable) > SHOWN_UNREADABLE:
+        print(f"... and {len(unreadable) - SHOWN_UNREADABLE} more (all in {args.out.stem}_summary.json)")
     loaded = ("each worker loads its own models" if ensemble.load_seconds is None
               else f"models loaded in {ensemble.load_seconds:.1f} s")
     print(f"wrote {summary['out']}: {summary['rows']} rows for {summary['images']} images in "
           f"{summary['seconds']:.1f} s ({1000 * summary['seconds_per_image']:.0f} ms per image on "
           f"{summary['device']}; {loaded})")
     write_json_atomic(args.out.parent / f"{args.out.stem}_summary.json", summary)
+    print(describe_unreadable(summary["unreadable_summary"]))
     return 0
 
 

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from utils.boxes import as_boxes, denormalize_xyxy
 from utils.config import from_mapping
-from utils.dicom import DicomReadError, read_radiograph, resize_image
+from utils.dicom import NO_DECODER, DicomReadError, read_radiograph, resize_image, unreadable_group
 from utils.engine import resolve_device, resolve_precision
 from utils.fusion import (
     CombinedImage,
@@ -120,21 +120,17 @@ def decode_test_image(source, sizes: Sequence[int], *, image_id: str, study_id: 
                       max_pixels: int | None = None, original_size: tuple[int, int] | None = None,
                       strict: bool = False) -> InputImage:
     """Read ``source`` (path or bytes of a DICOM, PNG or JPEG) once at the largest of ``sizes`` and
-    area-resize it to the others, as ``utils.prepare.decode_one`` does for the training PNGs. A bad
-    file never raises: the result carries the reason in ``error``; unless ``strict``, where the
-    reader's :class:`~utils.dicom.DicomReadError` (:class:`~utils.dicom.ImageSizeError` for a refused
-    shape) reaches the caller. ``original_size`` (height, width) replaces the file's own for a
-    resized copy of a radiograph."""
+    area-resize it to the others, as ``utils.prepare.decode_one`` does for the training PNGs. A file the
+    reader refuses (:class:`~utils.dicom.DicomReadError`: damaged, not an image, no decoder installed)
+    gives a result with the reason in ``error``, unless ``strict``, where the error reaches the caller
+    (:class:`~utils.dicom.ImageSizeError` for a refused shape). Any other exception is a bug and is
+    raised. ``original_size`` (height, width) replaces the file's own for a resized copy of a radiograph."""
     try:
         radiograph = read_radiograph(source, max(sizes), max_pixels=max_pixels, name=name)
     except DicomReadError as err:
         if strict:
             raise
         return InputImage(image_id, study_id, error=err.reason)
-    except Exception as err:  # a decoder's own failure; one bad file never stops the run
-        if strict:
-            raise DicomReadError(name or image_id, f"{type(err).__name__}: {err}") from err
-        return InputImage(image_id, study_id, error=f"{type(err).__name__}: {err}")
     pixels = {int(size): resize_image(radiograph.pixels, int(size)) for size in sizes}
     height, width = original_size or (radiograph.original_height, radiograph.original_width)
     return InputImage(image_id, study_id, int(height), int(width), pixels)
@@ -555,12 +551,45 @@ def find_test_images(data_dir, test_table=None) -> tuple[pd.DataFrame, list[Test
     return sample, find_test_dicoms(data_dir, sample)
 
 
+class TooManyUnreadableError(RuntimeError):
+    """More test images unreadable than ``max_unreadable_share``: no submission was written."""
+
+
+def unreadable_summary(failed: dict[str, str], images: int) -> dict:
+    """The unreadable images counted: ``count``, ``share`` of ``images`` and ``groups`` by kind of reason
+    (:func:`utils.dicom.unreadable_group`), each with its count, up to three image ids and, for a missing
+    decoder, what pydicom needs installed."""
+    groups: dict[str, dict] = {}
+    for image_id, reason in failed.items():
+        group = groups.setdefault(unreadable_group(reason), {"count": 0, "examples": [], "install": None})
+        group["count"] += 1
+        if len(group["examples"]) < 3:
+            group["examples"].append(image_id)
+        if reason.startswith(NO_DECODER):
+            group["install"] = reason.split(": ", 1)[-1]
+    ordered = dict(sorted(groups.items(), key=lambda item: -item[1]["count"]))
+    return {"count": len(failed), "share": len(failed) / max(images, 1), "images": images, "groups": ordered}
+
+
+def describe_unreadable(summary: dict) -> str:
+    """One line: ``unreadable: 3 of 1263 images (0.2%): truncated 2; not a DICOM file 1``."""
+    head = f"unreadable: {summary['count']} of {summary['images']} images ({100 * summary['share']:.1f}%)"
+    if not summary["count"]:
+        return head
+    parts = [f"{name} {group['count']}" + (f" (install: {group['install']})" if group["install"] else "")
+             for name, group in summary["groups"].items()]
+    return f"{head}: {'; '.join(parts)}"
+
+
 def write_ensemble_submission(ensemble, data_dir, out, *, batch_size: int | None = None,
-                              workers: int | None = None, progress: bool = True, test_table=None) -> dict:
+                              workers: int | None = None, progress: bool = True, test_table=None,
+                              allow_unreadable: bool = False) -> dict:
     """Predict the test split of ``data_dir`` (:func:`find_test_images`) with ``ensemble`` (an
     :class:`Ensemble`, or :class:`infer.sharding.ShardedEnsemble` for several devices) and write the
     validated submission to ``out``. Returns a summary: rows, images, unreadable images with their
-    reasons, seconds, device."""
+    reasons and :func:`unreadable_summary`, seconds, device. More unreadable images than the config's
+    ``max_unreadable_share`` raise :class:`TooManyUnreadableError` before anything is written, unless
+    ``allow_unreadable``."""
     check_output_path(out)
     sample, images = find_test_images(data_dir, test_table)
     problems = sample_problems(sample)
@@ -568,9 +597,17 @@ def write_ensemble_submission(ensemble, data_dir, out, *, batch_size: int | None
         raise SubmissionError(problems, where=f"{data_dir} sample submission")
     started = time.perf_counter()
     predictions = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=progress)
+    failed = {p.image_id: p.error for p in predictions if p.error is not None}
+    counted = unreadable_summary(failed, len(images))
+    limit = ensemble.config.max_unreadable_share
+    if counted["share"] > limit and not allow_unreadable:
+        raise TooManyUnreadableError(
+            f"{describe_unreadable(counted)}; that is more than max_unreadable_share {100 * limit:g}%, so no "
+            f"submission was written to {out}. Fix the reason (a missing decoder is a package to install), or "
+            f"write it anyway with --allow-unreadable (each unreadable image gets a fallback row)")
     submission = assemble_submission(predictions, sample, ensemble.config)
     write_submission(submission, out, sample=sample)
     seconds = time.perf_counter() - started
-    failed = {p.image_id: p.error for p in predictions if p.error is not None}
     return {"out": str(out), "rows": len(submission), "images": len(images), "unreadable": failed,
-            "seconds": seconds, "seconds_per_image": seconds / max(len(images), 1), "device": str(ensemble.device)}
+            "unreadable_summary": counted, "seconds": seconds, "seconds_per_image": seconds / max(len(images), 1),
+            "device": str(ensemble.device)}

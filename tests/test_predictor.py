@@ -156,6 +156,75 @@ def test_an_unreadable_image_gets_its_error_and_the_others_are_predicted(ensembl
     assert predictions[1].error is None and predictions[1].study_probs is not None
 
 
+def test_a_bug_while_decoding_is_raised_not_turned_into_a_fallback_row(ensemble, siim_dataset, monkeypatch):
+    import infer.predictor as predictor
+
+    def broken_reader(*args, **kwargs):
+        raise KeyError("a programming error, not a bad file")
+
+    monkeypatch.setattr(predictor, "read_radiograph", broken_reader)
+    path = find_dicoms(siim_dataset / "test")[0]
+    with pytest.raises(KeyError, match="a programming error"):
+        decode_test_image(path, (64,), image_id=path.stem)
+    with pytest.raises(KeyError, match="a programming error"):
+        ensemble.predict_paths([path], progress=False, workers=0)
+
+
+def test_a_missing_decoder_is_its_own_reason_with_what_to_install(tmp_path, monkeypatch):
+    from pydicom.pixels.decoders.base import get_decoder
+    from pydicom.uid import RLELossless
+
+    from infer.predictor import describe_unreadable, unreadable_summary
+    from utils.synthetic import write_dicom
+
+    path = write_dicom(tmp_path / "rle.dcm", np.full((32, 32), 700, np.uint16), bits_stored=12, syntax="rle")
+    assert decode_test_image(path, (16,), image_id="rle").error is None
+    decoder = get_decoder(RLELossless)  # as on a machine without pylibjpeg-rle (pydicom's own plugin removed)
+    monkeypatch.setattr(decoder, "_available", {})
+    monkeypatch.setattr(decoder, "_unavailable", {"pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-rle>=2.0")})
+    reason = decode_test_image(path, (16,), image_id="rle").error
+    assert reason.startswith("no decoder installed for RLE Lossless") and "pylibjpeg-rle>=2.0" in reason
+    counted = unreadable_summary({"rle": reason, "a": "truncated: 10 of 20 pixel bytes",
+                                  "b": "truncated: 0 of 20 pixel bytes"}, images=10)
+    assert counted["count"] == 3 and counted["share"] == pytest.approx(0.3)
+    assert {name: group["count"] for name, group in counted["groups"].items()} == {
+        "truncated": 2, "no decoder installed for RLE Lossless": 1}
+    line = describe_unreadable(counted)
+    assert line == ("unreadable: 3 of 10 images (30.0%): truncated 2; no decoder installed for RLE Lossless 1 "
+                    "(install: pydicom needs one of: pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-rle>=2.0)")
+
+
+def test_most_images_unreadable_fails_without_a_submission_unless_allowed(untrained_weights, siim_dataset, tmp_path,
+                                                                         capsys):
+    from infer import make_submission
+
+    data = tmp_path / "data"
+    shutil.copytree(siim_dataset, data)
+    dicoms = find_dicoms(data / "test")
+    for path in dicoms[1:]:
+        path.write_bytes(path.read_bytes()[:300])  # cut inside the header
+    out = tmp_path / "sub.csv"
+    with pytest.raises(SystemExit, match=rf"error: unreadable: {len(dicoms) - 1} of {len(dicoms)} images .*: "
+                                         r"truncated or corrupt DICOM \d+; that is more than max_unreadable_share "
+                                         r"5%, so no submission was written.*--allow-unreadable"):
+        make_submission.main(_submission_argv(data, untrained_weights, out))
+    assert not out.exists()
+    capsys.readouterr()
+    assert make_submission.main(_submission_argv(data, untrained_weights, out) + ["--allow-unreadable"]) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    share = 100 * (len(dicoms) - 1) / len(dicoms)
+    assert last_line == (f"unreadable: {len(dicoms) - 1} of {len(dicoms)} images ({share:.1f}%): "
+                         f"truncated or corrupt DICOM {len(dicoms) - 1}")
+    submission = pd.read_csv(out)
+    fallback = submission[submission["id"] == f"{dicoms[1].stem}_image"]["PredictionString"].item()
+    assert re.fullmatch(r"none \S+ 0 0 1 1", fallback)
+    # Every image readable: written, and the last line says so.
+    shutil.rmtree(data / "test")
+    shutil.copytree(siim_dataset / "test", data / "test")
+    assert make_submission.main(_submission_argv(data, untrained_weights, out)) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"unreadable: 0 of {len(dicoms)} images (0.0%)"
+
+
 def test_the_pipeline_keeps_the_order_with_decoding_and_fusion_processes(ensemble, siim_dataset, tmp_path):
     """Decoding in two processes (one image each) and fusion in another process give the plain loop's
     predictions, in order, an unreadable image among them included."""

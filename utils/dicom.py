@@ -29,6 +29,7 @@ import pydicom
 import pydicom.config
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import get_expected_length
 
 Source = Union[str, os.PathLike, bytes]
@@ -46,6 +47,20 @@ class DicomReadError(ValueError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+NO_DECODER = "no decoder installed for"  # how a missing decoder's reason starts (counted apart)
+
+
+class MissingDecoderError(DicomReadError):
+    """Compressed pixel data that no installed plugin of pydicom decodes (a package missing, not a bad file)."""
+
+
+def unreadable_group(reason: str) -> str:
+    """The kind of a reader's error, for counting them: its reason up to the first ``": "`` or ``" ("``
+    (``"truncated: 10 of 20 pixel bytes"`` -> ``"truncated"``). A missing decoder's reason is one group
+    per transfer syntax, and its remainder says what to install."""
+    return reason.split(": ", 1)[0].split(" (", 1)[0]
 
 
 class ImageSizeError(DicomReadError):
@@ -260,6 +275,20 @@ def _check_pixel_length(ds: pydicom.Dataset, header: DicomHeader, label: str) ->
                                     "does not describe the image")
 
 
+def _check_decoder(header: DicomHeader, label: str) -> None:
+    """Refuse (:class:`MissingDecoderError`) compressed pixel data without an installed decoder, saying
+    which packages pydicom could use."""
+    try:
+        syntax = pydicom.uid.UID(header.transfer_syntax)
+        decoder = get_decoder(syntax) if syntax.is_compressed else None
+    except Exception:  # noqa: BLE001 - an unknown or malformed syntax: the decoder says what is wrong
+        return
+    if decoder is not None and not decoder.is_available:
+        needs = "; ".join(decoder.missing_dependencies) or "a pydicom pixel data plugin"
+        raise MissingDecoderError(label, f"{NO_DECODER} {_syntax_name(header)}: pydicom needs one of: "
+                                         f"{needs}")
+
+
 def _decode_first_frame(ds: pydicom.Dataset, header: DicomHeader, label: str,
                         source: Source | None = None) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -267,9 +296,13 @@ def _decode_first_frame(ds: pydicom.Dataset, header: DicomHeader, label: str,
     if header.rows <= 0 or header.columns <= 0:
         raise DicomReadError(label, f"zero-size image ({header.rows} x {header.columns})")
     _check_pixel_length(ds, header, label)
+    _check_decoder(header, label)
     try:
         frame = pixel_array(ds, index=0)
     except Exception as err:
+        if "missing dependencies" in str(err):  # pydicom's words when every plugin lacks its package
+            raise MissingDecoderError(label, f"{NO_DECODER} {_syntax_name(header)}: "
+                                             f"{' '.join(str(err).split())}") from err
         raise DicomReadError(
             label, f"cannot decode pixel data in {_syntax_name(header)}: {type(err).__name__}: {err}"
         ) from err
@@ -460,7 +493,10 @@ def _read_bitmap(data: bytes, label: str, size, keep_aspect, dtype, max_pixels) 
         raise DicomReadError(label, "not a DICOM, PNG or JPEG image")
     if max_pixels is not None:
         check_image_shape(label, dims[0], dims[1], max_pixels)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:  # OpenCV raises rather than returning None for some damaged headers
+        raise DicomReadError(label, f"corrupt PNG/JPEG image ({' '.join(str(err).split())[:200]})") from err
     if image is None or image.size == 0:
         raise DicomReadError(label, "corrupt or truncated PNG/JPEG image")
     if image.ndim == 3:

@@ -147,9 +147,15 @@ class EnsembleConfig:
     # Box score from which people are shown a box (web app, drawings): the F1-best one out of fold, chosen
     # by infer/calibrate.py; None: 0.2. The submission keeps every box (the metric ranks them).
     display_threshold: float | None = None
+    # Share of test images the reader may refuse (each gets a fallback row) before make_submission fails
+    # without writing a submission (--allow-unreadable writes it anyway): a codec missing on the machine,
+    # not a few damaged files, is what a high share means.
+    max_unreadable_share: float = 0.05
 
     def __post_init__(self):
         problems = []
+        if not 0.0 <= self.max_unreadable_share <= 1.0:
+            problems.append(f"max_unreadable_share must be in [0, 1], got {self.max_unreadable_share}")
         if not 0.0 < self.wbf_iou_thr <= 1.0 or not 0.0 <= self.wbf_skip_box_thr < 1.0:
             problems.append(f"wbf_iou_thr must be in (0, 1] and wbf_skip_box_thr in [0, 1); got "
                             f"{self.wbf_iou_thr}, {self.wbf_skip_box_thr}")
