@@ -50,6 +50,46 @@ def write_code_running_weights(path, marker) -> Path:
     return Path(path)
 
 
+def ranked_average_precision(scores, positive, n_truths: int | None = None) -> float | None:
+    """All-point interpolated AP of one ranking, written apart from utils.metric to check it: the items
+    sorted by descending score (ties in the order given), and for the k-th positive the best precision at
+    its rank or below, summed and divided by the number of truths (positives by default)."""
+    import numpy as np
+
+    scores = np.asarray(scores, dtype=float)
+    positive = np.asarray(positive, dtype=bool)
+    n_truths = int(positive.sum()) if n_truths is None else n_truths
+    if n_truths == 0:
+        return None
+    hits = positive[np.argsort(-scores, kind="stable")]
+    ranks = np.flatnonzero(hits) + 1
+    precision = np.arange(1, len(ranks) + 1) / ranks
+    return float(np.maximum.accumulate(precision[::-1])[::-1].sum() / n_truths)
+
+
+def classifier_scores_by_hand(predictions, table) -> dict:
+    """Study mAP, the four study APs and none AP of classifier prediction rows against a prepared table,
+    by :func:`ranked_average_precision`: a study scored by its images' mean probabilities, an image's none
+    by its mean none probability (used images only), confidences as the submission writes them (6
+    significant digits), ties in id order as the metric breaks them."""
+    import numpy as np
+
+    from utils.labels import STUDY_CLASSES
+
+    def written(values):
+        return [float(f"{v:.6g}") for v in values]
+
+    studies = predictions.groupby("study_id", sort=True)[[f"prob_{c}" for c in STUDY_CLASSES]].mean()
+    truth = table.drop_duplicates("study_id").set_index("study_id")["study_class"].reindex(studies.index)
+    ap = {c: ranked_average_precision(written(studies[f"prob_{c}"]), truth == c) for c in STUDY_CLASSES}
+    used = table[table["used"].astype(bool) & table["study_id"].isin(studies.index)].set_index("image_id")
+    images = predictions[predictions["image_id"].isin(used.index)].groupby("image_id", sort=True)["prob_none"].mean()
+    ap["none"] = ranked_average_precision(written(images), used.loc[images.index, "n_boxes"].astype(int) == 0,
+                                          n_truths=int((used["n_boxes"].astype(int) == 0).sum()))
+    values = [ap[c] for c in STUDY_CLASSES if ap[c] is not None]
+    return {"study_map": float(np.mean(values)), "ap": ap, "none_ap": ap["none"]}
+
+
 def same_submission(a, b) -> None:
     """Two submissions with the same rows, labels and (to float rounding) confidences and boxes."""
     import numpy as np

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from conftest import classifier_scores_by_hand
 from test_engine import LinearModel, TensorItems, _tiny_config
 
 from train import study_ablation
@@ -16,6 +18,7 @@ from utils.boxes import boxes_to_mask
 from utils.config import ConfigError, load_section
 from utils.datasets import StudyDataset
 from utils.engine import ModelEma, fit, load_checkpoint
+from utils.labels import STUDY_CLASSES
 from utils.models import StudyClassifier, WeightsError, segmentation_loss
 from utils.presets import build_transform
 from utils.tta import EIGHT_VIEWS, StudyTTA, apply_view, check_views
@@ -206,7 +209,18 @@ def test_ablation_runs_every_variant_and_writes_its_table(detection_prepared, tm
     rows = json.loads((out / "ablation.json").read_text())
     assert [r["variant"] for r in rows][:3] == ["prior", "plain", "seg_ema"]
     assert {r["variant"].split(" + TTA ")[-1] for r in rows[3:]} == {"hflip", "8 views"}
-    assert all(0 <= r["study_map"] <= 1 for r in rows)
+    # Each trained variant's figures recomputed from its out-of-fold predictions; the prior's from constant
+    # probabilities on the same images (every study tied: the APs of a ranking in id order).
+    table = pd.read_csv(detection_prepared, dtype={"image_id": str, "study_id": str})
+    table = table[table["fold"] == 0]
+    by_variant = {r["variant"]: r for r in rows}
+    for name in ("plain", "seg_ema"):
+        oof = pd.read_csv(out / name / "oof_predictions.csv", dtype={"image_id": str, "study_id": str})
+        by_hand = classifier_scores_by_hand(oof, table)
+        assert by_variant[name]["study_map"] == pytest.approx(by_hand["study_map"], abs=1e-9), name
+        assert by_variant[name]["none_ap"] == pytest.approx(by_hand["none_ap"], abs=1e-9), name
+    constant = oof.assign(**{f"prob_{c}": 0.25 for c in STUDY_CLASSES}, prob_none=0.5)
+    assert by_variant["prior"]["study_map"] == pytest.approx(classifier_scores_by_hand(constant, table)["study_map"])
     table = (out / "ablation.md").read_text()
     assert "| prior |" in table and "Command: `python train/study_ablation.py" in table
     # The seg variant really trained the head, and its OOF went through the identity view only.

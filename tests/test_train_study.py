@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import classifier_scores_by_hand
 
 from train import train_study
 from utils.classification import classifier_submission, study_classifier_scores
@@ -56,9 +57,15 @@ def test_out_of_fold_predictions_cover_every_image_of_the_trained_folds(study_ru
     assert probs.sum(axis=1) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_scores_and_per_fold_runs(study_run):
+def test_scores_and_per_fold_runs(study_run, prepared):
     scores = json.loads((study_run / "run" / "oof_scores.json").read_text())
-    assert 0 <= scores["study_map"] <= 1 and 0 <= scores["none_ap"] <= 1
+    # The same scores computed another way, from the out-of-fold predictions it wrote.
+    oof = read_predictions(study_run / "run" / "oof_predictions.csv")
+    table = pd.read_csv(prepared, dtype={"image_id": str, "study_id": str})
+    by_hand = classifier_scores_by_hand(oof, table[table["fold"].isin([0, 1])])
+    assert scores["study_map"] == pytest.approx(by_hand["study_map"], abs=1e-9)
+    assert scores["none_ap"] == pytest.approx(by_hand["none_ap"], abs=1e-9)
+    assert {c: scores["ap"][c] for c in by_hand["ap"]} == pytest.approx(by_hand["ap"], abs=1e-9)
     assert set(scores["per_fold"]) == {"0", "1"}
     assert "study mAP" in (study_run / "run" / "oof_scores.txt").read_text()
     for fold in (0, 1):
