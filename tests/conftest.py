@@ -90,6 +90,56 @@ def classifier_scores_by_hand(predictions, table) -> dict:
     return {"study_map": float(np.mean(values)), "ap": ap, "none_ap": ap["none"]}
 
 
+def submission_scores_by_hand(submission_csv, image_labels_csv, study_labels_csv) -> dict:
+    """The six APs and final mAP of a submission file, recomputed apart from utils.metric: study and
+    none APs as rankings (:func:`ranked_average_precision`, ties in id order), opacity AP by matching
+    each image's boxes greedily in score order to its truth boxes at IoU > 0.5."""
+    import numpy as np
+    import pandas as pd
+
+    from utils.labels import STUDY_CLASSES
+
+    def groups(text):
+        tokens = str(text).split() if isinstance(text, str) else []
+        return [(tokens[k], float(tokens[k + 1]), tuple(map(float, tokens[k + 2:k + 6])))
+                for k in range(0, len(tokens), 6)]
+
+    def iou(a, b):
+        width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = width * height
+        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+    rows = pd.read_csv(submission_csv, keep_default_na=False).sort_values("id")
+    predicted = {i: groups(t) for i, t in zip(rows["id"], rows["PredictionString"])}
+    studies = pd.read_csv(study_labels_csv).sort_values("id")
+    ap = {}
+    for column, name in zip(studies.columns[1:], STUDY_CLASSES):
+        scores = [next((c for label, c, _ in predicted.get(i, []) if label == name), -1.0) for i in studies["id"]]
+        ap[name] = ranked_average_precision(scores, studies[column] == 1)
+    images = pd.read_csv(image_labels_csv).sort_values("id")
+    truth = {i: [box for label, _, box in groups(text) if label == "opacity"]
+             for i, text in zip(images["id"], images["label"])}
+    none = [(c, i, not truth[i]) for i in images["id"] for label, c, _ in predicted.get(i, []) if label == "none"]
+    none.sort(key=lambda item: -item[0])
+    ap["none"] = ranked_average_precision([c for c, _, _ in none], [hit for _, _, hit in none],
+                                          n_truths=sum(not boxes for boxes in truth.values()))
+    boxes = sorted(((c, i, box) for i in images["id"] for label, c, box in predicted.get(i, []) if label == "opacity"),
+                   key=lambda item: (-item[0], item[1], item[2]))
+    matched = {i: [False] * len(b) for i, b in truth.items()}
+    hits = []
+    for _, image_id, box in boxes:
+        overlaps = [-1.0 if used else iou(box, t) for used, t in zip(matched[image_id], truth[image_id])]
+        best = int(np.argmax(overlaps)) if overlaps else -1
+        hits.append(best >= 0 and overlaps[best] > 0.5)
+        if hits[-1]:
+            matched[image_id][best] = True
+    ap["opacity"] = ranked_average_precision([c for c, _, _ in boxes], hits,
+                                             n_truths=sum(len(b) for b in truth.values()))
+    values = [v for v in ap.values() if v is not None]
+    return {"ap": ap, "map": float(np.mean(values))}
+
+
 def same_submission(a, b) -> None:
     """Two submissions with the same rows, labels and (to float rounding) confidences and boxes."""
     import numpy as np

@@ -50,7 +50,17 @@ def test_box_submission_maps_back_to_each_images_own_pixels():
 def test_fixed_box_baseline_is_scored_on_the_same_images():
     table = _table()
     assert len(fixed_box_predictions(table)) == 2 * len(table)
-    assert 0.0 <= detector_scores(_perfect_predictions(table), table)["baseline_fixed_boxes_ap"] < 1.0
+    # No lung box overlaps a truth box of this table by IoU 0.5 (at most 0.21): AP 0.
+    assert detector_scores(_perfect_predictions(table), table)["baseline_fixed_boxes_ap"] == 0.0
+    # An image "d" whose box is exactly the left lung box: the 8 tied boxes are ranked by id, so its hit
+    # comes 7th, at recall 1/4 of the four truth boxes: AP = 1/4 * 1/7.
+    d = pd.DataFrame({"image_id": ["d"], "study_id": ["s4"], "original_width": [100], "original_height": [100],
+                      "study_class": ["typical"], "boxes": ["[[18, 30, 45, 75]]"], "n_boxes": [1], "used": [True],
+                      "fold": [0]})
+    scores = detector_scores(_perfect_predictions(pd.concat([table, d], ignore_index=True)),
+                             pd.concat([table, d], ignore_index=True))
+    assert scores["baseline_fixed_boxes_ap"] == pytest.approx(1 / 28)
+    assert scores["opacity_ap"] == pytest.approx(1.0)
 
 
 def test_unused_images_are_not_scored():

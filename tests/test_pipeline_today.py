@@ -3,14 +3,17 @@ and the benchmarks at toy sizes (they must run; their figures come from the comm
 
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
+from conftest import ranked_average_precision
 
 from infer.baseline_submission import main as baseline_main
 from infer.benchmark import benchmark_grey_input, benchmark_reader, benchmark_training, one_channel_stem
 from infer.score import main as score_main
 from infer.validate_submission import main as validate_main
 from train.prepare import main as prepare_main
+from utils.labels import STUDY_CLASSES
 from utils.prepare import find_dicoms
 
 
@@ -25,8 +28,26 @@ def test_prepare_baseline_validate_score(siim_dataset, tmp_path):
     assert validate_main([str(out), "--sample-submission", str(data / "sample_submission.csv")]) == 0
     result = score_main([str(out), "--image-labels", str(data / "test_image_level.csv"),
                          "--study-labels", str(data / "test_study_level.csv"), "--json"])
-    assert 0.0 <= result["map"] <= 1.0
     assert len(pd.read_csv(out)) == len(pd.read_csv(data / "sample_submission.csv"))
+    # Exact references: every study of the prior baseline has the same probabilities and every image the
+    # same none, so each AP is that of the truth ranked in id order (how the metric breaks ties).
+    studies = pd.read_csv(data / "test_study_level.csv").sort_values("id")
+    for column, name in zip(studies.columns[1:], STUDY_CLASSES):
+        assert result["ap"][name] == pytest.approx(ranked_average_precision(np.zeros(len(studies)), studies[column]))
+    images = pd.read_csv(data / "test_image_level.csv").sort_values("id")
+    none = images["label"].str.startswith("none")
+    assert result["ap"]["none"] == pytest.approx(ranked_average_precision(np.zeros(len(images)), none))
+    assert result["map"] == pytest.approx(np.mean(list(result["ap"].values())))
+    # ... and below the labels themselves written as a submission, which score exactly 1.
+    perfect = tmp_path / "perfect.csv"
+    pd.DataFrame({"id": list(studies["id"]) + list(images["id"]),
+                  "PredictionString": [" ".join(f"{name} 1 0 0 1 1" for column, name in
+                                                zip(studies.columns[1:], STUDY_CLASSES) if row[column])
+                                       for _, row in studies.iterrows()] + list(images["label"])}).to_csv(perfect,
+                                                                                                          index=False)
+    best = score_main([str(perfect), "--image-labels", str(data / "test_image_level.csv"),
+                       "--study-labels", str(data / "test_study_level.csv"), "--json"])
+    assert best["map"] == pytest.approx(1.0) and result["map"] < best["map"] - 0.2
 
 
 def test_reader_benchmark_runs_and_agrees_with_the_copied_recipe():

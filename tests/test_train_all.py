@@ -9,10 +9,11 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, classifier_scores_by_hand, submission_scores_by_hand
 
 from infer import make_submission, score, validate_submission
 from train import train_all
+from utils.labels import STUDY_CLASSES
 from utils.manifest import read_manifest
 from utils.prepare import find_dicoms
 from utils.submission import parse_prediction_string
@@ -38,8 +39,21 @@ def test_the_cv_report_scores_each_model_the_ensemble_and_the_baselines(trained_
     assert set(report["models"]) == {"study", "faster_rcnn", "yolo"}
     assert report["models"]["faster_rcnn"]["opacity_ap"] is not None
     for label in ("ensemble", "baseline_prior", "baseline_prior_fixed_boxes"):
-        assert 0.0 <= report[label]["map"] <= 1.0
-    assert report["backbone"]["mean_auc"] is None or 0 <= report["backbone"]["mean_auc"] <= 1
+        aps = [v for v in report[label]["ap"].values() if v is not None]
+        assert report[label]["map"] == pytest.approx(sum(aps) / len(aps)), label
+    # The prior's figures by hand: every held-out study alike and every image alike, so each AP is that of
+    # the truth in id order; the fixed boxes change the opacity AP only.
+    table = pd.read_csv(trained_run / "prepared" / "meta.csv", dtype={"image_id": str, "study_id": str})
+    held_out = table[table["fold"] == 0]
+    constant = held_out.assign(**{f"prob_{c}": 0.25 for c in STUDY_CLASSES}, prob_none=0.5)
+    by_hand = classifier_scores_by_hand(constant, held_out)
+    prior, fixed = report["baseline_prior"]["ap"], report["baseline_prior_fixed_boxes"]["ap"]
+    assert {c: prior[c] for c in by_hand["ap"]} == pytest.approx(by_hand["ap"])
+    assert {c: fixed[c] for c in by_hand["ap"]} == pytest.approx(by_hand["ap"])
+    assert prior["opacity"] == 0.0 and report["baseline_prior"]["map"] < report["ensemble"]["map"]
+    # The backbone's figure is the one its own test report holds (recomputed in test_train_backbone).
+    backbone = json.loads((trained_run / "backbone" / "eval_test.json").read_text())
+    assert report["backbone"]["mean_auc"] == backbone["mean_auc"]
     text = (trained_run / "report" / "cv_report.md").read_text()
     assert "| ensemble |" in text and "| baseline_prior |" in text
     for plot in ("pr_curves.png", "loss_curves.png"):
@@ -69,8 +83,9 @@ def test_make_submission_with_a_corrupt_dicom_is_complete_valid_and_scored(train
     corrupt = find_dicoms(data / "test")[1]
     corrupt.write_bytes(corrupt.read_bytes()[:300])
     out = tmp_path / "submission.csv"
+    # One unreadable image in nine is above the default bound of 5%: this run allows up to 20%.
     assert make_submission.main(["--data-dir", str(data), "--weights-dir", str(trained_run / "weights"),
-                                 "--out", str(out), "--no-progress"]) == 0
+                                 "--out", str(out), "--no-progress", "--set", "max_unreadable_share=0.2"]) == 0
     printed = capsys.readouterr().out
     assert f"unreadable (fallback row): {corrupt.stem}" in printed and "ms per image" in printed
 
@@ -82,9 +97,13 @@ def test_make_submission_with_a_corrupt_dicom_is_complete_valid_and_scored(train
     assert [p.label for p in parse_prediction_string(row)] == ["none"]
     summary = json.loads((tmp_path / "submission_summary.json").read_text())
     assert list(summary["unreadable"]) == [corrupt.stem] and summary["rows"] == len(sample)
-    result = score.main([str(out), "--image-labels", str(data / "test_image_level.csv"),
-                         "--study-labels", str(data / "test_study_level.csv"), "--json"])
-    assert 0.0 <= result["map"] <= 1.0
+    labels = ["--image-labels", str(data / "test_image_level.csv"), "--study-labels",
+              str(data / "test_study_level.csv"), "--json"]
+    result = score.main([str(out), *labels])
+    # The same six APs computed another way (9 test images are too few for a model of this size to beat
+    # the class prior reliably: that comparison is made out of fold above).
+    by_hand = submission_scores_by_hand(out, data / "test_image_level.csv", data / "test_study_level.csv")
+    assert result["ap"] == pytest.approx(by_hand["ap"], abs=1e-9) and result["map"] == pytest.approx(by_hand["map"])
 
 
 def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):

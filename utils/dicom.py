@@ -152,12 +152,17 @@ def check_deflated_size(data: bytes, label: str, limit: int) -> None:
         return
     if str(meta.get("TransferSyntaxUID", "")) != DEFLATED_SYNTAX:
         return
+    # Counted 1 MiB at a time and dropped: holding the inflated bytes would itself cost up to ``limit``
+    # (hundreds of MB for the web app's bound, and the allocator keeps much of it after the request).
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending, inflated = data[fileobj.tell():], 0
     try:
-        inflated = inflater.decompress(data[fileobj.tell():], limit + 1)
+        while pending and inflated <= limit and not inflater.eof:
+            inflated += len(inflater.decompress(pending, 1 << 20))
+            pending = inflater.unconsumed_tail
     except zlib.error:
         return  # corrupt stream: dcmread says why
-    if len(inflated) > limit:
+    if inflated > limit:
         raise ImageSizeError(label, f"deflate-compressed DICOM expands beyond {limit} bytes")
 
 
