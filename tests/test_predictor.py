@@ -107,6 +107,41 @@ def test_flip_tta_is_exact(ensemble, siim_dataset):
     assert mirrored.none_prob == pytest.approx(original.none_prob, abs=1e-5)
 
 
+def test_the_predictor_applies_every_study_view_of_the_manifest(untrained_weights, siim_dataset, tmp_path):
+    """A study model whose manifest lists the eight views: each fold model sees exactly those eight views
+    of the batch, in order, and the study probabilities are their mean; with the flip switch off, the
+    image alone."""
+    from utils.models import StudyClassifier
+    from utils.tta import EIGHT_VIEWS, apply_view
+
+    weights = tmp_path / "weights"
+    shutil.copytree(untrained_weights, weights)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    manifest["models"] = {"study": manifest["models"]["study"]}
+    manifest["models"]["study"]["config"]["tta_views"] = list(EIGHT_VIEWS)
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    paths = find_dicoms(siim_dataset / "test")[:2]
+    for tta, views in ((True, EIGHT_VIEWS), (False, ("identity",))):
+        ensemble = Ensemble(weights, overrides={"device": "cpu", "workers": 0, "tta_hflip": tta})
+        member = ensemble.members[0]
+        seen = {id(model): [] for model in member.models}
+        for model in member.models:
+            model.register_forward_hook(lambda module, args, output: seen[id(module)].append(args[0].clone()))
+        predictions = ensemble.predict_paths(paths, progress=False)
+        batch = model_input(torch.from_numpy(np.stack([
+            decode_test_image(p, (member.input_size,), image_id=p.stem).pixels[member.input_size] for p in paths])))
+        expected_probs = 0.0
+        for model in member.models:
+            assert len(seen[id(model)]) == len(views)
+            for view, given in zip(views, seen[id(model)]):
+                torch.testing.assert_close(given, apply_view(batch, view))
+            with torch.no_grad():
+                expected_probs += np.mean([StudyClassifier.probabilities(model(apply_view(batch, v)))[0].numpy()
+                                           for v in views], axis=0)
+        np.testing.assert_allclose(np.stack([p.study_probs for p in predictions]),
+                                   expected_probs / len(member.models), atol=1e-5)
+
+
 def test_yolo_leaves_the_torch_thread_count_alone(untrained_weights, siim_dataset):
     """ultralytics sets min(8, cpu_count - 1) threads when it first picks the CPU; the predictor undoes it."""
     from ultralytics.utils import NUM_THREADS
@@ -423,6 +458,49 @@ def test_the_images_are_dealt_out_in_whole_batches():
     for bad in ("", "gpu0", "cuda:x"):
         with pytest.raises(ValueError):
             parse_devices(bad)
+
+
+def _same_predictions(found, expected) -> None:
+    """Image by image, in order: ids, boxes, scores, study probabilities and none."""
+    assert [p.image_id for p in found] == [p.image_id for p in expected]
+    for a, b in zip(found, expected):
+        assert (a.error is None) == (b.error is None), a.image_id
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-5, err_msg=a.image_id)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5, err_msg=a.image_id)
+        for x, y in ((a.study_probs, b.study_probs), (a.none_prob, b.none_prob)):
+            assert (x is None) == (y is None), a.image_id
+            if x is not None:
+                np.testing.assert_allclose(x, y, atol=1e-5, err_msg=a.image_id)
+
+
+def test_two_workers_predict_every_image_as_one_device_does(untrained_weights, siim_dataset, tmp_path):
+    """Every model kind and the fusion on two CPU workers (batches dealt out alternately): each image's
+    boxes, scores and probabilities, in order, are the one-device run's (both with one torch thread, so
+    the sums run in the same order). The comparison is by position, so a merge that put an image's
+    prediction elsewhere fails it, as reversing the merged list shows."""
+    from infer.predictor import find_test_images
+    from infer.sharding import predict_on_devices
+
+    weights = tmp_path / "weights"
+    shutil.copytree(untrained_weights, weights)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    for entry in manifest["models"].values():  # one fold each: the workers load less
+        entry["folds"], entry["files"] = [0], {"0": entry["files"]["0"]}
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    _, images = find_test_images(siim_dataset)
+    config = EnsembleConfig(**{**manifest["ensemble"], "device": "cpu", "workers": 0, "fusion_workers": 0})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = Ensemble(weights, config).predict_paths(images, batch_size=2, workers=0, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert sum(len(p.scores) for p in expected) > 0 and all(p.study_probs is not None for p in expected)
+    sharded = predict_on_devices(weights, config, images, ["cpu", "cpu"], batch_size=2, workers=0, cpu_threads=1,
+                                 progress=False)
+    _same_predictions(sharded, expected)
+    with pytest.raises(AssertionError):
+        _same_predictions(sharded[::-1], expected)
 
 
 def test_two_workers_write_the_one_device_submission(untrained_weights, siim_dataset, tmp_path):
