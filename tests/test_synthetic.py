@@ -13,14 +13,23 @@ from utils.synthetic import make_nih_dataset, make_rsna_dataset, make_siim_datas
 HEX12 = re.compile(r"^[0-9a-f]{12}$")
 
 
-def test_competition_layout_and_csv_headers(siim_dataset, shared):
+# The competition's CSV headers (../shared/formats.md), checked against the real files where present.
+COMPETITION_HEADERS = {
+    "train_image_level.csv": "id,boxes,label,StudyInstanceUID",
+    "train_study_level.csv": "id,Negative for Pneumonia,Typical Appearance,Indeterminate Appearance,"
+                             "Atypical Appearance",
+    "sample_submission.csv": "id,PredictionString",
+}
+
+
+def test_competition_layout_and_csv_headers(siim_dataset):
+    """Needs nothing from ../shared: the layout, ids and headers of the competition folder."""
     data = siim_dataset
     for name in ("train_image_level.csv", "train_study_level.csv", "sample_submission.csv",
                  "test_image_level.csv", "test_study_level.csv"):
         assert (data / name).is_file()
-    real = shared("siim-labels")
-    for name in ("train_image_level.csv", "train_study_level.csv"):
-        assert (data / name).read_text().splitlines()[0] == (real / name).read_text().splitlines()[0]
+    for name, header in COMPETITION_HEADERS.items():
+        assert (data / name).read_text().splitlines()[0] == header, name
     dicoms = find_dicoms(data / "train")
     images = load_image_labels(data / "train_image_level.csv")
     assert sorted(p.stem for p in dicoms) == sorted(images["image_id"])
@@ -30,6 +39,12 @@ def test_competition_layout_and_csv_headers(siim_dataset, shared):
         header = read_dicom(path).header
         assert (header.study_uid, header.series_uid, header.image_uid) == (study, series, image)
         assert HEX12.match(header.patient_id)
+
+
+def test_the_headers_are_those_of_the_real_files(shared):
+    real = shared("siim-labels")
+    for name in ("train_image_level.csv", "train_study_level.csv"):
+        assert (real / name).read_text().splitlines()[0] == COMPETITION_HEADERS[name], name
 
 
 def test_label_content_is_like_the_competition(siim_dataset):
