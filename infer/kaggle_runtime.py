@@ -141,6 +141,30 @@ def install_missing(wheels_dir: Path | None, modules: dict[str, str] = REQUIRED_
     return missing
 
 
+RUNTIME_PREFIX = "runtime:"
+
+
+def runtime_line() -> str:
+    """``runtime: python 3.12.11 torch 2.10.0 torchvision 0.25.0``: what the notebook runs on (make
+    kaggle-check reads it back to confirm the environment it built is the one that ran)."""
+    import platform
+
+    import torch
+    import torchvision
+
+    return f"{RUNTIME_PREFIX} python {platform.python_version()} torch {torch.__version__} " \
+           f"torchvision {torchvision.__version__}"
+
+
+def parse_runtime_line(text: str) -> dict[str, str]:
+    """The versions of the last :func:`runtime_line` in ``text`` (empty when there is none)."""
+    lines = [line.split() for line in text.splitlines() if line.startswith(RUNTIME_PREFIX)]
+    if not lines or len(lines[-1]) != 7:
+        return {}
+    words = lines[-1]
+    return {words[1]: words[2], words[3]: words[4], words[5]: words[6]}
+
+
 def usable_device(torch_module=None) -> tuple[str, str]:
     """``(devices, message)`` for make_submission's ``--devices``: ``"cuda"`` when torch has kernels for
     the visible GPU, ``"cuda:0,cuda:1"`` with two of them (Kaggle's T4 x2: the images are shared out

@@ -92,6 +92,7 @@ def build() -> dict:
               "os.environ['YOLO_OFFLINE'] = 'true'\n"
               "os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')\n"
               "from infer import kaggle_runtime\n\n"
+              "print(kaggle_runtime.runtime_line())\n"
               "paths = kaggle_runtime.find_paths()\n"
               "print(paths)\n"
               "print('installed:', kaggle_runtime.install_missing(paths.wheels_dir) or 'nothing')\n"

@@ -105,6 +105,23 @@ def build_wheels(out: Path) -> Path:
     return out
 
 
+def version_problems(venv: dict, notebook_text: str) -> list[str]:
+    """Where the environment that was built, or the one the notebook says it ran in, is not the Kaggle
+    image's Python and torch this check claims (``KAGGLE_PYTHON``, ``KAGGLE_TORCH``)."""
+    from infer.kaggle_runtime import parse_runtime_line
+
+    wanted = {"python": KAGGLE_PYTHON, **dict(pin.split("==") for pin in KAGGLE_TORCH)}
+    problems = []
+    for where, found in (("the built environment", venv), ("the notebook's runtime line", parse_runtime_line(
+            notebook_text))):
+        for name, version in wanted.items():
+            value = str(found.get(name) or "")
+            # torch's version may carry a local build tag (2.10.0+cu128); Python's a patch level
+            if not (value == version or value.startswith(version + ".") or value.startswith(version + "+")):
+                problems.append(f"{where}: {name} {value or 'unknown'}, expected {version}")
+    return problems
+
+
 def competition_and_weights(out: Path, weights_dir: Path | None) -> tuple[Path, Path, str]:
     from infer.benchmark import write_untrained_weights
     from utils.synthetic import make_siim_dataset
@@ -198,6 +215,8 @@ def markdown(report: dict) -> str:
              f"- against `make_submission.py` here: {c.get('rows')} rows, same ids {c.get('same_ids')}, "
              f"same labels {c.get('same_labels')}, largest confidence difference "
              f"{c.get('max_confidence_difference')}, largest box difference {c.get('max_box_difference_px')} px"]
+    if report.get("version_problems"):
+        lines += ["", "Not the claimed environment: " + "; ".join(report["version_problems"])]
     if report.get("error"):
         lines += ["", f"Error: {report['error']}"]
     return "\n".join(lines) + "\n"
@@ -232,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         report["notebook_output"] = text[-4000:]
         report["installed"] = next((line.split(":", 1)[1].strip() for line in text.splitlines()
                                     if line.startswith("installed:")), "n/a")
+        report["version_problems"] = version_problems(report["venv"], text)
         report["comparison"] = c = compare(submission, expected)
-        report["passed"] = bool(c["same_ids"] and c["same_labels"]
+        report["passed"] = bool(not report["version_problems"] and c["same_ids"] and c["same_labels"]
                                 and c["max_confidence_difference"] <= args.confidence_tolerance
                                 and c["max_box_difference_px"] <= args.box_tolerance)
     except (subprocess.CalledProcessError, SystemExit, FileNotFoundError) as err:

@@ -9,6 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from conftest import REPO, same_submission
 
 from infer import kaggle_runtime, make_submission
@@ -41,6 +42,15 @@ def test_the_notebook_runs_headless_and_writes_what_make_submission_writes(train
     client.execute()
     outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
     assert "installed: nothing" in outputs  # everything importable: the wheels folder is not needed
+    # The notebook says what it ran on (make kaggle-check compares that with the image it claims).
+    import platform
+
+    import torchvision
+
+    from infer.kaggle_runtime import parse_runtime_line
+
+    assert parse_runtime_line(outputs) == {"python": platform.python_version(), "torch": torch.__version__,
+                                           "torchvision": torchvision.__version__}
     assert (tmp_path / "code" / "infer" / "predictor.py").read_text() == (REPO / "infer" / "predictor.py").read_text()
     same_submission(pd.read_csv(tmp_path / "working" / "submission.csv", keep_default_na=False),
                      pd.read_csv(expected, keep_default_na=False))
@@ -72,6 +82,21 @@ def _kaggle_input(root):
     (root / "my-wheels").mkdir()
     (root / "my-wheels" / "pkg-1.0-py3-none-any.whl").write_bytes(b"")
     return root
+
+
+def test_the_kaggle_check_fails_when_its_environment_is_not_the_one_it_claims():
+    sys.path.insert(0, str(REPO / "kaggle"))
+    from kaggle_check import KAGGLE_PYTHON, KAGGLE_TORCH, version_problems
+
+    torch_version, vision_version = (pin.split("==")[1] for pin in KAGGLE_TORCH)
+    kaggle = {"python": f"{KAGGLE_PYTHON}.11", "torch": f"{torch_version}+cu128", "torchvision": vision_version}
+    line = f"runtime: python {kaggle['python']} torch {kaggle['torch']} torchvision {vision_version}"
+    assert version_problems(kaggle, f"other output\n{line}\n") == []
+    assert version_problems({**kaggle, "torch": "2.14.1"}, line) == ["the built environment: torch 2.14.1, expected "
+                                                                      f"{torch_version}"]
+    assert version_problems(kaggle, line.replace(KAGGLE_PYTHON, "3.11")) == [
+        f"the notebook's runtime line: python 3.11.11, expected {KAGGLE_PYTHON}"]
+    assert len(version_problems(kaggle, "no runtime line")) == 3
 
 
 def test_inputs_are_found_by_what_they_hold(tmp_path, monkeypatch):
