@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, same_submission
+from conftest import REPO
 
 from infer.benchmark import write_untrained_weights
 from infer.predictor import (
@@ -503,25 +503,25 @@ def test_two_workers_predict_every_image_as_one_device_does(untrained_weights, s
         _same_predictions(sharded[::-1], expected)
 
 
-def test_two_workers_write_the_one_device_submission(untrained_weights, siim_dataset, tmp_path):
-    """Kaggle's T4 x2 path, run with two CPU workers: each loads the ensemble, predicts its batches,
-    and the merged submission is the one-device one (to float rounding: a CPU worker's thread count
-    changes the order of its sums); a failing worker stops the run."""
-    from infer import make_submission
+def test_two_workers_write_a_valid_submission_and_a_failing_worker_stops_the_run(untrained_weights, siim_dataset,
+                                                                                 tmp_path):
+    """Kaggle's T4 x2 path through make_submission, with two CPU workers (each image's predictions are
+    compared with one device's in the test above): a valid submission, nothing loaded in this process;
+    a failing worker stops the run with its error."""
+    from infer import make_submission, validate_submission
     from infer.predictor import find_test_images
     from infer.sharding import ShardError, predict_on_devices
 
-    # The study model alone: sharding does not depend on the kinds, and each worker loads its own copy.
+    # The study model alone: each worker loads its own copy.
     weights = tmp_path / "weights"
     shutil.copytree(untrained_weights / "study", weights / "study")
     manifest = json.loads((untrained_weights / "manifest.json").read_text())
     manifest["models"] = {"study": manifest["models"]["study"]}
     (weights / "manifest.json").write_text(json.dumps(manifest))
-    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
-    assert make_submission.main(_submission_argv(siim_dataset, weights, one) + ["--batch-size", "2"]) == 0
+    two = tmp_path / "two.csv"
     assert make_submission.main(_submission_argv(siim_dataset, weights, two)
                                 + ["--batch-size", "2", "--devices", "cpu,cpu"]) == 0
-    same_submission(pd.read_csv(two, keep_default_na=False), pd.read_csv(one, keep_default_na=False))
+    assert validate_submission.main([str(two), "--sample-submission", str(siim_dataset / "sample_submission.csv")]) == 0
     summary = json.loads((tmp_path / "two_summary.json").read_text())
     assert summary["device"] == "cpu,cpu" and summary["load_seconds"] is None  # nothing loaded in this process
 
