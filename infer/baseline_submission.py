@@ -18,8 +18,8 @@ import pandas as pd
 from utils.boxes import denormalize_xyxy
 from utils.detection import FIXED_LUNG_BOXES
 from utils.dicom import DicomReadError, read_dicom_header
+from utils.inputs import find_dicoms
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
-from utils.prepare import find_dicoms
 from utils.submission import image_prediction_string, read_submission, study_prediction_string, write_submission
 
 

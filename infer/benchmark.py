@@ -53,13 +53,12 @@ from utils.engine import (
     collate_skip_none,
     lr_factor,
     make_loader,
-    resolve_device,
-    resolve_precision,
     train_one_epoch,
 )
 from utils.files import write_text_atomic
 from utils.models import ARCHITECTURES, PRETRAINED_NONE, MultiLabelClassifier, StudyClassifier
 from utils.nih import NIH_FINDINGS
+from utils.runtime import resolve_device, resolve_precision
 from utils.synthetic import display_to_stored, render_chest, write_dicom
 
 

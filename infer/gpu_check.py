@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     env = _environment(out)
     sys.path.insert(0, str(ROOT))
-    from utils.prepare import is_resized_copy, write_resized_subset
+    from utils.inputs import is_resized_copy
+    from utils.prepare import write_resized_subset
     from utils.synthetic import make_resized_copy, make_siim_dataset
 
     data, patients = args.data, args.patients if args.patients and args.patients.is_file() else None

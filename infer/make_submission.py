@@ -37,9 +37,9 @@ from infer.predictor import (
 from infer.sharding import ShardedEnsemble, ShardError, parse_devices
 from utils.config import ConfigError, load_yaml_section, parse_overrides
 from utils.files import write_json_atomic
+from utils.inputs import PreparationInputError
 from utils.log import configure_logging
 from utils.manifest import ManifestError, read_manifest
-from utils.prepare import PreparationInputError
 from utils.submission import SubmissionError
 
 SHOWN_UNREADABLE = 20  # unreadable images listed one per line; the summary JSON has them all

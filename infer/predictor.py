@@ -44,7 +44,6 @@ from torch.utils.data import DataLoader, Dataset
 from utils.boxes import as_boxes, denormalize_xyxy
 from utils.config import from_mapping
 from utils.dicom import NO_DECODER, DicomReadError, read_radiograph, resize_image, unreadable_group
-from utils.engine import resolve_device, resolve_precision
 from utils.fusion import (
     CombinedImage,
     EnsembleConfig,
@@ -54,10 +53,10 @@ from utils.fusion import (
     fusion_pool,
     resolve_fusion_workers,
 )
-from utils.kinds import KINDS
-from utils.kinds.base import model_input  # noqa: F401 - the predictor's input contract
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX, strip_suffix
 from utils.manifest import ManifestError, entry_files, read_manifest
+from utils.members import MEMBER_TYPES, model_input  # noqa: F401 - model_input: the predictor's input contract
+from utils.runtime import resolve_device, resolve_precision
 from utils.submission import (
     SubmissionError,
     check_output_path,
@@ -220,7 +219,6 @@ class ModelOutputs:
                                                           np.zeros(0), error=image.error) for image in self.images]
 
 
-MEMBER_TYPES = {kind.manifest_kind: kind.member_class for kind in KINDS.values()}
 
 
 def checked_manifest(weights_dir, config: EnsembleConfig | None = None,
@@ -465,7 +463,7 @@ def assemble_submission(predictions: Sequence[ImagePrediction], sample: pd.DataF
 
 def find_test_dicoms(data_dir, sample: pd.DataFrame) -> list[TestImage]:
     """The test split's DICOMs (``test/<study>/<series>/<image>.dcm``); logs sample images without a file."""
-    from utils.prepare import find_dicoms
+    from utils.inputs import find_dicoms
 
     paths = find_dicoms(Path(data_dir) / "test")
     wanted = {i[: -len(IMAGE_SUFFIX)] for i in sample["id"].astype(str) if i.endswith(IMAGE_SUFFIX)}
@@ -494,7 +492,7 @@ def _warn_missing(wanted: set, found: set, where: Path) -> None:
 def read_test_table(path) -> pd.DataFrame:
     """A table of test images and their studies (``image_id``/``imageid``, ``study_id``/``studyid``,
     as ``test_meta.csv`` of the public solutions) -> columns ``image_id, study_id``."""
-    from utils.prepare import read_id_table
+    from utils.inputs import read_id_table
 
     table = read_id_table(path, ("image_id", "study_id"), what="test image table")
     table["image_id"] = [strip_suffix(i, IMAGE_SUFFIX) for i in table["image_id"]]
@@ -508,7 +506,7 @@ def find_resized_test_images(data_dir, test_table, sample: pd.DataFrame | None) 
     Returns the sample (``sample``, or one row per study and per image of the table, studies first)
     and the images to predict. An image without a file or an original size is logged and gets a
     fallback row."""
-    from utils.prepare import find_resized_images, read_resized_meta
+    from utils.inputs import find_resized_images, read_resized_meta
 
     data_dir = Path(data_dir)
     table = read_test_table(test_table)
@@ -536,7 +534,7 @@ def find_test_images(data_dir, test_table=None) -> tuple[pd.DataFrame, list[Test
     """``(sample submission, images to predict)`` of either kind of test folder: the competition's
     (``sample_submission.csv`` + DICOMs) or a resized copy's (``test/<image_id>.jpg|png`` +
     ``meta.csv`` with original sizes + ``test_table`` mapping images to studies)."""
-    from utils.prepare import is_resized_copy
+    from utils.inputs import is_resized_copy
 
     data_dir = Path(data_dir)
     sample_path = data_dir / "sample_submission.csv"

@@ -15,7 +15,7 @@ from conftest import REPO
 
 from infer.app import create_app, start_background_server
 from infer.benchmark import write_untrained_weights
-from utils.prepare import find_dicoms
+from utils.inputs import find_dicoms
 
 TINY_MODELS = {
     "study": {"image_size": 64, "seg_weight": 0.5},  # with the auxiliary head: the page's opacity map

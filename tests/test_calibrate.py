@@ -181,7 +181,7 @@ def test_evaluate_combines_as_the_predictor_does(trained_run, siim_dataset):
     """The same member outputs give the same fused boxes, scores and probabilities through the
     out-of-fold report's path (prediction tables -> evaluate) as through the predictor."""
     from infer.predictor import Ensemble, InputImageDataset
-    from utils.prepare import find_dicoms
+    from utils.inputs import find_dicoms
 
     config_overrides = {"tta_hflip": False, "wbf_skip_box_thr": 0.0, "box_none_power": 0.5,
                         "model_weights": {"yolo": 0.5}, "score_powers": {"faster_rcnn": 1.5}}

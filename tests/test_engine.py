@@ -24,12 +24,12 @@ from utils.engine import (
     fit,
     load_checkpoint,
     lr_factor,
-    resolve_precision,
     save_checkpoint,
 )
 from utils.models import MultiLabelClassifier
 from utils.nih import NIH_FINDINGS, assign_nih_splits, load_nih_entries
 from utils.presets import build_transform
+from utils.runtime import resolve_precision
 
 
 def test_schedule_values_of_the_report():

@@ -84,6 +84,22 @@ def _kaggle_input(root):
     return root
 
 
+TRAINING_MODULES = ("utils.engine", "utils.datasets", "utils.prepare", "utils.presets", "utils.detection",
+                    "utils.classification", "utils.metric", "utils.report", "utils.predictions", "utils.nih")
+
+
+def test_the_notebook_carries_no_training_module():
+    """make_submission's import closure (what the notebook carries) holds the predictor, the members and
+    what they need, nothing of training (33 files and 6,806 lines before the split, 2026-12-01)."""
+    sys.path.insert(0, str(REPO / "kaggle"))
+    from build_notebook import code_closure
+
+    modules = code_closure()
+    assert "utils.members.yolo" in modules and "infer.predictor" in modules
+    carried = [m for m in modules if m in TRAINING_MODULES or m.startswith(("utils.kinds", "train"))]
+    assert carried == []
+
+
 def test_the_kaggle_check_fails_when_its_environment_is_not_the_one_it_claims():
     sys.path.insert(0, str(REPO / "kaggle"))
     from kaggle_check import KAGGLE_PYTHON, KAGGLE_TORCH, version_problems

@@ -27,8 +27,9 @@ from infer.predictor import (
     model_input,
 )
 from utils.boxes import as_boxes, hflip_xyxy
+from utils.inputs import find_dicoms
 from utils.manifest import ManifestError
-from utils.prepare import decode_one, find_dicoms, image_path
+from utils.prepare import decode_one, image_path
 from utils.presets import build_transform
 from utils.submission import parse_prediction_string
 

@@ -15,9 +15,9 @@ from timm.layers import FrozenBatchNormAct2d
 
 from utils.config import ConfigError
 from utils.frcnn import FasterRCNNDetector, detector_from_config, timm_parameter_stages, unpad_detections
-from utils.kinds.base import model_input
 from utils.kinds.frcnn import FrcnnConfig
 from utils.kinds.study import StudyConfig
+from utils.members import model_input
 from utils.models import (
     INPUT_NORMALIZATIONS,
     LITE_WEIGHTS,

@@ -20,17 +20,10 @@ from infer.predictor import find_test_images
 from train import prepare as prepare_script
 from train import train_all
 from utils.detection import read_detection_table
+from utils.inputs import LAYOUT_DICOM, LAYOUT_RESIZED, PreparationInputError, detect_layout
 from utils.labels import load_image_labels
 from utils.manifest import read_manifest
-from utils.prepare import (
-    LAYOUT_DICOM,
-    LAYOUT_RESIZED,
-    PreparationInputError,
-    decode_one,
-    detect_layout,
-    prepare_resized,
-    write_resized_subset,
-)
+from utils.prepare import decode_one, prepare_resized, write_resized_subset
 from utils.submission import parse_prediction_string, read_submission, submission_problems
 from utils.synthetic import make_resized_copy, write_dicom
 

@@ -13,9 +13,9 @@ from conftest import REPO, classifier_scores_by_hand, submission_scores_by_hand
 
 from infer import make_submission, score, validate_submission
 from train import train_all
+from utils.inputs import find_dicoms
 from utils.labels import STUDY_CLASSES
 from utils.manifest import read_manifest
-from utils.prepare import find_dicoms
 from utils.submission import parse_prediction_string
 
 

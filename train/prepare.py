@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from utils.inputs import PreparationInputError
 from utils.labels import DUPLICATE_POLICIES, DUPLICATES_KEEP_BOXED, LabelFileError
 from utils.log import configure_logging
-from utils.prepare import PreparationInputError, prepare_data
+from utils.prepare import prepare_data
 
 
 def get_args_parser() -> argparse.ArgumentParser:

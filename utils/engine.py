@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from utils.files import atomic_path
 from utils.report import figure
+from utils.runtime import Precision, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -117,41 +118,6 @@ def lr_factor(step: int, total_steps: int, floor: float = 0.05, warmup_steps: in
     span = max(1, total_steps - warmup_steps)
     t = min(max(step - warmup_steps, 0), span)
     return 0.5 * (1.0 + math.cos(math.pi * t / span)) * (1.0 - floor) + floor
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> the local GPU when there is one, else the CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but torch sees no GPU")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
-
-
-@dataclass(frozen=True)
-class Precision:
-    enabled: bool
-    dtype: torch.dtype
-    scaler: bool  # GradScaler only for fp16: bf16 has fp32's exponent range
-
-
-def resolve_precision(mode: str, device: torch.device) -> Precision:
-    """``auto``: fp16 with a GradScaler on CUDA, full precision on the CPU; ``bf16`` works on both."""
-    if mode == "auto":
-        mode = "fp16" if device.type == "cuda" else "off"
-    if mode == "off":
-        return Precision(False, torch.float32, False)
-    if mode == "bf16":
-        return Precision(True, torch.bfloat16, False)
-    if mode == "fp16":
-        if device.type != "cuda":
-            raise ValueError("amp 'fp16' needs a CUDA device; use 'bf16' or 'off' on the CPU")
-        return Precision(True, torch.float16, True)
-    raise ValueError(f"amp must be one of auto, off, fp16, bf16; got {mode!r}")
 
 
 # ----------------------------------------------------------------------------- distributed

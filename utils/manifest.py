@@ -123,24 +123,3 @@ def register_ensemble(weights_dir, settings: dict, calibration: dict | None = No
     if calibration is not None:
         manifest["calibration"] = calibration
     return _write_manifest(weights_dir, manifest)
-
-
-def export_weights(checkpoint: dict, path) -> Path:
-    """The ``model`` state dict of an engine checkpoint, alone (no optimizer), written atomically."""
-    with atomic_path(path) as temporary:
-        torch.save(checkpoint["model"], temporary)
-    return Path(path)
-
-
-def register_fold_checkpoints(weights_dir, name: str, kind: str, checkpoints: dict[int, Path], input_size: int,
-                              config: dict) -> Path:
-    """Export each fold's engine checkpoint to ``<name>/fold<k>.pt`` and register model ``name``."""
-    from utils.engine import load_checkpoint  # the engine imports torch.distributed; only needed here
-
-    weights_dir = Path(weights_dir)
-    files = {}
-    for fold, checkpoint in sorted(checkpoints.items()):
-        relative = Path(name) / f"fold{fold}.pt"
-        export_weights(load_checkpoint(checkpoint), weights_dir / relative)
-        files[int(fold)] = str(relative)
-    return register_model(weights_dir, name, kind, files, input_size, config)

@@ -34,6 +34,15 @@ from tqdm import tqdm
 from utils.boxes import as_boxes, kaggle_xywh_to_xyxy
 from utils.dicom import DicomReadError, read_radiograph, resize_image
 from utils.files import atomic_path, write_csv_atomic
+from utils.inputs import (
+    LAYOUT_RESIZED,
+    RESIZED_META,
+    detect_layout,
+    find_dicoms,
+    find_resized_images,
+    read_id_table,
+    read_resized_meta,
+)
 from utils.labels import (
     DUPLICATES_KEEP_BOXED,
     IMAGE_SUFFIX,
@@ -49,15 +58,6 @@ META_COLUMNS = ["image_id", "study_id", "series_id", "patient_id", "original_hei
                 "study_class", "study_label", "boxes", "n_boxes", "has_box", "used", "excluded_reason"]
 RSNA_LABELS = "stage_2_train_labels.csv"
 RSNA_IMAGES = "stage_2_train_images"
-LAYOUT_DICOM = "dicom"
-LAYOUT_RESIZED = "resized"
-RESIZED_META = "meta.csv"
-RESIZED_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Column names accepted in id tables (ours, then the header-derived style of the public solutions'
-# train_meta.csv / test_meta.csv), by the name they get here.
-ID_COLUMNS = {"image_id": ("image_id", "imageid"), "study_id": ("study_id", "studyid", "StudyInstanceUID"),
-              "series_id": ("series_id", "seriesid"), "patient_id": ("patient_id", "patientid")}
-
 log = logging.getLogger(__name__)
 
 
@@ -69,19 +69,6 @@ class DecodedImage:
     patient_id: str
     original_height: int
     original_width: int
-
-
-def find_dicoms(split_dir) -> list[Path]:
-    """Every ``<study>/<series>/<image>.dcm`` under a split folder, sorted, one per image id: an id
-    found twice (two series of a study holding the same image) is logged with both paths and the
-    first in sorted order is kept, so every run makes the same choice."""
-    kept: dict[str, Path] = {}
-    for path in sorted(Path(split_dir).glob("*/*/*.dcm")):
-        if path.stem in kept:
-            log.warning("image id %s found twice: keeping %s, ignoring %s", path.stem, kept[path.stem], path)
-            continue
-        kept[path.stem] = path
-    return sorted(kept.values())
 
 
 def image_path(out_dir: Path, size: int, image_id: str) -> Path:
@@ -227,101 +214,10 @@ def prepare_competition(data_dir, out_dir, sizes=(1024,), workers: int = 1, n_fo
     return _finish_meta(data_dir, out_dir, sizes, decoded, failures, n_folds, seed, duplicates)
 
 
-class PreparationInputError(ValueError):
-    """Input preparation cannot start from: names the file or folder and the reason."""
-
-
-def is_resized_copy(data_dir) -> bool:
-    """Whether ``data_dir`` has a resized copy's ``meta.csv`` (with ``image_id``, ``dim0``, ``dim1``)."""
-    meta = Path(data_dir) / RESIZED_META
-    if not meta.is_file():
-        return False
-    try:
-        columns = pd.read_csv(meta, nrows=0).columns
-    except (ValueError, OSError, pd.errors.ParserError):
-        return False
-    return {"image_id", "dim0", "dim1"} <= set(columns)
-
-
-def detect_layout(data_dir) -> str:
-    """``"resized"`` for a resized copy (``meta.csv`` with ``dim0``/``dim1`` beside ``train/``),
-    ``"dicom"`` for the competition's folder (``train/<study>/<series>/*.dcm``); otherwise raises
-    :class:`PreparationInputError` saying what was looked for."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise PreparationInputError(f"{data_dir}: not a folder")
-    if is_resized_copy(data_dir):
-        return LAYOUT_RESIZED
-    if (data_dir / "train").is_dir() and next((data_dir / "train").glob("*/*/*.dcm"), None) is not None:
-        return LAYOUT_DICOM
-    raise PreparationInputError(
-        f"{data_dir}: neither the competition's DICOM folder (train/<study>/<series>/<image>.dcm) nor a resized "
-        f"copy ({RESIZED_META} with image_id, dim0, dim1 beside train/<image_id>.jpg|png)")
-
-
-def read_id_table(path, required: tuple[str, ...], optional: tuple[str, ...] = (), what: str = "id table"
-                  ) -> pd.DataFrame:
-    """A CSV of ids -> columns ``required`` (+ those of ``optional`` present), named as in
-    :data:`ID_COLUMNS` whichever accepted spelling the file uses; rows missing a required id dropped,
-    one row per first column. Raises :class:`PreparationInputError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise PreparationInputError(f"{path}: {what} not found")
-    frame = pd.read_csv(path, dtype=str)
-    renamed = {}
-    for ours in (*required, *optional):
-        found = next((c for c in ID_COLUMNS[ours] if c in frame.columns), None)
-        if found is None and ours in required:
-            raise PreparationInputError(
-                f"{path}: needs a column {' or '.join(ID_COLUMNS[ours])}; has {list(frame.columns)}")
-        if found is not None:
-            renamed[found] = ours
-    frame = frame[list(renamed)].rename(columns=renamed).dropna(subset=list(required))
-    return frame.drop_duplicates(required[0]).reset_index(drop=True)
-
-
 def read_patients(path) -> pd.DataFrame:
     """An image -> patient table (``image_id``/``imageid``, ``patient_id``/``patientid``, optional
     ``series_id``) -> columns ``image_id, patient_id[, series_id]``, one row per image."""
     return read_id_table(path, ("image_id", "patient_id"), ("series_id",), what="patient table")
-
-
-def _resized_sizes(meta_path: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]], set]:
-    """The rows of a resized copy's meta.csv with usable original sizes, a failure per other row, and
-    the ids of those other rows."""
-    dims = frame[["dim0", "dim1"]].apply(pd.to_numeric, errors="coerce")
-    bad = dims.isna().any(axis=1) | (dims <= 0).any(axis=1)
-    failures = [(str(meta_path), f"image {i}: original size dim0={h!r}, dim1={w!r} missing or not positive")
-                for i, h, w in frame.loc[bad, ["image_id", "dim0", "dim1"]].itertuples(index=False)]
-    good = frame[~bad].assign(original_height=dims["dim0"][~bad].astype(int),
-                              original_width=dims["dim1"][~bad].astype(int))
-    return good, failures, set(frame.loc[bad, "image_id"])
-
-
-def find_resized_images(folder) -> dict[str, Path]:
-    """``{image_id: path}`` of the PNG/JPEG files directly in ``folder`` (a resized copy's split)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PreparationInputError(f"{folder}: image folder not found")
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in RESIZED_SUFFIXES}
-
-
-def read_resized_meta(data_dir, split: str) -> tuple[pd.DataFrame, list[tuple[str, str]], set]:
-    """A resized copy's ``meta.csv`` rows of ``split`` (all rows without a ``split`` column):
-    ``image_id, original_height, original_width``, plus a (file, reason) failure per unusable row and
-    the ids of those rows."""
-    meta_path = Path(data_dir) / RESIZED_META
-    if not meta_path.is_file():
-        raise PreparationInputError(f"{meta_path}: not found (a resized copy lists original sizes there)")
-    frame = pd.read_csv(meta_path, dtype={"image_id": str})
-    missing = {"image_id", "dim0", "dim1"} - set(frame.columns)
-    if missing:
-        raise PreparationInputError(f"{meta_path}: missing columns {sorted(missing)}; has {list(frame.columns)}")
-    if "split" in frame.columns:
-        frame = frame[frame["split"].astype(str) == split]
-    frame = frame.drop_duplicates("image_id")
-    good, failures, unusable = _resized_sizes(meta_path, frame)
-    return good[["image_id", "original_height", "original_width"]].reset_index(drop=True), failures, unusable
 
 
 def prepare_resized(data_dir, out_dir, sizes=(256,), workers: int = 1, n_folds: int = 5, seed: int = 42,

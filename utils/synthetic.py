@@ -491,7 +491,7 @@ def make_resized_copy(competition_dir, out, size: int = 256, quality: int = 95, 
                                                        (the public solutions' tables from the DICOM headers)
     """
     from utils.dicom import read_dicom
-    from utils.prepare import find_dicoms
+    from utils.inputs import find_dicoms
 
     competition_dir, out = Path(competition_dir), Path(out)
     rows, counts = [], {}

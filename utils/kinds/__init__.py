@@ -1,14 +1,16 @@
 """The registry of model kinds: one module per kind, one line each here.
 
-Training order is the order of :data:`KINDS` (train/train_all.py runs them in turn); the predictor
-loads a manifest entry with the member of :func:`kind_of_manifest`. What a new kind provides is
-listed in the README's architecture notes (and :class:`utils.kinds.base.ModelKind`).
+Training order is the order of :data:`KINDS` (train/train_all.py runs them in turn). Each kind names its
+inference member (``member_class``, in ``utils/members/``, registered there for the predictor, which
+imports nothing of training). What a kind provides: :class:`utils.kinds.base.ModelKind` and
+docs/architecture.md.
 """
 
 from __future__ import annotations
 
 from utils.kinds import frcnn, study, yolo
-from utils.kinds.base import FoldResult, Member, ModelKind, RunOptions, TrainingError, train_folds
+from utils.kinds.base import FoldResult, ModelKind, RunOptions, TrainingError, train_folds
+from utils.members import Member
 
 KINDS: dict[str, ModelKind] = {kind.section: kind for kind in (frcnn.KIND, yolo.KIND, study.KIND)}
 

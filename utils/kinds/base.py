@@ -16,26 +16,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, ClassVar
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from utils.boxes import hflip_xyxy
 from utils.config import save_config
 from utils.detection import read_detection_table
-from utils.engine import (
-    Precision,
-    collate_skip_none,
-    fit,
-    init_distributed,
-    load_checkpoint,
-    predict,
-    resolve_device,
-    resolve_precision,
-)
-from utils.manifest import entry_files, register_fold_checkpoints
+from utils.engine import collate_skip_none, fit, init_distributed, load_checkpoint, predict
+from utils.files import atomic_path
+from utils.manifest import register_model
 from utils.prepare import fold_split, select_folds
+from utils.runtime import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +90,25 @@ class ModelKind:
     def input_size(self, config) -> int:
         """The size its inference member predicts at (stored in the manifest)."""
         return config.image_size
+
+
+def export_weights(checkpoint: dict, path) -> Path:
+    """The ``model`` state dict of an engine checkpoint, alone (no optimizer), written atomically."""
+    with atomic_path(path) as temporary:
+        torch.save(checkpoint["model"], temporary)
+    return Path(path)
+
+
+def register_fold_checkpoints(weights_dir, name: str, kind: str, checkpoints: dict[int, Path], input_size: int,
+                              config: dict) -> Path:
+    """Export each fold's engine checkpoint to ``<name>/fold<k>.pt`` and register model ``name``."""
+    weights_dir = Path(weights_dir)
+    files = {}
+    for fold, checkpoint in sorted(checkpoints.items()):
+        relative = Path(name) / f"fold{fold}.pt"
+        export_weights(load_checkpoint(checkpoint), weights_dir / relative)
+        files[int(fold)] = str(relative)
+    return register_model(weights_dir, name, kind, files, input_size, config)
 
 
 def split_fold(table: pd.DataFrame, fold: int, source) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -219,46 +229,3 @@ class TorchKind(ModelKind):
                                       precision=resolve_precision(config.amp, device), collate_fn=self.collate,
                                       progress=progress, desc=f"fold {fold} out-of-fold")
         return self.rows(frame.iloc[indices.numpy()], fold, outputs)
-
-
-# ----------------------------------------------------------------------------- inference members
-
-Detections = list[tuple[np.ndarray, np.ndarray]]  # per source: (XYXY_NORM boxes (n, 4), scores (n,))
-
-
-def model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, H, W)`` -> float ``(B, 3, H, W)`` in [0, 1], grey replicated to three channels: the
-    eval presets' output, what every model takes (each normalises inside, as its trunk wants)."""
-    return images.float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
-
-
-def with_flipped(per_image: list[Detections], flipped: list[Detections]) -> list[Detections]:
-    """Each image's sources plus its mirror image's sources with the boxes flipped back."""
-    return [own + [(hflip_xyxy(b, 1.0), s) for b, s in mirror] for own, mirror in zip(per_image, flipped)]
-
-
-class Member:
-    """One manifest model's folds, loaded for prediction. ``predict(images, tta, precision)`` takes
-    uint8 ``(B, S, S)`` images on the device at ``input_size``; a detector returns per image one
-    ``(boxes, scores)`` per fold and flip, the study model its probabilities."""
-
-    predicts_boxes: ClassVar[bool] = True
-
-    def __init__(self, name: str, spec: dict, weights_dir: Path, device: torch.device):
-        self.name = name
-        self.kind = spec["kind"]
-        self.config = spec.get("config", {})
-        self.folds, self.files, self.input_size = entry_files(weights_dir, name, spec)
-        self.device = device
-
-    def predict(self, images: torch.Tensor, tta: bool, precision: Precision):
-        raise NotImplementedError
-
-    def set_channels_last(self, enabled: bool) -> bool:
-        """Keep the folds' weights channels-last (``enabled``) or contiguous; convolutions then run in
-        that layout (faster on tensor cores for some models: measured by ``infer/benchmark.py
-        inference --compare-channels-last``). Returns whether this member's models support it."""
-        layout = torch.channels_last if enabled else torch.contiguous_format
-        for model in self.models:
-            model.to(memory_format=layout)
-        return True

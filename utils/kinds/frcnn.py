@@ -15,19 +15,15 @@ import torch
 
 from utils.datasets import DetectionDataset
 from utils.detection import detector_scores, write_detector_report
-from utils.engine import Precision, TrainConfig, collate_detection, init_distributed, load_checkpoint
+from utils.engine import TrainConfig, collate_detection, init_distributed, load_checkpoint
 from utils.frcnn import FasterRCNNDetector, detector_from_config, load_detector_state, unpad_detections
 from utils.kinds.base import (
-    Detections,
     DetectorKind,
-    Member,
     RunOptions,
     TorchKind,
     TrainingError,
-    model_input,
-    with_flipped,
 )
-from utils.manifest import load_state_dict_file
+from utils.members.frcnn import FasterRCNNMember
 from utils.models import NORMALIZATION_AUTO, PRETRAINED_NONE, check_pretrained_source, resolve_normalization
 from utils.predictions import detection_rows
 from utils.prepare import prepare_rsna
@@ -95,7 +91,8 @@ def keep_negatives(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFr
 class FrcnnKind(DetectorKind, TorchKind):
     section = "frcnn"
     model_name = "faster_rcnn"
-    manifest_kind = "faster_rcnn"
+    manifest_kind = FasterRCNNMember.manifest_kind
+    member_class = FasterRCNNMember
     config_class = FrcnnConfig
     title = "Faster R-CNN"
     collate = staticmethod(collate_detection)
@@ -165,29 +162,4 @@ class FrcnnKind(DetectorKind, TorchKind):
         return result.best
 
 
-class FasterRCNNMember(Member):
-    def __init__(self, name, spec, weights_dir, device: torch.device):
-        super().__init__(name, spec, weights_dir, device)
-        self.models = []
-        for path in self.files:
-            model = detector_from_config(self.config, PRETRAINED_NONE, self.input_size)
-            load_detector_state(model, load_state_dict_file(path), path)
-            self.models.append(model.to(device).eval())
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> list[Detections]:
-        """uint8 ``(B, S, S)`` on the device -> per image, one ``(boxes, scores)`` per fold and flip."""
-        batch = model_input(images)
-        inputs = list(batch) + (list(batch.flip(-1)) if tta else [])
-        per_input: list[Detections] = [[] for _ in inputs]
-        for model in self.models:
-            with torch.autocast(batch.device.type, dtype=precision.dtype, enabled=precision.enabled):
-                outputs = model(inputs)
-            for k, found in enumerate(unpad_detections({key: v.cpu() for key, v in outputs.items()})):
-                per_input[k].append(found)
-        n = len(images)
-        return with_flipped(per_input[:n], per_input[n:]) if tta else per_input
-
-
-FrcnnKind.member_class = FasterRCNNMember
 KIND = FrcnnKind()

@@ -7,17 +7,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import pandas as pd
-import torch
 
 from utils.classification import study_accuracy, study_classifier_scores
 from utils.datasets import StudyDataset
 from utils.detection import read_detection_table
-from utils.engine import Precision, TrainConfig
+from utils.engine import TrainConfig
 from utils.files import write_json_atomic, write_text_atomic
-from utils.kinds.base import FoldResult, Member, RunOptions, TorchKind, model_input
-from utils.manifest import load_state_dict_file
+from utils.kinds.base import FoldResult, RunOptions, TorchKind
+from utils.members.study import StudyMember
 from utils.metric import format_score_table
 from utils.models import (
     NORMALIZATION_AUTO,
@@ -28,7 +26,7 @@ from utils.models import (
 )
 from utils.predictions import classifier_rows, write_predictions
 from utils.presets import build_transform
-from utils.tta import FLIP, PLAIN, StudyTTA, check_views
+from utils.tta import FLIP, StudyTTA, check_views
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +74,8 @@ def load_study_table(meta_csv, image_size: int, with_boxes: bool = False) -> pd.
 class StudyKind(TorchKind):
     section = "study"
     model_name = "study"
-    manifest_kind = "study_classifier"
+    manifest_kind = StudyMember.manifest_kind
+    member_class = StudyMember
     config_class = StudyConfig
     title = "study classifier"
 
@@ -127,48 +126,5 @@ class StudyKind(TorchKind):
         return scores
 
 
-class StudyMember(Member):
-    """The study classifier's folds: study class and none probabilities, averaged over folds and the
-    model's TTA views (its config's ``tta_views``; the identity alone when the ensemble's
-    ``tta_hflip`` is off), and on request the auxiliary head's opacity map."""
-
-    predicts_boxes = False
-
-    def __init__(self, name, spec, weights_dir, device: torch.device):
-        super().__init__(name, spec, weights_dir, device)
-        self.models = []
-        for path in self.files:
-            model = StudyClassifier.from_config(self.config, PRETRAINED_NONE)
-            model.load_state_dict(load_state_dict_file(path))
-            self.models.append(model.to(device).eval())
-        self.views = check_views(self.config.get("tta_views", FLIP))
-
-    @property
-    def has_opacity_map(self) -> bool:
-        return self.models[0].decoder is not None
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, tta: bool, precision: Precision,
-                with_opacity_map: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """uint8 ``(B, S, S)`` on the device -> ``(study probabilities (B, 4), none probability (B,),
-        opacity probability maps (B, h, w) of the unaugmented image, or None)``."""
-        batch = model_input(images)
-        views = self.views if tta else PLAIN
-        study, none, maps = 0.0, 0.0, None
-        want_maps = with_opacity_map and self.has_opacity_map
-        for model in self.models:
-            with torch.autocast(batch.device.type, dtype=precision.dtype, enabled=precision.enabled):
-                study_probs, none_probs = StudyClassifier.probabilities(StudyTTA(model, views)(batch))
-                if want_maps:
-                    fold_maps = model(batch, with_mask=True)["mask_logits"].float().sigmoid()[:, 0]
-                    maps = fold_maps if maps is None else maps + fold_maps
-            study = study + study_probs
-            none = none + none_probs
-        n = len(self.models)
-        return ((study / n).cpu().numpy().astype(np.float64), (none / n).cpu().numpy().astype(np.float64),
-                None if maps is None else (maps / n).cpu().numpy())
-
-
-StudyKind.member_class = StudyMember
 KIND = StudyKind()
 __all__ = ["KIND", "FoldResult", "RunOptions", "StudyConfig", "StudyMember", "load_study_table"]

@@ -1,50 +1,147 @@
 """Model kind "yolo": the ultralytics YOLO opacity detector. ultralytics' own trainer runs each fold
-(behind the same ``train_fold`` as the torch kinds); its results become the engine's metrics.csv and
-loss curve, its held-out predictions the shared prediction rows."""
+(behind the same ``train_fold`` as the torch kinds) on the prepared folds exported once to YOLO format;
+its results become the engine's metrics.csv and loss curve, its held-out predictions the shared
+prediction rows. (ultralytics' offline setup and the weights files: ``utils/yolo.py``; prediction:
+``utils/members/yolo.py``.)"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
+import yaml
 
+from utils.boxes import keep_valid_boxes, xyxy_norm_to_cxcywh
 from utils.detection import write_detector_report
-from utils.engine import Precision, copy_atomic, plot_loss_curve, write_metrics_csv
+from utils.engine import copy_atomic, plot_loss_curve, write_metrics_csv
+from utils.files import atomic_path
 from utils.kinds.base import (
-    Detections,
     DetectorKind,
     FoldResult,
-    Member,
     ModelKind,
     RunOptions,
     TrainingError,
-    model_input,
     split_fold,
-    with_flipped,
 )
-from utils.manifest import ManifestError, register_model
+from utils.manifest import register_model
+from utils.members.yolo import YoloMember
 from utils.predictions import detection_rows
 from utils.yolo import (
     SETTINGS_DIR,
     YoloWeightsError,
     check_starting_weights,
-    default_settings_dir,
-    export_yolo_images,
     import_ultralytics,
     load_yolo,
-    predict_yolo,
-    resolve_yolo_device,
-    results_history,
     save_yolo_weights,
-    write_data_yaml,
 )
 
 log = logging.getLogger(__name__)
+
+CLASS_NAMES = {0: "opacity"}
+
+
+# ----------------------------------------------------------------------------- the YOLO-format dataset
+
+
+def resolve_yolo_device(device: str) -> str:
+    """``auto`` -> ``"0"`` on a GPU machine, else ``"cpu"``; anything else is ultralytics' device list."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    if destination.exists():
+        return
+    try:
+        os.link(source, destination)  # same file system: no copy
+    except OSError:
+        shutil.copyfile(source, destination)
+
+
+def label_lines(boxes_norm) -> str:
+    """XYXY_NORM boxes -> YOLO label text (``0 cx cy w h`` per line); empty for an image without
+    opacity (a negative)."""
+    kept, _ = keep_valid_boxes(boxes_norm, 1.0, 1.0, min_size=1e-4)
+    return "".join(f"0 {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n" for cx, cy, w, h in xyxy_norm_to_cxcywh(kept))
+
+
+def export_yolo_images(table: pd.DataFrame, out_dir) -> pd.Series:
+    """``images/<id>.png`` (hard links to the prepared PNGs of ``table["image_path"]``) and
+    ``labels/<id>.txt`` under ``out_dir``, once for all folds; returns each row's exported image path.
+    ultralytics finds a label by replacing ``/images/`` with ``/labels/`` in the image path."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "labels").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image_id, source, boxes in zip(table["image_id"], table["image_path"], table["boxes_norm"]):
+        image = out_dir / "images" / f"{image_id}.png"
+        _link_or_copy(Path(source), image)
+        label = out_dir / "labels" / f"{image_id}.txt"
+        text = label_lines(boxes)
+        if not label.is_file() or label.read_text() != text:
+            with atomic_path(label) as temporary:
+                temporary.write_text(text)
+        paths.append(str(image.resolve()))
+    return pd.Series(paths, index=table.index)
+
+
+def write_data_yaml(run_dir, train_images, val_images) -> Path:
+    """A fold's ``data.yaml`` with its train/val image lists beside it (in the run folder)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lists = {}
+    for split, images in (("train", train_images), ("val", val_images)):
+        lists[split] = run_dir / f"{split}.txt"
+        lists[split].write_text("".join(f"{p}\n" for p in images))
+    data = {"path": str(run_dir.resolve()), "train": str(lists["train"].resolve()),
+            "val": str(lists["val"].resolve()), "names": CLASS_NAMES}
+    path = run_dir / "data.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def results_history(results_csv) -> list[dict]:
+    """ultralytics' ``results.csv`` -> the engine's history rows (``epoch``, ``train_loss``,
+    ``val_loss`` as the sum of the box, class and DFL losses, plus mAP50), for the loss curve."""
+    frame = pd.read_csv(results_csv)
+    frame.columns = [c.strip() for c in frame.columns]
+    history = []
+    for row in frame.to_dict("records"):
+        history.append({
+            "epoch": int(row["epoch"]),
+            "train_loss": sum(float(row[c]) for c in row if c.startswith("train/") and c.endswith("_loss")),
+            "val_loss": sum(float(row[c]) for c in row if c.startswith("val/") and c.endswith("_loss")),
+            "val_map50": float(row.get("metrics/mAP50(B)", np.nan)),
+        })
+    return history
+
+
+def predict_yolo(model, image_paths, *, image_size: int, score_threshold: float, nms_threshold: float,
+                 max_detections: int, device: str, batch_size: int = 16, progress: bool = True):
+    """Per image ``(XYXY_NORM boxes (n, 4), scores (n,))`` of a loaded ``ultralytics.YOLO`` at
+    ``image_size``. Inputs are square, so normalised coordinates of the input are those of the DICOM."""
+    from tqdm import tqdm
+
+    detections = []
+    paths = [str(p) for p in image_paths]
+    for start in tqdm(range(0, len(paths), batch_size), desc="yolo predict", disable=not progress, leave=False):
+        results = model.predict(paths[start:start + batch_size], imgsz=image_size, conf=score_threshold,
+                                iou=nms_threshold, max_det=max_detections, device=device, verbose=False,
+                                save=False)
+        for result in results:
+            boxes = result.boxes
+            detections.append((boxes.xyxyn.float().cpu().numpy().astype(np.float64),
+                               boxes.conf.float().cpu().numpy().astype(np.float64)))
+    return detections
 
 
 @dataclass
@@ -99,7 +196,8 @@ class YoloConfig:
 class YoloKind(DetectorKind, ModelKind):
     section = "yolo"
     model_name = "yolo"
-    manifest_kind = "yolo"
+    manifest_kind = YoloMember.manifest_kind
+    member_class = YoloMember
     config_class = YoloConfig
     title = "YOLO"
     resumable = False  # ultralytics' runs restart
@@ -162,47 +260,4 @@ class YoloKind(DetectorKind, ModelKind):
                               asdict(config))
 
 
-class YoloMember(Member):
-    def __init__(self, name, spec, weights_dir, device: torch.device):
-        super().__init__(name, spec, weights_dir, device)
-        if self.input_size % 32:
-            raise ManifestError(f"model {name!r}: YOLO input size {self.input_size} is not a multiple of 32")
-        ultralytics = import_ultralytics(default_settings_dir())
-        self.models = []
-        for path in self.files:
-            try:
-                self.models.append(load_yolo(ultralytics, path))
-            except YoloWeightsError as err:
-                raise ManifestError(str(err)) from None
-        self.options = {"imgsz": self.input_size, "conf": float(self.config.get("score_threshold", 0.001)),
-                        "iou": float(self.config.get("nms_threshold", 0.6)),
-                        "max_det": int(self.config.get("detections_per_image", 100))}
-
-    def set_channels_last(self, enabled: bool) -> bool:
-        return False  # ultralytics builds (and fuses) its own inference model: left as it makes it
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> list[Detections]:
-        batch = model_input(images).contiguous()  # a BCHW tensor in [0, 1] is taken as preprocessed
-        inputs = torch.cat([batch, batch.flip(-1)]) if tta else batch
-        device = "cpu" if self.device.type == "cpu" else str(self.device)
-        per_input: list[Detections] = [[] for _ in range(len(inputs))]
-        threads = torch.get_num_threads()
-        for model in self.models:
-            try:
-                results = model.predict(inputs, device=device, verbose=False, save=False,
-                                        quantize=16 if precision.enabled and precision.dtype == torch.float16
-                                        else None, **self.options)
-            finally:
-                # ultralytics' select_device sets cpu_count - 1 threads on the CPU (half the cores of a
-                # 2-core machine) for the whole process; the other models need them all.
-                torch.set_num_threads(threads)
-            for k, result in enumerate(results):
-                per_input[k].append((result.boxes.xyxyn.float().cpu().numpy().astype(np.float64),
-                                     result.boxes.conf.float().cpu().numpy().astype(np.float64)))
-        n = len(images)
-        return with_flipped(per_input[:n], per_input[n:]) if tta else per_input
-
-
-YoloKind.member_class = YoloMember
 KIND = YoloKind()

@@ -1,0 +1,55 @@
+"""What every inference member provides: one manifest model's folds loaded for prediction. The predictor
+(make_submission, the notebook, the web app) uses members only, so prediction imports nothing of
+training; each kind's training side (``utils/kinds/``) names its member."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from utils.boxes import hflip_xyxy
+from utils.manifest import entry_files
+from utils.runtime import Precision
+
+Detections = list[tuple[np.ndarray, np.ndarray]]  # per source: (XYXY_NORM boxes (n, 4), scores (n,))
+
+
+def model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, H, W)`` -> float ``(B, 3, H, W)`` in [0, 1], grey replicated to three channels: the
+    eval presets' output, what every model takes (each normalises inside, as its trunk wants)."""
+    return images.float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+def with_flipped(per_image: list[Detections], flipped: list[Detections]) -> list[Detections]:
+    """Each image's sources plus its mirror image's sources with the boxes flipped back."""
+    return [own + [(hflip_xyxy(b, 1.0), s) for b, s in mirror] for own, mirror in zip(per_image, flipped)]
+
+
+class Member:
+    """One manifest model's folds, loaded for prediction. ``predict(images, tta, precision)`` takes
+    uint8 ``(B, S, S)`` images on the device at ``input_size``; a detector returns per image one
+    ``(boxes, scores)`` per fold and flip, the study model its probabilities."""
+
+    predicts_boxes: ClassVar[bool] = True
+
+    def __init__(self, name: str, spec: dict, weights_dir: Path, device: torch.device):
+        self.name = name
+        self.kind = spec["kind"]
+        self.config = spec.get("config", {})
+        self.folds, self.files, self.input_size = entry_files(weights_dir, name, spec)
+        self.device = device
+
+    def predict(self, images: torch.Tensor, tta: bool, precision: Precision):
+        raise NotImplementedError
+
+    def set_channels_last(self, enabled: bool) -> bool:
+        """Keep the folds' weights channels-last (``enabled``) or contiguous; convolutions then run in
+        that layout (faster on tensor cores for some models: measured by ``infer/benchmark.py
+        inference --compare-channels-last``). Returns whether this member's models support it."""
+        layout = torch.channels_last if enabled else torch.contiguous_format
+        for model in self.models:
+            model.to(memory_format=layout)
+        return True

@@ -1,0 +1,57 @@
+"""The study classifier's inference member: study class and none probabilities over its folds and TTA
+views, and on request the auxiliary head's opacity map."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from utils.manifest import load_state_dict_file
+from utils.members.base import Member, model_input
+from utils.models import PRETRAINED_NONE, StudyClassifier
+from utils.runtime import Precision
+from utils.tta import FLIP, PLAIN, StudyTTA, check_views
+
+
+class StudyMember(Member):
+    """The study classifier's folds: study class and none probabilities, averaged over folds and the
+    model's TTA views (its config's ``tta_views``; the identity alone when the ensemble's
+    ``tta_hflip`` is off), and on request the auxiliary head's opacity map."""
+
+    manifest_kind = "study_classifier"
+
+    predicts_boxes = False
+
+    def __init__(self, name, spec, weights_dir, device: torch.device):
+        super().__init__(name, spec, weights_dir, device)
+        self.models = []
+        for path in self.files:
+            model = StudyClassifier.from_config(self.config, PRETRAINED_NONE)
+            model.load_state_dict(load_state_dict_file(path))
+            self.models.append(model.to(device).eval())
+        self.views = check_views(self.config.get("tta_views", FLIP))
+
+    @property
+    def has_opacity_map(self) -> bool:
+        return self.models[0].decoder is not None
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, tta: bool, precision: Precision,
+                with_opacity_map: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """uint8 ``(B, S, S)`` on the device -> ``(study probabilities (B, 4), none probability (B,),
+        opacity probability maps (B, h, w) of the unaugmented image, or None)``."""
+        batch = model_input(images)
+        views = self.views if tta else PLAIN
+        study, none, maps = 0.0, 0.0, None
+        want_maps = with_opacity_map and self.has_opacity_map
+        for model in self.models:
+            with torch.autocast(batch.device.type, dtype=precision.dtype, enabled=precision.enabled):
+                study_probs, none_probs = StudyClassifier.probabilities(StudyTTA(model, views)(batch))
+                if want_maps:
+                    fold_maps = model(batch, with_mask=True)["mask_logits"].float().sigmoid()[:, 0]
+                    maps = fold_maps if maps is None else maps + fold_maps
+            study = study + study_probs
+            none = none + none_probs
+        n = len(self.models)
+        return ((study / n).cpu().numpy().astype(np.float64), (none / n).cpu().numpy().astype(np.float64),
+                None if maps is None else (maps / n).cpu().numpy())
