@@ -370,7 +370,7 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
             def run(member=member, tta=tta):
                 return [member.predict(batch[member.input_size], tta, ensemble.precision) for batch in on_device]
             rates[f"{member.name}{'_tta' if tta else ''}"] = _median_rate(run, images, repeats, sync)
-        seconds_per_image += 1.0 / rates[f"{member.name}{'_tta' if config.tta_hflip else ''}"]
+        seconds_per_image += 1.0 / rates[f"{member.name}{'_tta' if member.uses_tta(config) else ''}"]
         if compare_channels_last and member.set_channels_last(not config.channels_last):
             layout = "contiguous" if config.channels_last else "channels_last"
             rates[f"{member.name}_tta_{layout}"] = _median_rate(lambda member=member: run(member, True), images,
@@ -399,6 +399,7 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
         "precision": str(ensemble.precision.dtype) if ensemble.precision.enabled else "fp32",
         "models": ensemble.describe()["models"],
         "tta_hflip": config.tta_hflip,
+        "study_tta": config.study_tta,
         "batch_size": config.batch_size,
         "workers": config.workers,
         "fusion_workers": n_fusion,

@@ -76,8 +76,12 @@ UNINFORMED_NONE = 0.5
 
 
 def ensemble_config(manifest: dict, overrides: dict | None = None, source: str = "manifest") -> EnsembleConfig:
-    """The manifest's ``ensemble`` section (defaults where it has none) with ``overrides`` on top."""
-    mapping = {**manifest.get(SECTION, {}), **(overrides or {})}
+    """The manifest's ``ensemble`` section (defaults where it has none) with ``overrides`` on top. A
+    section without ``study_tta`` (written before 2026-12) takes it from ``tta_hflip``, which switched both."""
+    section = dict(manifest.get(SECTION, {}))
+    if "study_tta" not in section and "tta_hflip" in section:
+        section["study_tta"] = section["tta_hflip"]
+    mapping = {**section, **(overrides or {})}
     return from_mapping(EnsembleConfig, mapping, f"{source} [{SECTION}]")
 
 
@@ -311,14 +315,14 @@ class Ensemble:
         batches = {size: self.device_batch(readable, size) for size in self.sizes}
         for member in self.members:
             if not member.predicts_boxes:
-                study, none, maps = member.predict(batches[member.input_size], self.config.tta_hflip,
+                study, none, maps = member.predict(batches[member.input_size], member.uses_tta(self.config),
                                                    self.precision, with_opacity_map)
                 for k, image in enumerate(outputs.members):
                     image.classifiers[member.name] = (study[k], float(none[k]))
                 if outputs.maps is None and maps is not None:
                     outputs.maps = maps
                 continue
-            found = member.predict(batches[member.input_size], self.config.tta_hflip, self.precision)
+            found = member.predict(batches[member.input_size], member.uses_tta(self.config), self.precision)
             for image, sources in zip(outputs.members, found):
                 image.boxes[member.name] = list(sources)
         return outputs

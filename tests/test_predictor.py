@@ -110,8 +110,8 @@ def test_flip_tta_is_exact(ensemble, siim_dataset):
 
 def test_the_predictor_applies_every_study_view_of_the_manifest(untrained_weights, siim_dataset, tmp_path):
     """A study model whose manifest lists the eight views: each fold model sees exactly those eight views
-    of the batch, in order, and the study probabilities are their mean; with the flip switch off, the
-    image alone."""
+    of the batch, in order, and the study probabilities are their mean, whatever the detectors' flip
+    switch says; with ``study_tta`` off, the image alone."""
     from utils.models import StudyClassifier
     from utils.tta import EIGHT_VIEWS, apply_view
 
@@ -122,8 +122,9 @@ def test_the_predictor_applies_every_study_view_of_the_manifest(untrained_weight
     manifest["models"]["study"]["config"]["tta_views"] = list(EIGHT_VIEWS)
     (weights / "manifest.json").write_text(json.dumps(manifest))
     paths = find_dicoms(siim_dataset / "test")[:2]
-    for tta, views in ((True, EIGHT_VIEWS), (False, ("identity",))):
-        ensemble = Ensemble(weights, overrides={"device": "cpu", "workers": 0, "tta_hflip": tta})
+    for switches, views in (({"study_tta": True, "tta_hflip": False}, EIGHT_VIEWS),
+                            ({"study_tta": False, "tta_hflip": True}, ("identity",))):
+        ensemble = Ensemble(weights, overrides={"device": "cpu", "workers": 0, **switches})
         member = ensemble.members[0]
         seen = {id(model): [] for model in member.models}
         for model in member.models:
@@ -141,6 +142,17 @@ def test_the_predictor_applies_every_study_view_of_the_manifest(untrained_weight
                                            for v in views], axis=0)
         np.testing.assert_allclose(np.stack([p.study_probs for p in predictions]),
                                    expected_probs / len(member.models), atol=1e-5)
+
+
+def test_the_flip_switch_and_the_study_views_are_two_keys_and_old_manifests_keep_their_meaning():
+    from infer.predictor import ensemble_config
+
+    assert ensemble_config({"ensemble": {"tta_hflip": False, "study_tta": True}}).study_tta is True
+    # Before 2026-12 one switch did both: an old manifest's tta_hflip false still turns the study views off.
+    old = ensemble_config({"ensemble": {"tta_hflip": False}})
+    assert old.tta_hflip is False and old.study_tta is False
+    assert ensemble_config({"ensemble": {"tta_hflip": False}}, {"study_tta": True}).study_tta is True
+    assert ensemble_config({}).study_tta is True and ensemble_config({}).tta_hflip is True
 
 
 def test_yolo_leaves_the_torch_thread_count_alone(untrained_weights, siim_dataset):

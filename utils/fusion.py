@@ -120,7 +120,10 @@ def blend_none(signals: Sequence[float | None], weights: Sequence[float]) -> flo
 class EnsembleConfig:
     """The ``ensemble`` section of a config (kept in the manifest by ``train/train_all.py``)."""
 
-    tta_hflip: bool = True
+    tta_hflip: bool = True  # the detectors also predict the mirror image (boxes flipped back)
+    # The study models' own test-time views (their config's tta_views, up to 8); False: the image alone.
+    # Manifests before 2026-12 had one switch for both: tta_hflip false there also means study_tta false.
+    study_tta: bool = True
     # Per model name (absent: 1.0): a detector's weight in the fusion across models, a classifier's in the
     # mean of the classifiers; 0 leaves the model out (it is not even run).
     model_weights: dict[str, float] = field(default_factory=dict)

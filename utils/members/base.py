@@ -45,6 +45,11 @@ class Member:
     def predict(self, images: torch.Tensor, tta: bool, precision: Precision):
         raise NotImplementedError
 
+    def uses_tta(self, config) -> bool:
+        """Whether the ensemble's settings (``EnsembleConfig``) ask for this member's test-time views: a
+        detector's mirror image (``tta_hflip``)."""
+        return config.tta_hflip
+
     def set_channels_last(self, enabled: bool) -> bool:
         """Keep the folds' weights channels-last (``enabled``) or contiguous; convolutions then run in
         that layout (faster on tensor cores for some models: measured by ``infer/benchmark.py

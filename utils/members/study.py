@@ -16,7 +16,7 @@ from utils.tta import FLIP, PLAIN, StudyTTA, check_views
 class StudyMember(Member):
     """The study classifier's folds: study class and none probabilities, averaged over folds and the
     model's TTA views (its config's ``tta_views``; the identity alone when the ensemble's
-    ``tta_hflip`` is off), and on request the auxiliary head's opacity map."""
+    ``study_tta`` is off), and on request the auxiliary head's opacity map."""
 
     manifest_kind = "study_classifier"
 
@@ -30,6 +30,9 @@ class StudyMember(Member):
             model.load_state_dict(load_state_dict_file(path))
             self.models.append(model.to(device).eval())
         self.views = check_views(self.config.get("tta_views", FLIP))
+
+    def uses_tta(self, config) -> bool:
+        return config.study_tta
 
     @property
     def has_opacity_map(self) -> bool:
