@@ -33,6 +33,7 @@ class Member:
     uint8 ``(B, S, S)`` images on the device at ``input_size``; a detector returns per image one
     ``(boxes, scores)`` per fold and flip, the study model its probabilities."""
 
+    manifest_kind: ClassVar[str]  # the "kind" of the manifest entries it loads (its kind's manifest_kind)
     predicts_boxes: ClassVar[bool] = True
 
     def __init__(self, name: str, spec: dict, weights_dir: Path, device: torch.device):
