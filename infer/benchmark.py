@@ -241,41 +241,27 @@ def benchmark_grey_input(arch: str = "timm:tf_efficientnet_lite0", image_size: i
 
 
 def write_untrained_weights(weights_dir, config_path, folds: int = 1, overrides: dict | None = None) -> Path:
-    """A weights folder with randomly initialised models of every section of ``config_path`` (study
-    classifier, Faster R-CNN, YOLO; ``folds`` copies each) and its manifest, including the ensemble
+    """A weights folder with randomly initialised models of every registered kind, as configured in
+    ``config_path`` (``overrides``: section -> keys; ``folds`` copies each, in the kind's own weights
+    format: :meth:`utils.kinds.ModelKind.untrained_weights`) and its manifest, including the ensemble
     section: the speed of prediction does not depend on what the weights learned."""
     from dataclasses import asdict
 
     from utils.config import load_section, load_yaml_section
-    from utils.frcnn import detector_from_config
-    from utils.kinds.frcnn import FrcnnConfig
-    from utils.kinds.study import StudyConfig
-    from utils.kinds.yolo import YoloConfig
+    from utils.kinds import KINDS
     from utils.manifest import register_ensemble, register_model
-    from utils.models import PRETRAINED_NONE, StudyClassifier
-    from utils.yolo import import_ultralytics, save_yolo_weights
 
     weights_dir = Path(weights_dir)
     overrides = overrides or {}
-    study = load_section(config_path, "study", StudyConfig, overrides.get("study"))
-    frcnn = load_section(config_path, "frcnn", FrcnnConfig, overrides.get("frcnn"))
-    yolo = load_section(config_path, "yolo", YoloConfig, overrides.get("yolo"))
     torch.manual_seed(0)
-    files = {name: {k: f"{name}/fold{k}.pt" for k in range(folds)} for name in ("study", "faster_rcnn", "yolo")}
-    for relative in (p for fold_files in files.values() for p in fold_files.values()):
-        (weights_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-    import_ultralytics(weights_dir / "ultralytics_settings")
-    from ultralytics.nn.tasks import DetectionModel
-
-    for k in range(folds):
-        torch.save(StudyClassifier.from_config(asdict(study), PRETRAINED_NONE).state_dict(),
-                   weights_dir / files["study"][k])
-        detector = detector_from_config(asdict(frcnn), PRETRAINED_NONE, frcnn.predict_size)
-        torch.save(detector.state_dict(), weights_dir / files["faster_rcnn"][k])
-        save_yolo_weights(DetectionModel(yolo.model, nc=1, verbose=False), weights_dir / files["yolo"][k])
-    register_model(weights_dir, "study", "study_classifier", files["study"], study.image_size, asdict(study))
-    register_model(weights_dir, "faster_rcnn", "faster_rcnn", files["faster_rcnn"], frcnn.predict_size, asdict(frcnn))
-    register_model(weights_dir, "yolo", "yolo", files["yolo"], yolo.predict_size, asdict(yolo))
+    for kind in KINDS.values():
+        config = load_section(config_path, kind.section, kind.config_class, overrides.get(kind.section))
+        files = {}
+        for k in range(folds):
+            files[k] = f"{kind.model_name}/fold{k}.pt"
+            (weights_dir / files[k]).parent.mkdir(parents=True, exist_ok=True)
+            kind.untrained_weights(config, weights_dir / files[k])
+        register_model(weights_dir, kind.model_name, kind.manifest_kind, files, kind.input_size(config), asdict(config))
     ensemble = {**load_yaml_section(config_path, "ensemble"), **overrides.get("ensemble", {})}
     return register_ensemble(weights_dir, ensemble)
 

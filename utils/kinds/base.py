@@ -91,6 +91,11 @@ class ModelKind:
         """The size its inference member predicts at (stored in the manifest)."""
         return config.image_size
 
+    def untrained_weights(self, config, path: Path) -> None:
+        """One fold's randomly initialised weights at ``path``, in the format its member loads (benchmarks,
+        the GPU and Kaggle checks: prediction speed does not depend on what the weights learned)."""
+        raise NotImplementedError
+
 
 def export_weights(checkpoint: dict, path) -> Path:
     """The ``model`` state dict of an engine checkpoint, alone (no optimizer), written atomically."""

@@ -97,6 +97,10 @@ class FrcnnKind(DetectorKind, TorchKind):
     title = "Faster R-CNN"
     collate = staticmethod(collate_detection)
 
+    def untrained_weights(self, config: FrcnnConfig, path) -> None:
+        torch.save(detector_from_config(dataclasses.asdict(config), PRETRAINED_NONE, config.predict_size).state_dict(),
+                   path)
+
     def build_model(self, config: FrcnnConfig) -> FasterRCNNDetector:
         """The detector of ``config``: the trunk from ``backbone``, or everything from ``init_from``."""
         trunk = PRETRAINED_NONE if config.init_from else config.backbone

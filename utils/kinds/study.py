@@ -4,10 +4,11 @@ the image-level "none"), optionally with the auxiliary opacity segmentation head
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import pandas as pd
+import torch
 
 from utils.classification import study_accuracy, study_classifier_scores
 from utils.datasets import StudyDataset
@@ -81,6 +82,9 @@ class StudyKind(TorchKind):
 
     def load_table(self, meta_csv, config: StudyConfig) -> pd.DataFrame:
         return load_study_table(meta_csv, config.image_size, with_boxes=config.seg_weight > 0)
+
+    def untrained_weights(self, config: StudyConfig, path) -> None:
+        torch.save(StudyClassifier.from_config(asdict(config), PRETRAINED_NONE).state_dict(), path)
 
     def build_model(self, config: StudyConfig) -> StudyClassifier:
         return StudyClassifier.from_config(vars(config), config.backbone)

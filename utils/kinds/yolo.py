@@ -36,6 +36,7 @@ from utils.yolo import (
     SETTINGS_DIR,
     YoloWeightsError,
     check_starting_weights,
+    default_settings_dir,
     import_ultralytics,
     load_yolo,
     save_yolo_weights,
@@ -201,6 +202,12 @@ class YoloKind(DetectorKind, ModelKind):
     config_class = YoloConfig
     title = "YOLO"
     resumable = False  # ultralytics' runs restart
+
+    def untrained_weights(self, config: YoloConfig, path) -> None:
+        import_ultralytics(default_settings_dir())
+        from ultralytics.nn.tasks import DetectionModel
+
+        save_yolo_weights(DetectionModel(config.model, nc=1, verbose=False), path)
 
     def start(self, table: pd.DataFrame, config: YoloConfig, options: RunOptions) -> None:
         """ultralytics imported offline (settings in the run folder); the used images exported once
