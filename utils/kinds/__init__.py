@@ -9,7 +9,7 @@ docs/architecture.md.
 from __future__ import annotations
 
 from utils.kinds import frcnn, study, yolo
-from utils.kinds.base import FoldResult, ModelKind, RunOptions, TrainingError, train_folds
+from utils.kinds.base import FoldResult, ModelKind, RunOptions, StagePlan, TrainingError, train_folds
 from utils.members import Member
 
 KINDS: dict[str, ModelKind] = {kind.section: kind for kind in (frcnn.KIND, yolo.KIND, study.KIND)}
@@ -23,5 +23,5 @@ def kind_of_manifest(manifest_kind: str) -> ModelKind:
     raise KeyError(f"unknown model kind {manifest_kind!r}; known: {sorted(k.manifest_kind for k in KINDS.values())}")
 
 
-__all__ = ["KINDS", "FoldResult", "Member", "ModelKind", "RunOptions", "TrainingError", "kind_of_manifest",
+__all__ = ["KINDS", "FoldResult", "Member", "ModelKind", "RunOptions", "StagePlan", "TrainingError", "kind_of_manifest",
            "train_folds"]

@@ -46,6 +46,17 @@ class RunOptions:
     progress: bool = True
 
 
+@dataclass(frozen=True)
+class StagePlan:
+    """What ``train/train_all.py`` runs a kind's stage with: the config file, the run folder, and the
+    optional NIH and RSNA folders (a kind's stage arguments and file checks depend on them)."""
+
+    config_path: Path
+    out: Path
+    nih_dir: Path | None = None
+    rsna_dir: Path | None = None
+
+
 @dataclass
 class FoldResult:
     """One trained fold: the weights to keep and the held-out predictions (None off rank 0)."""
@@ -65,6 +76,21 @@ class ModelKind:
     member_class: ClassVar[type]  # the predictor's member
     title: ClassVar[str]
     resumable: ClassVar[bool] = True  # the engine's exact resume (--resume)
+    # train_all gives it the NIH backbone it trained (``backbone=OUT/backbone/best.pt``) when there is one.
+    trunk_from_backbone: ClassVar[bool] = False
+
+    @property
+    def script(self) -> str:
+        """Its training command, relative to the repository (train_all runs it as the kind's stage)."""
+        return f"train/train_{self.section}.py"
+
+    def stage_arguments(self, plan: StagePlan) -> list[str]:
+        """Arguments of its stage beyond ``--prepared``, ``--out``, ``--weights-dir`` and the config."""
+        return []
+
+    def check_files(self, config, plan: StagePlan) -> None:
+        """Files its config names that must exist before train_all's first stage: a ``ValueError`` or
+        ``FileNotFoundError`` saying which key and file (train_all adds the config file and section)."""
 
     def sizes(self, config) -> set[int]:
         """The prepared image sizes this kind reads (train/prepare.py writes each once)."""

@@ -20,11 +20,18 @@ from utils.frcnn import FasterRCNNDetector, detector_from_config, load_detector_
 from utils.kinds.base import (
     DetectorKind,
     RunOptions,
+    StagePlan,
     TorchKind,
     TrainingError,
 )
 from utils.members.frcnn import FasterRCNNMember
-from utils.models import NORMALIZATION_AUTO, PRETRAINED_NONE, check_pretrained_source, resolve_normalization
+from utils.models import (
+    NORMALIZATION_AUTO,
+    PRETRAINED_NONE,
+    check_pretrained_source,
+    check_trunk_file,
+    resolve_normalization,
+)
 from utils.predictions import detection_rows
 from utils.prepare import prepare_rsna
 from utils.presets import build_transform
@@ -93,9 +100,19 @@ class FrcnnKind(DetectorKind, TorchKind):
     model_name = "faster_rcnn"
     manifest_kind = FasterRCNNMember.manifest_kind
     member_class = FasterRCNNMember
+    trunk_from_backbone = True
     config_class = FrcnnConfig
     title = "Faster R-CNN"
     collate = staticmethod(collate_detection)
+
+    def stage_arguments(self, plan: StagePlan) -> list[str]:
+        return ["--pretrain-rsna", str(plan.rsna_dir)] if plan.rsna_dir else []
+
+    def check_files(self, config: FrcnnConfig, plan: StagePlan) -> None:
+        if plan.nih_dir is None:  # without the NIH stage the trunk starts from what the config names
+            check_trunk_file("backbone", config.arch, config.backbone)
+        if plan.rsna_dir is None and config.init_from and not Path(config.init_from).is_file():
+            raise ValueError(f"init_from: file {config.init_from!r} not found")
 
     def untrained_weights(self, config: FrcnnConfig, path) -> None:
         torch.save(detector_from_config(dataclasses.asdict(config), PRETRAINED_NONE, config.predict_size).state_dict(),

@@ -15,7 +15,7 @@ from utils.datasets import StudyDataset
 from utils.detection import read_detection_table
 from utils.engine import TrainConfig
 from utils.files import write_json_atomic, write_text_atomic
-from utils.kinds.base import FoldResult, RunOptions, TorchKind
+from utils.kinds.base import FoldResult, RunOptions, StagePlan, TorchKind
 from utils.members.study import StudyMember
 from utils.metric import format_score_table
 from utils.models import (
@@ -23,6 +23,7 @@ from utils.models import (
     PRETRAINED_NONE,
     StudyClassifier,
     check_pretrained_source,
+    check_trunk_file,
     resolve_normalization,
 )
 from utils.predictions import classifier_rows, write_predictions
@@ -77,11 +78,16 @@ class StudyKind(TorchKind):
     model_name = "study"
     manifest_kind = StudyMember.manifest_kind
     member_class = StudyMember
+    trunk_from_backbone = True
     config_class = StudyConfig
     title = "study classifier"
 
     def load_table(self, meta_csv, config: StudyConfig) -> pd.DataFrame:
         return load_study_table(meta_csv, config.image_size, with_boxes=config.seg_weight > 0)
+
+    def check_files(self, config: StudyConfig, plan: StagePlan) -> None:
+        if plan.nih_dir is None:  # without the NIH stage the trunk starts from what the config names
+            check_trunk_file("backbone", config.arch, config.backbone)
 
     def untrained_weights(self, config: StudyConfig, path) -> None:
         torch.save(StudyClassifier.from_config(asdict(config), PRETRAINED_NONE).state_dict(), path)

@@ -26,6 +26,7 @@ from utils.kinds.base import (
     FoldResult,
     ModelKind,
     RunOptions,
+    StagePlan,
     TrainingError,
     split_fold,
 )
@@ -202,6 +203,12 @@ class YoloKind(DetectorKind, ModelKind):
     config_class = YoloConfig
     title = "YOLO"
     resumable = False  # ultralytics' runs restart
+
+    def check_files(self, config: YoloConfig, plan: StagePlan) -> None:
+        try:
+            config.check_files()
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"model: {err}") from None
 
     def untrained_weights(self, config: YoloConfig, path) -> None:
         import_ultralytics(default_settings_dir())
