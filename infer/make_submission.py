@@ -87,14 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             overrides["device"] = devices[0]
         manifest = read_manifest(args.weights_dir, must_exist=True)
         config = ensemble_config(manifest, overrides, str(args.weights_dir / "manifest.json"))
-        ensemble = (ShardedEnsemble(args.weights_dir, config, devices) if len(devices) > 1
-                    else Ensemble(args.weights_dir, config))
-        try:
+        with (ShardedEnsemble(args.weights_dir, config, devices) if len(devices) > 1
+              else Ensemble(args.weights_dir, config)) as ensemble:
             summary = write_ensemble_submission(ensemble, args.data_dir, args.out, batch_size=args.batch_size,
                                                 workers=args.workers, progress=not args.no_progress,
                                                 test_table=args.test_meta, allow_unreadable=args.allow_unreadable)
-        finally:
-            ensemble.close()
     except (ConfigError, ManifestError, FileNotFoundError, PreparationInputError, SubmissionError, ShardError,
             TooManyUnreadableError) as err:
         raise SystemExit(f"error: {err}") from None

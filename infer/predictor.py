@@ -289,6 +289,12 @@ class Ensemble:
             self._fusion[1].shutdown()
             self._fusion = None
 
+    def __enter__(self) -> "Ensemble":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     @property
     def sizes(self) -> tuple[int, ...]:
         """The input sizes of the models: what each image is decoded to."""

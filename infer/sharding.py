@@ -58,10 +58,9 @@ def _worker(weights_dir: str, config, device: str, images: list, batch_size: int
     try:
         if threads:
             torch.set_num_threads(threads)
-        ensemble = Ensemble(weights_dir, replace(config, device=device))
-        result = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=False,
-                                        on_batch=count), None
-        ensemble.close()
+        with Ensemble(weights_dir, replace(config, device=device)) as ensemble:  # its fusion processes stop
+            result = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=False,
+                                            on_batch=count), None
     except BaseException:  # handed to the parent, which raises it
         result = None, traceback.format_exc()
     with open(out, "wb") as handle:
@@ -88,6 +87,12 @@ class ShardedEnsemble:
 
     def close(self) -> None:
         """Nothing to stop here: each worker stops its own fusion processes."""
+
+    def __enter__(self) -> "ShardedEnsemble":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def predict_paths(self, images: Sequence, *, batch_size: int | None = None, workers: int | None = None,
                       progress: bool = True) -> list:

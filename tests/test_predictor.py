@@ -309,6 +309,17 @@ def test_the_pipeline_keeps_the_order_with_decoding_and_fusion_processes(ensembl
             np.testing.assert_allclose(a.study_probs, b.study_probs, atol=1e-6)
 
 
+def test_an_ensemble_in_a_with_block_stops_its_fusion_processes_even_on_an_error(untrained_weights, siim_dataset):
+    paths = find_dicoms(siim_dataset / "test")[:2]
+    with pytest.raises(RuntimeError, match="stopped here"):
+        with Ensemble(untrained_weights, overrides={"device": "cpu", "workers": 0, "fusion_workers": 1}) as ensemble:
+            ensemble.predict_paths(paths, progress=False)
+            pool = ensemble.fusion_executor()
+            raise RuntimeError("stopped here")
+    with pytest.raises(RuntimeError, match="shutdown"):
+        pool.submit(int)
+
+
 def test_predict_source_takes_bytes(ensemble, siim_dataset):
     path = find_dicoms(siim_dataset / "test")[0]
     prediction = ensemble.predict_source(path.read_bytes(), name="upload.dcm")
