@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from utils.manifest import MANIFEST_FILE, read_manifest
+from utils.members.yolo import YoloMember
 from utils.yolo import YoloWeightsError, convert_ultralytics_pickle, default_settings_dir, import_ultralytics
 
 
@@ -23,7 +24,7 @@ def yolo_files(target: Path) -> list[Path]:
     if not (target / MANIFEST_FILE).is_file():
         return [target]
     manifest = read_manifest(target, must_exist=True)
-    return [target / relative for spec in manifest["models"].values() if spec.get("kind") == "yolo"
+    return [target / relative for spec in manifest["models"].values() if spec.get("kind") == YoloMember.manifest_kind
             for relative in spec["files"].values()]
 
 

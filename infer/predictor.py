@@ -223,8 +223,6 @@ class ModelOutputs:
                                                           np.zeros(0), error=image.error) for image in self.images]
 
 
-
-
 def checked_manifest(weights_dir, config: EnsembleConfig | None = None,
                      overrides: dict | None = None) -> tuple[dict, EnsembleConfig]:
     """The manifest of ``weights_dir`` and the ensemble settings, checked without loading a model: at

@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out} is up to date")
         return 0
     args.out.write_text(text)
-    print(f"wrote {args.out} ({len(text) // 1024} KiB, {len(build()['cells'])} cells)")
+    modules = code_closure()
+    lines = sum(module_path(m).read_text().count("\n") for m in modules)
+    print(f"wrote {args.out} ({len(text) // 1024} KiB, {len(build()['cells'])} cells; the code of "
+          f"{len(modules)} modules, {lines:,} lines)")
     return 0
 
 

@@ -105,7 +105,6 @@ def test_yolo_folds_are_data_and_load_to_the_same_predictions(tmp_path):
     ultralytics = import_ultralytics(default_settings_dir())
     reference = ultralytics.YOLO("yolov8n.yaml", task="detect")
     network = reference.model
-    network.nc = 1
     path = save_yolo_weights(network, tmp_path / "fold0.pt")
     content = torch.load(path, weights_only=True)  # plain data: loads without any allowed class
     assert set(content) == {"format", "model_yaml", "state_dict"}

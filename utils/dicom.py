@@ -305,9 +305,6 @@ def _decode_first_frame(ds: pydicom.Dataset, header: DicomHeader, label: str,
     try:
         frame = pixel_array(ds, index=0)
     except Exception as err:
-        if "missing dependencies" in str(err):  # pydicom's words when every plugin lacks its package
-            raise MissingDecoderError(label, f"{NO_DECODER} {_syntax_name(header)}: "
-                                             f"{' '.join(str(err).split())}") from err
         raise DicomReadError(
             label, f"cannot decode pixel data in {_syntax_name(header)}: {type(err).__name__}: {err}"
         ) from err

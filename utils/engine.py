@@ -42,6 +42,7 @@ from torch.utils.data._utils.collate import default_collate
 from tqdm import tqdm
 
 from utils.files import atomic_path
+from utils.log import first_line
 from utils.report import figure
 from utils.runtime import Precision, resolve_device, resolve_precision
 
@@ -265,8 +266,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         # weights_only: tensors, numbers, strings and plain containers only, so reading can never run code.
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        first_line = str(err).splitlines()[0] if str(err) else ""
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first_line})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first_line(err)})") from None
     if isinstance(state, dict) and set(state) == set(CHECKPOINT_KEYS) - {"ema"}:
         state["ema"] = None  # written before the moving average existed
     if not isinstance(state, dict) or set(state) != set(CHECKPOINT_KEYS):

@@ -10,3 +10,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def configure_logging(level: int = logging.INFO) -> None:
     """INFO and above to stderr with time, level and logger name (a no-op when already configured)."""
     logging.basicConfig(level=level, format=LOG_FORMAT)
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message up to its first line break (torch's unpickling errors run to a page)."""
+    text = str(err)
+    return text.splitlines()[0] if text else ""

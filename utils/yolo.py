@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from utils.files import atomic_path
+from utils.log import first_line
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ WRAPPER_YAML = "yolov8n.yaml"
 
 class YoloWeightsError(ValueError):
     """A YOLO weights file that cannot be loaded as data; names the file and the reason."""
+
+
+class UltralyticsPickleError(YoloWeightsError):
+    """An ultralytics pickle (weights saved before 2026-12): refused, with the command that converts it."""
 
 
 def import_ultralytics(settings_dir):
@@ -150,8 +155,8 @@ def ultralytics_pickle(path) -> bool:
     return any(name.startswith("ultralytics.") for name in names)
 
 
-def _refuse_pickle(path) -> YoloWeightsError:
-    return YoloWeightsError(
+def _refuse_pickle(path) -> UltralyticsPickleError:
+    return UltralyticsPickleError(
         f"{path}: an ultralytics pickle (the format before 2026-12; loading it runs code from the file, so it "
         f"is refused). If you trust where it came from, convert it once: {CONVERT_COMMAND} {path}")
 
@@ -170,7 +175,7 @@ def read_yolo_weights(path) -> tuple[dict, dict]:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every unpickling failure means the same: not a usable file
         raise YoloWeightsError(f"{path}: not a readable YOLO weights file ({type(err).__name__}: "
-                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
+                               f"{first_line(err)})") from None
     if isinstance(content, dict) and "format" not in content and {"model", "ema"} & set(content):
         raise _refuse_pickle(path)
     if not isinstance(content, dict) or content.get("format") != WEIGHTS_FORMAT:
@@ -211,7 +216,7 @@ def load_yolo(ultralytics, path):
         network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:
         raise YoloWeightsError(f"{path}: its weights do not fit its model yaml ({type(err).__name__}: "
-                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
+                               f"{first_line(err)})") from None
     return yolo_from_network(ultralytics, network.float().eval(), path)
 
 
@@ -224,9 +229,8 @@ def check_starting_weights(path) -> None:
     try:
         torch_safe_load(str(path), safe_only=True)
     except Exception as err:  # noqa: BLE001 - ultralytics raises TypeError, RuntimeError, ... for a bad file
-        first_line = str(err).splitlines()[0] if str(err) else ""
         raise YoloWeightsError(f"{path}: not an ultralytics weights file that loads without running code "
-                               f"({type(err).__name__}: {first_line})") from None
+                               f"({type(err).__name__}: {first_line(err)})") from None
 
 
 def convert_ultralytics_pickle(path) -> Path:
@@ -237,9 +241,8 @@ def convert_ultralytics_pickle(path) -> Path:
     path = Path(path)
     try:
         read_yolo_weights(path)
-    except YoloWeightsError as err:
-        if CONVERT_COMMAND not in str(err):
-            raise
+    except UltralyticsPickleError:
+        pass
     else:
         raise YoloWeightsError(f"{path}: already in format {WEIGHTS_FORMAT!r}; nothing to convert")
     checkpoint, _ = torch_safe_load(path, safe_only=False)
