@@ -36,13 +36,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from infer.predictor import (
-    NEGATIVE,
-    Ensemble,
-    image_none_probability,
-    no_box_probability,
-    study_row_probabilities,
-)
+from infer.assemble import NEGATIVE, image_none_probability, no_box_probability, study_row_probabilities
+from infer.predictor import Ensemble
 from utils.boxes import denormalize_xyxy
 from utils.dicom import DicomReadError, ImageSizeError, read_radiograph
 from utils.fusion import display_threshold

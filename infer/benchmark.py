@@ -322,7 +322,7 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
     from dataclasses import replace
 
     from infer.predictor import Ensemble, decoded_batches
-    from utils.fusion import MemberOutputs, combine_images, resolve_fusion_workers
+    from utils.fusion import MemberOutputs, add_member_prediction, combine_images, resolve_fusion_workers
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="bench-inference-"))
     if weights_dir is None:
@@ -362,10 +362,12 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
             rates[f"{member.name}_tta_{layout}"] = _median_rate(lambda member=member: run(member, True), images,
                                                                 repeats, sync)
             member.set_channels_last(config.channels_last)
-        if member.kind != "study_classifier":
-            sources[member.name] = [found for out in run() for found in out]
+        sources[member.name] = run()
     rates["models"] = 1.0 / seconds_per_image
-    per_image = [MemberOutputs({name: list(found[k]) for name, found in sources.items()}) for k in range(images)]
+    per_image = [MemberOutputs() for _ in range(images)]
+    for name, predictions in sources.items():
+        for start, prediction in zip(range(0, images, config.batch_size), predictions):
+            add_member_prediction(per_image[start:start + config.batch_size], name, prediction)
     rates["wbf_1_process"] = _median_rate(lambda: combine_images(per_image, config), images, repeats, sync)
     variants = {"end_to_end_inline_fusion": 0}
     if n_fusion:  # the configured run first, the inline fusion its baseline

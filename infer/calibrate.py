@@ -38,12 +38,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from infer.assemble import assemble_submission
 from infer.baseline_submission import baseline_rows
 from infer.evaluate import evaluated_rows, image_predictions, load_oof, oof_member_outputs, submission_ids
-from infer.predictor import SECTION, assemble_submission
 from utils.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
 from utils.files import write_json_atomic, write_text_atomic
-from utils.fusion import WBF_CONF_TYPES, CalibrateConfig, EnsembleConfig, MemberOutputs, combine_image, fuse_detectors
+from utils.fusion import (
+    ENSEMBLE_SECTION,
+    WBF_CONF_TYPES,
+    CalibrateConfig,
+    EnsembleConfig,
+    MemberOutputs,
+    combine_image,
+    fuse_detectors,
+)
 from utils.labels import IMAGE_CLASSES, STUDY_CLASSES
 from utils.log import configure_logging
 from utils.manifest import register_ensemble
@@ -79,11 +87,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RUN/report)")
     parser.add_argument("--weights-dir", type=Path, default=None, help="write the chosen settings into its manifest")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help=f"YAML with '{SECTION}' (the starting settings) and '{CALIBRATE_SECTION}' sections")
+                        help=f"YAML with '{ENSEMBLE_SECTION}' (the starting settings) and "
+                             f"'{CALIBRATE_SECTION}' sections")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help=f"override {CALIBRATE_SECTION} keys, e.g. --set seed=1 passes=1")
     parser.add_argument("--ensemble-set", dest="ensemble_overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                        help=f"override {SECTION} keys of the starting settings, e.g. --ensemble-set tta_hflip=false")
+                        help=f"override {ENSEMBLE_SECTION} keys of the starting settings, e.g. "
+                             "--ensemble-set tta_hflip=false")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -471,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     out = args.out or args.run_dir / "report"
     try:
-        config = load_section(args.config, SECTION, EnsembleConfig, parse_overrides(args.ensemble_overrides))
+        config = load_section(args.config, ENSEMBLE_SECTION, EnsembleConfig, parse_overrides(args.ensemble_overrides))
         calibrate = load_section(args.config, CALIBRATE_SECTION, CalibrateConfig, parse_overrides(args.overrides))
         if not load_oof(args.run_dir):  # e.g. every model trained on all the data: nothing to choose on
             log.warning("%s: no out-of-fold predictions, nothing to calibrate on; the settings stay as they are",

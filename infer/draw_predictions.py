@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from infer.predictor import ensemble_config
 from utils.dicom import read_dicom
-from utils.fusion import display_threshold
+from utils.fusion import display_threshold, ensemble_config
 from utils.inputs import find_dicoms
 from utils.labels import IMAGE_SUFFIX, STUDY_SUFFIX, load_image_labels, load_study_labels
 from utils.manifest import read_manifest

@@ -31,14 +31,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from infer.assemble import ImagePrediction, assemble_submission
 from infer.baseline_submission import baseline_rows
-from infer.predictor import SECTION, EnsembleConfig, ImagePrediction, assemble_submission
 from utils.boxes import as_boxes
 from utils.classification import study_classifier_scores
 from utils.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
 from utils.detection import box_submission, detector_scores
 from utils.files import write_json_atomic, write_text_atomic
-from utils.fusion import CombinedImage, MemberOutputs, combine_images
+from utils.fusion import (
+    ENSEMBLE_SECTION,
+    CombinedImage,
+    EnsembleConfig,
+    MemberOutputs,
+    MemberPrediction,
+    add_member_prediction,
+    combine_images,
+)
 from utils.kinds import KINDS
 from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 from utils.log import configure_logging
@@ -57,7 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", required=True, type=Path, help="train_all.py's run folder")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RUN/report)")
     parser.add_argument("--weights-dir", type=Path, default=None, help="store the ensemble settings in its manifest")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"YAML with an '{SECTION}' section")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help=f"YAML with an '{ENSEMBLE_SECTION}' section")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override ensemble keys, e.g. --set wbf_iou_thr=0.6")
     parser.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the stages")
@@ -87,28 +96,28 @@ def evaluated_rows(table: pd.DataFrame, oof: dict[str, pd.DataFrame]) -> pd.Data
 
 
 def oof_member_outputs(oof: dict[str, pd.DataFrame], rows: pd.DataFrame) -> list[MemberOutputs]:
-    """Per image of ``rows``, what each model said about it out of fold, in the form the predictor
-    collects at test time: one box source per detector (empty when it found nothing), and each
-    classifier's probabilities."""
-    detectors, classifiers = {}, {}
+    """Per image of ``rows``, what each model said about it out of fold, as the predictor collects it at
+    test time (each model's :class:`~utils.fusion.MemberPrediction` merged by the same function): one box
+    source per detector (empty when it found nothing), and each classifier's probabilities."""
+    outputs = [MemberOutputs() for _ in range(len(rows))]
     for name, frame in oof.items():
-        probs = frame.dropna(subset=[NONE_PROB_COLUMN])
-        if len(probs):
-            classifiers[name] = probs.groupby("image_id")[[*STUDY_PROB_COLUMNS, NONE_PROB_COLUMN]].mean()
-        else:
-            boxes = frame.dropna(subset=list(BOX_COLUMNS))
-            detectors[name] = {k: (g[list(BOX_COLUMNS)].to_numpy(), g["score"].to_numpy())
-                               for k, g in boxes.groupby("image_id")}
-    empty = (as_boxes([]), np.zeros(0))
-    outputs = []
-    for image_id in rows["image_id"]:
-        found = MemberOutputs({name: [by_image.get(image_id, empty)] for name, by_image in detectors.items()})
-        for name, table in classifiers.items():
-            if image_id in table.index:
-                values = table.loc[image_id].to_numpy(dtype=np.float64)
-                found.classifiers[name] = (values[:-1], float(values[-1]))
-        outputs.append(found)
+        add_member_prediction(outputs, name, oof_member_prediction(frame, rows["image_id"]))
     return outputs
+
+
+def oof_member_prediction(frame: pd.DataFrame, image_ids: pd.Series) -> MemberPrediction:
+    """One model's out-of-fold prediction rows as the :class:`~utils.fusion.MemberPrediction` of the
+    images ``image_ids``: a classifier's probabilities (NaN for an image it did not predict) when its
+    rows have a none probability, else a detector's boxes."""
+    probs = frame.dropna(subset=[NONE_PROB_COLUMN])
+    if len(probs):
+        table = probs.groupby("image_id")[[*STUDY_PROB_COLUMNS, NONE_PROB_COLUMN]].mean().reindex(image_ids)
+        values = table.to_numpy(dtype=np.float64)
+        return MemberPrediction(study_probs=values[:, :-1], none_probs=values[:, -1])
+    boxes = frame.dropna(subset=list(BOX_COLUMNS))
+    by_image = {k: (g[list(BOX_COLUMNS)].to_numpy(), g["score"].to_numpy()) for k, g in boxes.groupby("image_id")}
+    empty = (as_boxes([]), np.zeros(0))
+    return MemberPrediction(boxes=[[by_image.get(image_id, empty)] for image_id in image_ids])
 
 
 def image_predictions(rows: pd.DataFrame, combined: list[CombinedImage]) -> list[ImagePrediction]:
@@ -238,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     out = args.out or args.run_dir / "report"
     try:
-        config = load_section(args.config, SECTION, EnsembleConfig, parse_overrides(args.overrides))
+        config = load_section(args.config, ENSEMBLE_SECTION, EnsembleConfig, parse_overrides(args.overrides))
         report, submissions, truth = evaluate_run(args.run_dir, config)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None

@@ -12,8 +12,9 @@ seconds in all); a part that does not finish is reported as such, never silently
                images (``infer/benchmark.py inference``)
     training   backbone training images/s, full vs mixed precision (ResNeXt-50, 224 px, batch 32:
                ``infer/benchmark.py training``)
-    epochs     one training epoch of Faster R-CNN, YOLO and the study model at the full config's sizes
-               on a subset of ``--data``: images/s and peak GPU memory
+    epochs     one training epoch of every registered kind (Faster R-CNN, YOLO, the study model) at the
+               full config's sizes on a subset of ``--data``: images/s and peak GPU memory (each kind's
+               ``speed_run_overrides`` and ``first_epoch_figures``)
     real256    the real-data recipe (``train/configs/real256.yaml``, fold 0 of every model) trained on
                the resized copy ``--data`` on this device: stage times and out-of-fold CV (about 6
                minutes on an H100: give it a call of its own, ``--parts real256 --budget 420``)
@@ -27,7 +28,6 @@ is spent.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -35,25 +35,31 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from utils.files import write_json_atomic, write_text_atomic
+from utils.kinds import KINDS
 from utils.report import show_general
 
 ROOT = Path(__file__).resolve().parent.parent
 # The prediction figures first (the open speed work needs them), the real-data recipe last: it
 # needs about 6 minutes alone, so it gets what is left, or a call of its own (--parts real256).
 PARTS = ("inference", "training", "epochs", "real256")
-# Toy sizes for --smoke (the same keys the tests use for their tiny real runs).
-SMOKE_TRAIN_ALL = [
-    "prepare.folds=3", "prepare.workers=1",
-    "study.image_size=64", "study.epochs=1", "study.batch_size=8", "study.workers=0",
-    "frcnn.image_size=64", "frcnn.predict_size=64", "frcnn.epochs=1", "frcnn.batch_size=4", "frcnn.val_batch_size=4",
-    "frcnn.workers=0", "frcnn.proposals=50", "frcnn.roi_samples=32",
-    "yolo.image_size=64", "yolo.predict_size=64", "yolo.epochs=1", "yolo.batch_size=8", "yolo.workers=0",
-    "ensemble.workers=0", "ensemble.batch_size=4",
-]
+
+
+def smoke_train_all() -> list[str]:
+    """Toy sizes for --smoke: preparation, every registered kind's (its ``toy_overrides``) and the
+    ensemble's."""
+    return ["prepare.folds=3", "prepare.workers=1",
+            *(f"{name}.{key}" for name, kind in KINDS.items() for key in kind.toy_overrides()),
+            "ensemble.workers=0", "ensemble.batch_size=4"]
+
+
+def worker_keys(workers: int) -> list[str]:
+    """``SECTION.workers=N`` for preparation, every kind whose config has data workers, and the ensemble."""
+    kinds = [name for name, kind in KINDS.items() if "workers" in {f.name for f in fields(kind.config_class)}]
+    return [f"{section}.workers={workers}" for section in ("prepare", *kinds, "ensemble")]
 
 
 @dataclass
@@ -83,38 +89,28 @@ def plan(out: Path, data: Path, patients: Path | None, subset: Path, smoke: bool
         inference = [py, bench, "inference", "--config", str(ROOT / "train/configs/real256.yaml"), "--folds", "1",
                      "--images", "2", "--repeats", "1", "--scale", "0.1", "--workers", "0", "--batch-size", "1",
                      "--compare-channels-last"]
-        real256_keys = SMOKE_TRAIN_ALL
-        epoch_keys = SMOKE_TRAIN_ALL + ["yolo.model=yolov8n.yaml", "study.arch=resnet18", "frcnn.arch=resnet18",
-                                        "frcnn.folds=[0]", "yolo.folds=[0]", "study.folds=[0]"]
+        real256_keys = smoke_train_all()
+        epoch_keys = smoke_train_all()
     else:
         training = [py, bench, "training"]  # its GPU defaults: ResNeXt-50, 224 px, batch 32, 20 steps x 5
         inference = [py, bench, "inference", "--config", str(ROOT / "train/configs/full.yaml"), "--folds", "5",
                      "--images", "32", "--repeats", "1", "--workers", str(workers), "--compare-channels-last"]
-        worker_keys = [f"{s}.workers={workers}" for s in ("prepare", "study", "frcnn", "yolo", "ensemble")]
-        real256_keys = worker_keys
-        epoch_keys = worker_keys + ["frcnn.epochs=1", "frcnn.folds=[0]", "yolo.epochs=1", "yolo.folds=[0]",
-                                    "study.epochs=1", "study.folds=[0]", "prepare.folds=5"]
-    # No NIH backbone here: the full config's trunks start from random weights (speed does not depend on them).
-    epoch_keys = epoch_keys + ["frcnn.backbone=none", "study.backbone=none"]
+        real256_keys = worker_keys(workers)
+        epoch_keys = worker_keys(workers) + ["prepare.folds=5"]
+    # One fold, one epoch of each kind (the smallest model in the smoke), no NIH trunk: speed does not depend on it.
+    epoch_keys = epoch_keys + [f"{name}.{key}" for name, kind in KINDS.items()
+                               for key in kind.speed_run_overrides(smoke)]
     caps = {"inference": 180, "training": 60, "epochs": 100, "real256": 420} if not smoke else \
         {"inference": 120, "training": 120, "epochs": 300, "real256": 300}
     return [
         Part("inference", inference + ["--out", str(out / "inference.json")], caps["inference"]),
         Part("training", training + ["--out", str(out / "training.json")], caps["training"]),
-        # one epoch of each model: no CV report (its figures are the epochs' speed and memory); the
-        # smoke stops after YOLO: its study stage and figures are real256's (a stage costs the suite 13 s)
+        # one epoch of each model, no CV report: its figures are the epochs' speed and memory
         Part("epochs", _train_all(subset, out / "epochs", "train/configs/full.yaml", patients, epoch_keys,
-                                  to_stage="yolo" if smoke else "study"), caps["epochs"]),
+                                  to_stage=list(KINDS)[-1]), caps["epochs"]),
         Part("real256", _train_all(data, out / "real256", "train/configs/real256.yaml", patients, real256_keys),
              caps["real256"]),
     ]
-
-
-def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def _number(value, digits: int = 3):
@@ -122,27 +118,6 @@ def _number(value, digits: int = 3):
         return round(float(value), digits)
     except (TypeError, ValueError):
         return None
-
-
-def _engine_epoch(run: Path) -> dict:
-    """Images/s and peak GPU memory of the first epoch of an engine run folder (metrics.csv)."""
-    rows = _read_csv(run / "metrics.csv")
-    if not rows:
-        return {}
-    first = rows[0]
-    return {"images_per_s": _number(first.get("train_images_per_s"), 1),
-            "peak_gpu_memory_gib": _number(first.get("train_peak_gpu_memory_gib"), 2),
-            "train_images": int(float(first.get("train_n_images", 0) or 0))}
-
-
-def _yolo_epoch(run: Path, train_images: int) -> dict:
-    """YOLO's first epoch from ultralytics' results.csv (its ``time``: seconds, validation included)."""
-    rows = _read_csv(next(iter(sorted(run.rglob("results.csv"))), run / "absent"))
-    if not rows or not _number(rows[0].get("time")):
-        return {}
-    seconds = float(rows[0]["time"])
-    return {"images_per_s": round(train_images / seconds, 1) if train_images else None,
-            "epoch_seconds_with_validation": round(seconds, 1)}
 
 
 def _run_figures(run: Path) -> dict:
@@ -170,14 +145,7 @@ def collect(part: Part, out: Path) -> dict:
         return json.loads(path.read_text()) if path.is_file() else {}
     run = out / part.name
     figures = _run_figures(run)
-    if part.name == "real256":
-        figures["faster_rcnn_epoch"] = _engine_epoch(run / "frcnn" / "fold0")
-        figures["study_epoch"] = _engine_epoch(run / "study" / "fold0")
-    else:
-        frcnn = _engine_epoch(run / "frcnn" / "fold0")
-        figures["faster_rcnn"] = frcnn
-        figures["study"] = _engine_epoch(run / "study" / "fold0")
-        figures["yolo"] = _yolo_epoch(run / "yolo", frcnn.get("train_images", 0))
+    figures["first_epochs"] = {name: kind.first_epoch_figures(run / name) for name, kind in KINDS.items()}
     return figures
 
 
@@ -239,10 +207,10 @@ def markdown(result: dict) -> str:
             for model, scores in figures.get("cv", {}).get("models", {}).items():
                 shown = ", ".join(f"{k} {show_general(v)}" for k, v in scores.items())
                 lines.append(f"| {name} | CV {model} | {shown} |")
-            for key in ("faster_rcnn", "yolo", "study", "faster_rcnn_epoch", "study_epoch"):
-                if figures.get(key):
-                    shown = ", ".join(f"{k} {show_general(v)}" for k, v in figures[key].items())
-                    lines.append(f"| {name} | {key.replace('_epoch', '')} epoch | {shown} |")
+            for kind, epoch in figures.get("first_epochs", {}).items():
+                if epoch:
+                    shown = ", ".join(f"{k} {show_general(v)}" for k, v in epoch.items())
+                    lines.append(f"| {name} | {kind} first epoch | {shown} |")
     return "\n".join(lines) + "\n"
 
 

@@ -26,17 +26,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from infer.predictor import (
-    SECTION,
-    Ensemble,
-    TooManyUnreadableError,
-    describe_unreadable,
-    ensemble_config,
-    write_ensemble_submission,
-)
+from infer.assemble import TooManyUnreadableError, describe_unreadable, write_ensemble_submission
+from infer.predictor import Ensemble
 from infer.sharding import ShardedEnsemble, ShardError, parse_devices
 from utils.config import ConfigError, load_yaml_section, parse_overrides
 from utils.files import write_json_atomic
+from utils.fusion import ENSEMBLE_SECTION, ensemble_config
 from utils.inputs import PreparationInputError
 from utils.log import configure_logging
 from utils.manifest import ManifestError, read_manifest
@@ -67,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="images per model call")
     parser.add_argument("--workers", type=int, default=None, help="DICOM decoding processes")
     parser.add_argument("--config", type=Path, default=None,
-                        help=f"YAML whose '{SECTION}' section overrides the manifest's")
+                        help=f"YAML whose '{ENSEMBLE_SECTION}' section overrides the manifest's")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override ensemble keys, e.g. --set tta_hflip=false wbf_iou_thr=0.6")
     parser.add_argument("--allow-unreadable", action="store_true",
@@ -80,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging()
     try:
-        overrides = load_yaml_section(args.config, SECTION) if args.config else {}
+        overrides = load_yaml_section(args.config, ENSEMBLE_SECTION) if args.config else {}
         overrides.update(parse_overrides(args.overrides))
         devices = args.devices or ([args.device] if args.device else [])
         if len(devices) == 1:

@@ -11,20 +11,19 @@ Per image:
    largest input size and area-resizes it to each model's size: the same pixels preparation wrote
    to the PNGs the models were trained on. In :meth:`Ensemble.predict_paths` this runs in
    DataLoader workers, one image each, so the device does not wait for decoding.
-2. Each model runs every fold, on the image and (``tta_hflip``) on its mirror image, whose boxes are
-   flipped back. Classifier probabilities are averaged over folds and flips. A model of weight 0
-   (``model_weights``) is not run.
+2. Each member (:mod:`utils.members`) runs every fold, with its test-time views where the settings ask
+   (``tta_hflip``: the detectors' mirror image, boxes flipped back; ``study_tta``: the study model's
+   views), and returns one :class:`~utils.fusion.MemberPrediction`, merged per image by
+   :func:`~utils.fusion.add_member_prediction`. A model of weight 0 (``model_weights``) is not loaded.
 3. :func:`utils.fusion.combine_image` combines the models' outputs, as the out-of-fold report and
    the calibration do: each detector's folds and flips fused, then the detectors fused with their
    weights and score powers (weighted boxes fusion in XYXY_NORM), the classifiers averaged with
    theirs, the boxes rescored by the classifiers' none. In ``predict_paths`` a batch is combined in
    ``fusion_workers`` processes while the models predict the next one.
 
-:func:`assemble_submission` then averages the image probabilities over each study, blends each
-image's "none" signals (classifier, its study's negative probability, its boxes) and each study's
-negative with its images' boxes, maps the boxes back to the original DICOM pixels and writes one
-row per id of the sample submission. An image that cannot be read is logged with its reason and
-gets a fallback row, so the submission is always complete.
+:mod:`infer.assemble` turns the predictions into the submission; :mod:`infer.test_images` finds a test
+split's files. An image that cannot be read is logged with its reason and gets a fallback row, so the
+submission is always complete.
 """
 
 from __future__ import annotations
@@ -34,56 +33,50 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.boxes import as_boxes, denormalize_xyxy
-from utils.config import from_mapping
-from utils.dicom import NO_DECODER, DicomReadError, read_radiograph, resize_image, unreadable_group
+from infer.assemble import ImagePrediction
+from infer.test_images import TestImage
+from utils.boxes import as_boxes
+from utils.dicom import DicomReadError, read_radiograph, resize_image
 from utils.fusion import (
     CombinedImage,
     EnsembleConfig,
     MemberOutputs,
-    blend_none,
+    add_member_prediction,
     combine_images,
+    ensemble_config,
     fusion_pool,
     resolve_fusion_workers,
 )
-from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX, strip_suffix
 from utils.manifest import ManifestError, entry_files, read_manifest
 from utils.members import MEMBER_TYPES, model_input  # noqa: F401 - model_input: the predictor's input contract
 from utils.runtime import resolve_device, resolve_precision
-from utils.submission import (
-    SubmissionError,
-    check_output_path,
-    image_prediction_string,
-    sample_problems,
-    study_prediction_string,
-    write_submission,
-)
 
 log = logging.getLogger(__name__)
 
-SECTION = "ensemble"
-NEGATIVE = STUDY_CLASSES.index("negative")
-# A study none of whose images could be read: every class equally likely (no information).
-UNINFORMED_STUDY = np.full(len(STUDY_CLASSES), 1.0 / len(STUDY_CLASSES))
-UNINFORMED_NONE = 0.5
 
+class EnsemblePredictor(Protocol):
+    """What predicts a test split: :class:`Ensemble` on one device, :class:`infer.sharding.ShardedEnsemble`
+    on several. A context manager (``close`` stops its helper processes)."""
 
-def ensemble_config(manifest: dict, overrides: dict | None = None, source: str = "manifest") -> EnsembleConfig:
-    """The manifest's ``ensemble`` section (defaults where it has none) with ``overrides`` on top. A
-    section without ``study_tta`` (written before 2026-12) takes it from ``tta_hflip``, which switched both."""
-    section = dict(manifest.get(SECTION, {}))
-    if "study_tta" not in section and "tta_hflip" in section:
-        section["study_tta"] = section["tta_hflip"]
-    mapping = {**section, **(overrides or {})}
-    return from_mapping(EnsembleConfig, mapping, f"{source} [{SECTION}]")
+    weights_dir: Path
+    config: EnsembleConfig
+    devices: tuple[torch.device, ...]
+    load_seconds: float | None
 
+    def predict_paths(self, paths: Sequence, *, batch_size: int | None = None, workers: int | None = None,
+                      progress: bool = True, on_batch=None) -> list[ImagePrediction]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "EnsemblePredictor": ...
+
+    def __exit__(self, *exc) -> None: ...
 
 # ----------------------------------------------------------------------------- decoding
 
@@ -99,24 +92,6 @@ class InputImage:
     original_width: int = 0
     pixels: dict[int, np.ndarray] = field(default_factory=dict)
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class TestImage:
-    """One test radiograph to predict: its file, ids and, for a resized copy, its ORIGINAL size (a
-    DICOM gives its own: 0 means "from the file"), which the boxes are written in."""
-
-    path: Path
-    image_id: str
-    study_id: str
-    original_height: int = 0
-    original_width: int = 0
-
-    @classmethod
-    def from_dicom_path(cls, path) -> "TestImage":
-        """A DICOM in the competition's ``<study>/<series>/<image>.dcm`` layout."""
-        path = Path(path)
-        return cls(path, path.stem, path.parent.parent.name)
 
 
 def decode_test_image(source, sizes: Sequence[int], *, image_id: str, study_id: str = "", name: str | None = None,
@@ -183,42 +158,22 @@ def decoded_batches(images: Sequence, sizes: Sequence[int], batch_size: int,
 
 
 @dataclass
-class ImagePrediction:
-    """What the ensemble says about one image. ``boxes`` XYXY_NORM (of the original image) with
-    ``scores``, highest first; ``study_probs`` (4,) and ``none_prob`` from the study classifier
-    (None without one, or when the image could not be read: ``error``)."""
-
-    image_id: str
-    study_id: str
-    original_height: int
-    original_width: int
-    boxes: np.ndarray
-    scores: np.ndarray
-    study_probs: np.ndarray | None = None
-    none_prob: float | None = None
-    error: str | None = None
-    opacity_map: np.ndarray | None = None  # (h, w) in [0, 1] over the image, when asked and available
-
-
-@dataclass
 class ModelOutputs:
     """What the models said about a batch before they are combined: per readable image its
-    :class:`~utils.fusion.MemberOutputs`, and the study model's opacity maps when asked for."""
+    :class:`~utils.fusion.MemberOutputs` (with an opacity map when asked for and a member has one)."""
 
     images: list[InputImage]
     readable: list[InputImage]
     members: list[MemberOutputs]
-    maps: list | None = None
 
     def predictions(self, combined: list[CombinedImage]) -> list[ImagePrediction]:
         """One :class:`ImagePrediction` per image in order, given each readable image's
         :func:`~utils.fusion.combine_image`; an unreadable one carries its error."""
         results = {}
-        for k, (image, found) in enumerate(zip(self.readable, combined)):
+        for image, outputs, found in zip(self.readable, self.members, combined):
             results[id(image)] = ImagePrediction(
                 image.image_id, image.study_id, image.original_height, image.original_width, found.boxes,
-                found.scores, found.study_probs, found.none_prob,
-                opacity_map=None if self.maps is None else self.maps[k])
+                found.scores, found.study_probs, found.none_prob, opacity_map=outputs.opacity_map)
         return [results.get(id(image)) or ImagePrediction(image.image_id, image.study_id, 0, 0, as_boxes([]),
                                                           np.zeros(0), error=image.error) for image in self.images]
 
@@ -255,6 +210,7 @@ class Ensemble:
         self.weights_dir = Path(weights_dir)
         manifest, self.config = checked_manifest(self.weights_dir, config, overrides)
         self.device = resolve_device(self.config.device)
+        self.devices = (self.device,)
         self.precision = resolve_precision(self.config.amp, self.device)
         started = time.perf_counter()
         dropped = sorted(name for name in manifest["models"] if self.config.model_weights.get(name, 1.0) <= 0)
@@ -301,7 +257,7 @@ class Ensemble:
     @property
     def has_opacity_map(self) -> bool:
         """Whether a study model has the auxiliary segmentation head (``with_opacity_map`` gives maps)."""
-        return any(getattr(m, "has_opacity_map", False) for m in self.members)
+        return any(m.has_opacity_map for m in self.members)
 
     def device_batch(self, images: list[InputImage], size: int) -> torch.Tensor:
         array = np.stack([image.pixels[size] for image in images])
@@ -318,17 +274,9 @@ class Ensemble:
             return outputs
         batches = {size: self.device_batch(readable, size) for size in self.sizes}
         for member in self.members:
-            if not member.predicts_boxes:
-                study, none, maps = member.predict(batches[member.input_size], member.uses_tta(self.config),
-                                                   self.precision, with_opacity_map)
-                for k, image in enumerate(outputs.members):
-                    image.classifiers[member.name] = (study[k], float(none[k]))
-                if outputs.maps is None and maps is not None:
-                    outputs.maps = maps
-                continue
-            found = member.predict(batches[member.input_size], member.uses_tta(self.config), self.precision)
-            for image, sources in zip(outputs.members, found):
-                image.boxes[member.name] = list(sources)
+            add_member_prediction(outputs.members, member.name,
+                                  member.predict(batches[member.input_size], member.uses_tta(self.config),
+                                                 self.precision, with_opacity_map))
         return outputs
 
     def predict_batch(self, images: list[InputImage], with_opacity_map: bool = False) -> list[ImagePrediction]:
@@ -386,234 +334,3 @@ class Ensemble:
         return {"weights_dir": str(self.weights_dir), "device": str(self.device), "config": asdict(self.config),
                 "models": {m.name: {"kind": m.kind, "folds": m.folds, "input_size": m.input_size}
                            for m in self.members}}
-
-
-# ----------------------------------------------------------------------------- submission
-
-
-def no_box_probability(prediction: ImagePrediction) -> float | None:
-    """One minus the image's best fused opacity score (1 without any box): the detectors' view of
-    "no opacity here"; None when the image could not be read."""
-    if prediction.error is not None:
-        return None
-    return float(1.0 - prediction.scores.max()) if len(prediction.scores) else 1.0
-
-
-def image_none_probability(prediction: ImagePrediction, study_negative: float | None,
-                           config: EnsembleConfig) -> float:
-    """The image's none probability: the weighted mean (:func:`utils.fusion.blend_none`) of the study
-    classifier's none output, its study's negative probability (classifier) and
-    :func:`no_box_probability`; uninformed (0.5) without any signal."""
-    blended = blend_none([prediction.none_prob, study_negative, no_box_probability(prediction)],
-                         [config.none_classifier_weight, config.none_study_weight, config.none_boxes_weight])
-    return UNINFORMED_NONE if blended is None else blended
-
-
-def _study_means(predictions: Sequence[ImagePrediction]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Per study: the mean classifier probabilities of its images, and the mean no-box probability."""
-    probs: dict[str, list[np.ndarray]] = {}
-    no_box: dict[str, list[float]] = {}
-    for p in predictions:
-        if p.study_probs is not None:
-            probs.setdefault(p.study_id, []).append(p.study_probs)
-        value = no_box_probability(p)
-        if value is not None:
-            no_box.setdefault(p.study_id, []).append(value)
-    return ({k: np.mean(v, axis=0) for k, v in probs.items()}, {k: float(np.mean(v)) for k, v in no_box.items()})
-
-
-def study_row_probabilities(classifier: np.ndarray | None, no_box: float | None,
-                            config: EnsembleConfig) -> np.ndarray:
-    """A study's four probabilities: the classifier's (uniform without one), with "negative" the
-    weighted mean of the classifier's negative and the images' mean no-box probability (a study
-    whose images show no opacity is likely negative). The four are ranked per class by the metric,
-    so they are not renormalised."""
-    probs = np.array(UNINFORMED_STUDY if classifier is None else classifier, dtype=np.float64)
-    negative = blend_none([None if classifier is None else float(classifier[NEGATIVE]), no_box],
-                          [config.negative_classifier_weight, config.negative_boxes_weight])
-    if negative is not None:
-        probs[NEGATIVE] = negative
-    return probs
-
-
-def assemble_submission(predictions: Sequence[ImagePrediction], sample: pd.DataFrame,
-                        config: EnsembleConfig) -> pd.DataFrame:
-    """One row per id of ``sample`` in its order. Studies: :func:`study_row_probabilities` of the mean
-    over their readable images (uniform when none was readable). Images: fused boxes in original
-    pixels plus the blended none (:func:`image_none_probability`); an image without a prediction
-    gets ``none`` only."""
-    classifier, no_box = _study_means(predictions)
-    by_image = {p.image_id: p for p in predictions}
-    rows = []
-    for identifier in sample["id"].astype(str):
-        if identifier.endswith(STUDY_SUFFIX):
-            study_id = identifier[: -len(STUDY_SUFFIX)]
-            if study_id in classifier or study_id in no_box:
-                probs = study_row_probabilities(classifier.get(study_id), no_box.get(study_id), config)
-            else:
-                probs = UNINFORMED_STUDY
-            rows.append(study_prediction_string(dict(zip(STUDY_CLASSES, probs))))
-            continue
-        prediction = by_image.get(identifier[: -len(IMAGE_SUFFIX)])
-        if prediction is None:
-            rows.append(image_prediction_string([], [], UNINFORMED_NONE, 1.0, 1.0))
-            continue
-        study = classifier.get(prediction.study_id)
-        none = image_none_probability(prediction, None if study is None else float(study[NEGATIVE]), config)
-        if prediction.error is not None or not len(prediction.scores):
-            rows.append(image_prediction_string([], [], none, 1.0, 1.0))
-            continue
-        width, height = float(prediction.original_width), float(prediction.original_height)
-        rows.append(image_prediction_string(denormalize_xyxy(prediction.boxes, width, height), prediction.scores,
-                                            none, width, height))
-    return pd.DataFrame({"id": sample["id"].astype(str).tolist(), "PredictionString": rows})
-
-
-def find_test_dicoms(data_dir, sample: pd.DataFrame) -> list[TestImage]:
-    """The test split's DICOMs (``test/<study>/<series>/<image>.dcm``); logs sample images without a file."""
-    from utils.inputs import find_dicoms
-
-    paths = find_dicoms(Path(data_dir) / "test")
-    wanted = {i[: -len(IMAGE_SUFFIX)] for i in sample["id"].astype(str) if i.endswith(IMAGE_SUFFIX)}
-    _warn_missing(wanted, {p.stem for p in paths}, Path(data_dir) / "test")
-    return [TestImage.from_dicom_path(p) for p in paths if p.stem in wanted or not wanted]
-
-
-class NoTestImagesError(FileNotFoundError):
-    """Not one image of the sample submission was found: a wrong folder, not a few bad files."""
-
-
-def _warn_missing(wanted: set, found: set, where: Path) -> None:
-    """Fail when no wanted image has a file (a submission of fallback rows scores zero, found out
-    hours later on Kaggle); warn loudly with counts and examples when some are missing."""
-    missing = sorted(wanted - found)
-    if wanted and len(missing) == len(wanted):
-        raise NoTestImagesError(
-            f"{where}: none of the {len(wanted)} images of the sample submission was found ({len(found)} image "
-            f"files there, e.g. {sorted(found)[:3]}; wanted e.g. {missing[:3]}). Is this the competition's test "
-            f"folder (test/<study>/<series>/<image>.dcm)?")
-    if missing:
-        log.warning("%d of %d image(s) of the sample submission (%.0f%%) have no file under %s: they get fallback "
-                    "rows; e.g. %s", len(missing), len(wanted), 100 * len(missing) / len(wanted), where, missing[:5])
-
-
-def read_test_table(path) -> pd.DataFrame:
-    """A table of test images and their studies (``image_id``/``imageid``, ``study_id``/``studyid``,
-    as ``test_meta.csv`` of the public solutions) -> columns ``image_id, study_id``."""
-    from utils.inputs import read_id_table
-
-    table = read_id_table(path, ("image_id", "study_id"), what="test image table")
-    table["image_id"] = [strip_suffix(i, IMAGE_SUFFIX) for i in table["image_id"]]
-    table["study_id"] = [strip_suffix(i, STUDY_SUFFIX) for i in table["study_id"]]
-    return table
-
-
-def find_resized_test_images(data_dir, test_table, sample: pd.DataFrame | None) -> tuple[pd.DataFrame, list[TestImage]]:
-    """A resized copy's test split: ``data_dir/test/<image_id>.jpg|png``, the studies from ``test_table``
-    (:func:`read_test_table`) and the original sizes from ``data_dir/meta.csv`` (split ``test``).
-    Returns the sample (``sample``, or one row per study and per image of the table, studies first)
-    and the images to predict. An image without a file or an original size is logged and gets a
-    fallback row."""
-    from utils.inputs import find_resized_images, read_resized_meta
-
-    data_dir = Path(data_dir)
-    table = read_test_table(test_table)
-    if sample is None:
-        studies = list(dict.fromkeys(table["study_id"]))
-        ids = [s + STUDY_SUFFIX for s in studies] + [i + IMAGE_SUFFIX for i in table["image_id"]]
-        sample = pd.DataFrame({"id": ids, "PredictionString": ""})
-    files = find_resized_images(data_dir / "test")
-    sizes, bad_rows, _ = read_resized_meta(data_dir, "test")
-    for where, reason in bad_rows:
-        log.warning("%s: %s (fallback row)", where, reason)
-    size_of = {r.image_id: (r.original_height, r.original_width) for r in sizes.itertuples(index=False)}
-    wanted = {i[: -len(IMAGE_SUFFIX)] for i in sample["id"].astype(str) if i.endswith(IMAGE_SUFFIX)}
-    _warn_missing(wanted, set(files), data_dir / "test")
-    no_size = sorted((wanted & set(files)) - set(size_of))
-    if no_size:
-        log.warning("%d test image(s) have no original size in %s (fallback rows), e.g. %s", len(no_size),
-                    data_dir / "meta.csv", no_size[:3])
-    images = [TestImage(files[i], i, s, *size_of[i]) for i, s in zip(table["image_id"], table["study_id"])
-              if i in wanted and i in files and i in size_of]
-    return sample, images
-
-
-def find_test_images(data_dir, test_table=None) -> tuple[pd.DataFrame, list[TestImage]]:
-    """``(sample submission, images to predict)`` of either kind of test folder: the competition's
-    (``sample_submission.csv`` + DICOMs) or a resized copy's (``test/<image_id>.jpg|png`` +
-    ``meta.csv`` with original sizes + ``test_table`` mapping images to studies)."""
-    from utils.inputs import is_resized_copy
-
-    data_dir = Path(data_dir)
-    sample_path = data_dir / "sample_submission.csv"
-    sample = pd.read_csv(sample_path, dtype=str) if sample_path.is_file() else None
-    if is_resized_copy(data_dir):
-        if test_table is None:
-            raise FileNotFoundError(f"{data_dir} is a resized copy: give the table of its test images and studies "
-                                    "(--test-meta, e.g. test_meta.csv with imageid and studyid)")
-        return find_resized_test_images(data_dir, test_table, sample)
-    if sample is None:
-        raise FileNotFoundError(f"{sample_path}: not found (is {data_dir} the competition folder?)")
-    return sample, find_test_dicoms(data_dir, sample)
-
-
-class TooManyUnreadableError(RuntimeError):
-    """More test images unreadable than ``max_unreadable_share``: no submission was written."""
-
-
-def unreadable_summary(failed: dict[str, str], images: int) -> dict:
-    """The unreadable images counted: ``count``, ``share`` of ``images`` and ``groups`` by kind of reason
-    (:func:`utils.dicom.unreadable_group`), each with its count, up to three image ids and, for a missing
-    decoder, what pydicom needs installed."""
-    groups: dict[str, dict] = {}
-    for image_id, reason in failed.items():
-        group = groups.setdefault(unreadable_group(reason), {"count": 0, "examples": [], "install": None})
-        group["count"] += 1
-        if len(group["examples"]) < 3:
-            group["examples"].append(image_id)
-        if reason.startswith(NO_DECODER):
-            group["install"] = reason.split(": ", 1)[-1]
-    ordered = dict(sorted(groups.items(), key=lambda item: -item[1]["count"]))
-    return {"count": len(failed), "share": len(failed) / max(images, 1), "images": images, "groups": ordered}
-
-
-def describe_unreadable(summary: dict) -> str:
-    """One line: ``unreadable: 3 of 1263 images (0.2%): truncated 2; not a DICOM file 1``."""
-    head = f"unreadable: {summary['count']} of {summary['images']} images ({100 * summary['share']:.1f}%)"
-    if not summary["count"]:
-        return head
-    parts = [f"{name} {group['count']}" + (f" (install: {group['install']})" if group["install"] else "")
-             for name, group in summary["groups"].items()]
-    return f"{head}: {'; '.join(parts)}"
-
-
-def write_ensemble_submission(ensemble, data_dir, out, *, batch_size: int | None = None,
-                              workers: int | None = None, progress: bool = True, test_table=None,
-                              allow_unreadable: bool = False) -> dict:
-    """Predict the test split of ``data_dir`` (:func:`find_test_images`) with ``ensemble`` (an
-    :class:`Ensemble`, or :class:`infer.sharding.ShardedEnsemble` for several devices) and write the
-    validated submission to ``out``. Returns a summary: rows, images, unreadable images with their
-    reasons and :func:`unreadable_summary`, seconds, device. More unreadable images than the config's
-    ``max_unreadable_share`` raise :class:`TooManyUnreadableError` before anything is written, unless
-    ``allow_unreadable``."""
-    check_output_path(out)
-    sample, images = find_test_images(data_dir, test_table)
-    problems = sample_problems(sample)
-    if problems:
-        raise SubmissionError(problems, where=f"{data_dir} sample submission")
-    started = time.perf_counter()
-    predictions = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=progress)
-    failed = {p.image_id: p.error for p in predictions if p.error is not None}
-    counted = unreadable_summary(failed, len(images))
-    limit = ensemble.config.max_unreadable_share
-    if counted["share"] > limit and not allow_unreadable:
-        raise TooManyUnreadableError(
-            f"{describe_unreadable(counted)}; that is more than max_unreadable_share {100 * limit:g}%, so no "
-            f"submission was written to {out}. Fix the reason (a missing decoder is a package to install), or "
-            f"write it anyway with --allow-unreadable (each unreadable image gets a fallback row)")
-    submission = assemble_submission(predictions, sample, ensemble.config)
-    write_submission(submission, out, sample=sample)
-    seconds = time.perf_counter() - started
-    return {"out": str(out), "rows": len(submission), "images": len(images), "unreadable": failed,
-            "unreadable_summary": counted, "seconds": seconds, "seconds_per_image": seconds / max(len(images), 1),
-            "device": str(ensemble.device)}

@@ -77,12 +77,13 @@ class ShardedEnsemble:
     worker loads the models on its own device, and a copy here would be loaded for nothing."""
 
     def __init__(self, weights_dir, config, devices: Sequence[str]):
+        import torch
+
         from infer.predictor import checked_manifest
 
         self.weights_dir = Path(weights_dir)
         _, self.config = checked_manifest(self.weights_dir, config)
-        self.devices = list(devices)
-        self.device = ",".join(self.devices)
+        self.devices = tuple(torch.device(device) for device in devices)
         self.load_seconds = None  # each worker loads its own copy
 
     def close(self) -> None:
@@ -94,19 +95,22 @@ class ShardedEnsemble:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def predict_paths(self, images: Sequence, *, batch_size: int | None = None, workers: int | None = None,
-                      progress: bool = True) -> list:
+    def predict_paths(self, paths: Sequence, *, batch_size: int | None = None, workers: int | None = None,
+                      progress: bool = True, on_batch=None) -> list:
+        """As :meth:`infer.predictor.Ensemble.predict_paths`; ``on_batch(n)`` is called as the workers'
+        count of predicted images grows."""
         # CPU workers share the cores; GPU workers keep torch's default
-        cpu_only = all(device == "cpu" for device in self.devices)
+        cpu_only = all(device.type == "cpu" for device in self.devices)
         threads = max(1, (os.cpu_count() or 1) // len(self.devices)) if cpu_only else None
-        return predict_on_devices(self.weights_dir, self.config, images, self.devices,
+        return predict_on_devices(self.weights_dir, self.config, paths, [str(d) for d in self.devices],
                                   batch_size=batch_size or self.config.batch_size,
                                   workers=self.config.workers if workers is None else workers,
-                                  cpu_threads=threads, progress=progress)
+                                  cpu_threads=threads, progress=progress, on_batch=on_batch)
 
 
 def predict_on_devices(weights_dir, config, images: Sequence, devices: Sequence[str], *, batch_size: int,
-                       workers: int, cpu_threads: int | None = None, progress: bool = True) -> list:
+                       workers: int, cpu_threads: int | None = None, progress: bool = True,
+                       on_batch=None) -> list:
     """``Ensemble.predict_paths`` over ``devices`` at once (one process each); the predictions in the
     order of ``images``. ``workers`` decoding processes per device; ``cpu_threads`` torch threads per
     worker (for CPU workers, which would otherwise each take every core)."""
@@ -129,10 +133,17 @@ def predict_on_devices(weights_dir, config, images: Sequence, devices: Sequence[
             log.info("worker %d on %s: %d images", k, device, len(indices))
         with tqdm(total=len(images), desc=f"predict on {len(processes)} devices", unit="image",
                   disable=not progress) as bar:
+            def report() -> None:
+                grown = done.value - bar.n
+                if grown:
+                    bar.update(grown)
+                    if on_batch is not None:
+                        on_batch(grown)
+
             while any(p.is_alive() for *_, p, _ in processes):
-                bar.update(done.value - bar.n)
+                report()
                 time.sleep(0.5)
-            bar.update(done.value - bar.n)
+            report()
         merged: list = [None] * len(images)
         failures = []
         for k, device, indices, process, out in processes:

@@ -121,7 +121,9 @@ def test_a_synthetic_dicom_gets_what_the_submission_would_say(client, weights, s
     the study's four probabilities."""
     import pandas as pd
 
-    from infer.predictor import Ensemble, TestImage, assemble_submission
+    from infer.assemble import assemble_submission
+    from infer.predictor import Ensemble
+    from infer.test_images import TestImage
     from utils.submission import parse_prediction_string
 
     path = find_dicoms(siim_dataset / "test")[0]

@@ -15,18 +15,11 @@ import pytest
 import torch
 from conftest import REPO
 
+from infer.assemble import UNINFORMED_NONE, ImagePrediction, assemble_submission
 from infer.benchmark import write_untrained_weights
-from infer.predictor import (
-    UNINFORMED_NONE,
-    Ensemble,
-    EnsembleConfig,
-    ImagePrediction,
-    InputImage,
-    assemble_submission,
-    decode_test_image,
-    model_input,
-)
+from infer.predictor import Ensemble, InputImage, decode_test_image, model_input
 from utils.boxes import as_boxes, hflip_xyxy
+from utils.fusion import EnsembleConfig
 from utils.inputs import find_dicoms
 from utils.manifest import ManifestError
 from utils.prepare import decode_one, image_path
@@ -145,7 +138,7 @@ def test_the_predictor_applies_every_study_view_of_the_manifest(untrained_weight
 
 
 def test_the_flip_switch_and_the_study_views_are_two_keys_and_old_manifests_keep_their_meaning():
-    from infer.predictor import ensemble_config
+    from utils.fusion import ensemble_config
 
     assert ensemble_config({"ensemble": {"tta_hflip": False, "study_tta": True}}).study_tta is True
     # Before 2026-12 one switch did both: an old manifest's tta_hflip false still turns the study views off.
@@ -222,7 +215,7 @@ def test_a_missing_decoder_is_its_own_reason_with_what_to_install(tmp_path, monk
     from pydicom.pixels.decoders.base import get_decoder
     from pydicom.uid import RLELossless
 
-    from infer.predictor import describe_unreadable, unreadable_summary
+    from infer.assemble import describe_unreadable, unreadable_summary
     from utils.synthetic import write_dicom
 
     path = write_dicom(tmp_path / "rle.dcm", np.full((32, 32), 700, np.uint16), bits_stored=12, syntax="rle")
@@ -502,8 +495,8 @@ def test_two_workers_predict_every_image_as_one_device_does(untrained_weights, s
     boxes, scores and probabilities, in order, are the one-device run's (both with one torch thread, so
     the sums run in the same order). The comparison is by position, so a merge that put an image's
     prediction elsewhere fails it, as reversing the merged list shows."""
-    from infer.predictor import find_test_images
     from infer.sharding import predict_on_devices
+    from infer.test_images import find_test_images
 
     weights = tmp_path / "weights"
     shutil.copytree(untrained_weights, weights)
@@ -533,8 +526,8 @@ def test_two_workers_write_a_valid_submission_and_a_failing_worker_stops_the_run
     compared with one device's in the test above): a valid submission, nothing loaded in this process;
     a failing worker stops the run with its error."""
     from infer import make_submission, validate_submission
-    from infer.predictor import find_test_images
     from infer.sharding import ShardError, predict_on_devices
+    from infer.test_images import find_test_images
 
     # The study model alone: each worker loads its own copy.
     weights = tmp_path / "weights"

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, TINY_TRAIN_ALL
 
 from infer import make_submission
-from infer.predictor import find_test_images
+from infer.test_images import find_test_images
 from train import prepare as prepare_script
 from train import train_all
 from utils.detection import read_detection_table

@@ -2,6 +2,7 @@
 
     python train/train_all.py --data-dir SIIM_DIR --out runs/full [--config train/configs/full.yaml]
         [--nih-dir NIH_DIR] [--rsna-dir RSNA_DIR] [--set SECTION.KEY=VALUE ...] [--from-stage NAME] [--to-stage NAME]
+        [--kinds KIND ...]
 
 Stages (each is the stage's own script, run as a child process with the same config file):
 
@@ -12,6 +13,8 @@ Stages (each is the stage's own script, run as a child process with the same con
     frcnn     train/train_frcnn.py    --out OUT/frcnn (--pretrain-rsna RSNA_DIR with --rsna-dir)
     yolo      train/train_yolo.py     --out OUT/yolo
     study     train/train_study.py    --out OUT/study
+    <kind>    train/train_kind.py     --kind <kind> --out OUT/<kind>: any other registered kind (an entry
+                                       point, utils/plugins.py), after the built-in ones
     evaluate  infer/evaluate.py       --out OUT/report (the CV report; writes the config's ensemble
                                        settings into the manifest)
     calibrate infer/calibrate.py      --out OUT/report (the ensemble's settings chosen out of fold and
@@ -19,8 +22,8 @@ Stages (each is the stage's own script, run as a child process with the same con
 
 Every model registers its folds in OUT/weights/manifest.json, usable as ``--weights-dir`` of
 ``infer/make_submission.py``. ``--from-stage`` restarts at a stage after a failure (earlier
-outputs are kept); ``--to-stage`` stops after one (``--to-stage study``: no CV report). Stage times
-go to OUT/train_all.json.
+outputs are kept); ``--to-stage`` stops after one (``--to-stage study``: no CV report); ``--kinds``
+trains only some kinds. Stage times go to OUT/train_all.json.
 """
 
 from __future__ import annotations
@@ -85,6 +88,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="override a stage's config key, e.g. --set frcnn.epochs=2 'study.folds=[0]'")
     parser.add_argument("--from-stage", choices=STAGES, default=STAGES[0], help="start at this stage")
     parser.add_argument("--to-stage", choices=STAGES, default=STAGES[-1], help="stop after this stage")
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS), metavar="KIND",
+                        help=f"train only these model kinds (default: all, {', '.join(KINDS)}); the others' "
+                             "stages are skipped and the CV report and calibration use the kinds trained")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return parser
 
@@ -127,7 +133,7 @@ def check_config(config_path: Path, overrides: dict[str, list[str]], args) -> di
         must_exist("backbone", "pretrained", configs["backbone"].pretrained,
                    (PRETRAINED_IMAGENET, PRETRAINED_NONE, PRETRAINED_LITE))
     plan = stage_plan(args)
-    for name, kind in KINDS.items():
+    for name, kind in selected_kinds(args).items():
         try:
             kind.check_files(configs[name], plan)
         except (ValueError, FileNotFoundError) as err:
@@ -139,9 +145,14 @@ def stage_plan(args) -> StagePlan:
     return StagePlan(config_path=Path(args.config), out=Path(args.out), nih_dir=args.nih_dir, rsna_dir=args.rsna_dir)
 
 
-def prepared_sizes(configs: dict) -> list[int]:
-    """Every image size a model trains or predicts at (so preparation writes each once)."""
-    return sorted({size for name, kind in KINDS.items() for size in kind.sizes(configs[name])})
+def selected_kinds(args) -> dict:
+    """The registered kinds ``--kinds`` names, in the registry's order."""
+    return {name: kind for name, kind in KINDS.items() if name in args.kinds}
+
+
+def prepared_sizes(configs: dict, kinds: dict) -> list[int]:
+    """Every image size one of ``kinds`` trains or predicts at (so preparation writes each once)."""
+    return sorted({size for name, kind in kinds.items() for size in kind.sizes(configs[name])})
 
 
 def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -165,12 +176,12 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
                     "--out", str(out / "prepared"), "--workers", str(prepare.workers), "--folds", str(prepare.folds),
                     "--seed", str(prepare.seed)]
                    + (["--patients", prepare.patients] if prepare.patients else [])
-                   + [a for size in prepared_sizes(configs) for a in ("--size", str(size))],
+                   + [a for size in prepared_sizes(configs, selected_kinds(args)) for a in ("--size", str(size))],
         "backbone": None if args.nih_dir is None else
         script("train/train_backbone.py", "backbone", "--data-dir", str(args.nih_dir), "--out", str(out / "backbone")),
         **{name: script(kind.script, name, "--prepared", str(meta), "--out", str(out / name), "--weights-dir",
                         str(weights), *kind.stage_arguments(plan), trunk=kind.trunk_from_backbone)
-           for name, kind in KINDS.items()},
+           if name in args.kinds else None for name, kind in KINDS.items()},
         "evaluate": script("infer/evaluate.py", "ensemble", "--run-dir", str(out), "--out", str(out / "report"),
                            "--weights-dir", str(weights)),
         "calibrate": script("infer/calibrate.py", "calibrate", "--run-dir", str(out), "--out", str(out / "report"),

@@ -23,6 +23,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from utils.boxes import NORM_TOLERANCE, as_boxes, clip_xyxy, valid_box_mask
+from utils.config import from_mapping
 
 WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 
@@ -116,6 +117,9 @@ def blend_none(signals: Sequence[float | None], weights: Sequence[float]) -> flo
     return sum(s * w for s, w in pairs) / sum(w for _, w in pairs)
 
 
+ENSEMBLE_SECTION = "ensemble"  # its section in a config file and in a weights manifest
+
+
 @dataclass
 class EnsembleConfig:
     """The ``ensemble`` section of a config (kept in the manifest by ``train/train_all.py``)."""
@@ -179,6 +183,16 @@ class EnsembleConfig:
             raise ValueError("; ".join(problems))
 
 
+def ensemble_config(manifest: dict, overrides: dict | None = None, source: str = "manifest") -> EnsembleConfig:
+    """The manifest's ``ensemble`` section (defaults where it has none) with ``overrides`` on top. A
+    section without ``study_tta`` (written before 2026-12) takes it from ``tta_hflip``, which switched both."""
+    section = dict(manifest.get(ENSEMBLE_SECTION, {}))
+    if "study_tta" not in section and "tta_hflip" in section:
+        section["study_tta"] = section["tta_hflip"]
+    mapping = {**section, **(overrides or {})}
+    return from_mapping(EnsembleConfig, mapping, f"{source} [{ENSEMBLE_SECTION}]")
+
+
 @dataclass
 class CalibrateConfig:
     """The ``calibrate`` section: infer/calibrate.py's search of the ensemble settings out of fold (the
@@ -216,6 +230,33 @@ class MemberOutputs:
 
     boxes: dict[str, list[Source]] = field(default_factory=dict)
     classifiers: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
+    opacity_map: np.ndarray | None = None  # the first member's that gives one (not combined)
+
+
+@dataclass
+class MemberPrediction:
+    """What one member says about a batch of images: the one output type of every member's ``predict``.
+    A detector fills ``boxes`` (per image, one source per fold and flip); a classifier ``study_probs``
+    ``(B, 4)`` and ``none_probs`` ``(B,)`` (a NaN none: no prediction for that image); ``opacity_maps``
+    ``(B, h, w)`` where asked for and available. A kind may fill any of them."""
+
+    boxes: list[list[Source]] | None = None
+    study_probs: np.ndarray | None = None
+    none_probs: np.ndarray | None = None
+    opacity_maps: np.ndarray | None = None
+
+
+def add_member_prediction(images: Sequence[MemberOutputs], name: str, prediction: MemberPrediction) -> None:
+    """Add member ``name``'s :class:`MemberPrediction` of a batch to each image's :class:`MemberOutputs`:
+    the one place member outputs are merged (the predictor, the out-of-fold report, the benchmark)."""
+    for k, image in enumerate(images):
+        if prediction.boxes is not None:
+            image.boxes[name] = list(prediction.boxes[k])
+        if prediction.none_probs is not None and not np.isnan(prediction.none_probs[k]):
+            image.classifiers[name] = (np.asarray(prediction.study_probs[k], dtype=np.float64),
+                                       float(prediction.none_probs[k]))
+        if prediction.opacity_maps is not None and image.opacity_map is None:
+            image.opacity_map = prediction.opacity_maps[k]
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The registry of model kinds: one module per kind, one line each here.
 
-Training order is the order of :data:`KINDS` (train/train_all.py runs them in turn). Each kind names its
-inference member (``member_class``, in ``utils/members/``, registered there for the predictor, which
-imports nothing of training). What a kind provides: :class:`utils.kinds.base.ModelKind` and
-docs/architecture.md.
+Training order is the order of :data:`KINDS` (train/train_all.py runs them in turn): the built-in kinds,
+then those of the ``siim_covid.kinds`` entry points (:mod:`utils.plugins`). Each kind names its inference
+member (``member_class``, registered in ``utils/members/`` for the predictor, which imports nothing of
+training). What a kind provides: :class:`utils.kinds.base.ModelKind` and docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from __future__ import annotations
 from utils.kinds import frcnn, study, yolo
 from utils.kinds.base import FoldResult, ModelKind, RunOptions, StagePlan, TrainingError, train_folds
 from utils.members import Member
+from utils.plugins import KIND_GROUP, add_unique, load_plugins
 
-KINDS: dict[str, ModelKind] = {kind.section: kind for kind in (frcnn.KIND, yolo.KIND, study.KIND)}
+KINDS: dict[str, ModelKind] = {}
+for _kind in (frcnn.KIND, yolo.KIND, study.KIND, *load_plugins(KIND_GROUP)):
+    add_unique(KINDS, _kind.section, _kind, "model kind")
 
 
 def kind_of_manifest(manifest_kind: str) -> ModelKind:

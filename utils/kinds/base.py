@@ -65,9 +65,12 @@ class FoldResult:
     predictions: pd.DataFrame | None
 
 
+GENERIC_SCRIPT = "train/train_kind.py"  # trains any registered kind: ``--kind SECTION``
+
+
 class ModelKind:
-    """One kind of model; subclasses fill these in (see the module docstring and the README's
-    architecture notes for the list)."""
+    """One kind of model; subclasses fill these in (see the module docstring and docs/architecture.md).
+    A kind outside the project registers through an entry point (:mod:`utils.plugins`)."""
 
     section: ClassVar[str]  # config section and run folder under OUT/
     model_name: ClassVar[str]  # its name in the manifest and the "model" column of its prediction rows
@@ -79,14 +82,13 @@ class ModelKind:
     # train_all gives it the NIH backbone it trained (``backbone=OUT/backbone/best.pt``) when there is one.
     trunk_from_backbone: ClassVar[bool] = False
 
-    @property
-    def script(self) -> str:
-        """Its training command, relative to the repository (train_all runs it as the kind's stage)."""
-        return f"train/train_{self.section}.py"
+    # Its training command, relative to the repository (train_all runs it as the kind's stage); the
+    # built-in kinds have a script of their own, with their own options and help.
+    script: ClassVar[str] = GENERIC_SCRIPT
 
     def stage_arguments(self, plan: StagePlan) -> list[str]:
         """Arguments of its stage beyond ``--prepared``, ``--out``, ``--weights-dir`` and the config."""
-        return []
+        return ["--kind", self.section] if self.script == GENERIC_SCRIPT else []
 
     def check_files(self, config, plan: StagePlan) -> None:
         """Files its config names that must exist before train_all's first stage: a ``ValueError`` or
@@ -121,6 +123,20 @@ class ModelKind:
         """One fold's randomly initialised weights at ``path``, in the format its member loads (benchmarks,
         the GPU and Kaggle checks: prediction speed does not depend on what the weights learned)."""
         raise NotImplementedError
+
+    # What the GPU check (infer/gpu_check.py) runs of it: its section's keys as ``KEY=VALUE``.
+    def toy_overrides(self) -> list[str]:
+        """Toy sizes that train one epoch in seconds on a CPU (the check's smoke run)."""
+        return ["epochs=1"]
+
+    def speed_run_overrides(self, smoke: bool) -> list[str]:
+        """Its one-epoch speed run: one fold, one epoch, no NIH trunk (speed does not depend on it); with
+        ``smoke``, the smallest model too."""
+        return ["folds=[0]", "epochs=1", *(["backbone=none"] if self.trunk_from_backbone else [])]
+
+    def first_epoch_figures(self, run_dir: Path) -> dict:
+        """Speed and memory of the first epoch of fold 0 in its run folder (empty when there is none)."""
+        return {}
 
 
 def export_weights(checkpoint: dict, path) -> Path:
@@ -250,6 +266,21 @@ class TorchKind(ModelKind):
             return FoldResult(result.best_checkpoint, None)
         model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
         return FoldResult(result.best_checkpoint, self.predict_frame(model, held_out, fold, config, options.progress))
+
+    def first_epoch_figures(self, run_dir: Path) -> dict:
+        """Images/s and peak GPU memory of fold 0's first epoch (the engine's metrics.csv)."""
+        path = Path(run_dir) / "fold0" / "metrics.csv"
+        if not path.is_file():
+            return {}
+        first = pd.read_csv(path).iloc[0]
+
+        def number(key: str, digits: int):
+            value = pd.to_numeric(first.get(key), errors="coerce")
+            return None if pd.isna(value) else round(float(value), digits)
+
+        return {"images_per_s": number("train_images_per_s", 1),
+                "peak_gpu_memory_gib": number("train_peak_gpu_memory_gib", 2),
+                "train_images": int(number("train_n_images", 0) or 0)}
 
     def predict_frame(self, model: torch.nn.Module, frame: pd.DataFrame, fold: int, config,
                       progress: bool = True) -> pd.DataFrame:

@@ -105,6 +105,15 @@ class FrcnnKind(DetectorKind, TorchKind):
     title = "Faster R-CNN"
     collate = staticmethod(collate_detection)
 
+    script = "train/train_frcnn.py"
+
+    def toy_overrides(self) -> list[str]:
+        return ["image_size=64", "predict_size=64", "epochs=1", "batch_size=4", "val_batch_size=4", "workers=0",
+                "proposals=50", "roi_samples=32"]
+
+    def speed_run_overrides(self, smoke: bool) -> list[str]:
+        return super().speed_run_overrides(smoke) + (["arch=resnet18"] if smoke else [])
+
     def stage_arguments(self, plan: StagePlan) -> list[str]:
         return ["--pretrain-rsna", str(plan.rsna_dir)] if plan.rsna_dir else []
 

@@ -85,6 +85,14 @@ class StudyKind(TorchKind):
     def load_table(self, meta_csv, config: StudyConfig) -> pd.DataFrame:
         return load_study_table(meta_csv, config.image_size, with_boxes=config.seg_weight > 0)
 
+    script = "train/train_study.py"
+
+    def toy_overrides(self) -> list[str]:
+        return ["image_size=64", "epochs=1", "batch_size=8", "workers=0"]
+
+    def speed_run_overrides(self, smoke: bool) -> list[str]:
+        return super().speed_run_overrides(smoke) + (["arch=resnet18"] if smoke else [])
+
     def check_files(self, config: StudyConfig, plan: StagePlan) -> None:
         if plan.nih_dir is None:  # without the NIH stage the trunk starts from what the config names
             check_trunk_file("backbone", config.arch, config.backbone)

@@ -204,6 +204,31 @@ class YoloKind(DetectorKind, ModelKind):
     title = "YOLO"
     resumable = False  # ultralytics' runs restart
 
+    script = "train/train_yolo.py"
+
+    def toy_overrides(self) -> list[str]:
+        return ["image_size=64", "predict_size=64", "epochs=1", "batch_size=8", "workers=0"]
+
+    def speed_run_overrides(self, smoke: bool) -> list[str]:
+        return super().speed_run_overrides(smoke) + (["model=yolov8n.yaml"] if smoke else [])
+
+    def first_epoch_figures(self, run_dir: Path) -> dict:
+        """Fold 0's first epoch from ultralytics' results.csv (its ``time``: seconds, validation
+        included) and the fold's training list."""
+        run_dir = Path(run_dir)
+        results = sorted((run_dir / "fold0").rglob("results.csv"))
+        if not results:
+            return {}
+        frame = pd.read_csv(results[0])
+        frame.columns = [c.strip() for c in frame.columns]
+        seconds = pd.to_numeric(frame["time"], errors="coerce").iloc[0] if "time" in frame and len(frame) else None
+        if seconds is None or pd.isna(seconds) or not seconds:
+            return {}
+        train_list = run_dir / "fold0" / "train.txt"
+        images = len(train_list.read_text().split()) if train_list.is_file() else 0
+        return {"images_per_s": round(images / float(seconds), 1) if images else None,
+                "epoch_seconds_with_validation": round(float(seconds), 1), "train_images": images}
+
     def check_files(self, config: YoloConfig, plan: StagePlan) -> None:
         try:
             config.check_files()

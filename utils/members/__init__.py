@@ -1,5 +1,6 @@
 """The registry of inference members: what the predictor loads for each manifest entry's ``kind``. One
-line per kind; the kind's training side (``utils/kinds/``) names the same class as its ``member_class``."""
+line per built-in kind, plus the members of the ``siim_covid.members`` entry points (:mod:`utils.plugins`);
+the kind's training side (``utils/kinds/``) names the same class as its ``member_class``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from utils.members.base import Detections, Member, model_input, with_flipped
 from utils.members.frcnn import FasterRCNNMember
 from utils.members.study import StudyMember
 from utils.members.yolo import YoloMember
+from utils.plugins import MEMBER_GROUP, add_unique, load_plugins
 
-MEMBER_TYPES: dict[str, type[Member]] = {member.manifest_kind: member
-                                         for member in (StudyMember, FasterRCNNMember, YoloMember)}
+BUILT_IN = (StudyMember, FasterRCNNMember, YoloMember)
+MEMBER_TYPES: dict[str, type[Member]] = {}
+for _member in (*BUILT_IN, *load_plugins(MEMBER_GROUP)):
+    add_unique(MEMBER_TYPES, _member.manifest_kind, _member, "member kind")
 
 __all__ = ["MEMBER_TYPES", "Detections", "Member", "model_input", "with_flipped"]

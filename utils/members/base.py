@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from utils.boxes import hflip_xyxy
+from utils.fusion import MemberPrediction
 from utils.manifest import entry_files
 from utils.runtime import Precision
 
@@ -29,12 +30,14 @@ def with_flipped(per_image: list[Detections], flipped: list[Detections]) -> list
 
 
 class Member:
-    """One manifest model's folds, loaded for prediction. ``predict(images, tta, precision)`` takes
-    uint8 ``(B, S, S)`` images on the device at ``input_size``; a detector returns per image one
-    ``(boxes, scores)`` per fold and flip, the study model its probabilities."""
+    """One manifest model's folds, loaded for prediction. ``predict(images, tta, precision,
+    with_opacity_map)`` takes uint8 ``(B, S, S)`` images on the device at ``input_size`` and returns one
+    :class:`~utils.fusion.MemberPrediction` for the batch: a detector's boxes per image (one source per
+    fold and flip), a classifier's probabilities, or both; the predictor merges it with
+    :func:`~utils.fusion.add_member_prediction` and never asks what kind it is."""
 
     manifest_kind: ClassVar[str]  # the "kind" of the manifest entries it loads (its kind's manifest_kind)
-    predicts_boxes: ClassVar[bool] = True
+    has_opacity_map: bool = False  # whether ``with_opacity_map`` gives maps
 
     def __init__(self, name: str, spec: dict, weights_dir: Path, device: torch.device):
         self.name = name
@@ -43,7 +46,8 @@ class Member:
         self.folds, self.files, self.input_size = entry_files(weights_dir, name, spec)
         self.device = device
 
-    def predict(self, images: torch.Tensor, tta: bool, precision: Precision):
+    def predict(self, images: torch.Tensor, tta: bool, precision: Precision,
+                with_opacity_map: bool = False) -> MemberPrediction:
         raise NotImplementedError
 
     def uses_tta(self, config) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from utils.frcnn import detector_from_config, load_detector_state, unpad_detections
+from utils.fusion import MemberPrediction
 from utils.manifest import load_state_dict_file
 from utils.members.base import Detections, Member, model_input, with_flipped
 from utils.models import PRETRAINED_NONE
@@ -23,7 +24,8 @@ class FasterRCNNMember(Member):
             self.models.append(model.to(device).eval())
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> list[Detections]:
+    def predict(self, images: torch.Tensor, tta: bool, precision: Precision,
+                with_opacity_map: bool = False) -> MemberPrediction:
         """uint8 ``(B, S, S)`` on the device -> per image, one ``(boxes, scores)`` per fold and flip."""
         batch = model_input(images)
         inputs = list(batch) + (list(batch.flip(-1)) if tta else [])
@@ -34,4 +36,4 @@ class FasterRCNNMember(Member):
             for k, found in enumerate(unpad_detections({key: v.cpu() for key, v in outputs.items()})):
                 per_input[k].append(found)
         n = len(images)
-        return with_flipped(per_input[:n], per_input[n:]) if tta else per_input
+        return MemberPrediction(boxes=with_flipped(per_input[:n], per_input[n:]) if tta else per_input)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from utils.fusion import MemberPrediction
 from utils.manifest import load_state_dict_file
 from utils.members.base import Member, model_input
 from utils.models import PRETRAINED_NONE, StudyClassifier
@@ -19,8 +20,6 @@ class StudyMember(Member):
     ``study_tta`` is off), and on request the auxiliary head's opacity map."""
 
     manifest_kind = "study_classifier"
-
-    predicts_boxes = False
 
     def __init__(self, name, spec, weights_dir, device: torch.device):
         super().__init__(name, spec, weights_dir, device)
@@ -40,9 +39,10 @@ class StudyMember(Member):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, tta: bool, precision: Precision,
-                with_opacity_map: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """uint8 ``(B, S, S)`` on the device -> ``(study probabilities (B, 4), none probability (B,),
-        opacity probability maps (B, h, w) of the unaugmented image, or None)``."""
+                with_opacity_map: bool = False) -> MemberPrediction:
+        """uint8 ``(B, S, S)`` on the device -> study probabilities (B, 4), none probability (B,) and, when
+        asked and the folds have the auxiliary head, opacity probability maps (B, h, w) of the
+        unaugmented image."""
         batch = model_input(images)
         views = self.views if tta else PLAIN
         study, none, maps = 0.0, 0.0, None
@@ -56,5 +56,6 @@ class StudyMember(Member):
             study = study + study_probs
             none = none + none_probs
         n = len(self.models)
-        return ((study / n).cpu().numpy().astype(np.float64), (none / n).cpu().numpy().astype(np.float64),
-                None if maps is None else (maps / n).cpu().numpy())
+        return MemberPrediction(study_probs=(study / n).cpu().numpy().astype(np.float64),
+                                none_probs=(none / n).cpu().numpy().astype(np.float64),
+                                opacity_maps=None if maps is None else (maps / n).cpu().numpy())

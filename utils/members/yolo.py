@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from utils.fusion import MemberPrediction
 from utils.manifest import ManifestError
 from utils.members.base import Detections, Member, model_input, with_flipped
 from utils.runtime import Precision
@@ -34,7 +35,8 @@ class YoloMember(Member):
         return False  # ultralytics builds (and fuses) its own inference model: left as it makes it
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, tta: bool, precision: Precision) -> list[Detections]:
+    def predict(self, images: torch.Tensor, tta: bool, precision: Precision,
+                with_opacity_map: bool = False) -> MemberPrediction:
         batch = model_input(images).contiguous()  # a BCHW tensor in [0, 1] is taken as preprocessed
         inputs = torch.cat([batch, batch.flip(-1)]) if tta else batch
         device = "cpu" if self.device.type == "cpu" else str(self.device)
@@ -53,4 +55,4 @@ class YoloMember(Member):
                 per_input[k].append((result.boxes.xyxyn.float().cpu().numpy().astype(np.float64),
                                      result.boxes.conf.float().cpu().numpy().astype(np.float64)))
         n = len(images)
-        return with_flipped(per_input[:n], per_input[n:]) if tta else per_input
+        return MemberPrediction(boxes=with_flipped(per_input[:n], per_input[n:]) if tta else per_input)

@@ -1,0 +1,197 @@
+"""From image predictions to the submission: each image's and study's "none" and "negative" blended from
+the classifiers' and the boxes' signals, the boxes mapped back to the original pixels, one row per id of
+the sample submission (:func:`assemble_submission`), and the whole test split predicted, counted and
+written (:func:`write_ensemble_submission`). The predictor, the out-of-fold report and the calibration
+all build their submissions here, so the ensemble is scored as it submits.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+
+from infer.test_images import find_test_images
+from utils.boxes import denormalize_xyxy
+from utils.dicom import NO_DECODER, unreadable_group
+from utils.fusion import EnsembleConfig, blend_none
+from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
+from utils.submission import (
+    SubmissionError,
+    check_output_path,
+    image_prediction_string,
+    sample_problems,
+    study_prediction_string,
+    write_submission,
+)
+
+if TYPE_CHECKING:
+    from infer.predictor import EnsemblePredictor
+
+NEGATIVE = STUDY_CLASSES.index("negative")
+# A study none of whose images could be read: every class equally likely (no information).
+UNINFORMED_STUDY = np.full(len(STUDY_CLASSES), 1.0 / len(STUDY_CLASSES))
+UNINFORMED_NONE = 0.5
+
+
+
+@dataclass
+class ImagePrediction:
+    """What the ensemble says about one image. ``boxes`` XYXY_NORM (of the original image) with
+    ``scores``, highest first; ``study_probs`` (4,) and ``none_prob`` from the study classifier
+    (None without one, or when the image could not be read: ``error``)."""
+
+    image_id: str
+    study_id: str
+    original_height: int
+    original_width: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    study_probs: np.ndarray | None = None
+    none_prob: float | None = None
+    error: str | None = None
+    opacity_map: np.ndarray | None = None  # (h, w) in [0, 1] over the image, when asked and available
+
+
+
+def no_box_probability(prediction: ImagePrediction) -> float | None:
+    """One minus the image's best fused opacity score (1 without any box): the detectors' view of
+    "no opacity here"; None when the image could not be read."""
+    if prediction.error is not None:
+        return None
+    return float(1.0 - prediction.scores.max()) if len(prediction.scores) else 1.0
+
+
+def image_none_probability(prediction: ImagePrediction, study_negative: float | None,
+                           config: EnsembleConfig) -> float:
+    """The image's none probability: the weighted mean (:func:`utils.fusion.blend_none`) of the study
+    classifier's none output, its study's negative probability (classifier) and
+    :func:`no_box_probability`; uninformed (0.5) without any signal."""
+    blended = blend_none([prediction.none_prob, study_negative, no_box_probability(prediction)],
+                         [config.none_classifier_weight, config.none_study_weight, config.none_boxes_weight])
+    return UNINFORMED_NONE if blended is None else blended
+
+
+def _study_means(predictions: Sequence[ImagePrediction]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per study: the mean classifier probabilities of its images, and the mean no-box probability."""
+    probs: dict[str, list[np.ndarray]] = {}
+    no_box: dict[str, list[float]] = {}
+    for p in predictions:
+        if p.study_probs is not None:
+            probs.setdefault(p.study_id, []).append(p.study_probs)
+        value = no_box_probability(p)
+        if value is not None:
+            no_box.setdefault(p.study_id, []).append(value)
+    return ({k: np.mean(v, axis=0) for k, v in probs.items()}, {k: float(np.mean(v)) for k, v in no_box.items()})
+
+
+def study_row_probabilities(classifier: np.ndarray | None, no_box: float | None,
+                            config: EnsembleConfig) -> np.ndarray:
+    """A study's four probabilities: the classifier's (uniform without one), with "negative" the
+    weighted mean of the classifier's negative and the images' mean no-box probability (a study
+    whose images show no opacity is likely negative). The four are ranked per class by the metric,
+    so they are not renormalised."""
+    probs = np.array(UNINFORMED_STUDY if classifier is None else classifier, dtype=np.float64)
+    negative = blend_none([None if classifier is None else float(classifier[NEGATIVE]), no_box],
+                          [config.negative_classifier_weight, config.negative_boxes_weight])
+    if negative is not None:
+        probs[NEGATIVE] = negative
+    return probs
+
+
+def assemble_submission(predictions: Sequence[ImagePrediction], sample: pd.DataFrame,
+                        config: EnsembleConfig) -> pd.DataFrame:
+    """One row per id of ``sample`` in its order. Studies: :func:`study_row_probabilities` of the mean
+    over their readable images (uniform when none was readable). Images: fused boxes in original
+    pixels plus the blended none (:func:`image_none_probability`); an image without a prediction
+    gets ``none`` only."""
+    classifier, no_box = _study_means(predictions)
+    by_image = {p.image_id: p for p in predictions}
+    rows = []
+    for identifier in sample["id"].astype(str):
+        if identifier.endswith(STUDY_SUFFIX):
+            study_id = identifier[: -len(STUDY_SUFFIX)]
+            if study_id in classifier or study_id in no_box:
+                probs = study_row_probabilities(classifier.get(study_id), no_box.get(study_id), config)
+            else:
+                probs = UNINFORMED_STUDY
+            rows.append(study_prediction_string(dict(zip(STUDY_CLASSES, probs))))
+            continue
+        prediction = by_image.get(identifier[: -len(IMAGE_SUFFIX)])
+        if prediction is None:
+            rows.append(image_prediction_string([], [], UNINFORMED_NONE, 1.0, 1.0))
+            continue
+        study = classifier.get(prediction.study_id)
+        none = image_none_probability(prediction, None if study is None else float(study[NEGATIVE]), config)
+        if prediction.error is not None or not len(prediction.scores):
+            rows.append(image_prediction_string([], [], none, 1.0, 1.0))
+            continue
+        width, height = float(prediction.original_width), float(prediction.original_height)
+        rows.append(image_prediction_string(denormalize_xyxy(prediction.boxes, width, height), prediction.scores,
+                                            none, width, height))
+    return pd.DataFrame({"id": sample["id"].astype(str).tolist(), "PredictionString": rows})
+
+
+class TooManyUnreadableError(RuntimeError):
+    """More test images unreadable than ``max_unreadable_share``: no submission was written."""
+
+
+def unreadable_summary(failed: dict[str, str], images: int) -> dict:
+    """The unreadable images counted: ``count``, ``share`` of ``images`` and ``groups`` by kind of reason
+    (:func:`utils.dicom.unreadable_group`), each with its count, up to three image ids and, for a missing
+    decoder, what pydicom needs installed."""
+    groups: dict[str, dict] = {}
+    for image_id, reason in failed.items():
+        group = groups.setdefault(unreadable_group(reason), {"count": 0, "examples": [], "install": None})
+        group["count"] += 1
+        if len(group["examples"]) < 3:
+            group["examples"].append(image_id)
+        if reason.startswith(NO_DECODER):
+            group["install"] = reason.split(": ", 1)[-1]
+    ordered = dict(sorted(groups.items(), key=lambda item: -item[1]["count"]))
+    return {"count": len(failed), "share": len(failed) / max(images, 1), "images": images, "groups": ordered}
+
+
+def describe_unreadable(summary: dict) -> str:
+    """One line: ``unreadable: 3 of 1263 images (0.2%): truncated 2; not a DICOM file 1``."""
+    head = f"unreadable: {summary['count']} of {summary['images']} images ({100 * summary['share']:.1f}%)"
+    if not summary["count"]:
+        return head
+    parts = [f"{name} {group['count']}" + (f" (install: {group['install']})" if group["install"] else "")
+             for name, group in summary["groups"].items()]
+    return f"{head}: {'; '.join(parts)}"
+
+
+def write_ensemble_submission(ensemble: EnsemblePredictor, data_dir, out, *, batch_size: int | None = None,
+                              workers: int | None = None, progress: bool = True, test_table=None,
+                              allow_unreadable: bool = False) -> dict:
+    """Predict the test split of ``data_dir`` (:func:`find_test_images`) with ``ensemble`` (an
+    :class:`Ensemble`, or :class:`infer.sharding.ShardedEnsemble` for several devices) and write the
+    validated submission to ``out``. Returns a summary: rows, images, unreadable images with their
+    reasons and :func:`unreadable_summary`, seconds, device. More unreadable images than the config's
+    ``max_unreadable_share`` raise :class:`TooManyUnreadableError` before anything is written, unless
+    ``allow_unreadable``."""
+    check_output_path(out)
+    sample, images = find_test_images(data_dir, test_table)
+    problems = sample_problems(sample)
+    if problems:
+        raise SubmissionError(problems, where=f"{data_dir} sample submission")
+    started = time.perf_counter()
+    predictions = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=progress)
+    failed = {p.image_id: p.error for p in predictions if p.error is not None}
+    counted = unreadable_summary(failed, len(images))
+    limit = ensemble.config.max_unreadable_share
+    if counted["share"] > limit and not allow_unreadable:
+        raise TooManyUnreadableError(
+            f"{describe_unreadable(counted)}; that is more than max_unreadable_share {100 * limit:g}%, so no "
+            f"submission was written to {out}. Fix the reason (a missing decoder is a package to install), or "
+            f"write it anyway with --allow-unreadable (each unreadable image gets a fallback row)")
+    submission = assemble_submission(predictions, sample, ensemble.config)
+    write_submission(submission, out, sample=sample)
+    seconds = time.perf_counter() - started
+    return {"out": str(out), "rows": len(submission), "images": len(images), "unreadable": failed,
+            "unreadable_summary": counted, "seconds": seconds, "seconds_per_image": seconds / max(len(images), 1),
+            "device": ",".join(str(d) for d in ensemble.devices)}

@@ -1,0 +1,37 @@
+"""Train any registered model kind (:mod:`utils.kinds`, the built-in ones and those of the
+``siim_covid.kinds`` entry points) on the prepared SIIM images, one model per fold: the stage command
+``train/train_all.py`` runs for a kind without a script of its own.
+
+    python train/train_kind.py --kind SECTION --prepared runs/prepared/meta.csv --out runs/SECTION
+        [--config train/configs/full.yaml] [--set KEY=VALUE ...] [--weights-dir runs/weights] [--resume]
+
+Writes what every kind writes (:func:`utils.kinds.train_folds`): config.yaml, the folds' run folders,
+oof_predictions.csv and the kind's out-of-fold report; registers the fold weights in
+--weights-dir/manifest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from train.cli import kind_parser, run_kind
+from utils.kinds import KINDS
+
+
+def main(argv: list[str] | None = None) -> int:
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--kind", choices=sorted(KINDS), required="-h" not in (argv or sys.argv[1:])
+                       and "--help" not in (argv or sys.argv[1:]))
+    known, rest = first.parse_known_args(argv)
+    if known.kind is None:  # --help without a kind: the shared options
+        kind_parser(KINDS[next(iter(KINDS))], __doc__, "runs/KIND").parse_args(rest)
+        return 0
+    kind = KINDS[known.kind]
+    parser = kind_parser(kind, __doc__, f"runs/{kind.section}")
+    parser.add_argument("--kind", choices=[kind.section], default=kind.section, help="the kind's config section")
+    return run_kind(kind, __doc__, f"runs/{kind.section}", [*rest, "--kind", kind.section], parser=parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
