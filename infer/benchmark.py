@@ -56,6 +56,7 @@ from utils.engine import (
     train_one_epoch,
 )
 from utils.files import write_text_atomic
+from utils.fusion import ENSEMBLE_SECTION
 from utils.models import ARCHITECTURES, PRETRAINED_NONE, MultiLabelClassifier, StudyClassifier
 from utils.nih import NIH_FINDINGS
 from utils.runtime import resolve_device, resolve_precision
@@ -262,7 +263,7 @@ def write_untrained_weights(weights_dir, config_path, folds: int = 1, overrides:
             (weights_dir / files[k]).parent.mkdir(parents=True, exist_ok=True)
             kind.untrained_weights(config, weights_dir / files[k])
         register_model(weights_dir, kind.model_name, kind.manifest_kind, files, kind.input_size(config), asdict(config))
-    ensemble = {**load_yaml_section(config_path, "ensemble"), **overrides.get("ensemble", {})}
+    ensemble = {**load_yaml_section(config_path, ENSEMBLE_SECTION), **overrides.get(ENSEMBLE_SECTION, {})}
     return register_ensemble(weights_dir, ensemble)
 
 

@@ -44,6 +44,7 @@ from infer.evaluate import evaluated_rows, image_predictions, load_oof, oof_memb
 from utils.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
 from utils.files import write_json_atomic, write_text_atomic
 from utils.fusion import (
+    CALIBRATE_SECTION,
     ENSEMBLE_SECTION,
     WBF_CONF_TYPES,
     CalibrateConfig,
@@ -60,7 +61,6 @@ from utils.prepare import read_meta
 from utils.report import markdown_table, show
 
 log = logging.getLogger("calibrate")
-CALIBRATE_SECTION = "calibrate"
 # The values each setting may take; a member's weight is relative to the best member of its kind (1).
 SEARCH_GRID = {
     "model_weights": (0.0, 0.25, 0.5, 1.0, 2.0),

@@ -81,3 +81,20 @@ def test_a_kind_from_an_entry_point_runs_through_train_all_the_report_the_manife
         np.testing.assert_allclose(found[0].box, expected, atol=0.6)
         assert abs(found[0].confidence - folds[:, 4].mean()) < 1e-4
     assert project_files_state() == before  # nothing of the project was written for the new kind
+
+
+def test_a_broken_or_clashing_plugin_is_named(tmp_path, monkeypatch):
+    import pytest
+
+    from utils.plugins import PluginError, add_unique, load_plugins
+
+    dist = tmp_path / "broken_kind-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-kind\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[siim_covid.test_group]\nbad = no_such_module_here:KIND\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match=r"'bad' = 'no_such_module_here:KIND'.*ModuleNotFoundError"):
+        load_plugins("siim_covid.test_group")
+    registry = {"frcnn": object()}
+    with pytest.raises(PluginError, match="two model kinds named 'frcnn'"):
+        add_unique(registry, "frcnn", object(), "model kind")

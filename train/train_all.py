@@ -42,7 +42,7 @@ from pathlib import Path
 from train.cli import DEFAULT_CONFIG, configure_logging
 from utils.config import ConfigError, load_section, parse_overrides
 from utils.files import atomic_path
-from utils.fusion import CalibrateConfig, EnsembleConfig
+from utils.fusion import CALIBRATE_SECTION, ENSEMBLE_SECTION, CalibrateConfig, EnsembleConfig
 from utils.kinds import KINDS, StagePlan
 from utils.models import PRETRAINED_IMAGENET, PRETRAINED_LITE, PRETRAINED_NONE
 from utils.nih import BackboneConfig
@@ -69,8 +69,8 @@ class PrepareConfig:
 
 # Every section of a config file and its schema.
 SCHEMAS = {SECTION: PrepareConfig, "backbone": BackboneConfig,
-           **{name: kind.config_class for name, kind in KINDS.items()}, "ensemble": EnsembleConfig,
-           "calibrate": CalibrateConfig}
+           **{name: kind.config_class for name, kind in KINDS.items()}, ENSEMBLE_SECTION: EnsembleConfig,
+           CALIBRATE_SECTION: CalibrateConfig}
 CONFIG_SECTIONS = tuple(SCHEMAS)
 
 
@@ -164,6 +164,8 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
     plan = stage_plan(args)
     prepare = configs[SECTION]
     common = ["--config", str(config)] + (["--no-progress"] if args.no_progress else [])
+    # the calibration starts from the ensemble section as overridden
+    ensemble_set = ["--ensemble-set", *overrides[ENSEMBLE_SECTION]] if overrides.get(ENSEMBLE_SECTION) else []
 
     def script(path: str, section: str | None, *extra: str, trunk: bool = False) -> list[str]:
         keys = list(overrides.get(section, [])) if section else []
@@ -182,12 +184,11 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
         **{name: script(kind.script, name, "--prepared", str(meta), "--out", str(out / name), "--weights-dir",
                         str(weights), *kind.stage_arguments(plan), trunk=kind.trunk_from_backbone)
            if name in args.kinds else None for name, kind in KINDS.items()},
-        "evaluate": script("infer/evaluate.py", "ensemble", "--run-dir", str(out), "--out", str(out / "report"),
+        "evaluate": script("infer/evaluate.py", ENSEMBLE_SECTION, "--run-dir", str(out), "--out", str(out / "report"),
                            "--weights-dir", str(weights)),
-        "calibrate": script("infer/calibrate.py", "calibrate", "--run-dir", str(out), "--out", str(out / "report"),
-                            "--weights-dir", str(weights),
-                            *(["--ensemble-set", *overrides["ensemble"]] if overrides.get("ensemble") else []))
-        if configs["calibrate"].enabled else None,
+        "calibrate": script("infer/calibrate.py", CALIBRATE_SECTION, "--run-dir", str(out), "--out",
+                            str(out / "report"), "--weights-dir", str(weights), *ensemble_set)
+        if configs[CALIBRATE_SECTION].enabled else None,
     }
     return commands
 

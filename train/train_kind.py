@@ -21,16 +21,15 @@ from utils.kinds import KINDS
 
 def main(argv: list[str] | None = None) -> int:
     first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--kind", choices=sorted(KINDS), required="-h" not in (argv or sys.argv[1:])
-                       and "--help" not in (argv or sys.argv[1:]))
-    known, rest = first.parse_known_args(argv)
-    if known.kind is None:  # --help without a kind: the shared options
-        kind_parser(KINDS[next(iter(KINDS))], __doc__, "runs/KIND").parse_args(rest)
-        return 0
-    kind = KINDS[known.kind]
-    parser = kind_parser(kind, __doc__, f"runs/{kind.section}")
-    parser.add_argument("--kind", choices=[kind.section], default=kind.section, help="the kind's config section")
-    return run_kind(kind, __doc__, f"runs/{kind.section}", [*rest, "--kind", kind.section], parser=parser)
+    first.add_argument("--kind", choices=sorted(KINDS))
+    known, _ = first.parse_known_args(argv)
+    kind = KINDS.get(known.kind)
+    # the kind's own options (``--resume`` only for an engine kind); --help without a kind shows the first's
+    parser = kind_parser(kind or next(iter(KINDS.values())), __doc__, f"runs/{kind.section if kind else 'KIND'}")
+    parser.add_argument("--kind", required=True, choices=sorted(KINDS), help="the kind's config section")
+    if kind is None:
+        parser.parse_args(argv)  # --help, or the error of a missing or unknown --kind
+    return run_kind(kind, __doc__, f"runs/{kind.section}", argv, parser=parser)
 
 
 if __name__ == "__main__":

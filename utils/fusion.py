@@ -193,6 +193,9 @@ def ensemble_config(manifest: dict, overrides: dict | None = None, source: str =
     return from_mapping(EnsembleConfig, mapping, f"{source} [{ENSEMBLE_SECTION}]")
 
 
+CALIBRATE_SECTION = "calibrate"  # the calibration's section in a config file
+
+
 @dataclass
 class CalibrateConfig:
     """The ``calibrate`` section: infer/calibrate.py's search of the ensemble settings out of fold (the
