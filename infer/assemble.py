@@ -37,7 +37,6 @@ UNINFORMED_STUDY = np.full(len(STUDY_CLASSES), 1.0 / len(STUDY_CLASSES))
 UNINFORMED_NONE = 0.5
 
 
-
 @dataclass
 class ImagePrediction:
     """What the ensemble says about one image. ``boxes`` XYXY_NORM (of the original image) with
@@ -54,7 +53,6 @@ class ImagePrediction:
     none_prob: float | None = None
     error: str | None = None
     opacity_map: np.ndarray | None = None  # (h, w) in [0, 1] over the image, when asked and available
-
 
 
 def no_box_probability(prediction: ImagePrediction) -> float | None:

@@ -23,10 +23,11 @@ def test_gpu_check_smoke_runs_every_part_and_writes_its_table(tmp_path, capsys):
     assert inference["images_per_s"]["faster_rcnn_tta_channels_last"] > 0  # the layout comparison ran
     assert "| inference | end to end / models |" in (tmp_path / "check" / "gpu_check.md").read_text()
     assert set(parts["real256"]["figures"]["cv"]) >= {"ensemble", "baseline_prior", "models"}
-    epochs = parts["epochs"]["figures"]["first_epochs"]
-    assert epochs["frcnn"]["images_per_s"] > 0 < epochs["yolo"]["images_per_s"] and epochs["study"]["images_per_s"] > 0
+    first = next(iter(gpu_check.KINDS))  # the smoke's epochs part trains the first kind only
+    assert parts["epochs"]["figures"]["first_epochs"][first]["images_per_s"] > 0
     assert "evaluate" not in parts["epochs"]["figures"]["stage_seconds"]  # one epoch each, no CV report
-    assert parts["real256"]["figures"]["first_epochs"]["study"]["images_per_s"] > 0
+    real256 = parts["real256"]["figures"]["first_epochs"]
+    assert all(real256[name]["images_per_s"] > 0 for name in gpu_check.KINDS)  # every kind's first epoch
     table = (tmp_path / "check" / "gpu_check.md").read_text()
     assert "| real256 | CV ensemble" in table and table in capsys.readouterr().out
 
