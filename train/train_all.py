@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     for stage in STAGES[STAGES.index(args.from_stage):STAGES.index(args.to_stage) + 1]:
         command = commands[stage]
         if command is None:
-            log.info("stage %s: skipped (no input for it, or disabled in the config)", stage)
+            why = "not in --kinds" if stage in KINDS and stage not in args.kinds else \
+                "no input for it, or disabled in the config"
+            log.info("stage %s: skipped (%s)", stage, why)
             summary[stage] = {"skipped": True}
             continue
         log.info("stage %s: %s", stage, shlex.join(command))
