@@ -44,6 +44,7 @@ from utils.config import ConfigError, load_section, parse_overrides
 from utils.files import atomic_path
 from utils.fusion import CALIBRATE_SECTION, ENSEMBLE_SECTION, CalibrateConfig, EnsembleConfig
 from utils.kinds import KINDS, StagePlan
+from utils.kinds.base import GENERIC_SCRIPT
 from utils.models import PRETRAINED_IMAGENET, PRETRAINED_LITE, PRETRAINED_NONE
 from utils.nih import BackboneConfig
 
@@ -181,8 +182,9 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
                    + [a for size in prepared_sizes(configs, selected_kinds(args)) for a in ("--size", str(size))],
         "backbone": None if args.nih_dir is None else
         script("train/train_backbone.py", "backbone", "--data-dir", str(args.nih_dir), "--out", str(out / "backbone")),
-        **{name: script(kind.script, name, "--prepared", str(meta), "--out", str(out / name), "--weights-dir",
-                        str(weights), *kind.stage_arguments(plan), trunk=kind.trunk_from_backbone)
+        **{name: script(kind.script, name, *(["--kind", name] if kind.script == GENERIC_SCRIPT else []),
+                        "--prepared", str(meta), "--out", str(out / name), "--weights-dir", str(weights),
+                        *kind.stage_arguments(plan), trunk=kind.trunk_from_backbone)
            if name in args.kinds else None for name, kind in KINDS.items()},
         "evaluate": script("infer/evaluate.py", ENSEMBLE_SECTION, "--run-dir", str(out), "--out", str(out / "report"),
                            "--weights-dir", str(weights)),

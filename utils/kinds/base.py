@@ -87,8 +87,9 @@ class ModelKind:
     script: ClassVar[str] = GENERIC_SCRIPT
 
     def stage_arguments(self, plan: StagePlan) -> list[str]:
-        """Arguments of its stage beyond ``--prepared``, ``--out``, ``--weights-dir`` and the config."""
-        return ["--kind", self.section] if self.script == GENERIC_SCRIPT else []
+        """Arguments of its stage beyond ``--prepared``, ``--out``, ``--weights-dir``, the config and (for
+        the generic script) ``--kind``."""
+        return []
 
     def check_files(self, config, plan: StagePlan) -> None:
         """Files its config names that must exist before train_all's first stage: a ``ValueError`` or
