@@ -51,12 +51,14 @@ demo: $(STAMP)
 	  --image-labels $(DEMO_DIR)/data/test_image_level.csv --study-labels $(DEMO_DIR)/data/test_study_level.csv
 
 # Everything on the real data: make train-all DATA=... [NIH=...] [RSNA=...] [CONFIG=...] [OUT=...]
+# PSEUDO=test_dir [PSEUDO_META=test_meta.csv]: then pseudo-label those images and train round two (OUT/round2/weights).
 CONFIG ?= train/configs/full.yaml
 OUT ?= runs/full
 train-all: $(STAMP)
-	@test -n "$(DATA)" || { echo "usage: make train-all DATA=competition_dir_or_resized_copy [NIH=nih_dir] [RSNA=rsna_dir] [CONFIG=...] [OUT=...]"; exit 2; }
+	@test -n "$(DATA)" || { echo "usage: make train-all DATA=competition_dir_or_resized_copy [NIH=nih_dir] [RSNA=rsna_dir] [CONFIG=...] [OUT=...] [PSEUDO=test_dir [PSEUDO_META=table]]"; exit 2; }
 	$(PY) train/train_all.py --data-dir $(DATA) --out $(OUT) --config $(CONFIG) \
-	  $(if $(NIH),--nih-dir $(NIH)) $(if $(RSNA),--rsna-dir $(RSNA))
+	  $(if $(NIH),--nih-dir $(NIH)) $(if $(RSNA),--rsna-dir $(RSNA)) \
+	  $(if $(PSEUDO),--pseudo-images $(PSEUDO)) $(if $(PSEUDO_META),--pseudo-test-meta $(PSEUDO_META))
 
 # The ensemble's fusion and blending chosen out of fold (also train-all's last stage), reported on data
 # the choice never saw, written into RUN/weights/manifest.json: make calibrate [RUN=...] [RUN_CONFIG=...]

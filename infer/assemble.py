@@ -100,30 +100,41 @@ def study_row_probabilities(classifier: np.ndarray | None, no_box: float | None,
     return probs
 
 
+def submission_probabilities(predictions: Sequence[ImagePrediction],
+                             config: EnsembleConfig) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """``(per study its four probabilities, per image its none)`` as :func:`assemble_submission` writes
+    them: :func:`study_row_probabilities` of the mean over the study's readable images, and
+    :func:`image_none_probability` (an unreadable image's from its study's other images). A study
+    with no readable image is absent (the submission gives it :data:`UNINFORMED_STUDY`)."""
+    classifier, no_box = _study_means(predictions)
+    studies = {study_id: study_row_probabilities(classifier.get(study_id), no_box.get(study_id), config)
+               for study_id in {*classifier, *no_box}}
+    nones = {}
+    for prediction in predictions:
+        study = classifier.get(prediction.study_id)
+        nones[prediction.image_id] = image_none_probability(
+            prediction, None if study is None else float(study[NEGATIVE]), config)
+    return studies, nones
+
+
 def assemble_submission(predictions: Sequence[ImagePrediction], sample: pd.DataFrame,
                         config: EnsembleConfig) -> pd.DataFrame:
-    """One row per id of ``sample`` in its order. Studies: :func:`study_row_probabilities` of the mean
-    over their readable images (uniform when none was readable). Images: fused boxes in original
-    pixels plus the blended none (:func:`image_none_probability`); an image without a prediction
-    gets ``none`` only."""
-    classifier, no_box = _study_means(predictions)
+    """One row per id of ``sample`` in its order. Studies and images' none:
+    :func:`submission_probabilities` (uniform for a study without a readable image); images: fused boxes
+    in original pixels plus their none; an image without a prediction gets ``none`` only."""
+    studies, nones = submission_probabilities(predictions, config)
     by_image = {p.image_id: p for p in predictions}
     rows = []
     for identifier in sample["id"].astype(str):
         if identifier.endswith(STUDY_SUFFIX):
-            study_id = identifier[: -len(STUDY_SUFFIX)]
-            if study_id in classifier or study_id in no_box:
-                probs = study_row_probabilities(classifier.get(study_id), no_box.get(study_id), config)
-            else:
-                probs = UNINFORMED_STUDY
+            probs = studies.get(identifier[: -len(STUDY_SUFFIX)], UNINFORMED_STUDY)
             rows.append(study_prediction_string(dict(zip(STUDY_CLASSES, probs))))
             continue
         prediction = by_image.get(identifier[: -len(IMAGE_SUFFIX)])
         if prediction is None:
             rows.append(image_prediction_string([], [], UNINFORMED_NONE, 1.0, 1.0))
             continue
-        study = classifier.get(prediction.study_id)
-        none = image_none_probability(prediction, None if study is None else float(study[NEGATIVE]), config)
+        none = nones[prediction.image_id]
         if prediction.error is not None or not len(prediction.scores):
             rows.append(image_prediction_string([], [], none, 1.0, 1.0))
             continue

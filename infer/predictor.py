@@ -203,12 +203,29 @@ def checked_manifest(weights_dir, config: EnsembleConfig | None = None,
     return manifest, config
 
 
+def with_folds(manifest: dict, folds: Sequence[int], weights_dir) -> dict:
+    """The manifest with every model restricted to ``folds``."""
+    models = {}
+    for name, spec in manifest["models"].items():
+        kept = [f for f in spec["folds"] if f in set(folds)]
+        if not kept:
+            raise ManifestError(f"{Path(weights_dir) / 'manifest.json'}: model {name!r} has none of the folds "
+                                f"{sorted(folds)} (it has {spec['folds']})")
+        models[name] = {**spec, "folds": kept}
+    return {**manifest, "models": models}
+
+
 class Ensemble:
     """Every model of ``weights_dir/manifest.json``, ready to predict (see the module docstring)."""
 
-    def __init__(self, weights_dir, config: EnsembleConfig | None = None, overrides: dict | None = None):
+    def __init__(self, weights_dir, config: EnsembleConfig | None = None, overrides: dict | None = None,
+                 folds: Sequence[int] | None = None):
+        """``folds``: only these folds of every model (the pseudo-label stage labels with each round-one
+        fold alone); a model without one of them is a ManifestError."""
         self.weights_dir = Path(weights_dir)
         manifest, self.config = checked_manifest(self.weights_dir, config, overrides)
+        if folds is not None:
+            manifest = with_folds(manifest, folds, self.weights_dir)
         self.device = resolve_device(self.config.device)
         self.devices = (self.device,)
         self.precision = resolve_precision(self.config.amp, self.device)

@@ -22,7 +22,8 @@ from utils.submission import parse_prediction_string
 @pytest.mark.slow
 def test_every_stage_ran_and_the_weights_folder_is_complete(trained_run):
     stages = json.loads((trained_run / "train_all.json").read_text())
-    assert [s for s in train_all.STAGES if stages[s].get("exit_code") == 0] == list(train_all.STAGES)
+    assert [s for s in train_all.STAGES if stages[s].get("exit_code") == 0] == list(train_all.STAGES[:-2])
+    assert stages["pseudo"] == stages["round2"] == {"skipped": True}  # no --pseudo-images
     manifest = read_manifest(trained_run / "weights")
     assert {n: (m["kind"], m["folds"], m["input_size"]) for n, m in manifest["models"].items()} == {
         "study": ("study_classifier", [0], 64), "faster_rcnn": ("faster_rcnn", [0], 96), "yolo": ("yolo", [0], 96)}
@@ -133,6 +134,17 @@ def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
     commands = train_all.stage_commands(args, {})
     trunk = f"backbone={tmp_path / 'backbone' / 'best.pt'}"
     assert trunk in commands["study"] and trunk in commands["frcnn"] and "R" in commands["frcnn"]
+    assert commands["pseudo"] is None and commands["round2"] is None
+    (tmp_path / "T").mkdir()
+    args = train_all.get_args_parser().parse_args(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config),
+                                                   "--nih-dir", "N", "--pseudo-images", str(tmp_path / "T"),
+                                                   "--kinds", "study", "frcnn"])
+    commands = train_all.stage_commands(args, train_all.split_overrides(["pseudo.max_boxes=2", "study.epochs=3"]))
+    assert commands["pseudo"][-2:] == ["--set", "max_boxes=2"] and "D/train" in commands["pseudo"]
+    # round two: this script on OUT/round2 from the first kind, round one's backbone as the trunk, overrides kept
+    assert commands["round2"][commands["round2"].index("--out") + 1] == str(tmp_path / "round2")
+    assert commands["round2"][commands["round2"].index("--from-stage") + 1] == "frcnn"
+    assert commands["round2"][-4:] == [f"frcnn.{trunk}", f"study.{trunk}", "pseudo.max_boxes=2", "study.epochs=3"]
     for bad in (["frcnn_epochs=2"], ["frcn.epochs=2"]):
         with pytest.raises(ConfigError):
             train_all.split_overrides(bad)

@@ -30,6 +30,10 @@ def kind_parser(kind, doc: str, default_out: str) -> argparse.ArgumentParser:
     parser.add_argument("--prepared", required=True, type=Path, help="meta.csv written by train/prepare.py")
     parser.add_argument("--weights-dir", type=Path, default=None,
                         help="where to export the fold weights and register them in manifest.json")
+    if kind.can_start_from:
+        parser.add_argument("--start-from", type=Path, default=None, metavar="WEIGHTS_DIR",
+                            help="each fold starts from this weights folder's weights of the same model and fold "
+                                 "(fine-tuning, e.g. round two from round one), instead of the config's starting trunk")
     add_run_arguments(parser, kind.section, default_out, resume=kind.resumable)
     return parser
 
@@ -49,7 +53,8 @@ def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
     try:
         config = load_section(args.config, kind.section, kind.config_class, parse_overrides(args.overrides))
         options = RunOptions(prepared=args.prepared, out=args.out, weights_dir=args.weights_dir,
-                             resume=getattr(args, "resume", False), progress=not args.no_progress)
+                             resume=getattr(args, "resume", False), progress=not args.no_progress,
+                             start_from=getattr(args, "start_from", None))
         if before is not None:
             config = before(config, args, options)
         train_folds(kind, config, options)

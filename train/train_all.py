@@ -2,7 +2,7 @@
 
     python train/train_all.py --data-dir SIIM_DIR --out runs/full [--config train/configs/full.yaml]
         [--nih-dir NIH_DIR] [--rsna-dir RSNA_DIR] [--set SECTION.KEY=VALUE ...] [--from-stage NAME] [--to-stage NAME]
-        [--kinds KIND ...]
+        [--kinds KIND ...] [--pseudo-images TEST_DIR [--pseudo-test-meta TABLE]]
 
 Stages (each is the stage's own script, run as a child process with the same config file):
 
@@ -19,6 +19,12 @@ Stages (each is the stage's own script, run as a child process with the same con
                                        settings into the manifest)
     calibrate infer/calibrate.py      --out OUT/report (the ensemble's settings chosen out of fold and
                                        written into the manifest; ``calibrate.enabled: false`` skips it)
+    pseudo    train/pseudo_label.py   --out OUT/round2/prepared (only with --pseudo-images: round one's
+                                       ensemble labels those unlabelled images, each fold for its own round
+                                       two; the config's ``pseudo`` section says how)
+    round2    train/train_all.py      --out OUT/round2 (only with --pseudo-images): every kind again on the
+                                       real and pseudo-labelled images, then the CV report and calibration
+                                       on real labels only; OUT/round2/weights is the final weights folder
 
 Every model registers its folds in OUT/weights/manifest.json, usable as ``--weights-dir`` of
 ``infer/make_submission.py``. ``--from-stage`` restarts at a stage after a failure (earlier
@@ -47,10 +53,14 @@ from utils.kinds import KINDS, StagePlan
 from utils.kinds.base import GENERIC_SCRIPT
 from utils.models import PRETRAINED_IMAGENET, PRETRAINED_LITE, PRETRAINED_NONE
 from utils.nih import BackboneConfig
+from utils.pseudo import SECTION as PSEUDO_SECTION
+from utils.pseudo import PseudoConfig
 
 log = logging.getLogger("train_all")
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("prepare", "backbone", *KINDS, "evaluate", "calibrate")  # every model kind in the registry's order
+# every model kind in the registry's order; pseudo and round2 run only with --pseudo-images
+STAGES = ("prepare", "backbone", *KINDS, "evaluate", "calibrate", "pseudo", "round2")
+ROUND2 = "round2"  # round two's run folder under the run
 SECTION = "prepare"
 
 
@@ -71,7 +81,7 @@ class PrepareConfig:
 # Every section of a config file and its schema.
 SCHEMAS = {SECTION: PrepareConfig, "backbone": BackboneConfig,
            **{name: kind.config_class for name, kind in KINDS.items()}, ENSEMBLE_SECTION: EnsembleConfig,
-           CALIBRATE_SECTION: CalibrateConfig}
+           CALIBRATE_SECTION: CalibrateConfig, PSEUDO_SECTION: PseudoConfig}
 CONFIG_SECTIONS = tuple(SCHEMAS)
 
 
@@ -92,6 +102,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS), metavar="KIND",
                         help=f"train only these model kinds (default: all, {', '.join(KINDS)}); the others' "
                              "stages are skipped and the CV report and calibration use the kinds trained")
+    parser.add_argument("--start-from", type=Path, default=None, metavar="WEIGHTS_DIR",
+                        help="each kind that can (the engine's) starts every fold from this weights folder's model "
+                             "of the same fold instead of its config's trunk: fine-tuning an earlier run")
+    parser.add_argument("--pseudo-images", type=Path, default=None,
+                        help="unlabelled test folder (DICOMs, or a resized copy with --pseudo-test-meta): after round "
+                             "one, pseudo-label it and train round two on real + pseudo-labelled images")
+    parser.add_argument("--pseudo-test-meta", type=Path, default=None,
+                        help="a resized copy's test image -> study table (test_meta.csv)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return parser
 
@@ -122,8 +140,20 @@ def check_config(config_path: Path, overrides: dict[str, list[str]], args) -> di
     unknown = sorted(set(document) - set(SCHEMAS)) if isinstance(document, dict) else []
     if unknown:
         raise ConfigError(f"{config_path}: unknown section(s) {unknown}; sections: {list(SCHEMAS)}")
+    # The pseudo section is needed only when there is something to pseudo-label.
+    needed = {s: schema for s, schema in SCHEMAS.items() if s != PSEUDO_SECTION or args.pseudo_images is not None
+              or (isinstance(document, dict) and s in document)}
     configs = {section: load_section(config_path, section, schema, parse_overrides(overrides.get(section)))
-               for section, schema in SCHEMAS.items()}
+               for section, schema in needed.items()}
+    if args.pseudo_images is not None:  # round two's own overrides, checked now too
+        round_two = split_overrides(configs[PSEUDO_SECTION].round2_overrides)
+        for section, items in round_two.items():
+            load_section(config_path, section, SCHEMAS[section],
+                         parse_overrides(overrides.get(section, []) + items))
+    if args.pseudo_images is not None and not args.pseudo_images.is_dir():
+        raise ConfigError(f"--pseudo-images {args.pseudo_images}: folder not found")
+    if args.pseudo_test_meta is not None and not args.pseudo_test_meta.is_file():
+        raise ConfigError(f"--pseudo-test-meta {args.pseudo_test_meta}: file not found")
 
     def must_exist(section: str, key: str, value, allowed=()) -> None:
         if value not in (None, "", *allowed) and not Path(value).is_file():
@@ -184,15 +214,42 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
         script("train/train_backbone.py", "backbone", "--data-dir", str(args.nih_dir), "--out", str(out / "backbone")),
         **{name: script(kind.script, name, *(["--kind", name] if kind.script == GENERIC_SCRIPT else []),
                         "--prepared", str(meta), "--out", str(out / name), "--weights-dir", str(weights),
-                        *kind.stage_arguments(plan), trunk=kind.trunk_from_backbone)
+                        *kind.stage_arguments(plan),
+                        *(["--start-from", str(args.start_from)] if args.start_from and kind.can_start_from else []),
+                        trunk=kind.trunk_from_backbone)
            if name in args.kinds else None for name, kind in KINDS.items()},
         "evaluate": script("infer/evaluate.py", ENSEMBLE_SECTION, "--run-dir", str(out), "--out", str(out / "report"),
                            "--weights-dir", str(weights)),
         "calibrate": script("infer/calibrate.py", CALIBRATE_SECTION, "--run-dir", str(out), "--out",
                             str(out / "report"), "--weights-dir", str(weights), *ensemble_set)
         if configs[CALIBRATE_SECTION].enabled else None,
+        "pseudo": None if args.pseudo_images is None else
+        script("train/pseudo_label.py", PSEUDO_SECTION, "--run-dir", str(out), "--images", str(args.pseudo_images),
+               *(["--test-meta", str(args.pseudo_test_meta)] if args.pseudo_test_meta else []),
+               "--out", str(out / ROUND2 / "prepared"), "--train-dir", str(args.data_dir / "train")),
+        "round2": None if args.pseudo_images is None else round_two_command(args, overrides, configs[PSEUDO_SECTION]),
     }
     return commands
+
+
+def round_two_command(args, overrides: dict[str, list[str]], pseudo: PseudoConfig) -> list[str]:
+    """This script again on OUT/round2, from the first model kind (its prepared/meta.csv is the pseudo
+    stage's): the same kinds, config and overrides, then ``pseudo.round2_overrides``. Every fold starts
+    as in round one (the trunks from round one's NIH backbone when there was one, not trained twice;
+    RSNA pre-training again), or with ``pseudo.round2_start: round1`` from round one's weights of the
+    same model and fold (the kinds that can; RSNA pre-training skipped)."""
+    keys = [f"{section}.{key}" for section, items in overrides.items() for key in items]
+    if args.nih_dir is not None:
+        trunk = args.out / "backbone" / "best.pt"
+        keys = [f"{name}.backbone={trunk}" for name, kind in selected_kinds(args).items()
+                if kind.trunk_from_backbone] + keys
+    keys += pseudo.round2_overrides
+    fine_tune = pseudo.round2_start == "round1"
+    return [sys.executable, str(Path(__file__).resolve()), "--data-dir", str(args.data_dir),
+            "--out", str(args.out / ROUND2), "--config", str(args.config), "--from-stage", STAGES[2],
+            "--kinds", *args.kinds, *(["--rsna-dir", str(args.rsna_dir)] if args.rsna_dir and not fine_tune else []),
+            *(["--start-from", str(args.out / "weights")] if fine_tune else []),
+            *(["--no-progress"] if args.no_progress else []), *(["--set", *keys] if keys else [])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         command = commands[stage]
         if command is None:
             why = "not in --kinds" if stage in KINDS and stage not in args.kinds else \
-                "no input for it, or disabled in the config"
+                "no --pseudo-images" if stage in ("pseudo", ROUND2) else "no input for it, or disabled in the config"
             log.info("stage %s: skipped (%s)", stage, why)
             summary[stage] = {"skipped": True}
             continue

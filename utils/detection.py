@@ -69,11 +69,12 @@ def detector_scores(predictions: pd.DataFrame, table: pd.DataFrame) -> dict:
     }
 
 
-def read_detection_table(meta_csv, image_size: int, predict_size: int) -> pd.DataFrame:
-    """meta.csv (:func:`utils.prepare.read_meta`) with the training-size ``image_path``, the
-    ``predict_path`` at ``predict_size`` and each image's boxes as XYXY_NORM arrays (``boxes_norm``)."""
-    table = read_meta(meta_csv, image_size)
-    table["predict_path"] = read_meta(meta_csv, predict_size)["image_path"]
+def read_detection_table(meta_csv, image_size: int, predict_size: int, pseudo: bool = False) -> pd.DataFrame:
+    """meta.csv (:func:`utils.prepare.read_meta`; pseudo-labelled rows with ``pseudo``) with the
+    training-size ``image_path``, the ``predict_path`` at ``predict_size`` and each image's boxes as
+    XYXY_NORM arrays (``boxes_norm``)."""
+    table = read_meta(meta_csv, image_size, pseudo)
+    table["predict_path"] = read_meta(meta_csv, predict_size, pseudo)["image_path"]
     table["boxes_norm"] = [normalize_xyxy(boxes_from_json(b), float(w), float(h))
                            for b, w, h in zip(table["boxes"], table["original_width"], table["original_height"])]
     return table

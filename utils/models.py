@@ -371,8 +371,9 @@ class StudyClassifier(nn.Module):
     (sigmoid); optionally (``seg_weight`` > 0) the auxiliary :class:`OpacityDecoder`. Takes
     ``(B, 3, H, W)`` images in [0, 1] and normalises them as its trunk wants (``normalization``).
 
-    Targets: ``{"study": int64 class index, "none": float 0/1}``, plus ``"mask"`` (uint8 (H, W) drawn
-    from the boxes) and ``"mask_valid"`` with the decoder. Losses, all from logits in float32:
+    Targets: ``{"study": int64 class index, "none": float in [0, 1]}``, optionally ``"study_probs"``
+    (float (4,): a soft study target, used instead of ``"study"``: pseudo-labels), plus ``"mask"``
+    (uint8 (H, W) drawn from the boxes) and ``"mask_valid"`` with the decoder. Losses, all from logits in float32:
     cross-entropy on the study logits (``label_smoothing``), BCE on the none logit (its target
     smoothed the same way, times ``none_weight``) and ``seg_weight`` x :func:`segmentation_loss`.
     The decoder runs in training and validation (it has a loss there) and in prediction only when
@@ -416,8 +417,10 @@ class StudyClassifier(nn.Module):
             outputs["mask_logits"] = self.decoder(maps)
         if targets is not None:
             eps = self.label_smoothing
-            outputs["loss_study"] = F.cross_entropy(outputs["study_logits"].float(), targets["study"].long(),
-                                                    label_smoothing=eps)
+            # Pseudo-labelled images carry soft targets: then every item of the batch has "study_probs"
+            # (a real label as one-hot), which cross-entropy takes as class probabilities.
+            study = targets["study_probs"].float() if "study_probs" in targets else targets["study"].long()
+            outputs["loss_study"] = F.cross_entropy(outputs["study_logits"].float(), study, label_smoothing=eps)
             none_target = targets["none"].float() * (1.0 - eps) + 0.5 * eps
             outputs["loss_none"] = self.none_weight * F.binary_cross_entropy_with_logits(
                 outputs["none_logits"].float(), none_target)

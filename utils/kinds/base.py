@@ -24,7 +24,7 @@ from utils.config import save_config
 from utils.detection import read_detection_table
 from utils.engine import collate_skip_none, fit, init_distributed, load_checkpoint, predict
 from utils.files import atomic_path
-from utils.manifest import register_model
+from utils.manifest import entry_files, load_state_dict_file, read_manifest, register_model
 from utils.prepare import fold_split, select_folds
 from utils.runtime import resolve_device, resolve_precision
 
@@ -44,6 +44,7 @@ class RunOptions:
     weights_dir: Path | None = None
     resume: bool = False
     progress: bool = True
+    start_from: Path | None = None  # a weights folder: each fold starts from its model's weights of that fold
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class ModelKind:
     # Its training command, relative to the repository (train_all runs it as the kind's stage); the
     # built-in kinds have a script of their own, with their own options and help.
     script: ClassVar[str] = GENERIC_SCRIPT
+
+    # Whether its folds can start from an earlier run's weights of the same model (``--start-from``).
+    can_start_from: ClassVar[bool] = False
 
     def stage_arguments(self, plan: StagePlan) -> list[str]:
         """Arguments of its stage beyond ``--prepared``, ``--out``, ``--weights-dir``, the config and (for
@@ -159,6 +163,18 @@ def register_fold_checkpoints(weights_dir, name: str, kind: str, checkpoints: di
     return register_model(weights_dir, name, kind, files, input_size, config)
 
 
+def fold_weights(weights_dir, name: str, fold: int) -> dict:
+    """Model ``name``'s exported weights of ``fold`` in a weights folder (read with ``weights_only``);
+    a ``TrainingError`` when the folder has no such model or fold."""
+    manifest = read_manifest(weights_dir, must_exist=True)
+    spec = manifest["models"].get(name)
+    if spec is None or fold not in spec.get("folds", []):
+        raise TrainingError(f"{Path(weights_dir) / 'manifest.json'}: no fold {fold} of model {name!r} to start from "
+                            f"(models: { {n: m.get('folds') for n, m in manifest['models'].items()} })")
+    folds, files, _ = entry_files(weights_dir, name, spec)
+    return load_state_dict_file(files[folds.index(fold)])
+
+
 def split_fold(table: pd.DataFrame, fold: int, source) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     try:
         return fold_split(table, fold, source)
@@ -179,6 +195,8 @@ def train_folds(kind: ModelKind, config, options: RunOptions) -> dict:
         save_config(config, options.out / "config.yaml", kind.section)
         log.info("%s: %d images (%d used for training, %d with boxes); training folds %s", kind.title, len(table),
                  int(table["used"].sum()), int((table["n_boxes"].astype(int) > 0).sum()), folds)
+    if options.start_from is not None and not kind.can_start_from:
+        raise TrainingError(f"{kind.title}: cannot start from an earlier run's weights (--start-from)")
     kind.start(table, config, options)
     results = {fold: kind.train_fold(table, fold, config, options) for fold in folds}
     scores = {}
@@ -204,7 +222,12 @@ class DetectorKind:
         return config.predict_size
 
     def load_table(self, meta_csv, config) -> pd.DataFrame:
-        return read_detection_table(meta_csv, config.image_size, config.predict_size)
+        """The detection table; a pseudo-labelled image whose boxes are not a label (neither confidently
+        "none" nor with a confident box) is not used: a detector would learn it as a negative."""
+        table = read_detection_table(meta_csv, config.image_size, config.predict_size, pseudo=True)
+        if table["pseudo"].any():
+            table.loc[table["pseudo"] & ~table["pseudo_boxes"], "used"] = False
+        return table
 
 
 class TorchKind(ModelKind):
@@ -212,6 +235,7 @@ class TorchKind(ModelKind):
     validation outputs are scored, and how outputs become prediction rows."""
 
     collate: ClassVar[Callable] = staticmethod(collate_skip_none)
+    can_start_from: ClassVar[bool] = True
 
     def build_model(self, config) -> torch.nn.Module:
         raise NotImplementedError
@@ -257,6 +281,9 @@ class TorchKind(ModelKind):
             return self.val_scores(self.rows(val.iloc[indices.numpy()], fold, outputs), val)
 
         model = self.build_model(config)
+        if options.start_from is not None and not options.resume:
+            model.load_state_dict(fold_weights(options.start_from, self.model_name, fold))
+            log.info("%s, fold %d: starts from %s", self.title, fold, options.start_from)
         monitor, mode = self.monitor(config)
         train_set, val_set = self.datasets(train, val, config)
         result = fit(model, train_set, val_set, config, options.out / f"fold{fold}", evaluate=evaluate,

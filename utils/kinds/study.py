@@ -7,6 +7,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -16,6 +17,7 @@ from utils.detection import read_detection_table
 from utils.engine import TrainConfig
 from utils.files import write_json_atomic, write_text_atomic
 from utils.kinds.base import FoldResult, RunOptions, StagePlan, TorchKind
+from utils.labels import STUDY_CLASSES
 from utils.members.study import StudyMember
 from utils.metric import format_score_table
 from utils.models import (
@@ -61,15 +63,28 @@ class StudyConfig(TrainConfig):
 
 
 def load_study_table(meta_csv, image_size: int, with_boxes: bool = False) -> pd.DataFrame:
-    """meta.csv (see :func:`utils.prepare.read_meta`) with the targets per image: the study class and
-    "none"; ``with_boxes`` adds the boxes (XYXY_NORM, drawn into the auxiliary head's mask by the
-    dataset) and ``mask_valid``: 0 for an un-annotated duplicate, whose boxes are unknown."""
-    table = read_detection_table(meta_csv, image_size, image_size)
+    """meta.csv (see :func:`utils.prepare.read_meta`, pseudo-labelled rows included) with the targets per
+    image: the study class and "none"; where the table has pseudo-labelled rows, every row also gets
+    ``study_probs`` (their soft study target, a real label's one-hot) and theirs a soft "none".
+    ``with_boxes`` adds the boxes (XYXY_NORM, drawn into the auxiliary head's mask by the dataset) and
+    ``mask_valid``: 0 where the boxes are unknown (an un-annotated duplicate, a pseudo-labelled image
+    whose boxes were not confident enough to be a label)."""
+    table = read_detection_table(meta_csv, image_size, image_size, pseudo=True)
+    pseudo = table["pseudo"].to_numpy(dtype=bool)
     table["targets"] = [{"study": int(label), "none": float(n == 0)}
                         for label, n in zip(table["study_label"], table["n_boxes"].astype(int))]
+    if pseudo.any():
+        for target, row in zip(table["targets"], table.itertuples(index=False)):
+            if row.pseudo:
+                target.update(study=int(np.argmax(row.pseudo_study)), study_probs=row.pseudo_study,
+                              none=float(row.pseudo_none))
+            else:
+                target["study_probs"] = np.eye(len(STUDY_CLASSES))[target["study"]]
     if with_boxes:
-        for target, boxes, used in zip(table["targets"], table["boxes_norm"], table["used"]):
-            target.update(boxes=boxes, mask_valid=float(used))
+        boxes_known = table["pseudo_boxes"].to_numpy(dtype=bool) if pseudo.any() else pseudo
+        known = table["used"].to_numpy(dtype=bool) & (~pseudo | boxes_known)
+        for target, boxes, valid in zip(table["targets"], table["boxes_norm"], known):
+            target.update(boxes=boxes, mask_valid=float(valid))
     return table
 
 

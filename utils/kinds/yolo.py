@@ -84,10 +84,14 @@ def export_yolo_images(table: pd.DataFrame, out_dir) -> pd.Series:
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "labels").mkdir(parents=True, exist_ok=True)
     paths = []
-    for image_id, source, boxes in zip(table["image_id"], table["image_path"], table["boxes_norm"]):
-        image = out_dir / "images" / f"{image_id}.png"
+    # A pseudo-labelled image has one row (and label) per round-one fold that labelled it: own names.
+    names = [f"{i}.pseudo{f}" if p else i for i, p, f in zip(
+        table["image_id"], table.get("pseudo", pd.Series(False, index=table.index)),
+        table.get("pseudo_fold", pd.Series(-1, index=table.index)))]
+    for name, source, boxes in zip(names, table["image_path"], table["boxes_norm"]):
+        image = out_dir / "images" / f"{name}.png"
         _link_or_copy(Path(source), image)
-        label = out_dir / "labels" / f"{image_id}.txt"
+        label = out_dir / "labels" / f"{name}.txt"
         text = label_lines(boxes)
         if not label.is_file() or label.read_text() != text:
             with atomic_path(label) as temporary:

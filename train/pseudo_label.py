@@ -1,0 +1,198 @@
+"""Pseudo-label unlabelled radiographs with a round-one run's ensemble, as training data for round two.
+
+    python train/pseudo_label.py --run-dir runs/real256 --images ../shared/siim-256
+        --test-meta ../shared/siim-labels/test_meta.csv --out runs/real256/round2/prepared
+        [--config train/configs/real256.yaml] [--set none_threshold=0.6 max_boxes=2]
+        [--train-dir ../shared/siim-256/train] [--device cuda] [--batch-size 16] [--workers 4]
+
+--images is any test folder the predictor reads (the competition's: test DICOMs + sample_submission.csv;
+or a resized copy: test/<image_id>.jpg|png, meta.csv with the original sizes, and --test-meta for the
+studies). Each fold of the run's weights labels every readable image for that fold's round two
+(utils/pseudo.py: the rules, the thresholds chosen out of fold where the config's ``pseudo`` section
+leaves them null, and why this is leak-free). Writes to --out: images_<size>/ (the images prepared at
+every size of the run's meta.csv), meta.csv (the run's rows, then the pseudo-labelled ones marked
+``pseudo``) and pseudo_labels.json (thresholds, counts, times). Refuses images that are training
+images (shared ids, or files inside --train-dir or the run's prepared folder). train/train_all.py
+runs it as its ``pseudo`` stage with ``--pseudo-images``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from infer.assemble import assemble_submission, submission_probabilities
+from infer.evaluate import evaluated_rows, fused_predictions, load_oof, submission_ids
+from infer.predictor import Ensemble
+from infer.test_images import find_test_images
+from train.cli import DEFAULT_CONFIG, configure_logging
+from utils.config import ConfigError, load_section, parse_overrides
+from utils.files import write_json_atomic
+from utils.fusion import ensemble_config
+from utils.manifest import ManifestError, read_manifest
+from utils.metric import best_f1_threshold, class_detections, ground_truth_from_table
+from utils.prepare import DecodedImage, decode_files, image_path, read_meta
+from utils.pseudo import (
+    PSEUDO_LABELS_FILE,
+    SECTION,
+    PseudoConfig,
+    PseudoLabelError,
+    Thresholds,
+    check_disjoint,
+    merge_meta,
+    pseudo_rows,
+    resolve_thresholds,
+    select_labels,
+)
+
+log = logging.getLogger("pseudo_label")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", required=True, type=Path,
+                        help="round one's train_all run folder (prepared/meta.csv, weights/, out-of-fold files)")
+    parser.add_argument("--images", required=True, type=Path,
+                        help="test folder to pseudo-label (DICOMs or a resized copy)")
+    parser.add_argument("--test-meta", type=Path, default=None, help="a resized copy's image -> study table")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="prepared folder of round two (default: RUN/round2/prepared)")
+    parser.add_argument("--train-dir", type=Path, default=None,
+                        help="the training images' folder (refused if --images lie inside it)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"YAML with a '{SECTION}' section")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override pseudo keys, e.g. --set none_threshold=0.6 max_boxes=2")
+    parser.add_argument("--device", default=None, help="prediction device (default: the manifest's ensemble device)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per model call")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    return parser
+
+
+def out_of_fold_thresholds(run_dir: Path, config: PseudoConfig, manifest: dict) -> Thresholds:
+    """The config's thresholds, null ones chosen F1-best on round one's out-of-fold ensemble predictions
+    (fused and blended as the manifest's ensemble settings say: what labels the images)."""
+    if config.none_threshold is not None and config.box_threshold is not None:
+        return resolve_thresholds(config, None, None)
+    table = read_meta(run_dir / "prepared" / "meta.csv", 0)
+    oof = load_oof(run_dir)
+    if not oof:
+        raise PseudoLabelError(f"{run_dir}: no out-of-fold predictions to choose the thresholds on")
+    rows = evaluated_rows(table, oof)
+    ensemble = ensemble_config(manifest)
+    submission = submission_ids(rows)
+    detections = class_detections(assemble_submission(fused_predictions(oof, rows, ensemble), submission, ensemble),
+                                  ground_truth_from_table(rows))
+    return resolve_thresholds(config, best_f1_threshold(detections["none"]), best_f1_threshold(detections["opacity"]))
+
+
+def labelling_folds(manifest: dict) -> list[int]:
+    """The folds every model of the manifest has: each labels the images for its own round two."""
+    folds = None
+    for spec in manifest["models"].values():
+        folds = set(spec["folds"]) if folds is None else folds & set(spec["folds"])
+    if not folds:
+        raise PseudoLabelError("the models of the weights folder share no fold")
+    return sorted(folds)
+
+
+def ensemble_targets(predictions, config) -> tuple[pd.DataFrame, dict[str, str]]:
+    """One row per readable image (``select_labels``' input) and the unreadable ones' reasons."""
+    studies, nones = submission_probabilities(predictions, config)
+    rows, failed = [], {}
+    for p in predictions:
+        if p.error is not None:
+            failed[p.image_id] = p.error
+            continue
+        rows.append({"image_id": p.image_id, "study_id": p.study_id, "original_height": p.original_height,
+                     "original_width": p.original_width, "study_probs": studies[p.study_id],
+                     "none_prob": nones[p.image_id], "boxes": p.boxes, "scores": p.scores})
+    return pd.DataFrame(rows), failed
+
+
+def run(args) -> dict:
+    started = time.perf_counter()
+    config = load_section(args.config, SECTION, PseudoConfig, parse_overrides(args.overrides))
+    run_dir = args.run_dir
+    out = args.out or run_dir / "round2" / "prepared"
+    real_meta = run_dir / "prepared" / "meta.csv"
+    table = read_meta(real_meta, 0)
+    manifest = read_manifest(run_dir / "weights", must_exist=True)
+    sizes = sorted(int(c.split("_", 1)[1]) for c in pd.read_csv(real_meta, nrows=0).columns if c.startswith("path_"))
+    _, images = find_test_images(args.images, args.test_meta)
+    if not images:
+        raise PseudoLabelError(f"{args.images}: no image to pseudo-label")
+    check_disjoint(table["image_id"], [i.image_id for i in images], [i.path for i in images],
+                   [args.train_dir, run_dir / "prepared"])
+    thresholds = out_of_fold_thresholds(run_dir, config, manifest)
+    log.info("pseudo-labelling %d images of %s: none above %.3f (%s), boxes above %.3f (%s), at most %s per image",
+             len(images), args.images, thresholds.none, thresholds.none_source, thresholds.box,
+             thresholds.box_source, config.max_boxes or "every box")
+    overrides = {"device": args.device} if args.device else None
+    labelled, failed, per_fold = [], {}, {}
+    predict_seconds = 0.0
+    for fold in labelling_folds(manifest):
+        fold_start = time.perf_counter()
+        with Ensemble(run_dir / "weights", overrides=overrides, folds=[fold]) as ensemble:
+            predictions = ensemble.predict_paths(images, batch_size=args.batch_size, workers=args.workers,
+                                                 progress=not args.no_progress)
+            targets, unreadable = ensemble_targets(predictions, ensemble.config)
+        predict_seconds += time.perf_counter() - fold_start
+        failed.update(unreadable)
+        if targets.empty:
+            raise PseudoLabelError(f"{args.images}: not one image could be read ({len(unreadable)} unreadable)")
+        selected = select_labels(targets, thresholds, config)
+        labelled.append((fold, selected))
+        per_fold[fold] = {"images": len(selected), "none": int((selected["boxes_known"]
+                                                                & selected["label_boxes"].map(len).eq(0)).sum()),
+                          "with_boxes": int(selected["label_boxes"].map(len).gt(0).sum()),
+                          "boxes": int(selected["label_boxes"].map(len).sum()),
+                          "no_box_label": int((~selected["boxes_known"]).sum())}
+        log.info("fold %d labels: %s", fold, per_fold[fold])
+    decode_start = time.perf_counter()
+    ids = {i for _, selected in labelled for i in selected["image_id"]}
+    known = {i.image_id: DecodedImage(i.image_id, i.study_id, "", i.study_id, i.original_height, i.original_width)
+             for i in images if i.original_height}  # a resized copy's size; a DICOM gives its own
+    decoded, failures = decode_files([i.path for i in images if i.image_id in ids], out, sizes,
+                                     args.workers or 1, not args.no_progress, known)
+    failed.update({Path(path).stem: reason for path, reason in failures})
+    prepared = {d.image_id for d in decoded}
+    frames = []
+    for fold, selected in labelled:
+        selected = selected[selected["image_id"].isin(prepared)]
+        paths = {size: [str(image_path(out, size, i).relative_to(out)) for i in selected["image_id"]]
+                 for size in sizes}
+        frames.append(pseudo_rows(selected, fold, paths))
+    merged = merge_meta(real_meta, pd.concat(frames, ignore_index=True), out / "meta.csv")
+    summary = {"images_dir": str(args.images), "images": len(images), "unreadable": len(failed),
+               "unreadable_examples": dict(sorted(failed.items())[:20]), "thresholds": thresholds.__dict__,
+               "max_boxes": config.max_boxes, "study_targets": config.study_targets, "per_fold": per_fold,
+               "rows": {"real": int((~merged["pseudo"].astype(bool)).sum()),
+                        "pseudo": int(merged["pseudo"].astype(bool).sum())},
+               "seconds": {"predict": round(predict_seconds, 1),
+                           "prepare": round(time.perf_counter() - decode_start, 1),
+                           "total": round(time.perf_counter() - started, 1)}}
+    write_json_atomic(out / PSEUDO_LABELS_FILE, summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    configure_logging()
+    try:
+        summary = run(args)
+    except (ConfigError, PseudoLabelError, ManifestError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    out = args.out or args.run_dir / "round2" / "prepared"
+    print(f"pseudo-labelled {summary['rows']['pseudo']} rows ({summary['images']} images, {summary['unreadable']} "
+          f"unreadable) -> {out / 'meta.csv'}; thresholds {summary['thresholds']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Pseudo-labels: what the round-one ensemble says about unlabelled radiographs, turned into training rows
+of the prepared ``meta.csv`` contract (:data:`utils.prepare.PSEUDO_COLUMNS`) by the rules of the config's
+``pseudo`` section. train/pseudo_label.py runs the ensemble and writes the rows; this module holds the
+rules, so that they are tested on constructed predictions.
+
+The rules (after the 11th and 1st places of the competition):
+
+- **study classifier**, every readable image: soft targets, the ensemble's four study probabilities
+  (normalised to sum to one) and its image "none" probability, as its submission would write them
+  (``study_targets: hard``: the most probable class and none above ``none_threshold``);
+- **detectors**, hard boxes: an image is "none" (no box, a negative) when its none probability is above
+  ``none_threshold``; otherwise its fused boxes scored above ``box_threshold`` (at most ``max_boxes``,
+  best first) are its boxes; an image with neither is no label for the detectors (it would teach them
+  that a likely opacity is background) and they skip it.
+
+``none_threshold`` and ``box_threshold`` left null are the F1-best thresholds of the round-one ensemble
+out of fold (the none and opacity classes of the competition metric, :func:`utils.metric.best_f1_threshold`).
+
+Leak-free by construction: a pseudo-labelled image must not be a training image (:func:`check_disjoint`
+refuses any shared image id or a folder inside the training folder), each round-one fold labels the
+images for its own fold's round two only (``pseudo_fold``: its models never saw that fold's held-out
+images, so no held-out label reaches round two through the pseudo-labels), and the rows are marked
+``pseudo``: :func:`utils.prepare.read_meta` leaves them out of everything but training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from utils.boxes import as_boxes, denormalize_xyxy
+from utils.files import atomic_path
+from utils.labels import STUDY_CLASSES, boxes_to_json
+from utils.prepare import META_COLUMNS, PSEUDO_COLUMNS, PSEUDO_FOLD
+
+SECTION = "pseudo"
+PSEUDO_LABELS_FILE = "pseudo_labels.json"  # beside the merged meta.csv: thresholds, counts, times
+
+
+class PseudoLabelError(ValueError):
+    """The pseudo-label stage cannot run as asked (overlapping folders, no usable image); names why."""
+
+
+@dataclass
+class PseudoConfig:
+    """The ``pseudo`` section (train/configs/*.yaml document every key)."""
+
+    none_threshold: float | None = None
+    box_threshold: float | None = None
+    max_boxes: int | None = None
+    study_targets: Literal["soft", "hard"] = "soft"
+    round2_start: Literal["scratch", "round1"] = "scratch"
+    round2_overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        for name in ("none_threshold", "box_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1) or null (chosen out of fold), got {value}")
+        if self.max_boxes is not None and self.max_boxes < 1:
+            raise ValueError(f"max_boxes must be at least 1 or null, got {self.max_boxes}")
+        for item in self.round2_overrides:
+            section, dot, rest = item.partition(".")
+            if not dot or "=" not in rest or "=" in section:
+                raise ValueError(f"round2_overrides: {item!r} is not SECTION.KEY=VALUE")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The two selection thresholds in use and where each came from (``config`` or ``out of fold``)."""
+
+    none: float
+    box: float
+    none_source: str = "config"
+    box_source: str = "config"
+
+
+def resolve_thresholds(config: PseudoConfig, best_none: dict | None, best_box: dict | None) -> Thresholds:
+    """The config's thresholds, a null one replaced by the out-of-fold F1-best (``best_*``:
+    :func:`utils.metric.best_f1_threshold` of the round-one ensemble's none and opacity classes)."""
+    values = {}
+    for name, given, best in (("none", config.none_threshold, best_none), ("box", config.box_threshold, best_box)):
+        if given is not None:
+            values[name], values[f"{name}_source"] = float(given), "config"
+        elif best is None:
+            raise PseudoLabelError(f"pseudo.{name}_threshold is null (chosen out of fold) but the round-one run has "
+                                   f"no out-of-fold {'none' if name == 'none' else 'opacity'} truth to choose it on; "
+                                   "set it in the config")
+        else:
+            values[name], values[f"{name}_source"] = round(float(best["threshold"]), 4), "out of fold"
+    return Thresholds(**values)
+
+
+def select_labels(targets: pd.DataFrame, thresholds: Thresholds, config: PseudoConfig) -> pd.DataFrame:
+    """The selection rules (module docstring) on one row per image of ``targets``: ``image_id``,
+    ``study_probs`` ((4,) in :data:`STUDY_CLASSES` order, not necessarily summing to one), ``none_prob``,
+    ``boxes`` (XYXY_NORM, best first) and ``scores``. Returns a copy with ``study_target`` ((4,), sums
+    to one), ``none_target``, ``label_boxes`` (XYXY_NORM) and ``boxes_known`` (whether the detectors
+    train on the image)."""
+    out = targets.copy()
+    study, none, label_boxes, known = [], [], [], []
+    for row in targets.itertuples(index=False):
+        probs = np.clip(np.asarray(row.study_probs, dtype=np.float64), 0.0, None)
+        probs = probs / probs.sum() if probs.sum() > 0 else np.full(len(STUDY_CLASSES), 1.0 / len(STUDY_CLASSES))
+        is_none = float(row.none_prob) > thresholds.none
+        if config.study_targets == "hard":
+            probs = np.eye(len(STUDY_CLASSES))[int(np.argmax(probs))]
+        study.append(probs)
+        none.append(float(is_none) if config.study_targets == "hard" else float(row.none_prob))
+        boxes, scores = as_boxes(row.boxes), np.asarray(row.scores, dtype=np.float64)
+        if is_none:
+            kept = as_boxes([])
+        else:
+            order = np.argsort(-scores, kind="stable")
+            kept = boxes[order][scores[order] > thresholds.box][: config.max_boxes]
+        label_boxes.append(kept)
+        known.append(bool(is_none or len(kept)))
+    out["study_target"], out["none_target"], out["label_boxes"], out["boxes_known"] = study, none, label_boxes, known
+    return out
+
+
+def pseudo_rows(selected: pd.DataFrame, fold: int, paths: dict[int, list[str]]) -> pd.DataFrame:
+    """:func:`select_labels`' rows (with ``study_id``, ``original_height``, ``original_width``) as
+    meta.csv rows labelled by round-one fold ``fold``: boxes in original pixels, fold
+    :data:`PSEUDO_FOLD`, the pseudo columns, and ``path_<size>`` from ``paths`` (size -> one path per
+    row, relative to the meta.csv)."""
+    rows = []
+    for row in selected.itertuples(index=False):
+        height, width = int(row.original_height), int(row.original_width)
+        label = int(np.argmax(row.study_target))
+        boxes = denormalize_xyxy(row.label_boxes, float(width), float(height))
+        rows.append({"image_id": row.image_id, "study_id": row.study_id, "series_id": "",
+                     "patient_id": row.study_id, "original_height": height, "original_width": width,
+                     "fold": PSEUDO_FOLD, "study_class": STUDY_CLASSES[label], "study_label": label,
+                     "boxes": boxes_to_json(boxes), "n_boxes": len(boxes), "has_box": len(boxes) > 0,
+                     "used": True, "excluded_reason": "", "pseudo": True, "pseudo_fold": int(fold),
+                     "pseudo_study": json.dumps([round(float(p), 6) for p in row.study_target]),
+                     "pseudo_none": round(float(row.none_target), 6), "pseudo_boxes": bool(row.boxes_known)})
+    frame = pd.DataFrame(rows, columns=META_COLUMNS + PSEUDO_COLUMNS)
+    for size, column in paths.items():
+        frame[f"path_{size}"] = list(column)
+    return frame
+
+
+def check_disjoint(train_ids, image_ids, image_files, training_dirs) -> None:
+    """Refuse (``PseudoLabelError``) to pseudo-label a training image: an image id of the prepared
+    training table (``train_ids``) among ``image_ids``, or an image file inside one of
+    ``training_dirs`` (the training split's folder, the prepared folder)."""
+    shared = sorted(set(map(str, image_ids)) & set(map(str, train_ids)))
+    if shared:
+        raise PseudoLabelError(f"{len(shared)} of the {len(set(image_ids))} images to pseudo-label are training images "
+                               f"(e.g. {shared[:3]}): their figures would be scored on labels the models made "
+                               "themselves. Pseudo-label a folder of unlabelled images (the test split)")
+    roots = [Path(d).resolve() for d in training_dirs if d is not None]
+    for path in image_files:
+        resolved = Path(path).resolve()
+        for root in roots:
+            if resolved.is_relative_to(root):
+                raise PseudoLabelError(f"{path} lies in the training folder {root}: the images to pseudo-label must "
+                                       "not overlap the training images")
+
+
+def merge_meta(real_meta_csv, pseudo: pd.DataFrame, out_csv) -> pd.DataFrame:
+    """The prepared ``real_meta_csv`` (its rows unchanged, their image paths made relative to
+    ``out_csv``'s folder) followed by the ``pseudo`` rows, written atomically to ``out_csv``."""
+    real_meta_csv, out_csv = Path(real_meta_csv), Path(out_csv)
+    real = pd.read_csv(real_meta_csv, dtype=str, keep_default_na=False)
+    if "pseudo" in real and real["pseudo"].astype(str).str.lower().isin(("true", "1")).any():
+        raise PseudoLabelError(f"{real_meta_csv} already holds pseudo-labelled rows: give round one's meta.csv")
+    size_columns = [c for c in real.columns if c.startswith("path_")]
+    for column in size_columns:
+        real[column] = [os.path.relpath(real_meta_csv.parent / p, out_csv.parent) if p else "" for p in real[column]]
+    real = real.reindex(columns=META_COLUMNS + size_columns)
+    for column in PSEUDO_COLUMNS:
+        real[column] = False if column in ("pseudo", "pseudo_boxes") else ""
+    merged = pd.concat([real, pseudo.reindex(columns=real.columns)], ignore_index=True)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_csv) as temporary:
+        merged.to_csv(temporary, index=False)
+    return merged
