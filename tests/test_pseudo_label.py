@@ -166,7 +166,8 @@ def test_train_all_pseudo_labels_the_test_split_and_trains_round_two(trained_run
     code = train_all.main(["--data-dir", str(siim_dataset), "--nih-dir", str(nih_dataset), "--out", str(run),
                            "--config", config, "--no-progress", "--from-stage", "pseudo",
                            "--pseudo-images", str(siim_dataset), "--set", *TINY_TRAIN_ALL, *LEARNING,
-                           "frcnn.epochs=2", "study.epochs=1", "pseudo.max_boxes=2"])
+                           "frcnn.epochs=1", "study.epochs=1", "pseudo.max_boxes=2",
+                           "calibrate.enabled=false"])
     stages = json.loads((run / "train_all.json").read_text())
     assert stages["pseudo"]["exit_code"] == 0 and stages["round2"]["exit_code"] == 0 and code == 0, stages
     summary = json.loads((run / "round2" / "prepared" / "pseudo_labels.json").read_text())
@@ -208,8 +209,9 @@ def test_round_two_can_fine_tune_round_ones_weights_fold_by_fold(trained_run, tm
     assert command[command.index("--start-from") + 1] == str(trained_run / "weights")
     assert "--rsna-dir" not in command and command[-1] == "study.epochs=2"
     stage = train_all.stage_commands(train_all.get_args_parser().parse_args([
-        "--data-dir", "D", "--out", str(tmp_path), "--start-from", str(trained_run / "weights"), "--set",
-        "study.backbone=none", "frcnn.backbone=none"]), {})
+        "--data-dir", "D", "--out", str(tmp_path), "--config", str(REPO / "train" / "configs" / "demo.yaml"),
+        "--start-from", str(trained_run / "weights")]),
+        train_all.split_overrides(["study.backbone=none", "frcnn.backbone=none"]))
     assert "--start-from" in stage["study"] and "--start-from" in stage["frcnn"] and "--start-from" not in stage["yolo"]
     manifest = read_manifest(trained_run / "weights")
     for name, kind in (("study", KINDS["study"]), ("faster_rcnn", KINDS["frcnn"])):
