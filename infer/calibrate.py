@@ -40,7 +40,7 @@ import pandas as pd
 
 from infer.assemble import assemble_submission
 from infer.baseline_submission import baseline_rows
-from infer.evaluate import evaluated_rows, image_predictions, load_oof, oof_member_outputs, submission_ids
+from infer.evaluate import image_predictions, load_oof, oof_member_outputs, run_oof, submission_ids
 from utils.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
 from utils.files import write_json_atomic, write_text_atomic
 from utils.fusion import (
@@ -57,7 +57,6 @@ from utils.labels import IMAGE_CLASSES, STUDY_CLASSES
 from utils.log import configure_logging
 from utils.manifest import register_ensemble
 from utils.metric import best_f1_threshold, class_detections, ground_truth_from_table, score
-from utils.prepare import read_meta
 from utils.report import markdown_table, show
 
 log = logging.getLogger("calibrate")
@@ -387,11 +386,7 @@ def settings_summary(config: EnsembleConfig) -> dict:
 def calibrate_run(run_dir: Path, config: EnsembleConfig, calibrate: CalibrateConfig,
                   progress: bool = True) -> tuple[EnsembleConfig, dict]:
     """``(settings to deploy, report)`` of a run's out-of-fold predictions (see the module docstring)."""
-    table = read_meta(run_dir / "prepared" / "meta.csv", 0)
-    oof = load_oof(run_dir)
-    if not oof:
-        raise FileNotFoundError(f"{run_dir}: no out-of-fold predictions to calibrate on")
-    rows = evaluated_rows(table, oof)
+    table, oof, rows = run_oof(run_dir)
     outputs = dict(zip(rows["image_id"], oof_member_outputs(oof, rows)))
     report = {"folds": sorted(int(f) for f in rows["fold"].unique()), "n_images": int(len(rows)),
               "seed": calibrate.seed, "grid": {k: list(v) for k, v in SEARCH_GRID.items()}, "splits": []}

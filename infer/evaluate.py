@@ -95,6 +95,17 @@ def evaluated_rows(table: pd.DataFrame, oof: dict[str, pd.DataFrame]) -> pd.Data
     return table[table["fold"].astype(int).isin(folds)]
 
 
+def run_oof(run_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], pd.DataFrame]:
+    """``(prepared table, model name -> out-of-fold predictions, the table's rows every model
+    predicted)`` of a train_all run; real labels only (:func:`utils.prepare.read_meta` leaves
+    pseudo-labelled rows out). ``FileNotFoundError`` when no model has out-of-fold predictions."""
+    table = read_meta(run_dir / "prepared" / "meta.csv", 0)
+    oof = load_oof(run_dir)
+    if not oof:
+        raise FileNotFoundError(f"{run_dir}: no out-of-fold predictions under {', '.join(STAGE_FOLDERS)}/")
+    return table, oof, evaluated_rows(table, oof)
+
+
 def oof_member_outputs(oof: dict[str, pd.DataFrame], rows: pd.DataFrame) -> list[MemberOutputs]:
     """Per image of ``rows``, what each model said about it out of fold, as the predictor collects it at
     test time (each model's :class:`~utils.fusion.MemberPrediction` merged by the same function): one box
@@ -142,11 +153,7 @@ def submission_ids(rows: pd.DataFrame) -> pd.DataFrame:
 def evaluate_run(run_dir: Path, config: EnsembleConfig) -> tuple[dict, dict, dict]:
     """``(report, submissions, truth)``: the scores, each scored submission table and the truth they
     were scored against (for the curves)."""
-    table = read_meta(run_dir / "prepared" / "meta.csv", 0)
-    oof = load_oof(run_dir)
-    if not oof:
-        raise FileNotFoundError(f"{run_dir}: no out-of-fold predictions under {', '.join(STAGE_FOLDERS)}/")
-    rows = evaluated_rows(table, oof)
+    table, oof, rows = run_oof(run_dir)
     truth = ground_truth_from_table(rows)
     sample = submission_ids(rows)
     report = {"folds": sorted(int(f) for f in rows["fold"].unique()), "n_studies": int(rows["study_id"].nunique()),

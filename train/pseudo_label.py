@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from infer.assemble import assemble_submission, submission_probabilities
-from infer.evaluate import evaluated_rows, fused_predictions, load_oof, submission_ids
+from infer.evaluate import fused_predictions, run_oof, submission_ids
 from infer.predictor import Ensemble
 from infer.test_images import find_test_images
 from train.cli import DEFAULT_CONFIG, configure_logging
@@ -79,11 +79,7 @@ def out_of_fold_thresholds(run_dir: Path, config: PseudoConfig, manifest: dict) 
     (fused and blended as the manifest's ensemble settings say: what labels the images)."""
     if config.none_threshold is not None and config.box_threshold is not None:
         return resolve_thresholds(config, None, None)
-    table = read_meta(run_dir / "prepared" / "meta.csv", 0)
-    oof = load_oof(run_dir)
-    if not oof:
-        raise PseudoLabelError(f"{run_dir}: no out-of-fold predictions to choose the thresholds on")
-    rows = evaluated_rows(table, oof)
+    _, oof, rows = run_oof(run_dir)
     ensemble = ensemble_config(manifest)
     submission = submission_ids(rows)
     detections = class_detections(assemble_submission(fused_predictions(oof, rows, ensemble), submission, ensemble),
