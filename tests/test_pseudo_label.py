@@ -127,6 +127,20 @@ def test_the_marker_keeps_pseudo_rows_out_of_validation_and_every_score(detectio
         merge_meta(meta, pd.DataFrame(), tmp_path / "again" / "meta.csv")
 
 
+def test_yolo_exports_each_folds_pseudo_label_of_an_image_apart(detection_prepared, tmp_path):
+    """An image labelled by two round-one folds is two YOLO training images with their own labels."""
+    from utils.kinds.yolo import export_yolo_images
+
+    _, meta = merged_meta(detection_prepared, tmp_path)
+    table = KINDS["yolo"].load_table(meta, KINDS["yolo"].config_class(image_size=64, predict_size=96))
+    boxed = table[table["image_id"] == "boxed_image"].copy()
+    boxed["boxes_norm"] = [np.array([BOX]) if f == 1 else b for f, b in zip(boxed["pseudo_fold"], boxed["boxes_norm"])]
+    paths = export_yolo_images(boxed, tmp_path / "dataset")
+    assert len(set(paths)) == 2
+    labels = [(tmp_path / "dataset" / "labels" / f"boxed_image.pseudo{fold}.txt").read_text() for fold in (0, 1)]
+    assert len(labels[0].splitlines()) == 3 and len(labels[1].splitlines()) == 1
+
+
 def test_soft_targets_through_the_study_loss():
     torch.manual_seed(0)
     model = StudyClassifier("resnet18", None).eval()
@@ -157,15 +171,16 @@ def test_training_images_and_training_folders_are_refused(tmp_path):
 @pytest.mark.slow
 def test_train_all_pseudo_labels_the_test_split_and_trains_round_two(trained_run, siim_dataset, nih_dataset,
                                                                     tmp_path):
-    """Round one's weights (the shared tiny run) label the synthetic test DICOMs; round two trains every
-    kind on real + pseudo-labelled images from the same command line; no pseudo-labelled id reaches any
-    out-of-fold file or score, and pointing the stage at the training images is refused."""
+    """Round one's weights (the shared tiny run: all three kinds) label the synthetic test DICOMs; round
+    two trains the engine's kinds on real + pseudo-labelled images from the same command line; no
+    pseudo-labelled id reaches any out-of-fold file or score; the stage refuses the training images."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("round2"))
     config = str(REPO / "train" / "configs" / "demo.yaml")
     code = train_all.main(["--data-dir", str(siim_dataset), "--nih-dir", str(nih_dataset), "--out", str(run),
                            "--config", config, "--no-progress", "--from-stage", "pseudo",
-                           "--pseudo-images", str(siim_dataset), "--set", *TINY_TRAIN_ALL, *LEARNING,
+                           "--pseudo-images", str(siim_dataset), "--kinds", "frcnn", "study",  # YOLO: above
+                           "--set", *TINY_TRAIN_ALL, *LEARNING,
                            "frcnn.epochs=1", "study.epochs=1", "pseudo.max_boxes=2",
                            "calibrate.enabled=false"])
     stages = json.loads((run / "train_all.json").read_text())
@@ -176,11 +191,11 @@ def test_train_all_pseudo_labels_the_test_split_and_trains_round_two(trained_run
     pseudo = meta[meta["pseudo"].astype(str).str.lower() == "true"]
     assert set(pseudo["image_id"]) == test_ids and summary["rows"]["pseudo"] == len(test_ids)
     assert summary["thresholds"]["none_source"] == "out of fold" and pseudo["n_boxes"].max() <= 2
-    # Round two: every kind trained again, with the same real rows held out; the trunk from round one's backbone.
+    # Round two: the kinds trained again, with the same real rows held out; the trunk from round one's backbone.
     manifest = read_manifest(run / "round2" / "weights")
-    assert set(manifest["models"]) == set(read_manifest(run / "weights")["models"])
+    assert set(manifest["models"]) == {"study", "faster_rcnn"}
     assert str(run / "backbone" / "best.pt") == manifest["models"]["study"]["config"]["backbone"]
-    for name in ("study", "frcnn", "yolo"):
+    for name in ("study", "frcnn"):
         oof = read_predictions(run / "round2" / name / "oof_predictions.csv")
         assert not set(oof["image_id"]) & test_ids
         assert set(oof["image_id"]) == set(read_predictions(run / name / "oof_predictions.csv")["image_id"])
