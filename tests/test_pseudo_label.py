@@ -18,6 +18,7 @@ from train import pseudo_label, train_all
 from utils.kinds import KINDS
 from utils.kinds.study import load_study_table
 from utils.manifest import read_manifest
+from utils.metric import ClassDetections, lowest_threshold_at_precision
 from utils.models import StudyClassifier
 from utils.predictions import read_predictions
 from utils.prepare import PSEUDO_FOLD, fold_split, read_meta, select_folds
@@ -73,11 +74,28 @@ def test_hard_selection_gives_one_hot_study_and_thresholded_none():
 
 
 def test_thresholds_come_from_the_config_or_out_of_fold():
-    best_none, best_box = {"threshold": 0.61234, "f1": 0.8}, {"threshold": 0.1, "f1": 0.4}
+    best_none = {"threshold": 0.61234, "precision": 0.9, "recall": 0.4}
+    best_box = {"threshold": 0.1, "precision": 0.5, "recall": 0.3}
     chosen = resolve_thresholds(PseudoConfig(box_threshold=0.2), best_none, best_box)
-    assert chosen == Thresholds(none=0.6123, box=0.2, none_source="out of fold", box_source="config")
+    assert (chosen.none, chosen.box, chosen.box_source) == (0.6123, 0.2, "config")
+    assert chosen.none_source == "out of fold (lowest with precision >= 0.85: precision 0.900, recall 0.400)"
+    assert resolve_thresholds(PseudoConfig(), best_none, best_box).box_source.startswith("out of fold (F1-best")
     with pytest.raises(PseudoLabelError, match="none_threshold is null"):
         resolve_thresholds(PseudoConfig(), None, best_box)
+
+
+def test_the_precision_rule_keeps_the_most_labels_that_stay_that_precise():
+    """Seven images ranked by none probability, truly none: yes yes no yes no no yes. Cumulative
+    precision 1, 1, 2/3, 3/4, 3/5, 1/2, 4/7: at least 0.75 down to the fourth (0.6), 0.6 down to the
+    fifth (0.5); without any truth there is no threshold."""
+    whole = (0.0, 0.0, 1.0, 1.0)
+    truth = [True, True, False, True, False, False, True]
+    confidences = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+    detections = ClassDetections(truths={f"i{k}": np.array([whole]) for k, t in enumerate(truth) if t},
+                                 predictions=[(c, f"i{k}", whole) for k, c in enumerate(confidences)])
+    assert lowest_threshold_at_precision(detections, 0.75) == {"threshold": 0.6, "precision": 0.75, "recall": 0.75}
+    assert lowest_threshold_at_precision(detections, 0.6)["threshold"] == 0.5
+    assert lowest_threshold_at_precision(ClassDetections({}, detections.predictions), 0.5) is None
     with pytest.raises(ValueError, match="max_boxes"):
         PseudoConfig(max_boxes=0)
 
@@ -181,7 +199,7 @@ def test_train_all_pseudo_labels_the_test_split_and_trains_round_two(trained_run
                            "--config", config, "--no-progress", "--from-stage", "pseudo",
                            "--pseudo-images", str(siim_dataset), "--kinds", "frcnn", "study",  # YOLO: above
                            "--set", *TINY_TRAIN_ALL, *LEARNING,
-                           "frcnn.epochs=1", "study.epochs=1", "pseudo.max_boxes=2",
+                           "frcnn.epochs=1", "study.epochs=1", "pseudo.max_boxes=2", "pseudo.none_rule=f1",
                            "calibrate.enabled=false"])
     stages = json.loads((run / "train_all.json").read_text())
     assert stages["pseudo"]["exit_code"] == 0 and stages["round2"]["exit_code"] == 0 and code == 0, stages
@@ -190,7 +208,7 @@ def test_train_all_pseudo_labels_the_test_split_and_trains_round_two(trained_run
     meta = pd.read_csv(run / "round2" / "prepared" / "meta.csv", dtype={"image_id": str})
     pseudo = meta[meta["pseudo"].astype(str).str.lower() == "true"]
     assert set(pseudo["image_id"]) == test_ids and summary["rows"]["pseudo"] == len(test_ids)
-    assert summary["thresholds"]["none_source"] == "out of fold" and pseudo["n_boxes"].max() <= 2
+    assert summary["thresholds"]["none_source"].startswith("out of fold (F1-best") and pseudo["n_boxes"].max() <= 2
     # Round two: the kinds trained again, with the same real rows held out; the trunk from round one's backbone.
     manifest = read_manifest(run / "round2" / "weights")
     assert set(manifest["models"]) == {"study", "faster_rcnn"}

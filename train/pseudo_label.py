@@ -35,7 +35,12 @@ from utils.config import ConfigError, load_section, parse_overrides
 from utils.files import write_json_atomic
 from utils.fusion import ensemble_config
 from utils.manifest import ManifestError, read_manifest
-from utils.metric import best_f1_threshold, class_detections, ground_truth_from_table
+from utils.metric import (
+    best_f1_threshold,
+    class_detections,
+    ground_truth_from_table,
+    lowest_threshold_at_precision,
+)
 from utils.prepare import DecodedImage, decode_files, image_path, read_meta
 from utils.pseudo import (
     PSEUDO_LABELS_FILE,
@@ -75,8 +80,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def out_of_fold_thresholds(run_dir: Path, config: PseudoConfig, manifest: dict) -> Thresholds:
-    """The config's thresholds, null ones chosen F1-best on round one's out-of-fold ensemble predictions
-    (fused and blended as the manifest's ensemble settings say: what labels the images)."""
+    """The config's thresholds, null ones chosen by their rules on round one's out-of-fold ensemble
+    predictions (fused and blended as the manifest's ensemble settings say: what labels the images)."""
     if config.none_threshold is not None and config.box_threshold is not None:
         return resolve_thresholds(config, None, None)
     _, oof, rows = run_oof(run_dir)
@@ -84,7 +89,12 @@ def out_of_fold_thresholds(run_dir: Path, config: PseudoConfig, manifest: dict) 
     submission = submission_ids(rows)
     detections = class_detections(assemble_submission(fused_predictions(oof, rows, ensemble), submission, ensemble),
                                   ground_truth_from_table(rows))
-    return resolve_thresholds(config, best_f1_threshold(detections["none"]), best_f1_threshold(detections["opacity"]))
+    def choose(rule: str, found):
+        return lowest_threshold_at_precision(found, config.min_precision) if rule == "precision" \
+            else best_f1_threshold(found)
+
+    return resolve_thresholds(config, choose(config.none_rule, detections["none"]),
+                              choose(config.box_rule, detections["opacity"]))
 
 
 def labelling_folds(manifest: dict) -> list[int]:
@@ -126,7 +136,7 @@ def run(args) -> dict:
     check_disjoint(table["image_id"], [i.image_id for i in images], [i.path for i in images],
                    [args.train_dir, run_dir / "prepared"])
     thresholds = out_of_fold_thresholds(run_dir, config, manifest)
-    log.info("pseudo-labelling %d images of %s: none above %.3f (%s), boxes above %.3f (%s), at most %s per image",
+    log.info("pseudo-labelling %d images of %s: none above %.3f, %s; boxes above %.3f, %s; at most %s per image",
              len(images), args.images, thresholds.none, thresholds.none_source, thresholds.box,
              thresholds.box_source, config.max_boxes or "every box")
     overrides = {"device": args.device} if args.device else None

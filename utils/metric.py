@@ -102,6 +102,23 @@ def best_f1_threshold(detections: ClassDetections, iou_threshold: float = IOU_TH
             "recall": float(recall[best])}
 
 
+def lowest_threshold_at_precision(detections: ClassDetections, min_precision: float,
+                                  iou_threshold: float = IOU_THRESHOLD) -> dict | None:
+    """The lowest confidence from which the predictions kept are at least ``min_precision`` right (IoU >
+    ``iou_threshold`` matches): the most predictions that stay that precise, with the ``precision`` and
+    ``recall`` there; None without ground truth or predictions, or when no cut is that precise."""
+    curve = precision_recall(detections, iou_threshold)
+    if curve is None or not detections.predictions:
+        return None
+    recall, precision = curve
+    precise = np.flatnonzero(precision >= min_precision)
+    if not len(precise):
+        return None
+    cut = int(precise[-1])
+    confidences = sorted((p[0] for p in detections.predictions), reverse=True)  # precision_recall's order
+    return {"threshold": float(confidences[cut]), "precision": float(precision[cut]), "recall": float(recall[cut])}
+
+
 def ground_truth_from_files(image_labels_csv, study_labels_csv) -> dict[str, list[tuple[str, tuple]]]:
     """Competition label files -> ``{id: [(class, box), ...]}`` for every image and study id.
 
