@@ -2,7 +2,7 @@
 
     python train/train_all.py --data-dir SIIM_DIR --out runs/full [--config train/configs/full.yaml]
         [--nih-dir NIH_DIR] [--rsna-dir RSNA_DIR] [--set SECTION.KEY=VALUE ...] [--from-stage NAME] [--to-stage NAME]
-        [--kinds KIND ...] [--pseudo-images TEST_DIR [--pseudo-test-meta TABLE]]
+        [--kinds KIND ...] [--start-from WEIGHTS_DIR] [--pseudo-images TEST_DIR [--pseudo-test-meta TABLE]]
 
 Stages (each is the stage's own script, run as a child process with the same config file):
 
@@ -29,7 +29,8 @@ Stages (each is the stage's own script, run as a child process with the same con
 Every model registers its folds in OUT/weights/manifest.json, usable as ``--weights-dir`` of
 ``infer/make_submission.py``. ``--from-stage`` restarts at a stage after a failure (earlier
 outputs are kept); ``--to-stage`` stops after one (``--to-stage study``: no CV report); ``--kinds``
-trains only some kinds. Stage times go to OUT/train_all.json.
+trains only some kinds; ``--start-from`` fine-tunes an earlier weights folder (each engine kind's
+folds start from its model's weights of the same fold). Stage times go to OUT/train_all.json.
 """
 
 from __future__ import annotations
