@@ -23,8 +23,9 @@ IoU > 0.5, which 85% of the boxes reach only above 0.986, where 1% of the boxes 
 
 Leak-free by construction: a pseudo-labelled image must not be a training image (:func:`check_disjoint`
 refuses any shared image id or a folder inside the training folder), each round-one fold labels the
-images for its own fold's round two only (``pseudo_fold``: its models never saw that fold's held-out
-images, so no held-out label reaches round two through the pseudo-labels), and the rows are marked
+images for its own fold's round two only (``pseudo_fold``: its models never trained on that fold's
+held-out images, so no held-out label reaches round two through the pseudo-labels; the fold chose their
+best epoch and the ensemble's calibration, as it does for every out-of-fold figure), and the rows are marked
 ``pseudo``: :func:`utils.prepare.read_meta` leaves them out of everything but training.
 """
 
