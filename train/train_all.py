@@ -253,6 +253,12 @@ def round_two_command(args, overrides: dict[str, list[str]], pseudo: PseudoConfi
             *(["--no-progress"] if args.no_progress else []), *(["--set", *keys] if keys else [])]
 
 
+def write_summary(path: Path, summary: dict) -> None:
+    """OUT/train_all.json: each stage's command, seconds and exit code, or that it was skipped."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging()
@@ -274,14 +280,14 @@ def main(argv: list[str] | None = None) -> int:
                 "no --pseudo-images" if stage in ("pseudo", ROUND2) else "no input for it, or disabled in the config"
             log.info("stage %s: skipped (%s)", stage, why)
             summary[stage] = {"skipped": True}
+            write_summary(summary_path, summary)
             continue
         log.info("stage %s: %s", stage, shlex.join(command))
         stage_start = time.perf_counter()
         result = subprocess.run(command, cwd=ROOT)
         summary[stage] = {"command": shlex.join(command), "seconds": round(time.perf_counter() - stage_start, 1),
                           "exit_code": result.returncode}
-        with atomic_path(summary_path) as temporary:
-            temporary.write_text(json.dumps(summary, indent=2) + "\n")
+        write_summary(summary_path, summary)
         if result.returncode != 0:
             log.error("stage %s failed (exit %d); fix it and rerun with --from-stage %s",
                       stage, result.returncode, stage)
