@@ -81,6 +81,28 @@ def test_weights_are_registered_and_load(study_run):
     model.load_state_dict(torch.load(study_run / "weights" / entry["files"]["1"], weights_only=True))
 
 
+def _peeking_run(prepared, backbone_run, out, monkeypatch, overrides: list[str]) -> dict:
+    """A 3-epoch run whose held-out fold "scores" best at epoch 1 and worse after: a checkpoint choice
+    that looks at the scored fold keeps epoch 1; one that does not keeps the schedule's last epoch."""
+    epochs = iter(range(1, 100))
+    monkeypatch.setattr(train_study.KIND, "val_scores", lambda predictions, val: {"study_map": 1.0 / next(epochs)})
+    argv = ["--prepared", str(prepared), "--out", str(out), "--config", "train/configs/demo.yaml", "--no-progress",
+            "--set", "epochs=3", "image_size=32", "batch_size=16", "workers=0", "amp=off", "device=cpu", "folds=[0]",
+            f"backbone={backbone_run / 'best.pt'}", "seg_weight=0", "tta_views=[identity]", *overrides]
+    assert train_study.main(argv) == 0
+    return torch.load(out / "fold0" / "best.pt", weights_only=True)
+
+
+def test_the_kept_checkpoint_never_sees_the_scored_fold(prepared, backbone_run, tmp_path, monkeypatch):
+    kept = _peeking_run(prepared, backbone_run, tmp_path / "honest", monkeypatch, [])  # the config's default
+    last = torch.load(tmp_path / "honest" / "fold0" / "last.pt", weights_only=True)
+    assert kept["epoch"] == 3 and kept["metrics"]["monitor"] == "last"
+    assert all(torch.equal(kept["model"][k], last["model"][k]) for k in last["model"])
+    # The old choice, by the scored fold's metric, is what this test exists to catch.
+    peeking = _peeking_run(prepared, backbone_run, tmp_path / "peeking", monkeypatch, ["monitor=study_map"])
+    assert peeking["epoch"] == 1 and peeking["metrics"]["best_epoch"] == 1
+
+
 def test_unknown_fold_is_refused(prepared, tmp_path):
     with pytest.raises(SystemExit, match="folds \\[7\\] not in meta.csv"):
         train_study.main(["--prepared", str(prepared), "--out", str(tmp_path), "--config", "train/configs/demo.yaml",

@@ -10,7 +10,8 @@ What :func:`fit` does for every stage: SGD with Nesterov momentum, the report's 
 a floor (:func:`lr_factor`, stepped per iteration, optional linear warm-up), mixed precision
 (``torch.amp.autocast`` + ``GradScaler`` on CUDA, optional bf16 on the CPU), a clear stop on a
 non-finite loss, progress bars, ``metrics.csv`` and ``loss_curve.png`` per epoch, atomic
-checkpoints (``last.pt`` each epoch, ``best.pt`` on improvement) with fixed keys, exact resume, an
+checkpoints (``last.pt`` each epoch; ``best.pt`` the kept epoch: the last one under ``monitor="last"``, so
+that the choice never sees the validation images, else the best by the monitored metric) with fixed keys, exact resume, an
 optional exponential moving average of the weights (``ema_decay``: then validation, ``best.pt``'s
 ``model`` and so every exported file are the average's), and DistributedDataParallel when started
 by ``torchrun``.
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "metrics", "ema")
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
+# fit's monitor that keeps the last epoch of the fixed schedule: the validation images are then only
+# watched (metrics.csv, the loss curve), never used to choose, so they can be scored honestly afterwards.
+LAST_EPOCH = "last"
 METRICS_CSV = "metrics.csv"
 LOSS_CURVE_PNG = "loss_curve.png"
 
@@ -477,7 +481,9 @@ class FitResult:
     best_value: float
 
 
-def _is_better(value: float, best: float | None, mode: str) -> bool:
+def _is_better(value: float, best: float | None, mode: str, monitor: str = "") -> bool:
+    if monitor == LAST_EPOCH:
+        return True
     if value is None or not math.isfinite(value):
         return False
     return best is None or (value < best if mode == "min" else value > best)
@@ -497,7 +503,8 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
         evaluate: Callable[[torch.Tensor, dict], dict] | None = None, monitor: str = "val_loss",
         mode: Literal["min", "max"] = "min", resume: bool = False, collate_fn=collate_skip_none,
         val_batch_size: int | None = None, progress: bool = True, title: str = "") -> FitResult:
-    """Train ``model`` for ``config.epochs`` epochs and keep the best epoch by ``monitor``.
+    """Train ``model`` for ``config.epochs`` epochs and keep the best epoch by ``monitor`` (a logged
+    metric such as ``val_loss``), or the last epoch with ``monitor=LAST_EPOCH``.
 
     ``evaluate(indices, outputs)`` turns the validation outputs (ordered by dataset index) into
     metrics such as ``{"mean_auc": ...}``; they are logged as ``val_<name>``. With ``resume`` the run
@@ -586,8 +593,8 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
         row["seconds"] = time.perf_counter() - started
         history.append(row)
         if info.is_main:
-            value = row.get(monitor)
-            improved = _is_better(value, best_value, mode)
+            value = float(epoch + 1) if monitor == LAST_EPOCH else row.get(monitor)
+            improved = _is_better(value, best_value, mode, monitor)
             if improved:
                 best_value, best_epoch = value, epoch + 1
             state = {

@@ -14,7 +14,7 @@ import torch
 from utils.classification import study_accuracy, study_classifier_scores
 from utils.datasets import StudyDataset
 from utils.detection import read_detection_table
-from utils.engine import TrainConfig
+from utils.engine import LAST_EPOCH, TrainConfig
 from utils.files import write_json_atomic, write_text_atomic
 from utils.kinds.base import FoldResult, RunOptions, StagePlan, TorchKind
 from utils.labels import STUDY_CLASSES
@@ -49,7 +49,9 @@ class StudyConfig(TrainConfig):
     decoder_width: int = 64
     label_smoothing: float = 0.0
     tta_views: list[str] = field(default_factory=lambda: list(FLIP))
-    monitor: Literal["study_map", "loss"] = "study_map"
+    # last: the fixed schedule's last epoch (the held-out fold is only watched); study_map/loss choose the
+    # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
+    monitor: Literal["last", "study_map", "loss"] = "last"
 
     def __post_init__(self):
         super().__post_init__()
@@ -141,7 +143,8 @@ class StudyKind(TorchKind):
                 "study_accuracy": study_accuracy(predictions, val)}
 
     def monitor(self, config: StudyConfig) -> tuple[str, str]:
-        return ("val_study_map", "max") if config.monitor == "study_map" else ("val_loss", "min")
+        return {"last": (LAST_EPOCH, "max"), "study_map": ("val_study_map", "max")}.get(config.monitor,
+                                                                                       ("val_loss", "min"))
 
     def write_report(self, oof: pd.DataFrame, table: pd.DataFrame, out) -> dict:
         """oof_predictions.csv and the competition-metric scores of those predictions (json + table)."""

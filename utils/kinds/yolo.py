@@ -175,6 +175,9 @@ class YoloConfig:
     workers: int = 8
     seed: int = 42
     device: str = "auto"
+    # last: no validation until the last epoch, so ultralytics' best.pt is the last epoch's; fitness: its
+    # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
+    monitor: Literal["last", "fitness"] = "last"
 
     def __post_init__(self):
         problems = [f"{name} must be at least 1, got {value}" for name, value in (
@@ -273,9 +276,11 @@ class YoloKind(DetectorKind, ModelKind):
             workers=config.workers, seed=config.seed, deterministic=True, optimizer=config.optimizer,
             lr0=config.lr, lrf=config.lr_floor, cos_lr=True, momentum=config.momentum,
             weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, mosaic=config.mosaic,
-            fliplr=config.fliplr, amp=config.amp, single_cls=True, plots=False, verbose=False, val=True,
+            fliplr=config.fliplr, amp=config.amp, single_cls=True, plots=False, verbose=False,
+            val=config.monitor == "fitness",
         )
-        # After training, ultralytics holds its best checkpoint's network (its last when none was best):
+        # After training, ultralytics holds its best checkpoint's network (its last when none was best, and
+        # with val=False, since the fitness then exists only at the last epoch):
         # kept as data (model yaml + state dict), and the held-out images predicted through the same
         # loader as every consumer of a weights folder.
         best = save_yolo_weights(model.model, run_dir / "weights" / "best_state.pt")
