@@ -10,8 +10,9 @@ What :func:`fit` does for every stage: SGD with Nesterov momentum, the report's 
 a floor (:func:`lr_factor`, stepped per iteration, optional linear warm-up), mixed precision
 (``torch.amp.autocast`` + ``GradScaler`` on CUDA, optional bf16 on the CPU), a clear stop on a
 non-finite loss, progress bars, ``metrics.csv`` and ``loss_curve.png`` per epoch, atomic
-checkpoints (``last.pt`` each epoch; ``best.pt`` the kept epoch: the last one under ``monitor="last"``, so
-that the choice never sees the validation images, else the best by the monitored metric) with fixed keys, exact resume, an
+checkpoints (``last.pt`` each epoch; ``best.pt`` the kept epoch: the last one under ``monitor="last"``,
+so that the choice never sees the validation images, else the best by the monitored metric) with
+fixed keys, exact resume, an
 optional exponential moving average of the weights (``ema_decay``: then validation, ``best.pt``'s
 ``model`` and so every exported file are the average's), and DistributedDataParallel when started
 by ``torchrun``.
