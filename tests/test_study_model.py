@@ -80,6 +80,30 @@ def test_label_smoothing_softens_both_targets():
         torch.nn.functional.binary_cross_entropy_with_logits(outputs["none_logits"], soft_none).item(), rel=1e-5)
 
 
+def test_class_weights_weight_the_study_loss_and_bad_weights_are_refused(tmp_path):
+    from utils.kinds.study import StudyConfig
+
+    torch.manual_seed(0)
+    weights = [1.0, 1.0, 2.0, 3.0]
+    targets = {"study": torch.tensor([0, 2, 3]), "none": torch.tensor([1.0, 0.0, 0.0])}
+    model = StudyClassifier("resnet18", None, class_weights=weights).eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(3, 3, 32, 32), targets)
+    logits = outputs["study_logits"]
+    by_hand = -(torch.tensor(weights)[targets["study"]] * logits.log_softmax(1)[torch.arange(3), targets["study"]])
+    assert outputs["loss_study"].item() == pytest.approx((by_hand.sum() / 6.0).item(), rel=1e-5)
+    assert outputs["loss_study"].item() != pytest.approx(
+        torch.nn.functional.cross_entropy(logits, targets["study"]).item(), rel=1e-3)
+    # A loss setting: the weights file is the same as the unweighted model's, so old manifests still load.
+    assert model.state_dict().keys() == StudyClassifier("resnet18", None).state_dict().keys()
+    assert StudyClassifier.from_config({"arch": "resnet18", "class_weights": weights}).class_weights == tuple(weights)
+    for bad in ("[1, 1, 1]", "[1, 1, 0, 1]", "[1, 1, .nan, 1]"):
+        path = tmp_path / "c.yaml"
+        path.write_text(f"study:\n  arch: resnet18\n  class_weights: {bad}\n")
+        with pytest.raises(ConfigError, match=r"c.yaml \[study\].*class_weights"):
+            load_section(path, "study", StudyConfig)
+
+
 def test_study_dataset_moves_the_mask_with_the_image(tmp_path):
     import cv2
 

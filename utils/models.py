@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -374,16 +375,20 @@ class StudyClassifier(nn.Module):
     Targets: ``{"study": int64 class index, "none": float in [0, 1]}``, optionally ``"study_probs"``
     (float (4,): a soft study target, used instead of ``"study"``: pseudo-labels), plus ``"mask"``
     (uint8 (H, W) drawn from the boxes) and ``"mask_valid"`` with the decoder. Losses, all from logits in float32:
-    cross-entropy on the study logits (``label_smoothing``), BCE on the none logit (its target
-    smoothed the same way, times ``none_weight``) and ``seg_weight`` x :func:`segmentation_loss`.
+    cross-entropy on the study logits (``label_smoothing``, per-class ``class_weights``), BCE on the none
+    logit (its target smoothed the same way, times ``none_weight``) and ``seg_weight`` x :func:`segmentation_loss`.
     The decoder runs in training and validation (it has a loss there) and in prediction only when
     ``with_mask`` asks for the ``mask_logits`` output.
     """
 
     def __init__(self, arch: str = "resnext50_32x4d", pretrained: str | None = PRETRAINED_NONE,
                  n_classes: int = 4, none_weight: float = 1.0, seg_weight: float = 0.0,
-                 label_smoothing: float = 0.0, decoder_width: int = 64, normalization: str = NORMALIZATION_AUTO):
+                 label_smoothing: float = 0.0, decoder_width: int = 64, normalization: str = NORMALIZATION_AUTO,
+                 class_weights: list[float] | None = None):
         super().__init__()
+        if class_weights is not None and (len(class_weights) != n_classes
+                                          or not all(math.isfinite(w) and w > 0 for w in class_weights)):
+            raise ValueError(f"class_weights must be {n_classes} finite weights > 0, got {class_weights}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if seg_weight < 0:
@@ -396,6 +401,8 @@ class StudyClassifier(nn.Module):
         self.none_weight = none_weight
         self.seg_weight = seg_weight
         self.label_smoothing = label_smoothing
+        # A plain attribute, not a buffer: a loss setting, so the weights files stay the same without it.
+        self.class_weights = None if class_weights is None else tuple(float(w) for w in class_weights)
 
     @classmethod
     def from_config(cls, config: dict, pretrained: str | None = PRETRAINED_NONE) -> "StudyClassifier":
@@ -406,7 +413,8 @@ class StudyClassifier(nn.Module):
                    seg_weight=float(config.get("seg_weight", 0.0)),
                    label_smoothing=float(config.get("label_smoothing", 0.0)),
                    decoder_width=int(config.get("decoder_width", 64)),
-                   normalization=config.get("normalization", "imagenet"))
+                   normalization=config.get("normalization", "imagenet"),
+                   class_weights=config.get("class_weights"))
 
     def forward(self, images: torch.Tensor, targets: dict | None = None,
                 with_mask: bool = False) -> dict[str, torch.Tensor]:
@@ -420,7 +428,10 @@ class StudyClassifier(nn.Module):
             # Pseudo-labelled images carry soft targets: then every item of the batch has "study_probs"
             # (a real label as one-hot), which cross-entropy takes as class probabilities.
             study = targets["study_probs"].float() if "study_probs" in targets else targets["study"].long()
-            outputs["loss_study"] = F.cross_entropy(outputs["study_logits"].float(), study, label_smoothing=eps)
+            weight = (None if self.class_weights is None
+                      else torch.tensor(self.class_weights, device=images.device, dtype=torch.float32))
+            outputs["loss_study"] = F.cross_entropy(outputs["study_logits"].float(), study, weight=weight,
+                                                    label_smoothing=eps)
             none_target = targets["none"].float() * (1.0 - eps) + 0.5 * eps
             outputs["loss_none"] = self.none_weight * F.binary_cross_entropy_with_logits(
                 outputs["none_logits"].float(), none_target)

@@ -4,6 +4,7 @@ the image-level "none"), optionally with the auxiliary opacity segmentation head
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -48,6 +49,8 @@ class StudyConfig(TrainConfig):
     seg_weight: float = 0.0
     decoder_width: int = 64
     label_smoothing: float = 0.0
+    # Cross-entropy weight per study class (negative, typical, indeterminate, atypical); null: equal.
+    class_weights: list[float] | None = None
     tta_views: list[str] = field(default_factory=lambda: list(FLIP))
     # last: the fixed schedule's last epoch (the held-out fold is only watched); study_map/loss choose the
     # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
@@ -62,6 +65,10 @@ class StudyConfig(TrainConfig):
         if self.seg_weight < 0 or not 0 <= self.label_smoothing < 1 or self.decoder_width < 1:
             raise ValueError("need seg_weight >= 0, 0 <= label_smoothing < 1 and decoder_width >= 1; got "
                              f"{self.seg_weight}, {self.label_smoothing}, {self.decoder_width}")
+        if self.class_weights is not None and (len(self.class_weights) != len(STUDY_CLASSES) or not all(
+                math.isfinite(w) and w > 0 for w in self.class_weights)):
+            raise ValueError(f"class_weights: need {len(STUDY_CLASSES)} finite weights > 0 (one per class: "
+                             f"{', '.join(STUDY_CLASSES)}), got {self.class_weights}")
 
 
 def load_study_table(meta_csv, image_size: int, with_boxes: bool = False) -> pd.DataFrame:
