@@ -75,6 +75,26 @@ def test_overrides_are_typed_and_checked(tmp_path):
         parse_overrides(["epochs"])
 
 
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf"])
+def test_nan_and_inf_floats_are_refused_in_every_section_and_route(tmp_path, text):
+    from utils.fusion import ENSEMBLE_SECTION, EnsembleConfig, ensemble_config
+
+    for body, key in ((f"study:\n  lr: {text}\n", "lr"), (f"study:\n  grad_clip: {text}\n", "grad_clip"),
+                      (f"study:\n  class_weights: [1, 1, {text}, 1]\n", r"class_weights\[2\]")):
+        with pytest.raises(ConfigError, match=rf"c\.yaml \[study\]: {key}: expected a finite number"):
+            load_section(_write(tmp_path, body), "study", StudyConfig)
+    with pytest.raises(ConfigError, match=r"with --set: none_weight: expected a finite number"):
+        load_section(_write(tmp_path, "study: {}\n"), "study", StudyConfig, parse_overrides([f"none_weight={text}"]))
+    # The ensemble section: from a config file, and from a manifest (where the old checks, v < 0, let NaN by).
+    path = _write(tmp_path, f"{ENSEMBLE_SECTION}:\n  model_weights: {{faster_rcnn: {text}}}\n")
+    with pytest.raises(ConfigError, match=r"model_weights\[faster_rcnn\]: expected a finite number"):
+        load_section(path, ENSEMBLE_SECTION, EnsembleConfig)
+    for key in ("none_classifier_weight", "box_none_power", "wbf_iou_thr"):
+        with pytest.raises(ConfigError, match=rf"manifest\.json \[{ENSEMBLE_SECTION}\]: {key}: expected a finite"):
+            ensemble_config({ENSEMBLE_SECTION: {key: float(text.replace(".", ""))}}, source="manifest.json")
+    assert ensemble_config({ENSEMBLE_SECTION: {"none_classifier_weight": 0.5}}).none_classifier_weight == 0.5
+
+
 def test_saved_config_loads_back_identical(tmp_path):
     config = StudyConfig(epochs=3, folds=[1], amp="bf16")
     path = save_config(config, tmp_path / "run" / "config.yaml", "study")

@@ -2,14 +2,15 @@
 
 A config file (``train/configs/full.yaml``, ``train/configs/demo.yaml``) has one top-level section
 per training stage (``backbone``, ``study``, ...). Each section is checked against that stage's
-dataclass: an unknown key, a missing section or a value of the wrong type is a :class:`ConfigError`
-naming the file and the key, so a typo can never be ignored silently. Command-line overrides
-(``--set epochs=2``) go through the same check. The resolved config is saved beside the weights.
+dataclass: an unknown key, a missing section, a value of the wrong type or a float that is NaN or
+infinite is a :class:`ConfigError` naming the file and the key, so a typo can never be ignored silently.
+Command-line overrides (``--set epochs=2``) go through the same check. The resolved config is saved beside the weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -75,7 +76,10 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
                 for k, v in value.items()}
     if annotation is Any:
         return value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # Every float setting is finite: a NaN passes every range check (all its comparisons are false).
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if annotation in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
