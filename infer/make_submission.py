@@ -30,7 +30,7 @@ from infer.assemble import TooManyUnreadableError, describe_unreadable, write_en
 from infer.predictor import Ensemble
 from infer.sharding import ShardedEnsemble, ShardError, parse_devices
 from utils.config import ConfigError, load_yaml_section, parse_overrides
-from utils.files import write_json_atomic
+from utils.files import OverwriteError, check_not_an_input, write_json_atomic
 from utils.fusion import ENSEMBLE_SECTION, ensemble_config
 from utils.inputs import PreparationInputError
 from utils.log import configure_logging
@@ -80,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         devices = args.devices or ([args.device] if args.device else [])
         if len(devices) == 1:
             overrides["device"] = devices[0]
+        # The submission and its summary never replace a file they are made from (a manifest, a weights
+        # file, the sample, a test image); an earlier submission beside them may be replaced.
+        inputs = [args.weights_dir / "manifest.json", *(p for p in args.weights_dir.glob("*") if p.is_dir()),
+                  args.data_dir / "sample_submission.csv", args.data_dir / "meta.csv", args.data_dir / "test",
+                  args.test_meta, args.config]
+        for written in (args.out, args.out.parent / f"{args.out.stem}_summary.json"):
+            check_not_an_input(written, inputs)
         manifest = read_manifest(args.weights_dir, must_exist=True)
         config = ensemble_config(manifest, overrides, str(args.weights_dir / "manifest.json"))
         with (ShardedEnsemble(args.weights_dir, config, devices) if len(devices) > 1
@@ -87,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = write_ensemble_submission(ensemble, args.data_dir, args.out, batch_size=args.batch_size,
                                                 workers=args.workers, progress=not args.no_progress,
                                                 test_table=args.test_meta, allow_unreadable=args.allow_unreadable)
-    except (ConfigError, ManifestError, FileNotFoundError, PreparationInputError, SubmissionError, ShardError,
-            TooManyUnreadableError) as err:
+    except (ConfigError, ManifestError, FileNotFoundError, OverwriteError, PreparationInputError, SubmissionError,
+            ShardError, TooManyUnreadableError) as err:
         raise SystemExit(f"error: {err}") from None
     summary["load_seconds"] = ensemble.load_seconds
     unreadable = list(summary["unreadable"].items())

@@ -403,6 +403,30 @@ def test_make_submission_checks_what_it_can_before_predicting(untrained_weights,
         make_submission.main(_submission_argv(data, untrained_weights, tmp_path / "sub.csv"))
 
 
+def test_make_submission_never_overwrites_its_own_inputs(untrained_weights, siim_dataset, tmp_path, monkeypatch):
+    """--out (or its summary beside it) that is the manifest, a weights file, the sample or a test image,
+    directly or through a link, is refused before any prediction and the file is left as it was."""
+    from infer import make_submission
+
+    monkeypatch.setattr(Ensemble, "predict_paths", lambda *a, **k: pytest.fail("predicted before the check"))
+    weights_file = next(p for p in sorted(untrained_weights.rglob("*"))
+                        if p.is_file() and p.parent != untrained_weights)
+    test_image = next(p for p in sorted((siim_dataset / "test").rglob("*.dcm")))
+    (tmp_path / "manifest_link.csv").symlink_to(untrained_weights / "manifest.json")
+    (tmp_path / "weights_hard_link.csv").hardlink_to(weights_file)
+    cases = [untrained_weights / "manifest.json", weights_file, siim_dataset / "sample_submission.csv", test_image,
+             tmp_path / "manifest_link.csv", tmp_path / "weights_hard_link.csv"]
+    before = {path: path.read_bytes() for path in cases}
+    for out in cases:
+        with pytest.raises(SystemExit, match=rf"--out .*{out.name} is an input of this run .*refusing to overwrite"):
+            make_submission.main(_submission_argv(siim_dataset, untrained_weights, out))
+        assert out.read_bytes() == before[out]
+    # The summary JSON written beside the submission is checked too: sub.csv -> sub_summary.json.
+    (tmp_path / "sub_summary.json").symlink_to(untrained_weights / "manifest.json")
+    with pytest.raises(SystemExit, match=r"sub_summary.json is an input"):
+        make_submission.main(_submission_argv(siim_dataset, untrained_weights, tmp_path / "sub.csv"))
+
+
 def test_a_wrong_data_folder_fails_loudly_and_missing_images_are_counted(untrained_weights, siim_dataset, tmp_path,
                                                                          caplog):
     from infer import make_submission

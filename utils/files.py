@@ -46,3 +46,34 @@ def write_csv_atomic(frame, path, **options) -> Path:
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, **options)
     return Path(path)
+
+
+class OverwriteError(ValueError):
+    """An output path that is one of the run's own input files (the message names both)."""
+
+
+def _file_key(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()  # follows links: a link to an input is that input
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def check_not_an_input(out, inputs, option: str = "--out") -> None:
+    """Raise :class:`OverwriteError` when ``out`` is, through any link or hard link, one of ``inputs``
+    (files, or folders standing for every file under them). Checked before any work, because the
+    atomic write would otherwise replace a weights manifest or a test image without a word."""
+    out = Path(out)
+    target = _file_key(out)
+    if target is None:  # nothing there yet: it cannot be an input
+        return
+    for item in inputs:
+        if item is None:
+            continue
+        item = Path(item)
+        files = (p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item]
+        for path in files:
+            if _file_key(path) == target:
+                raise OverwriteError(f"{option} {out} is an input of this run ({path}): refusing to overwrite it; "
+                                     "give another path")
