@@ -14,6 +14,7 @@ import pandas as pd
 
 from utils.inputs import find_dicoms, find_resized_images, is_resized_copy, read_id_table, read_resized_meta
 from utils.labels import IMAGE_SUFFIX, STUDY_SUFFIX, strip_suffix
+from utils.submission import read_sample_submission
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def find_test_images(data_dir, test_table=None) -> tuple[pd.DataFrame, list[Test
     ``meta.csv`` with original sizes + ``test_table`` mapping images to studies)."""
     data_dir = Path(data_dir)
     sample_path = data_dir / "sample_submission.csv"
-    sample = pd.read_csv(sample_path, dtype=str) if sample_path.is_file() else None
+    sample = read_sample_submission(sample_path) if sample_path.is_file() else None
     if is_resized_copy(data_dir):
         if test_table is None:
             raise FileNotFoundError(f"{data_dir} is a resized copy: give the table of its test images and studies "

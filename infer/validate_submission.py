@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from utils.submission import SubmissionError, read_submission, submission_problems
+from utils.submission import SubmissionError, read_submission, sample_problems, submission_problems
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,8 @@ def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         sample = read_submission(args.sample_submission) if args.sample_submission else None
+        if sample is not None and sample_problems(sample):  # a header-only sample would make 0 rows "valid"
+            raise SubmissionError(sample_problems(sample), where=args.sample_submission)
         problems = submission_problems(read_submission(args.submission), sample)
     except SubmissionError as err:  # the file itself is unreadable: one line naming it
         print(f"{err.where}: {'; '.join(err.problems)}")

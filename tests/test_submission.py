@@ -79,3 +79,33 @@ def test_validate_cli_exit_codes(tmp_path, capsys):
     assert main([str(tmp_path / "bad.csv"), "--sample-submission", str(tmp_path / "sample.csv")]) == 1
     out = capsys.readouterr().out
     assert "missing ids" in out and "extra ids" in out and "outside [0, 1]" in out and "x: id ends in" in out
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "sample submission is empty"),
+    ("id,PredictionString\n", "no rows"),
+    ("image,PredictionString\ns1_study,x\n", "no 'id' column"),
+])
+def test_an_empty_or_idless_sample_is_an_error_naming_it(tmp_path, capsys, text, message):
+    """make_submission (through find_test_images) and validate_submission both refuse it in one line."""
+    from infer.test_images import find_test_images
+    from infer.validate_submission import main
+
+    data = tmp_path / "data"
+    (data / "test").mkdir(parents=True)
+    (data / "sample_submission.csv").write_text(text)
+    with pytest.raises(SubmissionError, match=rf"sample_submission.csv.*{message}"):
+        find_test_images(data)
+    empty = tmp_path / "sub.csv"
+    empty.write_text("id,PredictionString\n")
+    assert main([str(empty), "--sample-submission", str(data / "sample_submission.csv")]) == 1
+    assert "sample_submission.csv" in capsys.readouterr().out
+
+
+def test_an_empty_test_table_is_an_error_naming_it(tmp_path):
+    from utils.inputs import PreparationInputError, read_id_table
+
+    for text, message in (("", "is empty"), ("imageid,studyid\n", "has a header but no rows")):
+        (tmp_path / "test_meta.csv").write_text(text)
+        with pytest.raises(PreparationInputError, match=rf"test_meta.csv: test image table {message}"):
+            read_id_table(tmp_path / "test_meta.csv", ("image_id", "study_id"), what="test image table")

@@ -66,15 +66,30 @@ def detect_layout(data_dir) -> str:
         f"copy ({RESIZED_META} with image_id, dim0, dim1 beside train/<image_id>.jpg|png)")
 
 
+def read_csv_table(path, what: str = "table", allow_empty: bool = False) -> pd.DataFrame:
+    """A CSV file as text columns; a missing, 0-byte, unparseable or (unless ``allow_empty``) header-only
+    file is a :class:`PreparationInputError` naming the file and the reason, never pandas' own error."""
+    path = Path(path)
+    if not path.is_file():
+        raise PreparationInputError(f"{path}: {what} not found")
+    try:
+        frame = pd.read_csv(path, dtype=str)
+    except pd.errors.EmptyDataError:
+        raise PreparationInputError(f"{path}: {what} is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        raise PreparationInputError(f"{path}: {what} is not a readable CSV table ({err})".replace("\n", " ")) from None
+    if frame.empty and not allow_empty:
+        raise PreparationInputError(f"{path}: {what} has a header but no rows (columns: {list(frame.columns)})")
+    return frame
+
+
 def read_id_table(path, required: tuple[str, ...], optional: tuple[str, ...] = (), what: str = "id table"
                   ) -> pd.DataFrame:
     """A CSV of ids -> columns ``required`` (+ those of ``optional`` present), named as in
     :data:`ID_COLUMNS` whichever accepted spelling the file uses; rows missing a required id dropped,
     one row per first column. Raises :class:`PreparationInputError` naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise PreparationInputError(f"{path}: {what} not found")
-    frame = pd.read_csv(path, dtype=str)
+    frame = read_csv_table(path, what)
     renamed = {}
     for ours in (*required, *optional):
         found = next((c for c in ID_COLUMNS[ours] if c in frame.columns), None)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from utils.boxes import clip_xyxy, valid_box_mask
 from utils.files import atomic_path
+from utils.inputs import PreparationInputError, read_csv_table
 from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 
 HEADER = ["id", "PredictionString"]
@@ -32,7 +33,9 @@ class SubmissionError(ValueError):
         self.where = where
         shown = "\n".join(f"  - {p}" for p in problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        super().__init__(f"{where}: {len(problems)} problem(s)\n{shown}{more}")
+        # One problem is one line (the form every input error takes); several are listed below a count.
+        super().__init__(f"{where}: {problems[0]}" if len(problems) == 1
+                         else f"{where}: {len(problems)} problem(s)\n{shown}{more}")
 
 
 @dataclass(frozen=True)
@@ -163,11 +166,26 @@ def sample_problems(sample: pd.DataFrame) -> list[str]:
     duplicate ids, ids that are neither ``<study>_study`` nor ``<image>_image``."""
     if "id" not in sample.columns:
         return [f"no 'id' column (columns: {list(sample.columns)})"]
+    if sample.empty:
+        return ["no rows: the sample submission lists the ids to predict"]
     ids = sample["id"].astype(str)
     problems = [f"duplicate id {i!r}" for i in sorted(set(ids[ids.duplicated()]))[:20]]
     problems += [f"id {i!r} ends neither in {STUDY_SUFFIX!r} nor {IMAGE_SUFFIX!r}"
                  for i in ids if not (i.endswith(STUDY_SUFFIX) or i.endswith(IMAGE_SUFFIX))][:20]
     return problems
+
+
+def read_sample_submission(path) -> pd.DataFrame:
+    """The competition's ``sample_submission.csv`` (text columns), checked by :func:`sample_problems`:
+    an empty, unreadable or header-only file, or one without ``id``, is an error naming the file."""
+    try:
+        sample = read_csv_table(path, "sample submission", allow_empty=True)
+    except PreparationInputError as err:
+        raise SubmissionError([str(err).removeprefix(f"{path}: ")], where=str(path)) from None
+    problems = sample_problems(sample)
+    if problems:
+        raise SubmissionError(problems, where=str(path))
+    return sample
 
 
 def check_output_path(path) -> Path:
