@@ -22,8 +22,9 @@ def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         sample = read_submission(args.sample_submission) if args.sample_submission else None
-        if sample is not None and sample_problems(sample):  # a header-only sample would make 0 rows "valid"
-            raise SubmissionError(sample_problems(sample), where=args.sample_submission)
+        bad_sample = sample_problems(sample) if sample is not None else []
+        if bad_sample:  # a header-only sample would make a 0-row submission "valid"
+            raise SubmissionError(bad_sample, where=args.sample_submission)
         problems = submission_problems(read_submission(args.submission), sample)
     except SubmissionError as err:  # the file itself is unreadable: one line naming it
         print(f"{err.where}: {'; '.join(err.problems)}")

@@ -366,6 +366,12 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Te
     return bce + dice
 
 
+def check_class_weights(weights, n_classes: int = 4) -> None:
+    """``weights``: None (equal) or one finite weight > 0 per study class; else ValueError."""
+    if weights is not None and (len(weights) != n_classes or not all(math.isfinite(w) and w > 0 for w in weights)):
+        raise ValueError(f"class_weights: need {n_classes} finite weights > 0, one per class, got {weights}")
+
+
 class StudyClassifier(nn.Module):
     """A trunk (:func:`build_feature_trunk`: torchvision ResNet/ResNeXt or any timm model) with two heads
     on its pooled last feature map: the four study classes (softmax) and the image-level "none"
@@ -386,9 +392,7 @@ class StudyClassifier(nn.Module):
                  label_smoothing: float = 0.0, decoder_width: int = 64, normalization: str = NORMALIZATION_AUTO,
                  class_weights: list[float] | None = None):
         super().__init__()
-        if class_weights is not None and (len(class_weights) != n_classes
-                                          or not all(math.isfinite(w) and w > 0 for w in class_weights)):
-            raise ValueError(f"class_weights must be {n_classes} finite weights > 0, got {class_weights}")
+        check_class_weights(class_weights, n_classes)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if seg_weight < 0:

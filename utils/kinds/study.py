@@ -4,7 +4,6 @@ the image-level "none"), optionally with the auxiliary opacity segmentation head
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -25,6 +24,7 @@ from utils.models import (
     NORMALIZATION_AUTO,
     PRETRAINED_NONE,
     StudyClassifier,
+    check_class_weights,
     check_pretrained_source,
     check_trunk_file,
     resolve_normalization,
@@ -65,10 +65,7 @@ class StudyConfig(TrainConfig):
         if self.seg_weight < 0 or not 0 <= self.label_smoothing < 1 or self.decoder_width < 1:
             raise ValueError("need seg_weight >= 0, 0 <= label_smoothing < 1 and decoder_width >= 1; got "
                              f"{self.seg_weight}, {self.label_smoothing}, {self.decoder_width}")
-        if self.class_weights is not None and (len(self.class_weights) != len(STUDY_CLASSES) or not all(
-                math.isfinite(w) and w > 0 for w in self.class_weights)):
-            raise ValueError(f"class_weights: need {len(STUDY_CLASSES)} finite weights > 0 (one per class: "
-                             f"{', '.join(STUDY_CLASSES)}), got {self.class_weights}")
+        check_class_weights(self.class_weights, len(STUDY_CLASSES))
 
 
 def load_study_table(meta_csv, image_size: int, with_boxes: bool = False) -> pd.DataFrame:
