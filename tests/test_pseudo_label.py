@@ -244,7 +244,7 @@ def test_round_two_can_fine_tune_round_ones_weights_fold_by_fold(trained_run, tm
     stage = train_all.stage_commands(train_all.get_args_parser().parse_args([
         "--data-dir", "D", "--out", str(tmp_path), "--config", str(REPO / "train" / "configs" / "demo.yaml"),
         "--start-from", str(trained_run / "weights")]),
-        train_all.split_overrides(["study.backbone=none", "frcnn.backbone=none"]))
+        train_all.split_overrides([*TINY_TRAIN_ALL, *LEARNING, "study.backbone=none", "frcnn.backbone=none"]))
     assert "--start-from" in stage["study"] and "--start-from" in stage["frcnn"] and "--start-from" not in stage["yolo"]
     manifest = read_manifest(trained_run / "weights")
     for name, kind in (("study", KINDS["study"]), ("faster_rcnn", KINDS["frcnn"])):

@@ -174,3 +174,29 @@ def test_the_whole_config_is_checked_before_the_first_stage(tmp_path, section_te
     with pytest.raises(SystemExit, match=message):
         train_all.main(["--data-dir", str(tmp_path / "D"), "--out", str(tmp_path / "run"), "--config", str(config)])
     assert not (tmp_path / "run" / "prepared").exists() and not (tmp_path / "run" / "train_all.json").exists()
+
+
+@pytest.mark.slow
+def test_start_from_is_checked_before_the_first_stage(trained_run, tmp_path, caplog):
+    """``--start-from``: a missing folder, a folder without the fold, weights of another arch, each is one
+    line naming the folder before any stage ran; weights trained for another input size are a warning."""
+    from conftest import LEARNING, TINY_TRAIN_ALL
+
+    own = [*TINY_TRAIN_ALL, *LEARNING, "study.backbone=none", "frcnn.backbone=none"]
+    base = ["--data-dir", str(tmp_path / "D"), "--out", str(tmp_path / "run"),
+            "--config", str(REPO / "train" / "configs" / "demo.yaml"), "--kinds", "frcnn", "study"]
+    weights = trained_run / "weights"
+    for start, extra, message in [
+        (tmp_path / "absent", [], r"--start-from .*absent: .*absent: weights folder not found"),
+        (weights, ["study.folds=[0,1]"], r"model 'study' has folds \[0\], not \[1\], to start from"),
+        (weights, ["study.arch=resnet34"], r"--start-from .*weights: .*study/fold0.pt does not fit the study "
+                                           r"classifier of this config \(arch 'resnet34'\)"),
+        (weights, ["frcnn.fpn_channels=32"], r"faster_rcnn/fold0.pt does not fit the Faster R-CNN"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            train_all.main([*base, "--start-from", str(start), "--set", *own, *extra])
+        assert not (tmp_path / "run").exists()
+    args = train_all.get_args_parser().parse_args([*base, "--start-from", str(weights)])
+    with caplog.at_level("WARNING"):
+        train_all.stage_commands(args, train_all.split_overrides([*own, "study.image_size=96"]))
+    assert "was trained for input size 64, this config's is 96" in caplog.text

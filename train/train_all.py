@@ -51,7 +51,7 @@ from utils.config import ConfigError, load_section, parse_overrides
 from utils.files import atomic_path
 from utils.fusion import CALIBRATE_SECTION, ENSEMBLE_SECTION, CalibrateConfig, EnsembleConfig
 from utils.kinds import KINDS, StagePlan
-from utils.kinds.base import GENERIC_SCRIPT
+from utils.kinds.base import GENERIC_SCRIPT, TrainingError
 from utils.models import PRETRAINED_IMAGENET, PRETRAINED_LITE, PRETRAINED_NONE
 from utils.nih import BackboneConfig
 from utils.pseudo import SECTION as PSEUDO_SECTION
@@ -170,6 +170,14 @@ def check_config(config_path: Path, overrides: dict[str, list[str]], args) -> di
             kind.check_files(configs[name], plan)
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(f"{config_path} [{name}]: {err}") from None
+    if args.start_from is not None:  # the weights each kind will start from, before round one's first stage
+        for name, kind in selected_kinds(args).items():
+            if kind.can_start_from:
+                try:
+                    kind.check_start_from(configs[name], args.start_from,
+                                          configs[name].folds or list(range(configs[SECTION].folds)))
+                except TrainingError as err:
+                    raise ConfigError(str(err)) from None
     return configs
 
 

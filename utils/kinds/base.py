@@ -24,7 +24,7 @@ from utils.config import save_config
 from utils.detection import read_detection_table
 from utils.engine import collate_skip_none, fit, init_distributed, load_checkpoint, predict
 from utils.files import atomic_path
-from utils.manifest import entry_files, load_state_dict_file, read_manifest, register_model
+from utils.manifest import ManifestError, entry_files, load_state_dict_file, read_manifest, register_model
 from utils.prepare import fold_split, select_folds
 from utils.runtime import resolve_device, resolve_precision
 
@@ -129,6 +129,11 @@ class ModelKind:
         the GPU and Kaggle checks: prediction speed does not depend on what the weights learned)."""
         raise NotImplementedError
 
+    def check_start_from(self, config, weights_dir: Path, folds: list[int]) -> None:
+        """Before anything is trained: ``--start-from weights_dir`` can start each of ``folds`` (a
+        ``TrainingError`` naming the folder, the file and the reason otherwise); kinds that can start
+        from an earlier run say how."""
+
     # What the GPU check (infer/gpu_check.py) runs of it: its section's keys as ``KEY=VALUE``.
     def toy_overrides(self) -> list[str]:
         """Toy sizes that train one epoch in seconds on a CPU (the check's smoke run)."""
@@ -197,6 +202,8 @@ def train_folds(kind: ModelKind, config, options: RunOptions) -> dict:
                  int(table["used"].sum()), int((table["n_boxes"].astype(int) > 0).sum()), folds)
     if options.start_from is not None and not kind.can_start_from:
         raise TrainingError(f"{kind.title}: cannot start from an earlier run's weights (--start-from)")
+    if options.start_from is not None and not options.resume:
+        kind.check_start_from(config, options.start_from, folds)
     kind.start(table, config, options)
     results = {fold: kind.train_fold(table, fold, config, options) for fold in folds}
     scores = {}
@@ -239,6 +246,44 @@ class TorchKind(ModelKind):
 
     def build_model(self, config) -> torch.nn.Module:
         raise NotImplementedError
+
+    def untrained_model(self, config) -> torch.nn.Module:
+        """The model of ``config`` with random weights, no starting file read (what its member loads)."""
+        raise NotImplementedError
+
+    def untrained_weights(self, config, path: Path) -> None:
+        torch.save(self.untrained_model(config).state_dict(), path)
+
+    def check_start_from(self, config, weights_dir: Path, folds: list[int]) -> None:
+        """The folder's manifest has this model for every fold, each file loads (``weights_only``) and
+        fits the network ``config`` builds (same arch and heads); a different input size is a warning:
+        fine-tuning at another size is allowed, but it should be meant."""
+        where = f"--start-from {weights_dir}"
+        try:
+            manifest = read_manifest(weights_dir, must_exist=True)
+            spec = manifest["models"].get(self.model_name)
+            if spec is None:
+                raise TrainingError(f"{Path(weights_dir) / 'manifest.json'}: no model {self.model_name!r} to start "
+                                    f"the {self.title} from (models: {sorted(manifest['models'])})")
+            stored, files, size = entry_files(weights_dir, self.model_name, spec)
+            missing = [f for f in folds if f not in stored]
+            if missing:
+                raise TrainingError(f"{Path(weights_dir) / 'manifest.json'}: model {self.model_name!r} has folds "
+                                    f"{stored}, not {missing}, to start from")
+            network = self.untrained_model(config)
+            for fold in folds:
+                path = files[stored.index(fold)]
+                try:
+                    network.load_state_dict(load_state_dict_file(path))
+                except RuntimeError as err:
+                    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                    raise TrainingError(f"{where}: {path} does not fit the {self.title} of this config "
+                                        f"(arch {getattr(config, 'arch', '?')!r}): {first}") from None
+        except ManifestError as err:
+            raise TrainingError(f"{where}: {err}") from None
+        if size != self.input_size(config):
+            log.warning("%s: the %s there was trained for input size %d, this config's is %d", where, self.title,
+                        size, self.input_size(config))
 
     def datasets(self, train: pd.DataFrame, val: pd.DataFrame, config) -> tuple[Dataset, Dataset]:
         raise NotImplementedError

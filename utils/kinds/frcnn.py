@@ -125,9 +125,8 @@ class FrcnnKind(DetectorKind, TorchKind):
         if plan.rsna_dir is None and config.init_from and not Path(config.init_from).is_file():
             raise ValueError(f"init_from: file {config.init_from!r} not found")
 
-    def untrained_weights(self, config: FrcnnConfig, path) -> None:
-        torch.save(detector_from_config(dataclasses.asdict(config), PRETRAINED_NONE, config.predict_size).state_dict(),
-                   path)
+    def untrained_model(self, config: FrcnnConfig) -> FasterRCNNDetector:
+        return detector_from_config(dataclasses.asdict(config), PRETRAINED_NONE, config.predict_size)
 
     def build_model(self, config: FrcnnConfig) -> FasterRCNNDetector:
         """The detector of ``config``: the trunk from ``backbone``, or everything from ``init_from``."""

@@ -9,7 +9,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
 
 from utils.classification import study_accuracy, study_classifier_scores
 from utils.datasets import StudyDataset
@@ -118,8 +117,8 @@ class StudyKind(TorchKind):
         if plan.nih_dir is None:  # without the NIH stage the trunk starts from what the config names
             check_trunk_file("backbone", config.arch, config.backbone)
 
-    def untrained_weights(self, config: StudyConfig, path) -> None:
-        torch.save(StudyClassifier.from_config(asdict(config), PRETRAINED_NONE).state_dict(), path)
+    def untrained_model(self, config: StudyConfig) -> StudyClassifier:
+        return StudyClassifier.from_config(asdict(config), PRETRAINED_NONE)
 
     def build_model(self, config: StudyConfig) -> StudyClassifier:
         return StudyClassifier.from_config(vars(config), config.backbone)
