@@ -39,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from infer.assemble import NEGATIVE, image_none_probability, no_box_probability, study_row_probabilities
 from infer.predictor import Ensemble
 from utils.boxes import denormalize_xyxy
+from utils.config import device_argument
 from utils.dicom import DicomReadError, ImageSizeError, read_radiograph
 from utils.fusion import display_threshold
 from utils.labels import STUDY_CLASSES
@@ -232,7 +233,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights-dir", type=Path, default=None, help="weights folder with manifest.json")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
+    parser.add_argument("--device", type=device_argument, default="cpu", help="cpu (default) | cuda | auto")
     parser.add_argument("--max-upload-mb", type=int, default=64, help="larger uploads get 413")
     return parser
 

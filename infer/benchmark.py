@@ -45,6 +45,7 @@ import pydicom
 import torch
 from pydicom.pixels import apply_voi_lut
 
+from utils.config import device_argument, non_negative_int, positive_int
 from utils.dicom import lenient_dicom_values, read_dicom, read_dicom_header
 from utils.engine import (
     DistInfo,
@@ -461,17 +462,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     training = sub.add_parser("training", help="backbone training images/s, full vs mixed precision")
     training.add_argument("--arch", default="resnext50_32x4d", choices=sorted(ARCHITECTURES))
     training.add_argument("--image-size", type=int, default=224)
-    training.add_argument("--batch-size", type=int, default=32)
+    training.add_argument("--batch-size", type=positive_int, default=32)
     training.add_argument("--steps", type=int, default=20, help="training steps per repeat and precision")
     training.add_argument("--repeats", type=int, default=5)
     training.add_argument("--amp", choices=["fp16", "bf16"], default=None,
                           help="mixed precision to compare (default: fp16 on CUDA, bf16 on the CPU)")
-    training.add_argument("--device", default="auto")
+    training.add_argument("--device", type=device_argument, default="auto")
     training.add_argument("--out", help="also write the JSON here")
     grey = sub.add_parser("grey-input", help="study training images/s: grey replicated to 3 channels vs 1-channel stem")
     grey.add_argument("--arch", default="timm:tf_efficientnet_lite0")
     grey.add_argument("--image-size", type=int, default=160)
-    grey.add_argument("--batch-size", type=int, default=16)
+    grey.add_argument("--batch-size", type=positive_int, default=16)
     grey.add_argument("--steps", type=int, default=5, help="training steps per repeat and variant")
     grey.add_argument("--repeats", type=int, default=5)
     grey.add_argument("--out", help="also write the JSON here")
@@ -483,11 +484,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     inference.add_argument("--folds", type=int, default=1, help="with --config: folds per model (full: 5)")
     inference.add_argument("--images", type=int, default=8)
     inference.add_argument("--repeats", type=int, default=3)
-    inference.add_argument("--batch-size", type=int, default=None)
-    inference.add_argument("--workers", type=int, default=None, help="decoding processes")
-    inference.add_argument("--fusion-workers", type=int, default=None,
+    inference.add_argument("--batch-size", type=positive_int, default=None)
+    inference.add_argument("--workers", type=non_negative_int, default=None, help="decoding processes")
+    inference.add_argument("--fusion-workers", type=non_negative_int, default=None,
                            help="fusion processes (default: the config's; 0 on the CPU)")
-    inference.add_argument("--device", default=None)
+    inference.add_argument("--device", type=device_argument, default=None)
     inference.add_argument("--compare-channels-last", action="store_true",
                            help="also time the torch models in the other memory layout")
     inference.add_argument("--scale", type=float, default=1.0, help="shrink the test DICOMs (quick checks)")
@@ -497,7 +498,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     serve.add_argument("--requests", type=int, default=50)
     serve.add_argument("--concurrency", type=int, default=4)
     serve.add_argument("--image", type=Path, default=None, help="radiograph to upload (default: a real-size DICOM)")
-    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--device", type=device_argument, default="cpu")
     serve.add_argument("--out", help="also write the JSON here")
     return parser
 

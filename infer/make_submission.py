@@ -29,7 +29,14 @@ from pathlib import Path
 from infer.assemble import TooManyUnreadableError, describe_unreadable, write_ensemble_submission
 from infer.predictor import Ensemble
 from infer.sharding import ShardedEnsemble, ShardError, parse_devices
-from utils.config import ConfigError, load_yaml_section, parse_overrides
+from utils.config import (
+    ConfigError,
+    device_argument,
+    load_yaml_section,
+    non_negative_int,
+    parse_overrides,
+    positive_int,
+)
 from utils.files import OverwriteError, check_not_an_input, write_json_atomic
 from utils.fusion import ENSEMBLE_SECTION, ensemble_config
 from utils.inputs import PreparationInputError
@@ -56,11 +63,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights-dir", required=True, type=Path, help="weights folder with manifest.json")
     parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="where to write the submission")
     devices = parser.add_mutually_exclusive_group()
-    devices.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the ensemble config's)")
+    devices.add_argument("--device", type=device_argument, default=None,
+                         help="auto | cpu | cuda | cuda:N (default: the ensemble config's)")
     devices.add_argument("--devices", default=None, type=_device_list, metavar="D1,D2,...",
                          help="several devices at once, one worker each, e.g. cuda:0,cuda:1")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per model call")
-    parser.add_argument("--workers", type=int, default=None, help="DICOM decoding processes")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="images per model call")
+    parser.add_argument("--workers", type=non_negative_int, default=None, help="DICOM decoding processes")
     parser.add_argument("--config", type=Path, default=None,
                         help=f"YAML whose '{ENSEMBLE_SECTION}' section overrides the manifest's")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",

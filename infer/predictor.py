@@ -55,6 +55,7 @@ from utils.fusion import (
 )
 from utils.manifest import ManifestError, entry_files, read_manifest
 from utils.members import MEMBER_TYPES, model_input  # noqa: F401 - model_input: the predictor's input contract
+from utils.plugins import MEMBER_GROUP, plugin_problems
 from utils.runtime import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,8 @@ def checked_manifest(weights_dir, config: EnsembleConfig | None = None,
         if not isinstance(spec, dict) or spec.get("kind") not in MEMBER_TYPES:
             kind = spec.get("kind") if isinstance(spec, dict) else spec
             raise ManifestError(f"{weights_dir / 'manifest.json'}: model {name!r}: unknown kind {kind!r}; "
-                                f"known: {sorted(MEMBER_TYPES)}")
+                                f"known: {sorted(MEMBER_TYPES)}"
+                                + "".join(f"; {problem}" for problem in plugin_problems(MEMBER_GROUP)))
         entry_files(weights_dir, name, spec)
     for key in ("model_weights", "score_powers"):
         unknown = sorted(set(getattr(config, key)) - set(manifest["models"]))

@@ -21,6 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+from utils.config import DeviceError, check_device_name
+from utils.files import atomic_path
+from utils.runtime import resolve_device
+
 log = logging.getLogger(__name__)
 
 
@@ -30,8 +34,12 @@ def parse_devices(text: str) -> list[str]:
     if not devices:
         raise ValueError(f"--devices {text!r}: expected a comma-separated list such as cuda:0,cuda:1")
     for device in devices:
-        if device != "cpu" and not (device == "cuda" or device.startswith("cuda:") and device[5:].isdigit()):
-            raise ValueError(f"--devices: {device!r} is not cpu, cuda or cuda:N")
+        if device == "auto":
+            raise ValueError("--devices: 'auto' is not one device; name each (cpu, cuda or cuda:N)")
+        try:
+            check_device_name(device)
+        except DeviceError as err:
+            raise ValueError(f"--devices: {err}") from None
     return devices
 
 
@@ -63,7 +71,8 @@ def _worker(weights_dir: str, config, device: str, images: list, batch_size: int
                                             on_batch=count), None
     except BaseException:  # handed to the parent, which raises it
         result = None, traceback.format_exc()
-    with open(out, "wb") as handle:
+    # Written whole or not at all: a worker killed mid-write leaves no file, which the parent names.
+    with atomic_path(Path(out)) as temporary, open(temporary, "wb") as handle:
         pickle.dump(result, handle)
 
 
@@ -77,13 +86,12 @@ class ShardedEnsemble:
     worker loads the models on its own device, and a copy here would be loaded for nothing."""
 
     def __init__(self, weights_dir, config, devices: Sequence[str]):
-        import torch
-
         from infer.predictor import checked_manifest
 
         self.weights_dir = Path(weights_dir)
         _, self.config = checked_manifest(self.weights_dir, config)
-        self.devices = tuple(torch.device(device) for device in devices)
+        # each device exists here, before a worker is spawned for it
+        self.devices = tuple(resolve_device(device) for device in devices)
         self.load_seconds = None  # each worker loads its own copy
 
     def close(self) -> None:
@@ -151,6 +159,7 @@ def predict_on_devices(weights_dir, config, images: Sequence, devices: Sequence[
             if not Path(out).is_file():
                 failures.append(f"worker {k} on {device} died (exit code {process.exitcode})")
                 continue
+            # this run's own worker wrote it, into this run's private temporary folder
             with open(out, "rb") as handle:
                 predictions, error = pickle.load(handle)
             if error is not None:

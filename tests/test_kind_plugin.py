@@ -83,18 +83,54 @@ def test_a_kind_from_an_entry_point_runs_through_train_all_the_report_the_manife
     assert project_files_state() == before  # nothing of the project was written for the new kind
 
 
-def test_a_broken_or_clashing_plugin_is_named(tmp_path, monkeypatch):
+BROKEN_PLUGINS = {
+    "exits_at_import.py": "import sys\nsys.exit(0)\n",
+    "raises_at_import.py": "raise ImportError('a dependency of this plugin is missing')\n",
+    "clashing_member.py": ("from utils.members.base import Member\n\n\n"
+                           "class TakesFasterRCNN(Member):\n    manifest_kind = 'faster_rcnn'\n"),
+}
+BROKEN_ENTRY_POINTS = """[siim_covid.members]
+a_exits = exits_at_import:Member
+b_raises = raises_at_import:Member
+c_not_a_member = json:loads
+d_clash = clashing_member:TakesFasterRCNN
+"""
+
+
+def test_a_broken_or_clashing_plugin_is_left_out_by_name_and_every_command_still_runs(tmp_path):
+    """Four bad member plugins: one calls sys.exit(0) at import, one raises, one names a function, one
+    takes Faster R-CNN's manifest kind. Each is left out with a warning naming its entry point; the
+    registry keeps the built-in members; make_submission still runs and fails for its own reason (here a
+    missing weights folder), not with the plugin's exit code or a traceback."""
     import pytest
 
-    from utils.plugins import PluginError, add_unique, load_plugins
+    from utils.plugins import PluginError, add_unique
 
-    dist = tmp_path / "broken_kind-0.1.dist-info"
+    dist = tmp_path / "broken_members-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-kind\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[siim_covid.test_group]\nbad = no_such_module_here:KIND\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(PluginError, match=r"'bad' = 'no_such_module_here:KIND'.*ModuleNotFoundError"):
-        load_plugins("siim_covid.test_group")
-    registry = {"frcnn": object()}
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-members\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(BROKEN_ENTRY_POINTS)
+    for name, text in BROKEN_PLUGINS.items():
+        (tmp_path / name).write_text(text)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]), YOLO_OFFLINE="true",
+               NO_ALBUMENTATIONS_UPDATE="1")
+    probe = ("from utils.members import MEMBER_TYPES\nfrom utils.members.frcnn import FasterRCNNMember\n"
+             "assert sorted(MEMBER_TYPES) == ['faster_rcnn', 'study_classifier', 'yolo'], MEMBER_TYPES\n"
+             "assert MEMBER_TYPES['faster_rcnn'] is FasterRCNNMember\nprint('registry ok')\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "registry ok" in result.stdout, result.stderr[-3000:]
+    for name, why in [("a_exits", "does not load (SystemExit: 0)"),
+                      ("b_raises", "does not load (ImportError: a dependency of this plugin is missing)"),
+                      ("c_not_a_member", "names <function loads"),
+                      ("d_clash", "takes the manifest_kind 'faster_rcnn' of FasterRCNNMember")]:
+        line = next((x for x in result.stderr.splitlines() if f"entry point {name!r}" in x), "")
+        assert why in line and line.endswith("left out"), result.stderr[-3000:]
+    submission = subprocess.run(
+        [sys.executable, "infer/make_submission.py", "--data-dir", str(tmp_path), "--weights-dir",
+         str(tmp_path / "no_weights"), "--out", str(tmp_path / "s.csv")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert submission.returncode == 1 and "no_weights: weights folder not found" in submission.stderr
+    assert "Traceback" not in submission.stderr and not (tmp_path / "s.csv").exists()
     with pytest.raises(PluginError, match="two model kinds named 'frcnn'"):
-        add_unique(registry, "frcnn", object(), "model kind")
+        add_unique({"frcnn": object()}, "frcnn", object(), "model kind")

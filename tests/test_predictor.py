@@ -570,3 +570,52 @@ def test_two_workers_write_a_valid_submission_and_a_failing_worker_stops_the_run
     with pytest.raises(ShardError, match="worker 0 on cpu:.*weights folder not found"):
         predict_on_devices(tmp_path / "absent", EnsembleConfig(device="cpu"), images[:2], ["cpu", "cpu"],
                            batch_size=1, workers=0, cpu_threads=1, progress=False)
+
+
+def test_bad_arguments_and_devices_are_one_line_before_any_work(untrained_weights, siim_dataset, tmp_path,
+                                                                  monkeypatch, capsys):
+    """--batch-size -1, --workers -1, --device gpu (argparse's usage line), a device setting that is no
+    device (the config layer), a GPU this machine lacks (before a model loads): one line each, no
+    traceback, nothing predicted."""
+    from infer import make_submission
+    from utils.config import ConfigError, from_mapping
+    from utils.kinds.study import StudyConfig
+
+    monkeypatch.setattr(Ensemble, "predict_paths", lambda *a, **k: pytest.fail("predicted before the check"))
+    argv = _submission_argv(siim_dataset, untrained_weights, tmp_path / "s.csv")
+    for extra, message in [(["--batch-size", "-1"], "argument --batch-size: must be at least 1, got -1"),
+                           (["--batch-size", "two"], "argument --batch-size: expected an integer, got 'two'"),
+                           (["--workers", "-1"], "argument --workers: must be at least 0, got -1"),
+                           (["--device", "gpu"], "argument --device: device 'gpu': expected auto, cpu, cuda or cuda:N"),
+                           (["--devices", "cpu,gpu"], "argument --devices: --devices: device 'gpu': expected")]:
+        with pytest.raises(SystemExit) as exit_info:
+            make_submission.main(argv + extra)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, extra
+    with pytest.raises(SystemExit, match=r"manifest.json \[ensemble\]: device 'cuda0': expected auto"):
+        make_submission.main(argv + ["--set", "device=cuda0"])
+    with pytest.raises(ConfigError, match=r"x.yaml \[study\]: device 'gpu': expected auto, cpu, cuda or cuda:N"):
+        from_mapping(StudyConfig, {"device": "gpu"}, "x.yaml [study]")
+    if not torch.cuda.is_available():
+        for extra in (["--device", "cuda"], ["--devices", "cuda:0,cuda:1"]):
+            with pytest.raises(SystemExit, match=r"error: device 'cuda(:0)?' requested but torch sees no GPU"):
+                make_submission.main(argv + extra)
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_shard_worker_killed_while_writing_leaves_no_half_file(tmp_path, monkeypatch):
+    """The worker's results file appears whole or not at all, so the parent reports a dead worker, not a
+    truncated-file error."""
+    import multiprocessing
+
+    from infer import sharding
+
+    def killed_mid_write(result, handle):
+        handle.write(b"\x80\x05partial")
+        raise KeyboardInterrupt  # as a kill during the write
+
+    monkeypatch.setattr(sharding.pickle, "dump", killed_mid_write)
+    out = tmp_path / "shard0.pkl"
+    with pytest.raises(KeyboardInterrupt):
+        sharding._worker(str(tmp_path / "absent"), EnsembleConfig(device="cpu"), "cpu", [], 1, 0, None, str(out),
+                         multiprocessing.Value("l", 0))
+    assert list(tmp_path.iterdir()) == []

@@ -9,6 +9,7 @@ Command-line overrides (``--set epochs=2``) go through the same check. The resol
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import re
@@ -106,6 +107,51 @@ def from_mapping(cls: type[ConfigT], mapping: dict, source: str) -> ConfigT:
         return cls(**values)
     except ValueError as err:  # a dataclass's own check of its values (__post_init__)
         raise ConfigError(f"{source}: {err}") from err
+
+
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+class DeviceError(ConfigError):
+    """A device setting that names no device, or one this machine does not have (every entry point that
+    reports a ConfigError in one line reports this too)."""
+
+
+def check_device_name(name) -> str:
+    """``name`` if it is a device setting (:data:`DEVICE_NAMES`), else a :class:`DeviceError`: checked
+    where a config or an argument is read, before any work (``gpu`` or ``cuda0`` never reach torch)."""
+    if not isinstance(name, str) or not _DEVICE_NAME.fullmatch(name):
+        raise DeviceError(f"device {name!r}: expected {DEVICE_NAMES}")
+    return name
+
+
+def device_argument(text: str) -> str:
+    """An argparse type for ``--device``: a bad name is argparse's one-line usage error."""
+    try:
+        return check_device_name(text)
+    except DeviceError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (``--batch-size``), else argparse's one-line usage error."""
+    return _bounded_int(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (``--workers``: 0 decodes in the main process)."""
+    return _bounded_int(text, 0)
+
+
+def _bounded_int(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
 
 
 def parse_overrides(items: list[str] | None) -> dict:

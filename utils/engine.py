@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data._utils.collate import default_collate
 from tqdm import tqdm
 
+from utils.config import check_device_name
 from utils.files import atomic_path
 from utils.log import first_line
 from utils.report import figure
@@ -97,6 +98,10 @@ class TrainConfig:
             problems.append(f"grad_clip must be > 0 or null, got {self.grad_clip}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             problems.append(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+        try:
+            check_device_name(self.device)
+        except ValueError as err:
+            problems.append(str(err))
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -8,17 +8,22 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.config import DeviceError, check_device_name
+
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> the local GPU when there is one, else the CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
+    """``auto`` -> the local GPU when there is one, else the CPU; ``cuda`` or ``cuda:N`` that this
+    machine does not have is a :class:`DeviceError`."""
+    if check_device_name(name) == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but torch sees no GPU")
+            raise DeviceError(f"device {name!r} requested but torch sees no GPU (use auto or cpu)")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {name!r} requested but torch sees {torch.cuda.device_count()} GPU(s)")
     return device
 
 

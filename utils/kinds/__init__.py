@@ -11,10 +11,20 @@ from __future__ import annotations
 from utils.kinds import frcnn, study, yolo
 from utils.kinds.base import FoldResult, ModelKind, RunOptions, StagePlan, TrainingError, train_folds
 from utils.members import Member
-from utils.plugins import KIND_GROUP, add_unique, load_plugins
+from utils.plugins import KIND_GROUP, add_unique, clash, load_plugins, plugin_problems
+
+BUILT_IN = (frcnn.KIND, yolo.KIND, study.KIND)
+
+
+def _kind_problem(value, kept: list) -> str | None:
+    if not isinstance(value, ModelKind):
+        return f"names {value!r}, not a ModelKind instance"
+    # its config section, model (weights subfolder) and manifest kind must all be its own
+    return clash(value, (*BUILT_IN, *kept), ("section", "model_name", "manifest_kind"))
+
 
 KINDS: dict[str, ModelKind] = {}
-for _kind in (frcnn.KIND, yolo.KIND, study.KIND, *load_plugins(KIND_GROUP)):
+for _kind in (*BUILT_IN, *load_plugins(KIND_GROUP, _kind_problem)):
     add_unique(KINDS, _kind.section, _kind, "model kind")
 
 
@@ -23,7 +33,8 @@ def kind_of_manifest(manifest_kind: str) -> ModelKind:
     for kind in KINDS.values():
         if kind.manifest_kind == manifest_kind:
             return kind
-    raise KeyError(f"unknown model kind {manifest_kind!r}; known: {sorted(k.manifest_kind for k in KINDS.values())}")
+    raise KeyError(f"unknown model kind {manifest_kind!r}; known: {sorted(k.manifest_kind for k in KINDS.values())}"
+                   + "".join(f"; {problem}" for problem in plugin_problems(KIND_GROUP)))
 
 
 __all__ = ["KINDS", "FoldResult", "Member", "ModelKind", "RunOptions", "StagePlan", "TrainingError", "kind_of_manifest",

@@ -8,11 +8,19 @@ from utils.members.base import Detections, Member, model_input, with_flipped
 from utils.members.frcnn import FasterRCNNMember
 from utils.members.study import StudyMember
 from utils.members.yolo import YoloMember
-from utils.plugins import MEMBER_GROUP, add_unique, load_plugins
+from utils.plugins import MEMBER_GROUP, add_unique, clash, load_plugins
 
 BUILT_IN = (StudyMember, FasterRCNNMember, YoloMember)
+
+
+def _member_problem(value, kept: list) -> str | None:
+    if not (isinstance(value, type) and issubclass(value, Member)):
+        return f"names {value!r}, not a Member class"
+    return clash(value, (*BUILT_IN, *kept), ("manifest_kind",))
+
+
 MEMBER_TYPES: dict[str, type[Member]] = {}
-for _member in (*BUILT_IN, *load_plugins(MEMBER_GROUP)):
+for _member in (*BUILT_IN, *load_plugins(MEMBER_GROUP, _member_problem)):
     add_unique(MEMBER_TYPES, _member.manifest_kind, _member, "member kind")
 
 __all__ = ["MEMBER_TYPES", "Detections", "Member", "model_input", "with_flipped"]
