@@ -257,3 +257,56 @@ def test_round_two_can_fine_tune_round_ones_weights_fold_by_fold(trained_run, tm
         train_folds(KINDS["yolo"], KINDS["yolo"].config_class(folds=[0]),
                     RunOptions(prepared=trained_run / "prepared" / "meta.csv", out=tmp_path / "y",
                                start_from=trained_run / "weights"))
+
+
+@pytest.mark.slow
+def test_a_training_image_under_another_name_is_refused_before_any_prediction(trained_run, siim_dataset, tmp_path,
+                                                                             monkeypatch):
+    """A fold-0 training DICOM put among the test images under a new name (a copy, a hard link), its UIDs
+    rewritten too (then only its pixels tell), and an --out that is round one's prepared folder: each
+    refused in one line before the first prediction, round one's files untouched."""
+    import pydicom
+
+    from infer.predictor import Ensemble
+    from utils.inputs import find_dicoms
+
+    monkeypatch.setattr(Ensemble, "predict_paths", lambda *a, **k: pytest.fail("predicted before the check"))
+    meta = pd.read_csv(trained_run / "prepared" / "meta.csv", dtype=str)
+    held_out = set(meta.loc[meta["fold"] == "0", "image_id"])
+    source = next(p for p in find_dicoms(siim_dataset / "train") if p.stem in held_out)
+    config = str(REPO / "train" / "configs" / "demo.yaml")
+
+    def test_folder(name: str, place):
+        data = tmp_path / name
+        shutil.copytree(siim_dataset / "test", data / "test")
+        target = data / "test" / f"{name}study" / f"{name}series" / f"{name}image.dcm"
+        target.parent.mkdir(parents=True)
+        place(target)
+        sample = pd.read_csv(siim_dataset / "sample_submission.csv")
+        extra = pd.DataFrame({"id": [f"{name}image_image", f"{name}study_study"],
+                              "PredictionString": ["none 1 0 0 1 1", "negative 1 0 0 1 1"]})
+        pd.concat([sample, extra]).to_csv(data / "sample_submission.csv", index=False)
+        return data
+
+    def new_uids(target) -> None:
+        dataset = pydicom.dcmread(source)
+        dataset.SOPInstanceUID, dataset.StudyInstanceUID = "1.2.3.4.5", "1.2.3.4.6"
+        dataset.save_as(target)
+
+    before = (trained_run / "prepared" / "meta.csv").read_bytes()
+    by_header = f"its DICOM header.s SOPInstanceUID {source.stem} is a training image"
+    for name, place, message in [
+        ("copy", lambda t: shutil.copyfile(source, t), by_header),
+        ("link", lambda t: t.hardlink_to(source), by_header),
+        ("uids", new_uids, f"its pixels are those of training image {source.stem}"),
+    ]:
+        data = test_folder(name, place)
+        with pytest.raises(SystemExit, match=f"image {name}image to pseudo-label is a training image under another "
+                                             f"name: {message}"):
+            pseudo_label.main(["--run-dir", str(trained_run), "--images", str(data), "--out",
+                               str(tmp_path / name / "p"), "--config", config, "--no-progress",
+                               "--set", "none_threshold=0.5", "box_threshold=0.5"])
+    with pytest.raises(SystemExit, match=r"--out .*prepared/meta.csv is an input of this run"):
+        pseudo_label.main(["--run-dir", str(trained_run), "--images", str(siim_dataset), "--out",
+                           str(trained_run / "prepared"), "--config", config, "--no-progress"])
+    assert (trained_run / "prepared" / "meta.csv").read_bytes() == before

@@ -11,8 +11,10 @@ studies). Each fold of the run's weights labels every readable image for that fo
 (utils/pseudo.py: the rules, the thresholds chosen out of fold where the config's ``pseudo`` section
 leaves them null, and why this is leak-free). Writes to --out: images_<size>/ (the images prepared at
 every size of the run's meta.csv), meta.csv (the run's rows, then the pseudo-labelled ones marked
-``pseudo``) and pseudo_labels.json (thresholds, counts, times). Refuses images that are training
-images (shared ids, or files inside --train-dir or the run's prepared folder). train/train_all.py
+``pseudo``) and pseudo_labels.json (thresholds, counts, times). Refuses, before any prediction, images
+that are training images (shared ids, files inside --train-dir or the run's prepared folder, a DICOM
+header naming a training image or study, or a training image's pixels under another name: a hash of
+the decoded pixels), and an --out that would write over round one's files. train/train_all.py
 runs it as its ``pseudo`` stage with ``--pseudo-images``.
 """
 
@@ -32,7 +34,7 @@ from infer.predictor import Ensemble
 from infer.test_images import find_test_images
 from train.cli import DEFAULT_CONFIG, configure_logging
 from utils.config import ConfigError, device_argument, load_section, non_negative_int, parse_overrides, positive_int
-from utils.files import write_json_atomic
+from utils.files import check_not_an_input, write_json_atomic
 from utils.fusion import ensemble_config
 from utils.manifest import ManifestError, read_manifest
 from utils.metric import (
@@ -41,7 +43,7 @@ from utils.metric import (
     ground_truth_from_table,
     lowest_threshold_at_precision,
 )
-from utils.prepare import DecodedImage, decode_files, image_path, read_meta
+from utils.prepare import DecodedImage, decode_files, image_path, read_decoded, read_meta
 from utils.pseudo import (
     PSEUDO_LABELS_FILE,
     SECTION,
@@ -49,6 +51,7 @@ from utils.pseudo import (
     PseudoLabelError,
     Thresholds,
     check_disjoint,
+    check_not_training_content,
     merge_meta,
     pseudo_rows,
     resolve_thresholds,
@@ -136,12 +139,34 @@ def run(args) -> dict:
         raise PseudoLabelError(f"{args.images}: no image to pseudo-label")
     check_disjoint(table["image_id"], [i.image_id for i in images], [i.path for i in images],
                    [args.train_dir, run_dir / "prepared"])
+    # Round one's files (its prepared folder, weights) and the images are never written over: --out
+    # RUN/prepared would rewrite round one's meta.csv and headers.jsonl.
+    for name in ("meta.csv", "headers.jsonl", PSEUDO_LABELS_FILE):
+        check_not_an_input(out / name, [run_dir / "prepared", run_dir / "weights", args.images, args.test_meta,
+                                        args.config])
+    # Every image decoded once, first: the PNGs round two trains on, and what tells a training image
+    # under another name (header UIDs, a hash of the pixels) before any prediction.
+    decode_start = time.perf_counter()
+    known = {i.image_id: DecodedImage(i.image_id, i.study_id, "", i.study_id, i.original_height, i.original_width)
+             for i in images if i.original_height}  # a resized copy's size; a DICOM gives its own
+    decoded, failures = decode_files([i.path for i in images], out, sizes, args.workers or 1, not args.no_progress,
+                                     known)
+    decode_seconds = time.perf_counter() - decode_start
+    wanted = {i.image_id for i in images}
+    decoded = [d for d in decoded if d.image_id in wanted]  # not an earlier run's leftovers in --out
+    training, training_headers = read_decoded(run_dir / "prepared")
+    check_not_training_content(decoded, training, table["image_id"], table["study_id"], training_headers)
+    failed = {Path(path).stem: reason for path, reason in failures}
+    prepared = {d.image_id for d in decoded}
+    images = [i for i in images if i.image_id in prepared]
+    if not images:
+        raise PseudoLabelError(f"{args.images}: not one image could be read ({len(failed)} unreadable)")
     thresholds = out_of_fold_thresholds(run_dir, config, manifest)
     log.info("pseudo-labelling %d images of %s: none above %.3f, %s; boxes above %.3f, %s; at most %s per image",
              len(images), args.images, thresholds.none, thresholds.none_source, thresholds.box,
              thresholds.box_source, config.max_boxes or "every box")
     overrides = {"device": args.device} if args.device else None
-    labelled, failed, per_fold = [], {}, {}
+    labelled, per_fold = [], {}
     predict_seconds = 0.0
     for fold in labelling_folds(manifest):
         fold_start = time.perf_counter()
@@ -161,14 +186,6 @@ def run(args) -> dict:
                           "boxes": int(selected["label_boxes"].map(len).sum()),
                           "no_box_label": int((~selected["boxes_known"]).sum())}
         log.info("fold %d labels: %s", fold, per_fold[fold])
-    decode_start = time.perf_counter()
-    ids = {i for _, selected in labelled for i in selected["image_id"]}
-    known = {i.image_id: DecodedImage(i.image_id, i.study_id, "", i.study_id, i.original_height, i.original_width)
-             for i in images if i.original_height}  # a resized copy's size; a DICOM gives its own
-    decoded, failures = decode_files([i.path for i in images if i.image_id in ids], out, sizes,
-                                     args.workers or 1, not args.no_progress, known)
-    failed.update({Path(path).stem: reason for path, reason in failures})
-    prepared = {d.image_id for d in decoded}
     frames = []
     for fold, selected in labelled:
         selected = selected[selected["image_id"].isin(prepared)]
@@ -182,7 +199,7 @@ def run(args) -> dict:
                "rows": {"real": int((~merged["pseudo"].astype(bool)).sum()),
                         "pseudo": int(merged["pseudo"].astype(bool).sum())},
                "seconds": {"predict": round(predict_seconds, 1),
-                           "prepare": round(time.perf_counter() - decode_start, 1),
+                           "prepare": round(decode_seconds, 1),
                            "total": round(time.perf_counter() - started, 1)}}
     write_json_atomic(out / PSEUDO_LABELS_FILE, summary)
     return summary

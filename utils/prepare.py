@@ -10,8 +10,8 @@ Two kinds of input, recognised by their contents (:func:`detect_layout`):
 
 Output folder (the same for both):
     images_<size>/<image_id>.png   one per requested size (square resize, area averaging)
-    headers.jsonl                  one line per decoded image (ids from its header, original size);
-                                   what makes a stopped run resumable
+    headers.jsonl                  one line per decoded image (ids from its header, original size, a
+                                   hash of its pixels); what makes a stopped run resumable
     failures.csv                   path,reason for every file that could not be read (skipped)
     meta.csv                       one row per labelled image: ids, patient, original size, fold,
                                    study class, boxes (XYXY_PX JSON), used/excluded, path per size
@@ -19,6 +19,7 @@ Output folder (the same for both):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -75,6 +76,21 @@ class DecodedImage:
     patient_id: str
     original_height: int
     original_width: int
+    # What finds a training image under another name or a link (the pseudo-label stage refuses it): a
+    # hash of its decoded pixels at the largest prepared size, and a DICOM's own UIDs ("" for PNG/JPEG).
+    # A line of headers.jsonl written before they existed ("") is decoded again.
+    pixel_hash: str = ""
+    header_image_uid: str = ""
+    header_study_uid: str = ""
+
+
+def pixel_hash(pixels: np.ndarray) -> str:
+    """A content hash of decoded pixels (shape, type and values): equal for byte-identical files, hard
+    links and lossless re-encodings of one image; a resize or a lossy re-encoding changes it."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{pixels.shape}{pixels.dtype}".encode())
+    digest.update(np.ascontiguousarray(pixels).tobytes())
+    return digest.hexdigest()
 
 
 def image_path(out_dir: Path, size: int, image_id: str) -> Path:
@@ -98,9 +114,12 @@ def decode_one(path: Path, out_dir: Path, sizes: tuple[int, ...], known: Decoded
     image_id = path.stem
     for size in sizes:
         _write_png_atomic(image_path(out_dir, size, image_id), resize_image(radiograph.pixels, size))
-    if known is not None:
-        return known
     header = radiograph.header
+    content = {"pixel_hash": pixel_hash(radiograph.pixels),
+               "header_image_uid": header.image_uid if header is not None else "",
+               "header_study_uid": header.study_uid if header is not None else ""}
+    if known is not None:
+        return replace(known, **content)
     return DecodedImage(
         image_id=image_id,
         study_id=path.parent.parent.name,
@@ -108,6 +127,7 @@ def decode_one(path: Path, out_dir: Path, sizes: tuple[int, ...], known: Decoded
         patient_id=(header.patient_id if header is not None else "") or path.parent.parent.name,
         original_height=radiograph.original_height,
         original_width=radiograph.original_width,
+        **content,
     )
 
 
@@ -121,15 +141,26 @@ def _decode_task(args):
         return path, None, f"{type(err).__name__}: {err}"
 
 
+def read_decoded(out_dir) -> tuple[list[DecodedImage], Path]:
+    """Every complete record of a prepared folder's ``headers.jsonl`` (lines cut short are skipped), and
+    the file's path."""
+    headers_file = Path(out_dir) / "headers.jsonl"
+    if not headers_file.is_file():
+        raise FileNotFoundError(f"{headers_file}: not found (is {out_dir} a folder train/prepare.py wrote?)")
+    records = []
+    for line in headers_file.read_text().splitlines():
+        try:
+            records.append(DecodedImage(**json.loads(line)))
+        except (ValueError, TypeError):
+            continue
+    return records, headers_file
+
+
 def _load_done(headers_file: Path, out_dir: Path, sizes) -> dict[str, DecodedImage]:
     done = {}
-    if headers_file.is_file():
-        for line in headers_file.read_text().splitlines():
-            try:
-                record = DecodedImage(**json.loads(line))
-            except (ValueError, TypeError):
-                continue  # a line cut short by a killed run: that image is decoded again
-            if all(image_path(out_dir, s, record.image_id).is_file() for s in sizes):
+    if headers_file.is_file():  # a line cut short by a killed run is not read: that image is decoded again
+        for record in read_decoded(out_dir)[0]:
+            if record.pixel_hash and all(image_path(out_dir, s, record.image_id).is_file() for s in sizes):
                 done[record.image_id] = record
     return done
 

@@ -190,6 +190,34 @@ def check_disjoint(train_ids, image_ids, image_files, training_dirs) -> None:
                                        "not overlap the training images")
 
 
+def check_not_training_content(decoded, training, train_ids, train_studies, training_headers) -> None:
+    """Refuse (``PseudoLabelError``) a decoded image (``utils.prepare.DecodedImage``) that is a training
+    image under another name: its DICOM header's SOPInstanceUID is a training image, its
+    StudyInstanceUID a training study, or its pixels hash like a training image's (``training``: the
+    prepared training folder's decoded records, ``training_headers`` their file). A resized or lossily
+    re-encoded copy (a near-duplicate) hashes differently and is not found (docs/reference.md)."""
+    unhashed = sum(not record.pixel_hash for record in training)
+    if unhashed:
+        raise PseudoLabelError(f"{training_headers}: {unhashed} training image(s) without a pixel hash (prepared "
+                               "before the content check): run train/prepare.py again with the same --out (it "
+                               "decodes only those), then pseudo-label")
+    images = set(map(str, train_ids)) | {r.header_image_uid for r in training if r.header_image_uid}
+    studies = set(map(str, train_studies)) | {r.header_study_uid for r in training if r.header_study_uid}
+    hashes = {record.pixel_hash: record.image_id for record in training}
+    for record in decoded:
+        if record.header_image_uid in images:
+            why = f"its DICOM header's SOPInstanceUID {record.header_image_uid} is a training image"
+        elif record.header_study_uid in studies:
+            why = f"its DICOM header's StudyInstanceUID {record.header_study_uid} is a training study"
+        elif record.pixel_hash in hashes:
+            why = f"its pixels are those of training image {hashes[record.pixel_hash]}"
+        else:
+            continue
+        raise PseudoLabelError(f"image {record.image_id} to pseudo-label is a training image under another name: "
+                               f"{why}. Its fold's validation pixels would enter that fold's training; "
+                               "pseudo-label a folder of unlabelled images (the test split)")
+
+
 def merge_meta(real_meta_csv, pseudo: pd.DataFrame, out_csv) -> pd.DataFrame:
     """The prepared ``real_meta_csv`` (its rows unchanged, their image paths made relative to
     ``out_csv``'s folder) followed by the ``pseudo`` rows, written atomically to ``out_csv``."""
