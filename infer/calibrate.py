@@ -42,7 +42,7 @@ from infer.assemble import assemble_submission
 from infer.baseline_submission import baseline_rows
 from infer.evaluate import image_predictions, load_oof, oof_member_outputs, run_oof, submission_ids
 from utils.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
-from utils.files import write_json_atomic, write_text_atomic
+from utils.files import check_not_an_input, run_inputs, write_json_atomic, write_text_atomic
 from utils.fusion import (
     CALIBRATE_SECTION,
     ENSEMBLE_SECTION,
@@ -476,6 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     out = args.out or args.run_dir / "report"
     try:
+        inputs = run_inputs(args.run_dir, out, args.config, args.weights_dir)
+        # never over the run's own files (--out RUN/prepared)
+        for name in ("calibration.json", "calibration.md"):
+            check_not_an_input(out / name, inputs)
         config = load_section(args.config, ENSEMBLE_SECTION, EnsembleConfig, parse_overrides(args.ensemble_overrides))
         calibrate = load_section(args.config, CALIBRATE_SECTION, CalibrateConfig, parse_overrides(args.overrides))
         if not load_oof(args.run_dir):  # e.g. every model trained on all the data: nothing to choose on

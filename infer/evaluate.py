@@ -37,7 +37,7 @@ from utils.boxes import as_boxes
 from utils.classification import study_classifier_scores
 from utils.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
 from utils.detection import box_submission, detector_scores
-from utils.files import write_json_atomic, write_text_atomic
+from utils.files import check_not_an_input, run_inputs, write_json_atomic, write_text_atomic
 from utils.fusion import (
     ENSEMBLE_SECTION,
     CombinedImage,
@@ -254,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     out = args.out or args.run_dir / "report"
     try:
+        inputs = run_inputs(args.run_dir, out, args.config, args.weights_dir)
+        # never over the run's own files (--out RUN/prepared)
+        for name in ("cv_report.json", "cv_report.md", "pr_curves.png", "loss_curves.png"):
+            check_not_an_input(out / name, inputs)
         config = load_section(args.config, ENSEMBLE_SECTION, EnsembleConfig, parse_overrides(args.overrides))
         report, submissions, truth = evaluate_run(args.run_dir, config)
     except (ConfigError, FileNotFoundError, ValueError) as err:

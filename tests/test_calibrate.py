@@ -176,6 +176,23 @@ def test_the_script_writes_the_report_and_the_manifest(one_fold_run, tmp_path):
     assert "## Deployed settings" in (tmp_path / "calibration.md").read_text()
 
 
+def test_the_reports_never_write_over_the_runs_own_files(one_fold_run, tmp_path):
+    """A report file of --out that is (through a link) one of the run's files is refused before any work
+    and the file is left as it was, for the CV report and the calibration alike."""
+    from infer import evaluate
+
+    meta = one_fold_run / "prepared" / "meta.csv"
+    before = meta.read_bytes()
+    for script, name in ((calibrate, "calibration.md"), (evaluate, "cv_report.json")):
+        out = tmp_path / script.__name__.rsplit(".", 1)[-1]
+        out.mkdir()
+        (out / name).symlink_to(meta)
+        with pytest.raises(SystemExit, match=rf"--out .*{name} is an input of this run \(.*prepared/meta.csv\)"):
+            script.main(["--run-dir", str(one_fold_run), "--out", str(out), "--config", "train/configs/demo.yaml",
+                         "--no-progress"])
+        assert meta.read_bytes() == before
+
+
 @pytest.mark.slow
 def test_evaluate_combines_as_the_predictor_does(trained_run, siim_dataset):
     """The same member outputs give the same fused boxes, scores and probabilities through the

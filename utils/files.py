@@ -60,6 +60,16 @@ def _file_key(path: Path) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
+def run_inputs(run_dir, out_dir, *others) -> list[Path]:
+    """What a report over a run folder reads: every folder of the run but the report's own ``out_dir``
+    (the prepared tables, each model's out-of-fold files), plus ``others`` (a config, the weights)."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir).resolve()
+    if not run_dir.is_dir():
+        return [Path(o) for o in others if o is not None]
+    folders = [p for p in sorted(run_dir.iterdir()) if p.is_dir() and p.resolve() != out_dir]
+    return [*folders, *(Path(o) for o in others if o is not None)]
+
+
 def check_not_an_input(out, inputs, option: str = "--out") -> None:
     """Raise :class:`OverwriteError` when ``out`` is, through any link or hard link, one of ``inputs``
     (files, or folders standing for every file under them). Checked before any work, because the
