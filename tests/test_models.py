@@ -6,7 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from utils.engine import TrainConfig, save_checkpoint
+from utils.engine import save_checkpoint
+from utils.loop_config import TrainConfig
 from utils.models import (
     ARCHITECTURES,
     MultiLabelClassifier,

@@ -462,9 +462,9 @@ def test_a_wrong_data_folder_fails_loudly_and_missing_images_are_counted(untrain
     (lambda m, w: (w / m["models"]["yolo"]["files"]["0"]).write_bytes(b"PK\x03\x04junk"), "not a readable YOLO"),
     (lambda m, w: m["models"]["study"]["files"].update({"0": "/etc/passwd"}), "outside the weights folder"),
     (lambda m, w: m["models"]["study"]["files"].update({"0": "../../x.pt"}), "outside the weights folder"),
-    (lambda m, w: m["models"]["study"].pop("input_size"), "'input_size' must be a positive integer"),
-    (lambda m, w: m["models"]["study"].update(input_size=-64), "'input_size' must be a positive integer"),
-    (lambda m, w: m["models"]["study"].update(input_size="64"), "'input_size' must be a positive integer"),
+    (lambda m, w: m["models"]["study"].pop("input_size"), "'input_size' must be an integer in 1-4096"),
+    (lambda m, w: m["models"]["study"].update(input_size=-64), "'input_size' must be an integer in 1-4096"),
+    (lambda m, w: m["models"]["study"].update(input_size="64"), "'input_size' must be an integer in 1-4096"),
     (lambda m, w: m["models"]["study"].update(folds=[0, 1, 2]), "'files' must name a file for every fold"),
     (lambda m, w: m["models"].update(study=["not", "an", "object"]), "unknown kind"),
 ])
@@ -477,6 +477,54 @@ def test_broken_weights_folders_are_errors_naming_the_file(untrained_weights, tm
     with pytest.raises(ManifestError, match=message) as caught:
         Ensemble(weights)
     assert "weights_only=False" not in str(caught.value)
+
+
+def _set_config(manifest, model, **values):
+    manifest["models"][model]["config"].update(values)
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda m: m.update(ensemble=None), r"manifest.json \[ensemble\]: expected an object of settings, got NoneType"),
+    (lambda m: m.update(ensemble="abc"), r"manifest.json \[ensemble\]: expected an object of settings, got str"),
+    (lambda m: m["models"]["study"].update(config=[1, 2]), r"model 'study': 'config' must be an object, got list"),
+    (lambda m: m["models"]["study"]["config"].pop("arch"),
+     r"model 'study': .*study/fold0.pt does not fit the network its config builds \(arch 'resnext50_32x4d'\)"),
+    (lambda m: _set_config(m, "faster_rcnn", arch="resnet34"),
+     r"model 'faster_rcnn': .*faster_rcnn/fold0.pt does not fit the network its config builds \(arch 'resnet34'\)"),
+    (lambda m: _set_config(m, "study", arch="no_such_arch"), r"model 'study': .* \(arch 'no_such_arch'\)"),
+    (lambda m: m["models"]["study"].update(kind="faster_rcnn"), r"model 'study' config: unknown key\(s\)"),
+    (lambda m: _set_config(m, "study", tta_views=["identity", "sideways"]),
+     r"model 'study' config: unknown TTA view 'sideways'"),
+    (lambda m: _set_config(m, "yolo", score_threshold="high"),
+     r"model 'yolo' config: score_threshold: expected float, got str 'high'"),
+    (lambda m: _set_config(m, "faster_rcnn", nms_threshold=float("nan")),
+     r"model 'faster_rcnn' config: nms_threshold: .*finite"),
+    (lambda m: m["models"]["study"]["files"].update({"0": "study/fold\x000.pt"}),
+     r"model 'study': fold 0 file must be a path relative to the weights folder"),
+    (lambda m: m["models"]["study"].update(input_size=65536), r"'input_size' must be an integer in 1-4096, got 65536"),
+    (lambda m: m["models"]["study"].update(input_size=True), r"'input_size' must be an integer in 1-4096, got True"),
+])
+def test_a_hand_damaged_manifest_is_one_line_naming_the_model_and_the_key(untrained_weights, siim_dataset, tmp_path,
+                                                                          monkeypatch, break_it, message):
+    """What a hand edit can do to a manifest, through make_submission: each is a one-line error naming
+    manifest.json (and the model and key where there is one) before the first image, never a traceback."""
+    from infer import make_submission
+
+    monkeypatch.setattr(Ensemble, "predict_paths", lambda *a, **k: pytest.fail("predicted before the check"))
+    weights = tmp_path / "weights"
+    shutil.copytree(untrained_weights, weights)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    break_it(manifest)
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match=message) as caught:
+        make_submission.main(_submission_argv(siim_dataset, weights, tmp_path / "s.csv"))
+    assert "manifest.json" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_manifest_nested_too_deeply_is_said_plainly(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"models": {}, "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ManifestError, match="manifest.json: nested too deeply to be a manifest"):
+        Ensemble(tmp_path)
 
 
 def test_a_manifest_that_is_a_list_or_a_missing_folder_is_said_plainly(tmp_path):

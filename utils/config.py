@@ -21,6 +21,9 @@ from typing import Any, TypeVar
 import yaml
 
 ConfigT = TypeVar("ConfigT")
+# The largest side a model may train or predict at: above every radiograph of the competition, below what
+# would exhaust memory before the first image (a manifest's input_size of 65536 is a damaged file).
+MAX_IMAGE_SIZE = 4096
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "train" / "configs" / "full.yaml"
 
 

@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from utils.boxes import NORM_TOLERANCE, as_boxes, clip_xyxy, valid_box_mask
-from utils.config import check_device_name, from_mapping
+from utils.config import ConfigError, check_device_name, from_mapping
 
 WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 
@@ -190,7 +190,11 @@ class EnsembleConfig:
 def ensemble_config(manifest: dict, overrides: dict | None = None, source: str = "manifest") -> EnsembleConfig:
     """The manifest's ``ensemble`` section (defaults where it has none) with ``overrides`` on top. A
     section without ``study_tta`` (written before 2026-12) takes it from ``tta_hflip``, which switched both."""
-    section = dict(manifest.get(ENSEMBLE_SECTION, {}))
+    section = manifest.get(ENSEMBLE_SECTION, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source} [{ENSEMBLE_SECTION}]: expected an object of settings, got "
+                          f"{type(section).__name__} {section!r:.40}")
+    section = dict(section)
     if "study_tta" not in section and "tta_hflip" in section:
         section["study_tta"] = section["tta_hflip"]
     mapping = {**section, **(overrides or {})}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from utils.config import MAX_IMAGE_SIZE
 from utils.files import atomic_path
 
 MANIFEST_FILE = "manifest.json"
@@ -39,6 +40,8 @@ def read_manifest(weights_dir, must_exist: bool = False) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ManifestError(f"{path}: not valid JSON ({err})") from err
+    except RecursionError:
+        raise ManifestError(f"{path}: nested too deeply to be a manifest") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
         raise ManifestError(f"{path}: expected an object with a 'models' mapping")
     return manifest
@@ -57,12 +60,16 @@ def entry_files(weights_dir, name: str, spec) -> tuple[list[int], list[Path], in
         raise ManifestError(f"{where}: 'folds' must be a non-empty list of integers, got {folds!r}")
     if not isinstance(files, dict) or any(str(f) not in files for f in folds):
         raise ManifestError(f"{where}: 'files' must name a file for every fold {folds}, got {files!r}")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ManifestError(f"{where}: 'input_size' must be a positive integer, got {size!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise ManifestError(f"{where}: 'input_size' must be an integer in 1-{MAX_IMAGE_SIZE}, got {size!r}")
     root = Path(weights_dir).resolve()
     paths = []
     for fold in folds:
-        path = (root / str(files[str(fold)])).resolve()
+        name = files[str(fold)]
+        if not isinstance(name, str) or not name or "\x00" in name:
+            raise ManifestError(f"{where}: fold {fold} file must be a path relative to the weights folder, "
+                                f"got {name!r}")
+        path = (root / name).resolve()
         if not path.is_relative_to(root):
             raise ManifestError(f"{where}: fold {fold} file {files[str(fold)]!r} is outside the weights folder {root}")
         if not path.is_file():

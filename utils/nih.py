@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.engine import TrainConfig
+from utils.loop_config import TrainConfig
 from utils.models import check_pretrained_source
 
 log = logging.getLogger(__name__)

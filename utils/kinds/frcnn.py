@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 import torch
 
 from utils.datasets import DetectionDataset
 from utils.detection import detector_scores, write_detector_report
-from utils.engine import LAST_EPOCH, TrainConfig, collate_detection, init_distributed, load_checkpoint
+from utils.engine import LAST_EPOCH, collate_detection, init_distributed, load_checkpoint
 from utils.frcnn import FasterRCNNDetector, detector_from_config, load_detector_state, unpad_detections
 from utils.kinds.base import (
     DetectorKind,
@@ -24,65 +22,16 @@ from utils.kinds.base import (
     TorchKind,
     TrainingError,
 )
-from utils.members.frcnn import FasterRCNNMember
+from utils.members.frcnn import FasterRCNNMember, FrcnnConfig
 from utils.models import (
-    NORMALIZATION_AUTO,
     PRETRAINED_NONE,
-    check_pretrained_source,
     check_trunk_file,
-    resolve_normalization,
 )
 from utils.predictions import detection_rows
 from utils.prepare import prepare_rsna
 from utils.presets import build_transform
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FrcnnConfig(TrainConfig):
-    """The ``frcnn`` section (train/configs/*.yaml document every key)."""
-
-    arch: str = "resnext50_32x4d"
-    backbone: str = PRETRAINED_NONE
-    normalization: str = NORMALIZATION_AUTO
-    init_from: str | None = None
-    freeze_bn: bool = True
-    trainable_layers: int = 3
-    image_size: int = 512
-    predict_size: int = 1024
-    val_batch_size: int = 6
-    score_threshold: float = 0.001
-    nms_threshold: float = 0.5
-    detections_per_image: int = 100
-    proposals: int = 1000
-    roi_samples: int = 512
-    fpn_channels: int = 256
-    box_head_size: int = 1024
-    negative_fraction: float = 1.0
-    pretrain_epochs: int = 10
-    folds: list[int] | None = None
-    # last: the fixed schedule's last epoch (the held-out fold is only watched); opacity_ap/loss choose
-    # the best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
-    monitor: Literal["last", "opacity_ap", "loss"] = "last"
-
-    def __post_init__(self):
-        super().__post_init__()
-        problems = [f"{name} must be at least 1, got {value}" for name, value in (
-            ("predict_size", self.predict_size), ("val_batch_size", self.val_batch_size),
-            ("detections_per_image", self.detections_per_image), ("proposals", self.proposals),
-            ("roi_samples", self.roi_samples), ("fpn_channels", self.fpn_channels),
-            ("box_head_size", self.box_head_size), ("pretrain_epochs", self.pretrain_epochs)) if value < 1]
-        if not 0 <= self.trainable_layers <= 5:
-            problems.append(f"trainable_layers must be in 0-5, got {self.trainable_layers}")
-        for name in ("score_threshold", "nms_threshold", "negative_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        check_pretrained_source(self.arch, self.backbone)
-        # Resolved here, so the manifest's copy of this config names the normalisation the weights need.
-        self.normalization = resolve_normalization(self.normalization, self.arch)
 
 
 def keep_negatives(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:

@@ -4,8 +4,7 @@ the image-level "none"), optionally with the auxiliary opacity segmentation head
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -13,58 +12,22 @@ import pandas as pd
 from utils.classification import study_accuracy, study_classifier_scores
 from utils.datasets import StudyDataset
 from utils.detection import read_detection_table
-from utils.engine import LAST_EPOCH, TrainConfig
+from utils.engine import LAST_EPOCH
 from utils.files import write_json_atomic, write_text_atomic
 from utils.kinds.base import FoldResult, RunOptions, StagePlan, TorchKind
 from utils.labels import STUDY_CLASSES
-from utils.members.study import StudyMember
+from utils.members.study import StudyConfig, StudyMember
 from utils.metric import format_score_table
 from utils.models import (
-    NORMALIZATION_AUTO,
     PRETRAINED_NONE,
     StudyClassifier,
-    check_class_weights,
-    check_pretrained_source,
     check_trunk_file,
-    resolve_normalization,
 )
 from utils.predictions import classifier_rows, write_predictions
 from utils.presets import build_transform
-from utils.tta import FLIP, StudyTTA, check_views
+from utils.tta import StudyTTA
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StudyConfig(TrainConfig):
-    """The ``study`` section (train/configs/*.yaml document every key)."""
-
-    arch: str = "resnext50_32x4d"
-    backbone: str = PRETRAINED_NONE
-    normalization: str = NORMALIZATION_AUTO
-    image_size: int = 512
-    folds: list[int] | None = None
-    none_weight: float = 1.0
-    seg_weight: float = 0.0
-    decoder_width: int = 64
-    label_smoothing: float = 0.0
-    # Cross-entropy weight per study class (negative, typical, indeterminate, atypical); null: equal.
-    class_weights: list[float] | None = None
-    tta_views: list[str] = field(default_factory=lambda: list(FLIP))
-    # last: the fixed schedule's last epoch (the held-out fold is only watched); study_map/loss choose the
-    # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
-    monitor: Literal["last", "study_map", "loss"] = "last"
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_views(self.tta_views)
-        check_pretrained_source(self.arch, self.backbone)
-        # Resolved here, so the manifest's copy of this config names the normalisation the weights need.
-        self.normalization = resolve_normalization(self.normalization, self.arch)
-        if self.seg_weight < 0 or not 0 <= self.label_smoothing < 1 or self.decoder_width < 1:
-            raise ValueError("need seg_weight >= 0, 0 <= label_smoothing < 1 and decoder_width >= 1; got "
-                             f"{self.seg_weight}, {self.label_smoothing}, {self.decoder_width}")
-        check_class_weights(self.class_weights, len(STUDY_CLASSES))
 
 
 def load_study_table(meta_csv, image_size: int, with_boxes: bool = False) -> pd.DataFrame:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -31,7 +30,7 @@ from utils.kinds.base import (
     split_fold,
 )
 from utils.manifest import register_model
-from utils.members.yolo import YoloMember
+from utils.members.yolo import YoloConfig, YoloMember
 from utils.predictions import detection_rows
 from utils.yolo import (
     SETTINGS_DIR,
@@ -148,58 +147,6 @@ def predict_yolo(model, image_paths, *, image_size: int, score_threshold: float,
             detections.append((boxes.xyxyn.float().cpu().numpy().astype(np.float64),
                                boxes.conf.float().cpu().numpy().astype(np.float64)))
     return detections
-
-
-@dataclass
-class YoloConfig:
-    """The ``yolo`` section (train/configs/*.yaml document every key)."""
-
-    model: str = "yolov8s.yaml"
-    image_size: int = 512
-    predict_size: int = 1024
-    folds: list[int] | None = None
-    epochs: int = 30
-    batch_size: int = 16
-    optimizer: Literal["SGD", "AdamW", "auto"] = "SGD"
-    lr: float = 0.01
-    lr_floor: float = 0.05
-    momentum: float = 0.937
-    weight_decay: float = 0.0005
-    warmup_epochs: float = 3.0
-    mosaic: float = 1.0
-    fliplr: float = 0.5
-    amp: bool = True
-    score_threshold: float = 0.001
-    nms_threshold: float = 0.6
-    detections_per_image: int = 100
-    workers: int = 8
-    seed: int = 42
-    device: str = "auto"
-    # last: no validation until the last epoch, so ultralytics' best.pt is the last epoch's; fitness: its
-    # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
-    monitor: Literal["last", "fitness"] = "last"
-
-    def __post_init__(self):
-        problems = [f"{name} must be at least 1, got {value}" for name, value in (
-            ("epochs", self.epochs), ("batch_size", self.batch_size),
-            ("detections_per_image", self.detections_per_image)) if value < 1]
-        if self.image_size < 32:
-            problems.append(f"image_size must be at least 32, got {self.image_size}")
-        if self.predict_size < 32 or self.predict_size % 32:
-            problems.append(f"predict_size must be a positive multiple of 32 (YOLO's stride), got {self.predict_size}")
-        if self.lr <= 0 or self.workers < 0 or self.warmup_epochs < 0 or self.weight_decay < 0:
-            problems.append("lr must be > 0 and workers, warmup_epochs, weight_decay >= 0")
-        for name in ("lr_floor", "mosaic", "fliplr", "score_threshold", "nms_threshold"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    def check_files(self) -> None:
-        """The model must be a bundled yaml or a local .pt: nothing is downloaded."""
-        if self.model.endswith(".pt") and not Path(self.model).is_file():
-            raise FileNotFoundError(f"{self.model}: weights file not found (nothing is downloaded; pass a local .pt "
-                                    f"or a model yaml such as yolov8s.yaml)")
 
 
 class YoloKind(DetectorKind, ModelKind):

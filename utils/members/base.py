@@ -5,14 +5,16 @@ training; each kind's training side (``utils/kinds/``) names its member."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 
 from utils.boxes import hflip_xyxy
+from utils.config import ConfigError, from_mapping
 from utils.fusion import MemberPrediction
-from utils.manifest import entry_files
+from utils.manifest import MANIFEST_FILE, ManifestError, entry_files, load_state_dict_file
+from utils.models import WeightsError
 from utils.runtime import Precision
 
 Detections = list[tuple[np.ndarray, np.ndarray]]  # per source: (XYXY_NORM boxes (n, 4), scores (n,))
@@ -38,13 +40,51 @@ class Member:
 
     manifest_kind: ClassVar[str]  # the "kind" of the manifest entries it loads (its kind's manifest_kind)
     has_opacity_map: bool = False  # whether ``with_opacity_map`` gives maps
+    # Its kind's config schema: the manifest's copy of the training config is read through it (types,
+    # ranges, known keys), so a damaged manifest is one line naming the model and the key. None (a
+    # plugin's choice): the stored mapping as it is.
+    config_class: ClassVar[type | None] = None
+    # Keys absent from manifests written before they existed -> the value that was then the only behaviour.
+    legacy_defaults: ClassVar[dict] = {}
 
     def __init__(self, name: str, spec: dict, weights_dir: Path, device: torch.device):
         self.name = name
         self.kind = spec["kind"]
-        self.config = spec.get("config", {})
+        self.where = f"{Path(weights_dir) / MANIFEST_FILE}: model {name!r}"
         self.folds, self.files, self.input_size = entry_files(weights_dir, name, spec)
+        self.config = self.stored_config(spec.get("config", {}))
         self.device = device
+
+    def stored_config(self, stored):
+        """The manifest's copy of the training config, checked by :attr:`config_class`."""
+        if self.config_class is None:
+            return stored
+        if not isinstance(stored, dict):
+            raise ManifestError(f"{self.where}: 'config' must be an object, got {type(stored).__name__}")
+        try:
+            return from_mapping(self.config_class, {**self.legacy_defaults, **stored}, f"{self.where} config")
+        except ConfigError as err:
+            raise ManifestError(str(err)) from None
+
+    def fold_network(self, build: Callable[[], torch.nn.Module], path: Path,
+                     load: Callable[[torch.nn.Module, dict, Path], object] | None = None) -> torch.nn.Module:
+        """``build()`` (the network the stored config describes, random weights) with fold file ``path``'s
+        weights (``load(network, state, path)``, else an exact ``load_state_dict``), in eval mode on the
+        device. A config that builds no network, or weights that do not fit it (another arch, head or
+        width), is a ManifestError naming the manifest, the model and the file."""
+        state = load_state_dict_file(path)
+        try:
+            network = build()
+            if load is None:
+                network.load_state_dict(state)
+            else:
+                load(network, state, path)
+        except (RuntimeError, WeightsError, ValueError, KeyError) as err:
+            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            arch = getattr(self.config, "arch", None)
+            raise ManifestError(f"{self.where}: {path} does not fit the network its config builds"
+                                f"{f' (arch {arch!r})' if arch else ''}: {text}") from None
+        return network.to(self.device).eval()
 
     def predict(self, images: torch.Tensor, tta: bool, precision: Precision,
                 with_opacity_map: bool = False) -> MemberPrediction:

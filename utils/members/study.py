@@ -3,15 +3,58 @@ views, and on request the auxiliary head's opacity map."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
 import numpy as np
 import torch
 
 from utils.fusion import MemberPrediction
-from utils.manifest import load_state_dict_file
+from utils.labels import STUDY_CLASSES
+from utils.loop_config import TrainConfig
 from utils.members.base import Member, model_input
-from utils.models import PRETRAINED_NONE, StudyClassifier
+from utils.models import (
+    NORMALIZATION_AUTO,
+    PRETRAINED_NONE,
+    StudyClassifier,
+    check_class_weights,
+    check_pretrained_source,
+    resolve_normalization,
+)
 from utils.runtime import Precision
 from utils.tta import FLIP, PLAIN, StudyTTA, check_views
+
+
+@dataclass
+class StudyConfig(TrainConfig):
+    """The ``study`` section (train/configs/*.yaml document every key)."""
+
+    arch: str = "resnext50_32x4d"
+    backbone: str = PRETRAINED_NONE
+    normalization: str = NORMALIZATION_AUTO
+    image_size: int = 512
+    folds: list[int] | None = None
+    none_weight: float = 1.0
+    seg_weight: float = 0.0
+    decoder_width: int = 64
+    label_smoothing: float = 0.0
+    # Cross-entropy weight per study class (negative, typical, indeterminate, atypical); null: equal.
+    class_weights: list[float] | None = None
+    tta_views: list[str] = field(default_factory=lambda: list(FLIP))
+    # last: the fixed schedule's last epoch (the held-out fold is only watched); study_map/loss choose the
+    # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
+    monitor: Literal["last", "study_map", "loss"] = "last"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_views(self.tta_views)
+        check_pretrained_source(self.arch, self.backbone)
+        # Resolved here, so the manifest's copy of this config names the normalisation the weights need.
+        self.normalization = resolve_normalization(self.normalization, self.arch)
+        if self.seg_weight < 0 or not 0 <= self.label_smoothing < 1 or self.decoder_width < 1:
+            raise ValueError("need seg_weight >= 0, 0 <= label_smoothing < 1 and decoder_width >= 1; got "
+                             f"{self.seg_weight}, {self.label_smoothing}, {self.decoder_width}")
+        check_class_weights(self.class_weights, len(STUDY_CLASSES))
 
 
 class StudyMember(Member):
@@ -20,15 +63,14 @@ class StudyMember(Member):
     ``study_tta`` is off), and on request the auxiliary head's opacity map."""
 
     manifest_kind = "study_classifier"
+    config_class = StudyConfig
+    legacy_defaults = {"normalization": "imagenet"}  # the only normalisation before the key existed
 
     def __init__(self, name, spec, weights_dir, device: torch.device):
         super().__init__(name, spec, weights_dir, device)
-        self.models = []
-        for path in self.files:
-            model = StudyClassifier.from_config(self.config, PRETRAINED_NONE)
-            model.load_state_dict(load_state_dict_file(path))
-            self.models.append(model.to(device).eval())
-        self.views = check_views(self.config.get("tta_views", FLIP))
+        self.models = [self.fold_network(lambda: StudyClassifier.from_config(asdict(self.config), PRETRAINED_NONE),
+                                         path) for path in self.files]
+        self.views = self.config.tta_views
 
     def uses_tta(self, config) -> bool:
         return config.study_tta

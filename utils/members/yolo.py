@@ -3,6 +3,10 @@ ultralytics, per image one set of boxes per fold and flip."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
 import numpy as np
 import torch
 
@@ -13,8 +17,61 @@ from utils.runtime import Precision
 from utils.yolo import YoloWeightsError, default_settings_dir, import_ultralytics, load_yolo
 
 
+@dataclass
+class YoloConfig:
+    """The ``yolo`` section (train/configs/*.yaml document every key)."""
+
+    model: str = "yolov8s.yaml"
+    image_size: int = 512
+    predict_size: int = 1024
+    folds: list[int] | None = None
+    epochs: int = 30
+    batch_size: int = 16
+    optimizer: Literal["SGD", "AdamW", "auto"] = "SGD"
+    lr: float = 0.01
+    lr_floor: float = 0.05
+    momentum: float = 0.937
+    weight_decay: float = 0.0005
+    warmup_epochs: float = 3.0
+    mosaic: float = 1.0
+    fliplr: float = 0.5
+    amp: bool = True
+    score_threshold: float = 0.001
+    nms_threshold: float = 0.6
+    detections_per_image: int = 100
+    workers: int = 8
+    seed: int = 42
+    device: str = "auto"
+    # last: no validation until the last epoch, so ultralytics' best.pt is the last epoch's; fitness: its
+    # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
+    monitor: Literal["last", "fitness"] = "last"
+
+    def __post_init__(self):
+        problems = [f"{name} must be at least 1, got {value}" for name, value in (
+            ("epochs", self.epochs), ("batch_size", self.batch_size),
+            ("detections_per_image", self.detections_per_image)) if value < 1]
+        if self.image_size < 32:
+            problems.append(f"image_size must be at least 32, got {self.image_size}")
+        if self.predict_size < 32 or self.predict_size % 32:
+            problems.append(f"predict_size must be a positive multiple of 32 (YOLO's stride), got {self.predict_size}")
+        if self.lr <= 0 or self.workers < 0 or self.warmup_epochs < 0 or self.weight_decay < 0:
+            problems.append("lr must be > 0 and workers, warmup_epochs, weight_decay >= 0")
+        for name in ("lr_floor", "mosaic", "fliplr", "score_threshold", "nms_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def check_files(self) -> None:
+        """The model must be a bundled yaml or a local .pt: nothing is downloaded."""
+        if self.model.endswith(".pt") and not Path(self.model).is_file():
+            raise FileNotFoundError(f"{self.model}: weights file not found (nothing is downloaded; pass a local .pt "
+                                    f"or a model yaml such as yolov8s.yaml)")
+
+
 class YoloMember(Member):
     manifest_kind = "yolo"
+    config_class = YoloConfig
 
     def __init__(self, name, spec, weights_dir, device: torch.device):
         super().__init__(name, spec, weights_dir, device)
@@ -27,9 +84,8 @@ class YoloMember(Member):
                 self.models.append(load_yolo(ultralytics, path))
             except YoloWeightsError as err:
                 raise ManifestError(str(err)) from None
-        self.options = {"imgsz": self.input_size, "conf": float(self.config.get("score_threshold", 0.001)),
-                        "iou": float(self.config.get("nms_threshold", 0.6)),
-                        "max_det": int(self.config.get("detections_per_image", 100))}
+        self.options = {"imgsz": self.input_size, "conf": self.config.score_threshold,
+                        "iou": self.config.nms_threshold, "max_det": self.config.detections_per_image}
 
     def set_channels_last(self, enabled: bool) -> bool:
         return False  # ultralytics builds (and fuses) its own inference model: left as it makes it
