@@ -45,7 +45,7 @@ import pydicom
 import torch
 from pydicom.pixels import apply_voi_lut
 
-from utils.config import device_argument, non_negative_int, positive_int
+from utils.config import device_argument, positive_int, worker_count
 from utils.dicom import lenient_dicom_values, read_dicom, read_dicom_header
 from utils.engine import (
     DistInfo,
@@ -485,8 +485,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     inference.add_argument("--images", type=int, default=8)
     inference.add_argument("--repeats", type=int, default=3)
     inference.add_argument("--batch-size", type=positive_int, default=None)
-    inference.add_argument("--workers", type=non_negative_int, default=None, help="decoding processes")
-    inference.add_argument("--fusion-workers", type=non_negative_int, default=None,
+    inference.add_argument("--workers", type=worker_count, default=None, help="decoding processes")
+    inference.add_argument("--fusion-workers", type=worker_count, default=None,
                            help="fusion processes (default: the config's; 0 on the CPU)")
     inference.add_argument("--device", type=device_argument, default=None)
     inference.add_argument("--compare-channels-last", action="store_true",

@@ -33,9 +33,9 @@ from utils.config import (
     ConfigError,
     device_argument,
     load_yaml_section,
-    non_negative_int,
     parse_overrides,
     positive_int,
+    worker_count,
 )
 from utils.files import OverwriteError, check_not_an_input, write_json_atomic
 from utils.fusion import ENSEMBLE_SECTION, ensemble_config
@@ -68,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     devices.add_argument("--devices", default=None, type=_device_list, metavar="D1,D2,...",
                          help="several devices at once, one worker each, e.g. cuda:0,cuda:1")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="images per model call")
-    parser.add_argument("--workers", type=non_negative_int, default=None, help="DICOM decoding processes")
+    parser.add_argument("--workers", type=worker_count, default=None, help="DICOM decoding processes")
     parser.add_argument("--config", type=Path, default=None,
                         help=f"YAML whose '{ENSEMBLE_SECTION}' section overrides the manifest's")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",

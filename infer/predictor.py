@@ -142,6 +142,7 @@ def decoded_batches(images: Sequence, sizes: Sequence[int], batch_size: int,
     """Batches of decoded test images (:class:`InputImageDataset`), in order. With ``workers``, each
     process decodes single images (not whole batches), so a batch is ready after
     ``batch_size / workers`` decodes and all workers stay busy; about two batches are decoded ahead."""
+    workers = min(workers, len(images))  # a process per image at most: the others would decode nothing
     prefetch = max(2, -(-2 * batch_size // workers)) if workers else None
     loader = DataLoader(InputImageDataset(images, sizes), batch_size=None, num_workers=workers,
                         collate_fn=_single_image, prefetch_factor=prefetch)
@@ -190,7 +191,7 @@ def checked_manifest(weights_dir, config: EnsembleConfig | None = None,
         raise ManifestError(f"{weights_dir / 'manifest.json'}: no trained models (run train/train_all.py)")
     config = config or ensemble_config(manifest, overrides, str(weights_dir / "manifest.json"))
     for name, spec in sorted(manifest["models"].items()):
-        if not isinstance(spec, dict) or spec.get("kind") not in MEMBER_TYPES:
+        if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str) or spec["kind"] not in MEMBER_TYPES:
             kind = spec.get("kind") if isinstance(spec, dict) else spec
             raise ManifestError(f"{weights_dir / 'manifest.json'}: model {name!r}: unknown kind {kind!r}; "
                                 f"known: {sorted(MEMBER_TYPES)}"

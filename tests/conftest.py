@@ -7,6 +7,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests: a seeded, bounded profile in make test; ``--hypothesis-profile long`` for a
+# longer, unseeded search (tests/test_manifest_properties.py says what it tries).
+settings.register_profile("bounded", max_examples=16, derandomize=True, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("bounded")
 
 os.environ["YOLO_OFFLINE"] = "true"  # "true": the one value every ultralytics version reads as on
 # ultralytics writes its settings file when first imported: keep it out of the user's home.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.config import non_negative_int
+from utils.config import worker_count
 from utils.inputs import PreparationInputError
 from utils.labels import DUPLICATE_POLICIES, DUPLICATES_KEEP_BOXED, LabelFileError
 from utils.log import configure_logging
@@ -31,7 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--size", type=int, action="append", dest="sizes",
                         help="square PNG size; repeat for several (default 1024)")
-    parser.add_argument("--workers", type=non_negative_int, default=1, help="decoding processes")
+    parser.add_argument("--workers", type=worker_count, default=1, help="decoding processes")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42, help="fold assignment seed")
     parser.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default=DUPLICATES_KEEP_BOXED,

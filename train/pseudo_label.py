@@ -33,7 +33,7 @@ from infer.evaluate import fused_predictions, run_oof, submission_ids
 from infer.predictor import Ensemble
 from infer.test_images import find_test_images
 from train.cli import DEFAULT_CONFIG, configure_logging
-from utils.config import ConfigError, device_argument, load_section, non_negative_int, parse_overrides, positive_int
+from utils.config import ConfigError, device_argument, load_section, parse_overrides, positive_int, worker_count
 from utils.files import check_not_an_input, write_json_atomic
 from utils.fusion import ensemble_config
 from utils.manifest import ManifestError, read_manifest
@@ -78,7 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", type=device_argument, default=None,
                         help="prediction device (default: the manifest's ensemble device)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="images per model call")
-    parser.add_argument("--workers", type=non_negative_int, default=None, help="decoding processes")
+    parser.add_argument("--workers", type=worker_count, default=None, help="decoding processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return parser
 

@@ -24,6 +24,9 @@ ConfigT = TypeVar("ConfigT")
 # The largest side a model may train or predict at: above every radiograph of the competition, below what
 # would exhaust memory before the first image (a manifest's input_size of 65536 is a damaged file).
 MAX_IMAGE_SIZE = 4096
+# Processes one setting may start (decoding, data loading): more than any machine's useful count, fewer
+# than would exhaust it at start (a DataLoader starts all of its workers at once).
+MAX_WORKERS = 64
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "train" / "configs" / "full.yaml"
 
 
@@ -142,18 +145,20 @@ def positive_int(text: str) -> int:
     return _bounded_int(text, 1)
 
 
-def non_negative_int(text: str) -> int:
-    """An argparse type: an integer >= 0 (``--workers``: 0 decodes in the main process)."""
-    return _bounded_int(text, 0)
+def worker_count(text: str) -> int:
+    """An argparse type: a number of processes, 0 to :data:`MAX_WORKERS` (``--workers``: 0 decodes in
+    the main process)."""
+    return _bounded_int(text, 0, MAX_WORKERS)
 
 
-def _bounded_int(text: str, low: int) -> int:
+def _bounded_int(text: str, low: int, high: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}" if value < low
+                                         else f"must be at most {high}, got {value}")
     return value
 
 

@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from utils.boxes import NORM_TOLERANCE, as_boxes, clip_xyxy, valid_box_mask
-from utils.config import ConfigError, check_device_name, from_mapping
+from utils.config import MAX_WORKERS, ConfigError, check_device_name, from_mapping
 
 WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 
@@ -173,9 +173,11 @@ class EnsembleConfig:
                             f"{self.score_powers}")
         if self.display_threshold is not None and not 0.0 <= self.display_threshold <= 1.0:
             problems.append(f"display_threshold must be in [0, 1] or null, got {self.display_threshold}")
-        if self.max_boxes < 1 or self.batch_size < 1 or self.workers < 0 or (self.fusion_workers or 0) < 0:
-            problems.append(f"max_boxes and batch_size must be >= 1, workers and fusion_workers >= 0; got "
-                            f"{self.max_boxes}, {self.batch_size}, {self.workers}, {self.fusion_workers}")
+        if self.max_boxes < 1 or self.batch_size < 1:
+            problems.append(f"max_boxes and batch_size must be >= 1; got {self.max_boxes}, {self.batch_size}")
+        if not 0 <= self.workers <= MAX_WORKERS or not 0 <= (self.fusion_workers or 0) <= MAX_WORKERS:
+            problems.append(f"workers and fusion_workers must be in 0-{MAX_WORKERS}; got {self.workers}, "
+                            f"{self.fusion_workers}")
         weights = {k: v for k, v in vars(self).items() if k.endswith("_weight")}
         weights.update({f"model_weights[{k}]": v for k, v in self.model_weights.items()})
         problems += [f"{k} must be >= 0, got {v}" for k, v in weights.items() if v < 0]

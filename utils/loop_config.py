@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from utils.config import MAX_IMAGE_SIZE, check_device_name
+from utils.config import MAX_IMAGE_SIZE, MAX_WORKERS, check_device_name
 
 
 @dataclass
@@ -39,8 +39,10 @@ class TrainConfig:
             problems.append(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.momentum < 1.0 or not 0.0 <= self.lr_floor <= 1.0:
             problems.append(f"momentum must be in [0, 1) and lr_floor in [0, 1]; got {self.momentum}, {self.lr_floor}")
-        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.workers < 0:
-            problems.append("weight_decay, warmup_epochs and workers must be >= 0")
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            problems.append("weight_decay and warmup_epochs must be >= 0")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            problems.append(f"workers must be in 0-{MAX_WORKERS}, got {self.workers}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             problems.append(f"grad_clip must be > 0 or null, got {self.grad_clip}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

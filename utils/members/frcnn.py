@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from utils.config import MAX_IMAGE_SIZE
 from utils.frcnn import detector_from_config, load_detector_state, unpad_detections
 from utils.fusion import MemberPrediction
 from utils.loop_config import TrainConfig
@@ -44,11 +45,13 @@ class FrcnnConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        problems = [f"{name} must be at least 1, got {value}" for name, value in (
-            ("predict_size", self.predict_size), ("val_batch_size", self.val_batch_size),
-            ("detections_per_image", self.detections_per_image), ("proposals", self.proposals),
-            ("roi_samples", self.roi_samples), ("fpn_channels", self.fpn_channels),
-            ("box_head_size", self.box_head_size), ("pretrain_epochs", self.pretrain_epochs)) if value < 1]
+        # Upper bounds far above any useful value, below what would exhaust memory building the network.
+        problems = [f"{name} must be in 1-{high}, got {value}" for name, value, high in (
+            ("predict_size", self.predict_size, MAX_IMAGE_SIZE), ("val_batch_size", self.val_batch_size, 4096),
+            ("detections_per_image", self.detections_per_image, 1000), ("proposals", self.proposals, 10_000),
+            ("roi_samples", self.roi_samples, 4096), ("fpn_channels", self.fpn_channels, 1024),
+            ("box_head_size", self.box_head_size, 8192), ("pretrain_epochs", self.pretrain_epochs, 10_000))
+            if not 1 <= value <= high]
         if not 0 <= self.trainable_layers <= 5:
             problems.append(f"trainable_layers must be in 0-5, got {self.trainable_layers}")
         for name in ("score_threshold", "nms_threshold", "negative_fraction"):

@@ -51,8 +51,8 @@ class StudyConfig(TrainConfig):
         check_pretrained_source(self.arch, self.backbone)
         # Resolved here, so the manifest's copy of this config names the normalisation the weights need.
         self.normalization = resolve_normalization(self.normalization, self.arch)
-        if self.seg_weight < 0 or not 0 <= self.label_smoothing < 1 or self.decoder_width < 1:
-            raise ValueError("need seg_weight >= 0, 0 <= label_smoothing < 1 and decoder_width >= 1; got "
+        if self.seg_weight < 0 or not 0 <= self.label_smoothing < 1 or not 1 <= self.decoder_width <= 1024:
+            raise ValueError("need seg_weight >= 0, 0 <= label_smoothing < 1 and decoder_width in 1-1024; got "
                              f"{self.seg_weight}, {self.label_smoothing}, {self.decoder_width}")
         check_class_weights(self.class_weights, len(STUDY_CLASSES))
 

@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from utils.config import MAX_IMAGE_SIZE, MAX_WORKERS
 from utils.fusion import MemberPrediction
 from utils.manifest import ManifestError
 from utils.members.base import Detections, Member, model_input, with_flipped
@@ -48,14 +49,18 @@ class YoloConfig:
 
     def __post_init__(self):
         problems = [f"{name} must be at least 1, got {value}" for name, value in (
-            ("epochs", self.epochs), ("batch_size", self.batch_size),
-            ("detections_per_image", self.detections_per_image)) if value < 1]
-        if self.image_size < 32:
-            problems.append(f"image_size must be at least 32, got {self.image_size}")
-        if self.predict_size < 32 or self.predict_size % 32:
-            problems.append(f"predict_size must be a positive multiple of 32 (YOLO's stride), got {self.predict_size}")
-        if self.lr <= 0 or self.workers < 0 or self.warmup_epochs < 0 or self.weight_decay < 0:
-            problems.append("lr must be > 0 and workers, warmup_epochs, weight_decay >= 0")
+            ("epochs", self.epochs), ("batch_size", self.batch_size)) if value < 1]
+        if not 1 <= self.detections_per_image <= 1000:
+            problems.append(f"detections_per_image must be in 1-1000, got {self.detections_per_image}")
+        if not 32 <= self.image_size <= MAX_IMAGE_SIZE:
+            problems.append(f"image_size must be in 32-{MAX_IMAGE_SIZE}, got {self.image_size}")
+        if not 32 <= self.predict_size <= MAX_IMAGE_SIZE or self.predict_size % 32:
+            problems.append(f"predict_size must be a multiple of 32 (YOLO's stride) in 32-{MAX_IMAGE_SIZE}, got "
+                            f"{self.predict_size}")
+        if self.lr <= 0 or self.warmup_epochs < 0 or self.weight_decay < 0:
+            problems.append("lr must be > 0 and warmup_epochs, weight_decay >= 0")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            problems.append(f"workers must be in 0-{MAX_WORKERS}, got {self.workers}")
         for name in ("lr_floor", "mosaic", "fliplr", "score_threshold", "nms_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
