@@ -132,6 +132,15 @@ def check_device_name(name) -> str:
     return name
 
 
+def device_problems(name) -> list[str]:
+    """A config's ``__post_init__`` check: ``[]`` for a device setting, else its one problem."""
+    try:
+        check_device_name(name)
+    except DeviceError as err:
+        return [str(err)]
+    return []
+
+
 def device_argument(text: str) -> str:
     """An argparse type for ``--device``: a bad name is argparse's one-line usage error."""
     try:

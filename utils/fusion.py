@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from utils.boxes import NORM_TOLERANCE, as_boxes, clip_xyxy, valid_box_mask
-from utils.config import MAX_WORKERS, ConfigError, check_device_name, from_mapping
+from utils.config import MAX_WORKERS, ConfigError, device_problems, from_mapping
 
 WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 
@@ -181,10 +181,7 @@ class EnsembleConfig:
         weights = {k: v for k, v in vars(self).items() if k.endswith("_weight")}
         weights.update({f"model_weights[{k}]": v for k, v in self.model_weights.items()})
         problems += [f"{k} must be >= 0, got {v}" for k, v in weights.items() if v < 0]
-        try:
-            check_device_name(self.device)
-        except ValueError as err:
-            problems.append(str(err))
+        problems += device_problems(self.device)
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from utils.config import MAX_IMAGE_SIZE, MAX_WORKERS, check_device_name
+from utils.config import MAX_IMAGE_SIZE, MAX_WORKERS, device_problems
 
 
 @dataclass
@@ -47,9 +47,6 @@ class TrainConfig:
             problems.append(f"grad_clip must be > 0 or null, got {self.grad_clip}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             problems.append(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
-        try:
-            check_device_name(self.device)
-        except ValueError as err:
-            problems.append(str(err))
+        problems += device_problems(self.device)
         if problems:
             raise ValueError("; ".join(problems))
