@@ -47,7 +47,7 @@ from utils.fusion import (
     add_member_prediction,
     combine_images,
 )
-from utils.kinds import KINDS
+from utils.kind_names import kind_names
 from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 from utils.log import configure_logging
 from utils.manifest import register_ensemble
@@ -57,7 +57,7 @@ from utils.prepare import read_meta
 from utils.report import figure, markdown_table, show
 
 log = logging.getLogger("evaluate")
-STAGE_FOLDERS = tuple(KINDS)  # each kind's run folder under the run
+STAGE_FOLDERS = kind_names()  # each kind's run folder under the run
 
 
 def get_args_parser() -> argparse.ArgumentParser:

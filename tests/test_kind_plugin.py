@@ -134,3 +134,15 @@ def test_a_broken_or_clashing_plugin_is_left_out_by_name_and_every_command_still
     assert "Traceback" not in submission.stderr and not (tmp_path / "s.csv").exists()
     with pytest.raises(PluginError, match="two model kinds named 'frcnn'"):
         add_unique({"frcnn": object()}, "frcnn", object(), "model kind")
+
+
+def test_the_kinds_names_without_importing_a_kind_are_the_registrys():
+    """utils/kind_names.py (what the reports use, to start without importing every network) names the
+    registry's kinds in its order; in a process without torch imported."""
+    from utils.kind_names import kind_names
+    from utils.kinds import KINDS
+
+    assert kind_names() == tuple(KINDS)
+    probe = "import sys, infer.calibrate; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -39,6 +39,23 @@ TINY_MODELS = {
 }
 
 
+def _linked_copy(weights_dir, out):
+    """The weights folder with its weights files hard-linked (hundreds of MB a copy otherwise) and its
+    own manifest, so a test may rewrite the manifest or replace a file (:func:`_overwrite`) freely."""
+    shutil.copytree(weights_dir, out, copy_function=os.link)
+    manifest = out / "manifest.json"
+    text = manifest.read_bytes()
+    manifest.unlink()
+    manifest.write_bytes(text)
+    return out
+
+
+def _overwrite(path, data: bytes) -> None:
+    """Replace a (hard-linked) file's content without touching the file it is linked to."""
+    path.unlink()
+    path.write_bytes(data)
+
+
 @pytest.fixture(scope="module")
 def untrained_weights(tmp_path_factory):
     """Randomly initialised models of every kind, two folds each: enough to test the plumbing."""
@@ -109,7 +126,7 @@ def test_the_predictor_applies_every_study_view_of_the_manifest(untrained_weight
     from utils.tta import EIGHT_VIEWS, apply_view
 
     weights = tmp_path / "weights"
-    shutil.copytree(untrained_weights, weights)
+    _linked_copy(untrained_weights, weights)
     manifest = json.loads((weights / "manifest.json").read_text())
     manifest["models"] = {"study": manifest["models"]["study"]}
     manifest["models"]["study"]["config"]["tta_views"] = list(EIGHT_VIEWS)
@@ -455,11 +472,12 @@ def test_a_wrong_data_folder_fails_loudly_and_missing_images_are_counted(untrain
 
 
 @pytest.mark.parametrize("break_it, message", [
-    (lambda m, w: (w / m["models"]["study"]["files"]["0"]).write_bytes(os.urandom(500)),
+    (lambda m, w: _overwrite(w / m["models"]["study"]["files"]["0"], os.urandom(500)),
      "not a readable weights file"),
-    (lambda m, w: (w / m["models"]["faster_rcnn"]["files"]["1"]).write_bytes(
-        (w / m["models"]["faster_rcnn"]["files"]["1"]).read_bytes()[:2000]), "not a readable weights file"),
-    (lambda m, w: (w / m["models"]["yolo"]["files"]["0"]).write_bytes(b"PK\x03\x04junk"), "not a readable YOLO"),
+    (lambda m, w: _overwrite(w / m["models"]["faster_rcnn"]["files"]["1"],
+                             (w / m["models"]["faster_rcnn"]["files"]["1"]).read_bytes()[:2000]),
+     "not a readable weights file"),
+    (lambda m, w: _overwrite(w / m["models"]["yolo"]["files"]["0"], b"PK\x03\x04junk"), "not a readable YOLO"),
     (lambda m, w: m["models"]["study"]["files"].update({"0": "/etc/passwd"}), "outside the weights folder"),
     (lambda m, w: m["models"]["study"]["files"].update({"0": "../../x.pt"}), "outside the weights folder"),
     (lambda m, w: m["models"]["study"].pop("input_size"), "'input_size' must be an integer in 1-4096"),
@@ -470,7 +488,7 @@ def test_a_wrong_data_folder_fails_loudly_and_missing_images_are_counted(untrain
 ])
 def test_broken_weights_folders_are_errors_naming_the_file(untrained_weights, tmp_path, break_it, message):
     weights = tmp_path / "weights"
-    shutil.copytree(untrained_weights, weights)
+    _linked_copy(untrained_weights, weights)
     manifest = json.loads((weights / "manifest.json").read_text())
     break_it(manifest, weights)
     (weights / "manifest.json").write_text(json.dumps(manifest))
@@ -512,7 +530,7 @@ def test_a_hand_damaged_manifest_is_one_line_naming_the_model_and_the_key(untrai
 
     monkeypatch.setattr(Ensemble, "predict_paths", lambda *a, **k: pytest.fail("predicted before the check"))
     weights = tmp_path / "weights"
-    shutil.copytree(untrained_weights, weights)
+    _linked_copy(untrained_weights, weights)
     manifest = json.loads((weights / "manifest.json").read_text())
     break_it(manifest)
     (weights / "manifest.json").write_text(json.dumps(manifest))
@@ -571,7 +589,7 @@ def test_two_workers_predict_every_image_as_one_device_does(untrained_weights, s
     from infer.test_images import find_test_images
 
     weights = tmp_path / "weights"
-    shutil.copytree(untrained_weights, weights)
+    _linked_copy(untrained_weights, weights)
     manifest = json.loads((weights / "manifest.json").read_text())
     for entry in manifest["models"].values():  # one fold each: the workers load less
         entry["folds"], entry["files"] = [0], {"0": entry["files"]["0"]}

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from utils.config import MAX_IMAGE_SIZE
 from utils.files import atomic_path
 
@@ -81,6 +79,8 @@ def entry_files(weights_dir, name: str, spec) -> tuple[list[int], list[Path], in
 def load_state_dict_file(path) -> dict:
     """A weights file exported by training (a state dict), loaded safely (``weights_only``); anything
     else (corrupt, truncated, not ours) is a ManifestError naming the file."""
+    import torch  # here: the scripts that only read or write manifests (the reports) start without torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every unpickling failure means the same: not a usable file

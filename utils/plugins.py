@@ -31,10 +31,10 @@ class PluginError(RuntimeError):
     """Two built-in kinds of the same name (a mistake in this project, not in a plugin)."""
 
 
-def load_plugins(group: str, problem_with: Callable[[object, list], str | None]) -> list:
+def load_plugins(group: str, problem_with: Callable[[str, object, list], str | None]) -> list:
     """The objects the entry points of ``group`` name, in name order, each kept only when it loads and
-    ``problem_with(value, kept so far)`` finds nothing wrong (else ``None`` or the reason); every entry
-    point left out is logged and recorded for :func:`plugin_problems`."""
+    ``problem_with(entry point name, value, kept so far)`` finds nothing wrong (else ``None`` or the
+    reason); every entry point left out is logged and recorded for :func:`plugin_problems`."""
     kept = []
     for point in sorted(entry_points(group=group), key=lambda p: p.name):
         try:
@@ -42,7 +42,7 @@ def load_plugins(group: str, problem_with: Callable[[object, list], str | None])
         except (Exception, SystemExit) as err:  # noqa: BLE001 - any import-time failure (or exit) of someone else's module
             problem = f"does not load ({type(err).__name__}: {err})"
         else:
-            problem = problem_with(value, kept)
+            problem = problem_with(point.name, value, kept)
         if problem is None:
             kept.append(value)
             continue

@@ -16,9 +16,11 @@ from utils.plugins import KIND_GROUP, add_unique, clash, load_plugins, plugin_pr
 BUILT_IN = (frcnn.KIND, yolo.KIND, study.KIND)
 
 
-def _kind_problem(value, kept: list) -> str | None:
+def _kind_problem(name: str, value, kept: list) -> str | None:
     if not isinstance(value, ModelKind):
         return f"names {value!r}, not a ModelKind instance"
+    if value.section != name:  # utils/kind_names.py reads the kinds' names from the entry points alone
+        return f"names a kind whose section is {value.section!r}: the entry point must be named after it"
     # its config section, model (weights subfolder) and manifest kind must all be its own
     return clash(value, (*BUILT_IN, *kept), ("section", "model_name", "manifest_kind"))
 

@@ -13,7 +13,7 @@ from utils.plugins import MEMBER_GROUP, add_unique, clash, load_plugins
 BUILT_IN = (StudyMember, FasterRCNNMember, YoloMember)
 
 
-def _member_problem(value, kept: list) -> str | None:
+def _member_problem(name: str, value, kept: list) -> str | None:
     if not (isinstance(value, type) and issubclass(value, Member)):
         return f"names {value!r}, not a Member class"
     return clash(value, (*BUILT_IN, *kept), ("manifest_kind",))

@@ -1,0 +1,18 @@
+"""The model kinds' names (each kind's config section, run folder and weights subfolder) without importing
+a kind: what the scripts that only read a run's files need (the CV report, the calibration), so that they
+start in a second instead of importing every network. A plugin kind's name is its entry point's name
+(:mod:`utils.plugins` leaves out one whose section differs); ``tests/test_kind_plugin.py`` checks that
+:data:`BUILT_IN` is the registry's built-in order."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from utils.plugins import KIND_GROUP
+
+BUILT_IN = ("frcnn", "yolo", "study")  # utils/kinds/__init__.py's order: train_all trains them so
+
+
+def kind_names() -> tuple[str, ...]:
+    """Every kind's name in the registry's order: the built-in ones, then the entry points' by name."""
+    return (*BUILT_IN, *sorted(point.name for point in entry_points(group=KIND_GROUP)))
