@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from utils.loop_config import TrainConfig
-from utils.models import check_pretrained_source
 
 log = logging.getLogger(__name__)
 
@@ -144,4 +143,7 @@ class BackboneConfig(TrainConfig):
             raise ValueError(f"val_fraction and threshold must be in (0, 1), got {self.val_fraction}, {self.threshold}")
         if self.resize < self.image_size:
             raise ValueError(f"resize ({self.resize}) must be at least image_size ({self.image_size}): it is cropped")
+        # imported here: the NIH vocabulary above is read without torch (train/make_synthetic.py)
+        from utils.models import check_pretrained_source
+
         check_pretrained_source(self.arch, self.pretrained)
