@@ -43,7 +43,7 @@ from utils.metric import (
     ground_truth_from_table,
     lowest_threshold_at_precision,
 )
-from utils.prepare import DecodedImage, decode_files, image_path, read_decoded, read_meta
+from utils.prepare import HEADERS_FILE, DecodedImage, decode_files, image_path, read_decoded, read_meta
 from utils.pseudo import (
     PSEUDO_LABELS_FILE,
     SECTION,
@@ -141,7 +141,7 @@ def run(args) -> dict:
                    [args.train_dir, run_dir / "prepared"])
     # Round one's files (its prepared folder, weights) and the images are never written over: --out
     # RUN/prepared would rewrite round one's meta.csv and headers.jsonl.
-    for name in ("meta.csv", "headers.jsonl", PSEUDO_LABELS_FILE):
+    for name in ("meta.csv", HEADERS_FILE, PSEUDO_LABELS_FILE):
         check_not_an_input(out / name, [run_dir / "prepared", run_dir / "weights", args.images, args.test_meta,
                                         args.config])
     # Every image decoded once, first: the PNGs round two trains on, and what tells a training image

@@ -84,6 +84,9 @@ class DecodedImage:
     header_study_uid: str = ""
 
 
+HEADERS_FILE = "headers.jsonl"  # a prepared folder's one line per decoded image
+
+
 def pixel_hash(pixels: np.ndarray) -> str:
     """A content hash of decoded pixels (shape, type and values): equal for byte-identical files, hard
     links and lossless re-encodings of one image; a resize or a lossy re-encoding changes it."""
@@ -144,7 +147,7 @@ def _decode_task(args):
 def read_decoded(out_dir) -> tuple[list[DecodedImage], Path]:
     """Every complete record of a prepared folder's ``headers.jsonl`` (lines cut short are skipped), and
     the file's path."""
-    headers_file = Path(out_dir) / "headers.jsonl"
+    headers_file = Path(out_dir) / HEADERS_FILE
     if not headers_file.is_file():
         raise FileNotFoundError(f"{headers_file}: not found (is {out_dir} a folder train/prepare.py wrote?)")
     records = []
@@ -156,9 +159,10 @@ def read_decoded(out_dir) -> tuple[list[DecodedImage], Path]:
     return records, headers_file
 
 
-def _load_done(headers_file: Path, out_dir: Path, sizes) -> dict[str, DecodedImage]:
+def _load_done(out_dir: Path, sizes) -> dict[str, DecodedImage]:
     done = {}
-    if headers_file.is_file():  # a line cut short by a killed run is not read: that image is decoded again
+    # a line cut short by a killed run is not read: that image is decoded again
+    if (Path(out_dir) / HEADERS_FILE).is_file():
         for record in read_decoded(out_dir)[0]:
             if record.pixel_hash and all(image_path(out_dir, s, record.image_id).is_file() for s in sizes):
                 done[record.image_id] = record
@@ -208,8 +212,8 @@ def decode_files(paths, out_dir, sizes, workers: int = 1, progress: bool = True,
     for size in sizes:
         (out_dir / f"images_{size}").mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out_dir / f"images_{size}")
-    headers_file = out_dir / "headers.jsonl"
-    done = _load_done(headers_file, out_dir, sizes)
+    headers_file = out_dir / HEADERS_FILE
+    done = _load_done(out_dir, sizes)
     todo = [Path(p) for p in paths if Path(p).stem not in done]
     failures: list[tuple[str, str]] = []
     known = known or {}

@@ -205,9 +205,9 @@ def check_not_training_content(decoded, training, train_ids, train_studies, trai
     studies = set(map(str, train_studies)) | {r.header_study_uid for r in training if r.header_study_uid}
     hashes = {record.pixel_hash: record.image_id for record in training}
     for record in decoded:
-        if record.header_image_uid in images:
+        if record.header_image_uid and record.header_image_uid in images:
             why = f"its DICOM header's SOPInstanceUID {record.header_image_uid} is a training image"
-        elif record.header_study_uid in studies:
+        elif record.header_study_uid and record.header_study_uid in studies:
             why = f"its DICOM header's StudyInstanceUID {record.header_study_uid} is a training study"
         elif record.pixel_hash in hashes:
             why = f"its pixels are those of training image {hashes[record.pixel_hash]}"

@@ -24,7 +24,15 @@ from utils.config import save_config
 from utils.detection import read_detection_table
 from utils.engine import collate_skip_none, fit, init_distributed, load_checkpoint, predict
 from utils.files import atomic_path
-from utils.manifest import ManifestError, entry_files, load_state_dict_file, read_manifest, register_model
+from utils.log import first_line
+from utils.manifest import (
+    MANIFEST_FILE,
+    ManifestError,
+    entry_files,
+    load_state_dict_file,
+    read_manifest,
+    register_model,
+)
 from utils.prepare import fold_split, select_folds
 from utils.runtime import resolve_device, resolve_precision
 
@@ -263,12 +271,12 @@ class TorchKind(ModelKind):
             manifest = read_manifest(weights_dir, must_exist=True)
             spec = manifest["models"].get(self.model_name)
             if spec is None:
-                raise TrainingError(f"{Path(weights_dir) / 'manifest.json'}: no model {self.model_name!r} to start "
+                raise TrainingError(f"{Path(weights_dir) / MANIFEST_FILE}: no model {self.model_name!r} to start "
                                     f"the {self.title} from (models: {sorted(manifest['models'])})")
             stored, files, size = entry_files(weights_dir, self.model_name, spec)
             missing = [f for f in folds if f not in stored]
             if missing:
-                raise TrainingError(f"{Path(weights_dir) / 'manifest.json'}: model {self.model_name!r} has folds "
+                raise TrainingError(f"{Path(weights_dir) / MANIFEST_FILE}: model {self.model_name!r} has folds "
                                     f"{stored}, not {missing}, to start from")
             network = self.untrained_model(config)
             for fold in folds:
@@ -276,9 +284,9 @@ class TorchKind(ModelKind):
                 try:
                     network.load_state_dict(load_state_dict_file(path))
                 except RuntimeError as err:
-                    first = str(err).splitlines()[0] if str(err) else type(err).__name__
                     raise TrainingError(f"{where}: {path} does not fit the {self.title} of this config "
-                                        f"(arch {getattr(config, 'arch', '?')!r}): {first}") from None
+                                        f"(arch {getattr(config, 'arch', '?')!r}): "
+                                        f"{first_line(err) or type(err).__name__}") from None
         except ManifestError as err:
             raise TrainingError(f"{where}: {err}") from None
         if size != self.input_size(config):

@@ -13,6 +13,7 @@ import torch
 from utils.boxes import hflip_xyxy
 from utils.config import ConfigError, from_mapping
 from utils.fusion import MemberPrediction
+from utils.log import first_line
 from utils.manifest import MANIFEST_FILE, ManifestError, entry_files, load_state_dict_file
 from utils.models import WeightsError
 from utils.runtime import Precision
@@ -80,10 +81,10 @@ class Member:
             else:
                 load(network, state, path)
         except (RuntimeError, WeightsError, ValueError, KeyError) as err:
-            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             arch = getattr(self.config, "arch", None)
+            why = first_line(err) or type(err).__name__
             raise ManifestError(f"{self.where}: {path} does not fit the network its config builds"
-                                f"{f' (arch {arch!r})' if arch else ''}: {text}") from None
+                                f"{f' (arch {arch!r})' if arch else ''}: {why}") from None
         return network.to(self.device).eval()
 
     def predict(self, images: torch.Tensor, tta: bool, precision: Precision,
