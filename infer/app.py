@@ -1,6 +1,7 @@
 """The web application: upload a chest radiograph, see the predicted opacities and study probabilities.
 
     python infer/app.py --weights-dir W [--host 127.0.0.1] [--port 8000] [--device cpu] [--max-upload-mb 64]
+        [--max-pending 4]
 
 One page (``/``) where a DICOM, PNG or JPEG is dropped or picked and shown with its predicted boxes
 (a slider hides boxes under a score; it starts at the manifest's ``display_threshold``, the box score
@@ -12,12 +13,14 @@ documented at ``/docs``) and ``GET /healthz``. The same predictor as make_submis
 
 Prediction runs in a worker thread, one at a time behind a lock (the models, pydicom's settings and
 torch's thread count are shared by the process), so the event loop keeps answering (``/healthz``
-within milliseconds while radiographs are predicted). Uploads are read into memory (never written
-to disk: the body is streamed into memory with a running count and parsed there) up to the size
-limit (413 beyond it, from ``Content-Length`` before reading when it is declared); images with absurd
-dimensions, and deflated DICOMs that would expand past the pixel bound, are refused before decoding
-(:class:`utils.dicom.ImageSizeError`: 413); an unreadable file gets a 422 saying why. It listens on
-127.0.0.1 unless told otherwise.
+within milliseconds while radiographs are predicted). At most ``--max-pending`` requests are read,
+waiting or predicted at once (each holds its upload in memory); one more gets 503 with ``Retry-After``
+at once, before its body is read, so memory stays bounded however many clients send. Uploads are read
+into memory (never written to disk: the body is streamed into memory with a running count and parsed
+there) up to the size limit (413 beyond it, from ``Content-Length`` before reading when it is
+declared); images with absurd dimensions, and deflated DICOMs that would expand past the pixel bound,
+are refused before decoding (:class:`utils.dicom.ImageSizeError`: 413); an unreadable file gets a 422
+saying why. It listens on 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -39,17 +42,18 @@ from starlette.concurrency import run_in_threadpool
 from infer.assemble import NEGATIVE, image_none_probability, no_box_probability, study_row_probabilities
 from infer.predictor import Ensemble
 from utils.boxes import denormalize_xyxy
-from utils.config import device_argument
-from utils.dicom import DicomReadError, ImageSizeError, read_radiograph
+from utils.config import bounded_int, device_argument
+from utils.dicom import MAX_PIXELS, DicomReadError, ImageSizeError, read_radiograph
 from utils.fusion import display_threshold
 from utils.labels import STUDY_CLASSES
 from utils.log import configure_logging
 
 log = logging.getLogger("app")
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
-MAX_PIXELS = 80_000_000  # about 9,000 x 9,000: far above any radiograph, far below a decompression bomb
 PREVIEW_SIZE = 1024  # longer side of the preview the page draws on
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file, beyond the upload limit
+MAX_UPLOAD_MB = 1024  # a radiograph is tens of MB; the limit bounds what each pending request holds
+MAX_PENDING = 64
 UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary", "description": "DICOM, PNG or JPEG"}}}}}}}
@@ -142,9 +146,12 @@ def prediction_payload(ensemble: Ensemble, data: bytes, name: str, preview: bool
     return payload
 
 
-def create_app(weights_dir: Path | None, *, device: str = "cpu", max_upload_bytes: int = 64 << 20):
+def create_app(weights_dir: Path | None, *, device: str = "cpu", max_upload_bytes: int = 64 << 20,
+               max_pending: int = 4):
     """The FastAPI application; ``weights_dir`` None (or without models) serves the page and says
-    plainly that no model is loaded."""
+    plainly that no model is loaded. ``max_pending``: predictions admitted at once (see the module's
+    docstring)."""
+    pending = 0  # requests admitted to /api/predict and not yet answered (changed on the event loop only)
     ensemble, problem = None, "no trained weights given: start the app with --weights-dir runs/<run>/weights"
     if weights_dir is not None:
         try:
@@ -179,6 +186,17 @@ def create_app(weights_dir: Path | None, *, device: str = "cpu", max_upload_byte
         the original image's pixels; ``preview=true`` adds the decoded image as a base64 PNG (longer
         side at most 1,024); ``opacity_map=true`` adds the study model's opacity map as a base64 PNG
         (grey 0-255 = probability, covering the whole image; null without the auxiliary head)."""
+        nonlocal pending
+        if pending >= max_pending:  # before the body is read: a refused request holds no memory
+            raise HTTPException(503, f"busy: {pending} radiographs are being read or predicted (at most "
+                                     f"{max_pending}); retry in a moment", headers={"Retry-After": "1"})
+        pending += 1
+        try:
+            return await _predict(request, preview, opacity_map)
+        finally:
+            pending -= 1
+
+    async def _predict(request: Request, preview: bool, opacity_map: bool) -> dict:
         too_large = HTTPException(413, f"upload larger than the limit of {max_upload_bytes // (1 << 20)} MB")
         limit = max_upload_bytes + MULTIPART_OVERHEAD
         declared = request.headers.get("content-length")
@@ -232,10 +250,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights-dir", type=Path, default=None, help="weights folder with manifest.json")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=lambda text: bounded_int(text, 1, 65535), default=8000)
     parser.add_argument("--device", type=device_argument, default="cpu", help="cpu (default) | cuda | auto")
-    parser.add_argument("--max-upload-mb", type=int, default=64, help="larger uploads get 413")
+    parser.add_argument("--max-upload-mb", type=lambda text: bounded_int(text, 1, MAX_UPLOAD_MB), default=64,
+                        help=f"larger uploads get 413 (1 to {MAX_UPLOAD_MB})")
+    parser.add_argument("--max-pending", type=lambda text: bounded_int(text, 1, MAX_PENDING), default=4,
+                        help=f"requests read, waiting or predicted at once; one more gets 503 (1 to {MAX_PENDING})")
     return parser
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let it go: a port in use, a privileged port or an unknown host is a
+    one-line SystemExit before any model is loaded (uvicorn would say it with a traceback, after)."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise SystemExit(f"error: cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = get_args_parser().parse_args(argv)
     configure_logging()
-    app = create_app(args.weights_dir, device=args.device, max_upload_bytes=args.max_upload_mb << 20)
+    check_can_listen(args.host, args.port)
+    app = create_app(args.weights_dir, device=args.device, max_upload_bytes=args.max_upload_mb << 20,
+                     max_pending=args.max_pending)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 

@@ -45,7 +45,7 @@ import pydicom
 import torch
 from pydicom.pixels import apply_voi_lut
 
-from utils.config import device_argument, positive_int, worker_count
+from utils.config import batch_size_argument, device_argument, worker_count
 from utils.dicom import lenient_dicom_values, read_dicom, read_dicom_header
 from utils.engine import (
     DistInfo,
@@ -462,7 +462,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     training = sub.add_parser("training", help="backbone training images/s, full vs mixed precision")
     training.add_argument("--arch", default="resnext50_32x4d", choices=sorted(ARCHITECTURES))
     training.add_argument("--image-size", type=int, default=224)
-    training.add_argument("--batch-size", type=positive_int, default=32)
+    training.add_argument("--batch-size", type=batch_size_argument, default=32)
     training.add_argument("--steps", type=int, default=20, help="training steps per repeat and precision")
     training.add_argument("--repeats", type=int, default=5)
     training.add_argument("--amp", choices=["fp16", "bf16"], default=None,
@@ -472,7 +472,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     grey = sub.add_parser("grey-input", help="study training images/s: grey replicated to 3 channels vs 1-channel stem")
     grey.add_argument("--arch", default="timm:tf_efficientnet_lite0")
     grey.add_argument("--image-size", type=int, default=160)
-    grey.add_argument("--batch-size", type=positive_int, default=16)
+    grey.add_argument("--batch-size", type=batch_size_argument, default=16)
     grey.add_argument("--steps", type=int, default=5, help="training steps per repeat and variant")
     grey.add_argument("--repeats", type=int, default=5)
     grey.add_argument("--out", help="also write the JSON here")
@@ -484,7 +484,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     inference.add_argument("--folds", type=int, default=1, help="with --config: folds per model (full: 5)")
     inference.add_argument("--images", type=int, default=8)
     inference.add_argument("--repeats", type=int, default=3)
-    inference.add_argument("--batch-size", type=positive_int, default=None)
+    inference.add_argument("--batch-size", type=batch_size_argument, default=None)
     inference.add_argument("--workers", type=worker_count, default=None, help="decoding processes")
     inference.add_argument("--fusion-workers", type=worker_count, default=None,
                            help="fusion processes (default: the config's; 0 on the CPU)")

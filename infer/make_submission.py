@@ -31,17 +31,17 @@ from infer.predictor import Ensemble
 from infer.sharding import ShardedEnsemble, ShardError, parse_devices
 from utils.config import (
     ConfigError,
+    batch_size_argument,
     device_argument,
     load_yaml_section,
     parse_overrides,
-    positive_int,
     worker_count,
 )
-from utils.files import OverwriteError, check_not_an_input, write_json_atomic
+from utils.files import OverwriteError, check_not_an_input, check_not_inside, write_json_atomic
 from utils.fusion import ENSEMBLE_SECTION, ensemble_config
 from utils.inputs import PreparationInputError
 from utils.log import configure_logging
-from utils.manifest import ManifestError, read_manifest
+from utils.manifest import ManifestError, named_files, read_manifest
 from utils.submission import SubmissionError
 
 SHOWN_UNREADABLE = 20  # unreadable images listed one per line; the summary JSON has them all
@@ -67,7 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help="auto | cpu | cuda | cuda:N (default: the ensemble config's)")
     devices.add_argument("--devices", default=None, type=_device_list, metavar="D1,D2,...",
                          help="several devices at once, one worker each, e.g. cuda:0,cuda:1")
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="images per model call")
+    parser.add_argument("--batch-size", type=batch_size_argument, default=None, help="images per model call")
     parser.add_argument("--workers", type=worker_count, default=None, help="DICOM decoding processes")
     parser.add_argument("--config", type=Path, default=None,
                         help=f"YAML whose '{ENSEMBLE_SECTION}' section overrides the manifest's")
@@ -88,13 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         devices = args.devices or ([args.device] if args.device else [])
         if len(devices) == 1:
             overrides["device"] = devices[0]
-        # The submission and its summary never replace a file they are made from (a manifest, a weights
-        # file, the sample, a test image); an earlier submission beside them may be replaced.
-        inputs = [args.weights_dir / "manifest.json", *(p for p in args.weights_dir.glob("*") if p.is_dir()),
+        # The submission and its summary never replace a file they are made from (the manifest and every
+        # file it names, the sample, a test image, the tables, the config), and are never written into the
+        # weights or test folder; an earlier submission beside them may be replaced.
+        inputs = [*named_files(args.weights_dir), *(p for p in args.weights_dir.glob("*") if p.is_dir()),
                   args.data_dir / "sample_submission.csv", args.data_dir / "meta.csv", args.data_dir / "test",
                   args.test_meta, args.config]
         for written in (args.out, args.out.parent / f"{args.out.stem}_summary.json"):
             check_not_an_input(written, inputs)
+            check_not_inside(written, [args.weights_dir], what="weights folder")
+            check_not_inside(written, [args.data_dir / "test"], what="test image folder")
         manifest = read_manifest(args.weights_dir, must_exist=True)
         config = ensemble_config(manifest, overrides, str(args.weights_dir / "manifest.json"))
         with (ShardedEnsemble(args.weights_dir, config, devices) if len(devices) > 1

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from infer.assemble import ImagePrediction
 from infer.test_images import TestImage
 from utils.boxes import as_boxes
-from utils.dicom import DicomReadError, read_radiograph, resize_image
+from utils.dicom import MAX_PIXELS, DicomReadError, read_radiograph, resize_image
 from utils.fusion import (
     CombinedImage,
     EnsembleConfig,
@@ -130,7 +130,7 @@ class InputImageDataset(Dataset):
         image = self.images[index]
         size = (image.original_height, image.original_width) if image.original_height else None
         return decode_test_image(image.path, self.sizes, image_id=image.image_id, study_id=image.study_id,
-                                 original_size=size)
+                                 original_size=size, max_pixels=MAX_PIXELS)
 
 
 def _single_image(item: InputImage) -> InputImage:

@@ -115,6 +115,63 @@ def test_health_answers_while_a_prediction_runs(weights, monkeypatch):
     assert answers and answers[0].status_code == 200
 
 
+def test_predictions_beyond_the_pending_bound_get_503_at_once(weights, monkeypatch):
+    """20 concurrent large uploads added 0.85 GB on main: requests are admitted up to max_pending (each holds
+    its upload), one more is answered 503 with Retry-After at once, and its slot is free again after."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from infer import app as app_module
+
+    entered, release = threading.Event(), threading.Event()
+    real_payload = app_module.prediction_payload
+
+    def held_payload(*args, **kwargs):
+        entered.set()
+        assert release.wait(30), "never released"
+        return real_payload(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "prediction_payload", held_payload)
+    client = TestClient(create_app(weights, max_pending=1))
+    png = cv2.imencode(".png", np.full((64, 64), 128, np.uint8))[1].tobytes()
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(_post(client, "a.png", png)))
+    worker.start()
+    try:
+        assert entered.wait(30)
+        busy = _post(client, "b.png", png)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert "busy: 1 radiographs are being read or predicted (at most 1)" in busy.json()["detail"]
+    finally:
+        release.set()
+        worker.join(60)
+    assert answers and answers[0].status_code == 200
+    assert _post(client, "c.png", png).status_code == 200  # the slot was given back
+
+
+def test_the_apps_own_arguments_are_checked_before_any_model_loads(weights, monkeypatch, capsys):
+    """--port 99999 loaded every model and then died in bind() with a traceback on main; --max-upload-mb -5
+    was accepted and then refused every upload. Each is one line now, before a model is loaded."""
+    import socket
+
+    from infer import app as app_module
+
+    monkeypatch.setattr(app_module, "create_app", lambda *a, **k: pytest.fail("loaded models before the check"))
+    for extra, message in [(["--port", "99999"], "argument --port: must be at most 65535, got 99999"),
+                           (["--port", "0"], "argument --port: must be at least 1, got 0"),
+                           (["--max-upload-mb", "-5"], "argument --max-upload-mb: must be at least 1, got -5"),
+                           (["--max-upload-mb", "10000000"], "argument --max-upload-mb: must be at most 1024"),
+                           (["--max-pending", "0"], "argument --max-pending: must be at least 1, got 0")]:
+        with pytest.raises(SystemExit) as exit_info:
+            app_module.main(["--weights-dir", str(weights), *extra])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, extra
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # a port in use
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=rf"^error: cannot listen on 127.0.0.1:{port}: Address already in use"):
+            app_module.main(["--weights-dir", str(weights), "--port", str(port)])
+
+
 def test_a_synthetic_dicom_gets_what_the_submission_would_say(client, weights, siim_dataset):
     """The app's answer for one DICOM equals that image's rows in a submission of it alone (the file
     predicted by the batch path, the rows by the submission code): boxes in its pixels, scores, none and

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from utils.config import ConfigError, load_section, parse_overrides, save_config
 from utils.kinds.study import StudyConfig
@@ -52,7 +54,7 @@ def test_unknown_key_is_an_error_naming_file_and_key(tmp_path):
 
 def test_wrong_type_is_an_error(tmp_path):
     path = _write(tmp_path, "backbone:\n  epochs: two\n")
-    with pytest.raises(ConfigError, match="epochs: expected int"):
+    with pytest.raises(ConfigError, match="epochs: must be a valid integer, got 'two'"):
         load_section(path, "backbone", BackboneConfig)
     with pytest.raises(ConfigError, match="amp"):
         load_section(_write(tmp_path, "backbone:\n  amp: half\n"), "backbone", BackboneConfig)
@@ -81,16 +83,16 @@ def test_nan_and_inf_floats_are_refused_in_every_section_and_route(tmp_path, tex
 
     for body, key in ((f"study:\n  lr: {text}\n", "lr"), (f"study:\n  grad_clip: {text}\n", "grad_clip"),
                       (f"study:\n  class_weights: [1, 1, {text}, 1]\n", r"class_weights\[2\]")):
-        with pytest.raises(ConfigError, match=rf"c\.yaml \[study\]: {key}: expected a finite number"):
+        with pytest.raises(ConfigError, match=rf"c\.yaml \[study\]: {key}: must be a finite number"):
             load_section(_write(tmp_path, body), "study", StudyConfig)
-    with pytest.raises(ConfigError, match=r"with --set: none_weight: expected a finite number"):
+    with pytest.raises(ConfigError, match=r"with --set: none_weight: must be a finite number"):
         load_section(_write(tmp_path, "study: {}\n"), "study", StudyConfig, parse_overrides([f"none_weight={text}"]))
     # The ensemble section: from a config file, and from a manifest (where the old checks, v < 0, let NaN by).
     path = _write(tmp_path, f"{ENSEMBLE_SECTION}:\n  model_weights: {{faster_rcnn: {text}}}\n")
-    with pytest.raises(ConfigError, match=r"model_weights\[faster_rcnn\]: expected a finite number"):
+    with pytest.raises(ConfigError, match=r"model_weights\[faster_rcnn\]: must be a finite number"):
         load_section(path, ENSEMBLE_SECTION, EnsembleConfig)
     for key in ("none_classifier_weight", "box_none_power", "wbf_iou_thr"):
-        with pytest.raises(ConfigError, match=rf"manifest\.json \[{ENSEMBLE_SECTION}\]: {key}: expected a finite"):
+        with pytest.raises(ConfigError, match=rf"manifest\.json \[{ENSEMBLE_SECTION}\]: {key}: must be a finite"):
             ensemble_config({ENSEMBLE_SECTION: {key: float(text.replace(".", ""))}}, source="manifest.json")
     assert ensemble_config({ENSEMBLE_SECTION: {"none_classifier_weight": 0.5}}).none_classifier_weight == 0.5
 
@@ -123,11 +125,11 @@ def test_prepare_refuses_option_values_out_of_range(tmp_path, capsys, argv, mess
 
 
 @pytest.mark.parametrize("override, message", [
-    ("epochs=-1", "epochs must be at least 1"),
-    ("lr=0", "lr must be > 0"),
-    ("image_size=abc", "image_size: expected int"),
-    ("ema_decay=1.5", "ema_decay must be in"),
-    ("label_smoothing=1", "label_smoothing < 1"),
+    ("epochs=-1", "epochs: must be greater than or equal to 1, got -1"),
+    ("lr=0", "lr: must be greater than 0, got 0"),
+    ("image_size=abc", "image_size: must be a valid integer"),
+    ("ema_decay=1.5", "ema_decay: must be less than 1, got 1.5"),
+    ("label_smoothing=1", "label_smoothing: must be less than 1"),
 ])
 def test_training_options_out_of_range_stop_before_anything_runs(tmp_path, override, message):
     from train import train_study
@@ -136,3 +138,136 @@ def test_training_options_out_of_range_stop_before_anything_runs(tmp_path, overr
         train_study.main(["--prepared", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "run"),
                           "--config", "train/configs/demo.yaml", "--set", override])
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- configs as untrusted text
+
+BILLION_LAUGHS = "".join(["a: &a [x, x, x, x, x, x, x, x, x]\n"] + [
+    f"{chr(98 + k)}: &{chr(98 + k)} [{', '.join([f'*{chr(97 + k)}'] * 9)}]\n" for k in range(8)])
+
+
+def _one_line(err) -> str:
+    text = str(err.value) if hasattr(err, "value") else str(err)
+    assert "\n" not in text, text
+    return text
+
+
+@pytest.mark.parametrize("text", [BILLION_LAUGHS, "study:\n  epochs: &e 2\n  seed: *e\n"])
+def test_yaml_aliases_are_refused_in_a_file_and_in_set(tmp_path, text):
+    """An alias expands a few hundred bytes into gigabytes (main ended in MemoryError after half a minute);
+    no config needs one, so ``*name`` is refused where it is read, in one line naming where."""
+    with pytest.raises(ConfigError, match=r"c\.yaml: not valid YAML: alias \*\w is not allowed") as err:
+        load_section(_write(tmp_path, text), "study", StudyConfig)
+    _one_line(err)
+    laughs = "[" + ", ".join(["&a [x, x, x, x, x, x, x, x]"] + ["*a"] * 8) + "]"
+    with pytest.raises(ConfigError, match=r"--set folds: not valid YAML: alias \*a") as err:
+        parse_overrides([f"folds={laughs}"])
+    _one_line(err)
+    # An anchor alone is harmless and still reads.
+    assert load_section(_write(tmp_path, "study:\n  epochs: &e 2\n"), "study", StudyConfig).epochs == 2
+
+
+def test_an_oversized_config_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    from utils import config as config_module
+
+    path = _write(tmp_path, "study:\n  epochs: 2\n" + "# padding\n" * (config_module.MAX_CONFIG_BYTES // 10 + 1))
+    monkeypatch.setattr(config_module.yaml, "load", lambda *a, **k: pytest.fail("parsed an oversized config"))
+    with pytest.raises(ConfigError, match=rf"c\.yaml: \d+ bytes; a config is at most {config_module.MAX_CONFIG_BYTES}"):
+        load_section(path, "study", StudyConfig)
+    with pytest.raises(ConfigError, match="--set lr: .* characters; a config is at most"):
+        parse_overrides(["lr=" + "1" * (config_module.MAX_CONFIG_BYTES + 1)])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("study:\n  epochs: [1, 2\n", r"c\.yaml: not valid YAML: .* \(line \d+, column \d+\)"),
+    ("study:\n  epochs: 2\n   lr: 1\n", r"c\.yaml: not valid YAML: .* \(line 3, column \d+\)"),
+    ("study: " + "[" * 5000, r"c\.yaml: (nested too deeply to be a config|not valid YAML)"),
+    ("study:\n  seed: " + "9" * 5000 + "\n", r"c\.yaml: Exceeds the limit \(4300 digits\)"),
+    ("study:\n  lr: " + "9" * 400 + "\n", r"lr: must be a valid number, got 9{20,}\.\.\.9+$"),
+    ("study:\n  lr: 1.0e+400\n", r"lr: must be a finite number, got inf"),
+    ("study:\n  batch_size: 1000000000000\n", r"batch_size: must be less than or equal to 1024, got 1000000000000"),
+    ("study:\n  workers: -5\n", r"workers: must be greater than or equal to 0, got -5"),
+    ("study:\n  arch: " + "x" * 10_000 + "\n  epochs: " + "y" * 10_000 + "\n",
+     r"epochs: must be a valid integer, got 'yyy"),
+    ("study:\n  " + "k" * 1000 + ": 1\n", r"unknown key\(s\) \['kkk"),
+])
+def test_every_config_problem_is_one_short_line(tmp_path, text, message):
+    """PyYAML's own errors span several lines and quoted values ran to megabytes: every message is one
+    line naming the file, the key and the bound, with the value cut short."""
+    with pytest.raises(ConfigError, match=message) as err:
+        load_section(_write(tmp_path, text), "study", StudyConfig)
+    assert len(_one_line(err)) < 700 + len(str(tmp_path))
+
+
+def _schemas() -> dict:
+    from train.train_all import SCHEMAS
+
+    return SCHEMAS
+
+
+def _numbers(hint, bounds=()):
+    """Each int or float inside a field's annotation (through Optional, lists and dicts), with the
+    annotated_types bounds of the Annotated layers around it: ``[(type, bounds), ...]``."""
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(hint)
+        found = [m for extra in extras for m in getattr(extra, "metadata", [extra])]
+        return _numbers(base, (*bounds, *found))
+    if hint in (int, float):
+        return [(hint, bounds)]
+    if hint is bool or origin is typing.Literal:
+        return []
+    return [n for arg in typing.get_args(hint) for n in _numbers(arg, () if origin in (list, dict) else bounds)]
+
+
+def _declared(cls) -> dict:
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: _numbers(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def _limits(bounds):
+    low = next((("ge", b.ge) for b in bounds if hasattr(b, "ge")), None) or \
+        next((("gt", b.gt) for b in bounds if hasattr(b, "gt")), None)
+    high = next((("le", b.le) for b in bounds if hasattr(b, "le")), None) or \
+        next((("lt", b.lt) for b in bounds if hasattr(b, "lt")), None)
+    return low, high
+
+
+def test_every_number_of_every_schema_has_a_declared_range():
+    """A new key gets its range by being declared: a number without both bounds fails here."""
+    unbounded = [f"{section}.{name}" for section, cls in _schemas().items()
+                 for name, numbers in _declared(cls).items() for _, bounds in numbers if None in _limits(bounds)]
+    assert not unbounded, f"numbers without a declared range: {unbounded}"
+
+
+def _top_level_numbers():
+    return sorted((section, name, kind, _limits(bounds)) for section, cls in _schemas().items()
+                  for name, numbers in _declared(cls).items() if len(numbers) == 1
+                  for kind, bounds in numbers)
+
+
+@given(st.sampled_from(_top_level_numbers()), st.integers(0, 10**30), st.booleans())
+def test_every_number_setting_at_its_bounds_reads_and_beyond_them_is_refused(setting, beyond, low_side):
+    """Each setting at its bound is accepted (or refused only by another rule), and any integer beyond
+    it (up to 10^30, and negative) is one line naming the key and the bound."""
+    from utils.config import from_mapping
+
+    section, name, kind, (low, high) = setting
+    cls = _schemas()[section]
+    (rule, bound) = low if low_side else high
+    at = bound if rule in ("ge", "le") else (bound + 1 if kind is int else bound + 1e-6) if rule == "gt" else \
+        (bound - 1 if kind is int else bound - 1e-6)
+    try:
+        from_mapping(cls, {name: kind(at)}, f"c.yaml [{section}]")
+    except ConfigError as err:
+        assert f"{name}: must be" not in str(err), err  # another rule (resize >= image_size) may refuse it
+    outside = (bound - 1 - beyond) if low_side else (bound + 1 + beyond)
+    outside = kind(outside) if kind is int else float(outside)
+    with pytest.raises(ConfigError, match=rf"c\.yaml \[{section}\]: {name}: must be (greater|less) than") as err:
+        from_mapping(cls, {name: outside}, f"c.yaml [{section}]")
+    _one_line(err)

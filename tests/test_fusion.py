@@ -133,10 +133,11 @@ def test_combined_classifiers_are_weighted_and_boxes_rescored_by_their_none():
 
 
 def test_fusion_workers_default_to_none_on_the_cpu_and_some_beside_a_gpu():
+    from utils.config import from_mapping
     from utils.fusion import EnsembleConfig, resolve_fusion_workers
 
     assert resolve_fusion_workers(EnsembleConfig(), "cpu") == 0
     assert 1 <= resolve_fusion_workers(EnsembleConfig(), "cuda") <= 4
     assert resolve_fusion_workers(EnsembleConfig(fusion_workers=3), "cpu") == 3
-    with pytest.raises(ValueError, match="fusion_workers"):
-        EnsembleConfig(fusion_workers=-1)
+    with pytest.raises(ValueError, match="fusion_workers: must be greater than or equal to 0"):
+        from_mapping(EnsembleConfig, {"fusion_workers": -1}, "manifest.json [ensemble]")

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -24,7 +25,7 @@ from utils.inputs import find_dicoms
 from utils.manifest import ManifestError
 from utils.prepare import decode_one, image_path
 from utils.presets import build_transform
-from utils.submission import parse_prediction_string
+from utils.submission import parse_prediction_string, submission_problems
 
 DEMO = REPO / "train" / "configs" / "demo.yaml"
 # A ResNet-18 study trunk (the plumbing does not depend on it; ResNeXt-50 is 4x the work). The detector keeps
@@ -444,6 +445,65 @@ def test_make_submission_never_overwrites_its_own_inputs(untrained_weights, siim
         make_submission.main(_submission_argv(siim_dataset, untrained_weights, tmp_path / "sub.csv"))
 
 
+def _flat_copy(weights_dir, out) -> dict:
+    """``weights_dir`` with every fold file beside manifest.json (a valid manifest: files are relative)."""
+    out.mkdir()
+    manifest = json.loads((weights_dir / "manifest.json").read_text())
+    for name, spec in manifest["models"].items():
+        for fold, relative in spec["files"].items():
+            spec["files"][fold] = f"{name}_fold{fold}{Path(relative).suffix}"
+            os.link(weights_dir / relative, out / spec["files"][fold])
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_make_submission_never_writes_into_a_weights_folder_even_a_flat_one(untrained_weights, siim_dataset,
+                                                                           tmp_path, monkeypatch):
+    """In a flat weights folder (fold files beside manifest.json), --out naming a fold file replaced the
+    weights with the CSV and exited 0 on main. Every file the manifest names is an input wherever it
+    sits (also through a hard link from outside), and nothing is written into a weights folder."""
+    from infer import make_submission
+
+    monkeypatch.setattr(Ensemble, "predict_paths", lambda *a, **k: pytest.fail("predicted before the check"))
+    flat = tmp_path / "flat"
+    manifest = _flat_copy(untrained_weights, flat)
+    assert Ensemble(flat).describe()["models"]  # a usable folder
+    weights_file = flat / manifest["models"]["study"]["files"]["1"]
+    (tmp_path / "linked.csv").hardlink_to(weights_file)
+    before = {path.name: path.read_bytes() for path in flat.iterdir()}
+    for out, message in [(weights_file, r"is an input of this run \(.*study_fold1.pt\)"),
+                         (tmp_path / "linked.csv", r"is an input of this run \(.*study_fold1.pt\)"),
+                         (flat / "sub.csv", "is inside the weights folder .*flat of this run")]:
+        with pytest.raises(SystemExit, match=rf"--out .*{out.name} {message}"):
+            make_submission.main(_submission_argv(siim_dataset, flat, out))
+    assert {path.name: path.read_bytes() for path in flat.iterdir()} == before
+    with pytest.raises(SystemExit, match=r"--out .*test/.* is inside the test image folder"):
+        make_submission.main(_submission_argv(siim_dataset, flat, siim_dataset / "test" / "sub.csv"))
+
+
+def test_a_deflated_dicom_bomb_among_the_test_images_gets_a_fallback_row(untrained_weights, siim_dataset, tmp_path,
+                                                                        capsys):
+    """A deflated 9,000 x 9,000 DICOM in the test folder was decoded in full on main (162 MB of pixels from a
+    small file); now the web app's pixel bound holds here too: refused before it inflates, logged, and
+    the image gets its fallback row in a complete submission."""
+    from test_dicom import _deflated_dicom
+
+    from infer import make_submission
+
+    data = tmp_path / "data"
+    shutil.copytree(siim_dataset, data)
+    bomb = find_dicoms(data / "test")[0]
+    bomb.write_bytes(_deflated_dicom(9000, 9000))
+    out = tmp_path / "sub.csv"
+    assert make_submission.main(_submission_argv(data, untrained_weights, out) + ["--allow-unreadable"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(rf"unreadable \(fallback row\): {bomb.stem}: (image too large: 9000 x 9000 exceeds \d+ pixels|"
+                     r"deflate-compressed DICOM expands beyond)", printed), printed
+    submission = pd.read_csv(out)
+    assert re.fullmatch(r"none \S+ 0 0 1 1", submission.set_index("id").loc[f"{bomb.stem}_image", "PredictionString"])
+    assert not submission_problems(submission, pd.read_csv(data / "sample_submission.csv"))
+
+
 def test_a_wrong_data_folder_fails_loudly_and_missing_images_are_counted(untrained_weights, siim_dataset, tmp_path,
                                                                          caplog):
     from infer import make_submission
@@ -485,6 +545,9 @@ def test_a_wrong_data_folder_fails_loudly_and_missing_images_are_counted(untrain
     (lambda m, w: m["models"]["study"].update(input_size="64"), "'input_size' must be an integer in 1-4096"),
     (lambda m, w: m["models"]["study"].update(folds=[0, 1, 2]), "'files' must name a file for every fold"),
     (lambda m, w: m["models"].update(study=["not", "an", "object"]), "unknown kind"),
+    (lambda m, w: m["models"]["study"]["files"].update({"1": m["models"]["study"]["files"]["0"]}),
+     r"folds 0 and 1 name the same weights file .*study/fold0.pt; each fold needs its own"),
+    (lambda m, w: m["models"]["study"].update(folds=[0, 0]), r"'folds' lists a fold twice: \[0, 0\]"),
 ])
 def test_broken_weights_folders_are_errors_naming_the_file(untrained_weights, tmp_path, break_it, message):
     weights = tmp_path / "weights"
@@ -514,7 +577,7 @@ def _set_config(manifest, model, **values):
     (lambda m: _set_config(m, "study", tta_views=["identity", "sideways"]),
      r"model 'study' config: unknown TTA view 'sideways'"),
     (lambda m: _set_config(m, "yolo", score_threshold="high"),
-     r"model 'yolo' config: score_threshold: expected float, got str 'high'"),
+     r"model 'yolo' config: score_threshold: must be a valid number, got 'high'"),
     (lambda m: _set_config(m, "faster_rcnn", nms_threshold=float("nan")),
      r"model 'faster_rcnn' config: nms_threshold: .*finite"),
     (lambda m: m["models"]["study"]["files"].update({"0": "study/fold\x000.pt"}),
@@ -652,6 +715,9 @@ def test_bad_arguments_and_devices_are_one_line_before_any_work(untrained_weight
     for extra, message in [(["--batch-size", "-1"], "argument --batch-size: must be at least 1, got -1"),
                            (["--batch-size", "two"], "argument --batch-size: expected an integer, got 'two'"),
                            (["--workers", "-1"], "argument --workers: must be at least 0, got -1"),
+                           (["--batch-size", "1000000000000"],
+                            "argument --batch-size: must be at most 1024, got 1000000000000"),
+                           (["--workers", "65"], "argument --workers: must be at most 64, got 65"),
                            (["--device", "gpu"], "argument --device: device 'gpu': expected auto, cpu, cuda or cuda:N"),
                            (["--devices", "cpu,gpu"], "argument --devices: --devices: device 'gpu': expected")]:
         with pytest.raises(SystemExit) as exit_info:
@@ -659,6 +725,10 @@ def test_bad_arguments_and_devices_are_one_line_before_any_work(untrained_weight
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, extra
     with pytest.raises(SystemExit, match=r"manifest.json \[ensemble\]: device 'cuda0': expected auto"):
         make_submission.main(argv + ["--set", "device=cuda0"])
+    # The batch size of the manifest's ensemble section (here through --set) has the argument's bound.
+    with pytest.raises(SystemExit, match=r"manifest.json \[ensemble\]: batch_size: must be less than or equal to "
+                                         r"1024, got 1000000000000$"):
+        make_submission.main(argv + ["--set", "batch_size=1000000000000"])
     with pytest.raises(ConfigError, match=r"x.yaml \[study\]: device 'gpu': expected auto, cpu, cuda or cuda:N"):
         from_mapping(StudyConfig, {"device": "gpu"}, "x.yaml [study]")
     if not torch.cuda.is_available():

@@ -310,3 +310,9 @@ def test_a_training_image_under_another_name_is_refused_before_any_prediction(tr
         pseudo_label.main(["--run-dir", str(trained_run), "--images", str(siim_dataset), "--out",
                            str(trained_run / "prepared"), "--config", config, "--no-progress"])
     assert (trained_run / "prepared" / "meta.csv").read_bytes() == before
+    # Nothing is written into round one's weights or prepared folder, nor among the images.
+    for out in (trained_run / "weights", trained_run / "weights" / "p", trained_run / "prepared" / "p"):
+        with pytest.raises(SystemExit, match=rf"--out .*{out.name} is inside the input folder "):
+            pseudo_label.main(["--run-dir", str(trained_run), "--images", str(siim_dataset), "--out", str(out),
+                               "--config", config, "--no-progress"])
+    assert not (trained_run / "weights" / "p").exists() and not (trained_run / "prepared" / "p").exists()

@@ -155,10 +155,13 @@ def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("section_text, message", [
     ("yolo:\n  modle: yolov8n.yaml\n", r"\[yolo\]: unknown key\(s\) \['modle'\]"),
-    ("yolo:\n  epochs: -1\n", r"\[yolo\]: epochs must be at least 1"),
+    ("yolo:\n  epochs: -1\n", r"\[yolo\]: epochs: must be greater than or equal to 1, got -1"),
     ("yolo:\n  model: missing.pt\n", r"\[yolo\]: model: missing.pt: weights file not found"),
     ("study:\n  tta_views: [identity, sideways]\n", r"\[study\]: unknown TTA view 'sideways'"),
-    ("ensemble:\n  max_boxes: 0\n", r"\[ensemble\]: max_boxes and batch_size must be >= 1"),
+    ("ensemble:\n  max_boxes: 0\n", r"\[ensemble\]: max_boxes: must be greater than or equal to 1, got 0"),
+    ("ensemble:\n  batch_size: 1000000000000\n", r"\[ensemble\]: batch_size: must be less than or equal to 1024"),
+    ("prepare:\n  workers: 100000\n", r"\[prepare\]: workers: must be less than or equal to 64, got 100000"),
+    ("study:\n  seed: 100000000000000000000\n", r"\[study\]: seed: must be less than or equal to 4294967295"),
     ("yolov8:\n  epochs: 1\n", r"unknown section\(s\) \['yolov8'\]"),
 ])
 def test_the_whole_config_is_checked_before_the_first_stage(tmp_path, section_text, message):
@@ -174,6 +177,20 @@ def test_the_whole_config_is_checked_before_the_first_stage(tmp_path, section_te
     with pytest.raises(SystemExit, match=message):
         train_all.main(["--data-dir", str(tmp_path / "D"), "--out", str(tmp_path / "run"), "--config", str(config)])
     assert not (tmp_path / "run" / "prepared").exists() and not (tmp_path / "run" / "train_all.json").exists()
+
+
+def test_a_run_folder_inside_a_folder_it_reads_is_refused(tmp_path):
+    """--out equal to --data-dir (or under it, or under --nih-dir) went on silently on main, writing the
+    run among the images it reads; now one line before any stage."""
+    data, nih = tmp_path / "D", tmp_path / "N"
+    (data / "train").mkdir(parents=True)
+    nih.mkdir()
+    for out, folder in [(data, data), (data / "run", data), (nih / "run", nih)]:
+        with pytest.raises(SystemExit, match=rf"--out .*{out.name} is inside the input folder .*{folder.name} of this "
+                                             "run: its files are read as inputs"):
+            train_all.main(["--data-dir", str(data), "--nih-dir", str(nih), "--out", str(out),
+                            "--config", str(REPO / "train" / "configs" / "demo.yaml")])
+    assert [p.name for p in data.iterdir()] == ["train"] and not list(nih.iterdir())
 
 
 @pytest.mark.slow

@@ -33,8 +33,8 @@ from infer.evaluate import fused_predictions, run_oof, submission_ids
 from infer.predictor import Ensemble
 from infer.test_images import find_test_images
 from train.cli import DEFAULT_CONFIG, configure_logging
-from utils.config import ConfigError, device_argument, load_section, parse_overrides, positive_int, worker_count
-from utils.files import check_not_an_input, write_json_atomic
+from utils.config import ConfigError, batch_size_argument, device_argument, load_section, parse_overrides, worker_count
+from utils.files import check_not_an_input, check_not_inside, write_json_atomic
 from utils.fusion import ensemble_config
 from utils.manifest import ManifestError, read_manifest
 from utils.metric import (
@@ -77,7 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="override pseudo keys, e.g. --set none_threshold=0.6 max_boxes=2")
     parser.add_argument("--device", type=device_argument, default=None,
                         help="prediction device (default: the manifest's ensemble device)")
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="images per model call")
+    parser.add_argument("--batch-size", type=batch_size_argument, default=None, help="images per model call")
     parser.add_argument("--workers", type=worker_count, default=None, help="decoding processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return parser
@@ -140,7 +140,8 @@ def run(args) -> dict:
     check_disjoint(table["image_id"], [i.image_id for i in images], [i.path for i in images],
                    [args.train_dir, run_dir / "prepared"])
     # Round one's files (its prepared folder, weights) and the images are never written over: --out
-    # RUN/prepared would rewrite round one's meta.csv and headers.jsonl.
+    # RUN/prepared would rewrite round one's meta.csv and headers.jsonl; nothing is written into them.
+    check_not_inside(out, [run_dir / "prepared", run_dir / "weights", args.images, args.train_dir])
     for name in ("meta.csv", HEADERS_FILE, PSEUDO_LABELS_FILE):
         check_not_an_input(out / name, [run_dir / "prepared", run_dir / "weights", args.images, args.test_meta,
                                         args.config])

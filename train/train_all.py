@@ -45,10 +45,13 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from train.cli import DEFAULT_CONFIG, configure_logging
-from utils.config import ConfigError, load_section, parse_overrides
-from utils.files import atomic_path
+from utils.config import ConfigError, Seed, Workers, load_section, parse_overrides, short
+from utils.files import OverwriteError, atomic_path, check_not_inside
 from utils.fusion import CALIBRATE_SECTION, ENSEMBLE_SECTION, CalibrateConfig, EnsembleConfig
 from utils.kinds import KINDS, StagePlan
 from utils.kinds.base import GENERIC_SCRIPT, TrainingError
@@ -69,14 +72,10 @@ SECTION = "prepare"
 class PrepareConfig:
     """The ``prepare`` section: train/prepare.py's options (the sizes come from the models' sections)."""
 
-    folds: int = 5
-    seed: int = 42
-    workers: int = 8
+    folds: Annotated[int, Field(ge=2, le=100)] = 5
+    seed: Seed = 42
+    workers: Workers = 8
     patients: str | None = None
-
-    def __post_init__(self):
-        if self.folds < 2 or self.workers < 0:
-            raise ValueError(f"folds must be at least 2 and workers >= 0, got {self.folds}, {self.workers}")
 
 
 # Every section of a config file and its schema.
@@ -121,9 +120,10 @@ def split_overrides(items: list[str]) -> dict[str, list[str]]:
     for item in items:
         section, dot, rest = item.partition(".")
         if not dot or "=" not in rest or "=" in section:
-            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+            raise ConfigError(f"--set {short(item)}: expected SECTION.KEY=VALUE")
         if section not in CONFIG_SECTIONS:
-            raise ConfigError(f"--set {item!r}: unknown section {section!r}; sections: {list(CONFIG_SECTIONS)}")
+            raise ConfigError(f"--set {short(item)}: unknown section {short(section)}; "
+                              f"sections: {list(CONFIG_SECTIONS)}")
         by_section[section].append(rest)
     return dict(by_section)
 
@@ -271,9 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging()
     try:
+        # Every stage writes under --out: never inside a folder the run reads (its files are the data).
+        check_not_inside(args.out, [args.data_dir, args.nih_dir, args.rsna_dir, args.pseudo_images])
         overrides = split_overrides(args.overrides)
         commands = stage_commands(args, overrides)
-    except ConfigError as err:
+    except (ConfigError, OverwriteError) as err:
         raise SystemExit(f"error: {err}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "train_all.json"

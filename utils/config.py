@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
+import functools
 import re
-import types
+import reprlib
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+
+from utils.log import first_line
 
 ConfigT = TypeVar("ConfigT")
 # The largest side a model may train or predict at: above every radiograph of the competition, below what
@@ -27,11 +30,47 @@ MAX_IMAGE_SIZE = 4096
 # Processes one setting may start (decoding, data loading): more than any machine's useful count, fewer
 # than would exhaust it at start (a DataLoader starts all of its workers at once).
 MAX_WORKERS = 64
+# Images one model call may take: above what any accelerator holds at the sizes above, below what makes a
+# data loader prefetch for minutes (its prefetch depth follows the batch size) before failing.
+MAX_BATCH_SIZE = 1024
+MAX_EPOCHS = 10_000
+MAX_BOXES = 1000  # boxes kept per image: the competition scores far fewer
+# numpy's and torch's seeds are unsigned 32-bit integers
+MAX_SEED = 2**32 - 1
+# A config is a few kilobytes of text: a bigger file is not a config (a 50 MB one took 3 GB to parse).
+MAX_CONFIG_BYTES = 1 << 20
+# How much of a value an error message quotes: one line always, whatever was given.
+QUOTED_CHARS = 60
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "train" / "configs" / "full.yaml"
+
+# The declared ranges of the settings: a config field annotated with one of these is checked against it
+# wherever a config is read (a file, --set, a manifest), by from_mapping, with the bound in the message.
+# Every number of every schema has one (tests/test_config.py checks that no number is left unbounded).
+Epochs = Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
+BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)]
+Workers = Annotated[int, Field(ge=0, le=MAX_WORKERS)]
+ImageSize = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIZE)]
+BoxCount = Annotated[int, Field(ge=1, le=MAX_BOXES)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+LearningRate = Annotated[float, Field(gt=0.0, le=10.0)]
+# A weight in a sum (a loss term, a model in the fusion, a blend): 0 switches the term off.
+Weight = Annotated[float, Field(ge=0.0, le=1000.0)]
+# A per-fold list (folds: [0, 2]); null: every fold.
+Folds = Annotated[list[Annotated[int, Field(ge=0, le=99)]], Field(min_length=1, max_length=100)]
 
 
 class _Yaml12BooleansLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: only true/false, so ``amp: off`` stays the string 'off'."""
+    """SafeLoader with YAML 1.2 booleans (only true/false, so ``amp: off`` stays the string 'off') and
+    without aliases: ``*name`` can expand a few hundred bytes into gigabytes, and no config needs one."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} is not allowed in a config "
+                                              "(write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 _Yaml12BooleansLoader.yaml_implicit_resolvers = {
@@ -42,69 +81,73 @@ _Yaml12BooleansLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
-def _load_yaml(text: str):
-    return yaml.load(text, Loader=_Yaml12BooleansLoader)  # noqa: S506 - a SafeLoader subclass
-
-
 class ConfigError(ValueError):
     """A config that does not match its schema; the message names the source and the key."""
 
 
-def _check_value(value: Any, annotation: Any, where: str) -> Any:
-    """``value`` converted to ``annotation`` when that is lossless (int -> float), else an error."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_value(value, option, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is typing.Literal:
-        if value not in typing.get_args(annotation):
-            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(annotation))}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item_type, *_) = typing.get_args(annotation) or (Any,)
-        return [_check_value(v, item_type, f"{where}[{k}]") for k, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        key_type, value_type = typing.get_args(annotation) or (Any, Any)
-        return {_check_value(k, key_type, f"{where} key"): _check_value(v, value_type, f"{where}[{k}]")
-                for k, v in value.items()}
-    if annotation is Any:
-        return value
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        # Every float setting is finite: a NaN passes every range check (all its comparisons are false).
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
-    if annotation in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
-    if not isinstance(value, annotation):
-        raise ConfigError(f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
-    return value
+def short(value: Any) -> str:
+    """``repr(value)`` cut to :data:`QUOTED_CHARS` on one line: how every error message quotes a value
+    (a config's value can be megabytes long; the message stays one line)."""
+    shortened = reprlib.Repr()  # (its keyword arguments are Python 3.12's)
+    shortened.maxstring = shortened.maxother = shortened.maxlong = QUOTED_CHARS
+    text = shortened.repr(value)  # a repr escapes line breaks: one line
+    return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS - 3] + "..."
+
+
+def _load_yaml(text: str, source: str):
+    """The YAML document ``text``; any failure (bad syntax, an alias, nesting deeper than Python's stack,
+    an integer of thousands of digits) is one line of :class:`ConfigError` naming ``source``."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(text)} characters; a config is at most {MAX_CONFIG_BYTES} (is it one?)")
+    try:
+        return yaml.load(text, Loader=_Yaml12BooleansLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML: {err.problem or err.context}{where}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {first_line(err)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a config") from None
+    except ValueError as err:  # int() of a number with thousands of digits
+        raise ConfigError(f"{source}: {first_line(err)}") from None
+
+
+@functools.cache
+def _field_validators(cls) -> dict[str, TypeAdapter]:
+    """Per field of dataclass ``cls``, pydantic's strict validator of its annotation: exact types (no
+    "5" for 5, no 1 for true), ints widened to floats, finite floats only, the declared ranges."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: TypeAdapter(hints[f.name], config=_STRICT) for f in dataclasses.fields(cls)}
+
+
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+
+
+def _describe(error: dict) -> str:
+    """One pydantic error as ``key[index]: problem, got value``."""
+    where = "".join(f"[{str(part)[:QUOTED_CHARS]}]" for part in error["loc"])
+    problem = error["msg"].replace("Input should", "must", 1)
+    return f"{where}: {problem}, got {short(error['input'])}"
 
 
 def from_mapping(cls: type[ConfigT], mapping: dict, source: str) -> ConfigT:
-    """Build dataclass ``cls`` from ``mapping``; unknown keys and wrong types raise :class:`ConfigError`."""
+    """Build dataclass ``cls`` from ``mapping``: unknown or missing keys, wrong types, non-finite floats
+    and values outside a field's declared range raise :class:`ConfigError` (one line naming ``source``,
+    the key, the bound and the value, cut short)."""
     if not isinstance(mapping, dict):
         raise ConfigError(f"{source}: expected a mapping of keys, got {type(mapping).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - set(fields))
+    unknown = sorted(set(map(str, mapping)) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {name: _check_value(value, hints[name], f"{source}: {name}") for name, value in mapping.items()}
+        raise ConfigError(f"{source}: unknown key(s) {short(unknown)}; known keys: {sorted(fields)}")
+    validators = _field_validators(cls)
+    values = {}
+    for name, value in mapping.items():
+        try:
+            values[name] = validators[name].validate_python(value)
+        except ValidationError as err:
+            raise ConfigError(f"{source}: {name}{_describe(err.errors(include_url=False)[0])}") from None
     missing = [name for name, f in fields.items() if name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -112,7 +155,7 @@ def from_mapping(cls: type[ConfigT], mapping: dict, source: str) -> ConfigT:
     try:
         return cls(**values)
     except ValueError as err:  # a dataclass's own check of its values (__post_init__)
-        raise ConfigError(f"{source}: {err}") from err
+        raise ConfigError(f"{source}: {first_line(err)}") from err
 
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
@@ -128,7 +171,7 @@ def check_device_name(name) -> str:
     """``name`` if it is a device setting (:data:`DEVICE_NAMES`), else a :class:`DeviceError`: checked
     where a config or an argument is read, before any work (``gpu`` or ``cuda0`` never reach torch)."""
     if not isinstance(name, str) or not _DEVICE_NAME.fullmatch(name):
-        raise DeviceError(f"device {name!r}: expected {DEVICE_NAMES}")
+        raise DeviceError(f"device {short(name)}: expected {DEVICE_NAMES}")
     return name
 
 
@@ -149,25 +192,27 @@ def device_argument(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (``--batch-size``), else argparse's one-line usage error."""
-    return _bounded_int(text, 1)
+def batch_size_argument(text: str) -> int:
+    """An argparse type for ``--batch-size``: 1 to :data:`MAX_BATCH_SIZE`."""
+    return bounded_int(text, 1, MAX_BATCH_SIZE)
 
 
 def worker_count(text: str) -> int:
     """An argparse type: a number of processes, 0 to :data:`MAX_WORKERS` (``--workers``: 0 decodes in
     the main process)."""
-    return _bounded_int(text, 0, MAX_WORKERS)
+    return bounded_int(text, 0, MAX_WORKERS)
 
 
-def _bounded_int(text: str, low: int, high: int | None = None) -> int:
+def bounded_int(text: str, low: int, high: int | None = None) -> int:
+    """``text`` as an integer in ``low`` to ``high`` (``None``: no upper bound), else argparse's one-line
+    usage error naming the bound."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer, got {short(text)}") from None
     if value < low or (high is not None and value > high):
         raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}" if value < low
-                                         else f"must be at most {high}, got {value}")
+                                         else f"must be at most {high}, got {short(value)}")
     return value
 
 
@@ -177,8 +222,8 @@ def parse_overrides(items: list[str] | None) -> dict:
     for item in items or []:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = _load_yaml(text) if text.strip() else None
+            raise ConfigError(f"--set {short(item)}: expected KEY=VALUE")
+        overrides[key.strip()] = _load_yaml(text, f"--set {key.strip()[:QUOTED_CHARS]}") if text.strip() else None
     return overrides
 
 
@@ -187,13 +232,16 @@ def load_yaml_section(path, section: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    if path.stat().st_size > MAX_CONFIG_BYTES:  # before reading: a 50 MB file is not read into memory
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes; a config is at most {MAX_CONFIG_BYTES} (is it one?)")
     try:
-        document = _load_yaml(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable text file ({type(err).__name__})") from None
+    document = _load_yaml(text, str(path)) or {}
     if not isinstance(document, dict) or section not in document:
-        sections = sorted(document) if isinstance(document, dict) else []
-        raise ConfigError(f"{path}: no section {section!r}; sections: {sections}")
+        sections = sorted(map(str, document)) if isinstance(document, dict) else []
+        raise ConfigError(f"{path}: no section {section!r}; sections: {short(sections)}")
     mapping = document[section] or {}
     if not isinstance(mapping, dict):
         raise ConfigError(f"{path} [{section}]: expected a mapping of keys, got {type(mapping).__name__}")
@@ -207,7 +255,7 @@ def load_section(path, section: str, cls: type[ConfigT], overrides: dict | None 
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ConfigError(f"--set: unknown key(s) {unknown} for [{section}]; known keys: {sorted(known)}")
+            raise ConfigError(f"--set: unknown key(s) {short(unknown)} for [{section}]; known keys: {sorted(known)}")
         config = from_mapping(cls, {**dataclasses.asdict(config), **overrides}, f"{path} [{section}] with --set")
     return config
 

@@ -68,6 +68,10 @@ class ImageSizeError(DicomReadError):
     shape no radiograph has); the web app answers it with 413."""
 
 
+# The pixel bound of every image read from outside (test folders, pseudo-label and training folders, the web
+# app's uploads): about 9,000 x 9,000, far above any radiograph (the competition's largest is about 4,900 x
+# 4,900), far below a decompression bomb; a deflated DICOM may inflate to 2 bytes per allowed pixel.
+MAX_PIXELS = 80_000_000
 MIN_SIDE = 8  # pixels: a thinner "radiograph" is a sliver, and previews would upscale it enormously
 MAX_ASPECT = 8.0  # longer side / shorter side; chest radiographs are near 1 (panoramas of 3 at most)
 

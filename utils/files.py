@@ -87,3 +87,16 @@ def check_not_an_input(out, inputs, option: str = "--out") -> None:
             if _file_key(path) == target:
                 raise OverwriteError(f"{option} {out} is an input of this run ({path}): refusing to overwrite it; "
                                      "give another path")
+
+
+def check_not_inside(out, folders, option: str = "--out", what: str = "input folder") -> None:
+    """Raise :class:`OverwriteError` when ``out`` is one of ``folders`` or lies under one (through links
+    too): every file of such a folder is read as an input (a weights folder's files are its models, a
+    data folder's its images), so an output is never written among them. ``None`` entries are skipped."""
+    target = Path(out).resolve()
+    for folder in folders:
+        if folder is None or not Path(folder).is_dir():
+            continue
+        if target.is_relative_to(Path(folder).resolve()):
+            raise OverwriteError(f"{option} {out} is inside the {what} {folder} of this run: its files are "
+                                 "read as inputs; give a path outside it")

@@ -18,12 +18,24 @@ import os
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Annotated, Literal, Sequence
 
 import numpy as np
+from pydantic import Field
 
 from utils.boxes import NORM_TOLERANCE, as_boxes, clip_xyxy, valid_box_mask
-from utils.config import MAX_WORKERS, ConfigError, device_problems, from_mapping
+from utils.config import (
+    BatchSize,
+    BoxCount,
+    ConfigError,
+    Fraction,
+    Seed,
+    Weight,
+    Workers,
+    device_problems,
+    from_mapping,
+    short,
+)
 
 WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 
@@ -118,6 +130,7 @@ def blend_none(signals: Sequence[float | None], weights: Sequence[float]) -> flo
 
 
 ENSEMBLE_SECTION = "ensemble"  # its section in a config file and in a weights manifest
+Power = Annotated[float, Field(gt=0.0, le=100.0)]  # an exponent on scores in [0, 1]
 
 
 @dataclass
@@ -130,58 +143,38 @@ class EnsembleConfig:
     study_tta: bool = True
     # Per model name (absent: 1.0): a detector's weight in the fusion across models, a classifier's in the
     # mean of the classifiers; 0 leaves the model out (it is not even run).
-    model_weights: dict[str, float] = field(default_factory=dict)
-    score_powers: dict[str, float] = field(default_factory=dict)  # detector's scores ** power before fusion
-    member_wbf_iou_thr: float = 0.55  # fusing one model's folds and flips (fixed: out of fold has one source)
-    wbf_iou_thr: float = 0.55
-    wbf_skip_box_thr: float = 0.001
+    model_weights: dict[str, Weight] = field(default_factory=dict)
+    score_powers: dict[str, Power] = field(default_factory=dict)  # detector's scores ** power before fusion
+    # fusing one model's folds and flips (fixed: out of fold has one source)
+    member_wbf_iou_thr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.55
+    wbf_iou_thr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.55
+    wbf_skip_box_thr: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.001
     wbf_conf_type: Literal[WBF_CONF_TYPES] = "avg"
-    box_none_power: float = 0.0  # fused box scores * (1 - the classifiers' none) ** power
-    max_boxes: int = 100
-    none_classifier_weight: float = 1.0
-    none_study_weight: float = 1.0
-    none_boxes_weight: float = 1.0
-    negative_classifier_weight: float = 1.0
-    negative_boxes_weight: float = 1.0
-    batch_size: int = 8
-    workers: int = 2
+    box_none_power: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0  # fused box scores * (1 - none) ** power
+    max_boxes: BoxCount = 100
+    none_classifier_weight: Weight = 1.0
+    none_study_weight: Weight = 1.0
+    none_boxes_weight: Weight = 1.0
+    negative_classifier_weight: Weight = 1.0
+    negative_boxes_weight: Weight = 1.0
+    batch_size: BatchSize = 8
+    workers: Workers = 2
     # Processes fusing the boxes while the models predict the next batch; None: 0 on the CPU (the models
     # already use every core), else a quarter of the cores, 1 to 4.
-    fusion_workers: int | None = None
+    fusion_workers: Workers | None = None
     device: str = "auto"
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     channels_last: bool = False  # the torch models' weights channels-last (see Member.set_channels_last)
     # Box score from which people are shown a box (web app, drawings): the F1-best one out of fold, chosen
     # by infer/calibrate.py; None: 0.2. The submission keeps every box (the metric ranks them).
-    display_threshold: float | None = None
+    display_threshold: Fraction | None = None
     # Share of test images the reader may refuse (each gets a fallback row) before make_submission fails
     # without writing a submission (--allow-unreadable writes it anyway): a codec missing on the machine,
     # not a few damaged files, is what a high share means.
-    max_unreadable_share: float = 0.05
+    max_unreadable_share: Fraction = 0.05
 
     def __post_init__(self):
-        problems = []
-        if not 0.0 <= self.max_unreadable_share <= 1.0:
-            problems.append(f"max_unreadable_share must be in [0, 1], got {self.max_unreadable_share}")
-        if not 0.0 < self.wbf_iou_thr <= 1.0 or not 0.0 <= self.wbf_skip_box_thr < 1.0:
-            problems.append(f"wbf_iou_thr must be in (0, 1] and wbf_skip_box_thr in [0, 1); got "
-                            f"{self.wbf_iou_thr}, {self.wbf_skip_box_thr}")
-        if not 0.0 < self.member_wbf_iou_thr <= 1.0:
-            problems.append(f"member_wbf_iou_thr must be in (0, 1], got {self.member_wbf_iou_thr}")
-        if self.box_none_power < 0 or any(v <= 0 for v in self.score_powers.values()):
-            problems.append(f"box_none_power must be >= 0 and score_powers > 0; got {self.box_none_power}, "
-                            f"{self.score_powers}")
-        if self.display_threshold is not None and not 0.0 <= self.display_threshold <= 1.0:
-            problems.append(f"display_threshold must be in [0, 1] or null, got {self.display_threshold}")
-        if self.max_boxes < 1 or self.batch_size < 1:
-            problems.append(f"max_boxes and batch_size must be >= 1; got {self.max_boxes}, {self.batch_size}")
-        if not 0 <= self.workers <= MAX_WORKERS or not 0 <= (self.fusion_workers or 0) <= MAX_WORKERS:
-            problems.append(f"workers and fusion_workers must be in 0-{MAX_WORKERS}; got {self.workers}, "
-                            f"{self.fusion_workers}")
-        weights = {k: v for k, v in vars(self).items() if k.endswith("_weight")}
-        weights.update({f"model_weights[{k}]": v for k, v in self.model_weights.items()})
-        problems += [f"{k} must be >= 0, got {v}" for k, v in weights.items() if v < 0]
-        problems += device_problems(self.device)
+        problems = device_problems(self.device)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -192,7 +185,7 @@ def ensemble_config(manifest: dict, overrides: dict | None = None, source: str =
     section = manifest.get(ENSEMBLE_SECTION, {})
     if not isinstance(section, dict):
         raise ConfigError(f"{source} [{ENSEMBLE_SECTION}]: expected an object of settings, got "
-                          f"{type(section).__name__} {section!r:.40}")
+                          f"{type(section).__name__} {short(section)}")
     section = dict(section)
     if "study_tta" not in section and "tta_hflip" in section:
         section["study_tta"] = section["tta_hflip"]
@@ -209,17 +202,13 @@ class CalibrateConfig:
     ``train_all`` stage after the CV report)."""
 
     enabled: bool = True  # run the stage (needs out-of-fold predictions)
-    seed: int = 0  # the patient halves of a single held-out fold
-    passes: int = 2  # coordinate-search passes over every setting (stops early when one changes nothing)
-    min_gain: float = 0.001  # final mAP a change must add on the choosing part to be taken
+    seed: Seed = 0  # the patient halves of a single held-out fold
+    # coordinate-search passes over every setting (stops early when one changes nothing)
+    passes: Annotated[int, Field(ge=1, le=100)] = 2
+    min_gain: Fraction = 0.001  # final mAP a change must add on the choosing part to be taken
     # Fewer out-of-fold images than this: the search is reported but the config's settings are kept (on a
     # few dozen images one image moves an AP by points, and the choice would follow the noise).
-    min_images: int = 200
-
-    def __post_init__(self):
-        if self.passes < 1 or self.min_gain < 0 or self.min_images < 0:
-            raise ValueError(f"passes must be >= 1, min_gain and min_images >= 0, got {self.passes}, "
-                             f"{self.min_gain}, {self.min_images}")
+    min_images: Annotated[int, Field(ge=0, le=10_000_000)] = 200
 
 
 # ----------------------------------------------------------------------------- combining the members

@@ -45,6 +45,25 @@ def read_manifest(weights_dir, must_exist: bool = False) -> dict:
     return manifest
 
 
+def named_files(weights_dir) -> list[Path]:
+    """Every file the manifest of ``weights_dir`` names (each model's fold files, wherever they sit: a
+    flat folder keeps them beside the manifest) and the manifest itself: what a command that predicts with
+    the folder reads, so none of them may be an output. A damaged manifest names what it can (reading it
+    for prediction reports the damage)."""
+    weights_dir = Path(weights_dir)
+    paths = [weights_dir / MANIFEST_FILE]
+    try:
+        models = read_manifest(weights_dir)["models"]
+    except ManifestError:
+        return paths
+    for spec in models.values():
+        files = spec.get("files") if isinstance(spec, dict) else None
+        if isinstance(files, dict):
+            paths += [weights_dir / name for name in files.values()
+                      if isinstance(name, str) and name and "\x00" not in name]
+    return paths
+
+
 def entry_files(weights_dir, name: str, spec) -> tuple[list[int], list[Path], int]:
     """``(folds, files, input size)`` of manifest entry ``name`` after checking its shape: folds a list
     of integers, a file for each inside the weights folder (never outside it: an entry of
@@ -60,6 +79,8 @@ def entry_files(weights_dir, name: str, spec) -> tuple[list[int], list[Path], in
         raise ManifestError(f"{where}: 'files' must name a file for every fold {folds}, got {files!r}")
     if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE:
         raise ManifestError(f"{where}: 'input_size' must be an integer in 1-{MAX_IMAGE_SIZE}, got {size!r}")
+    if len(set(folds)) != len(folds):
+        raise ManifestError(f"{where}: 'folds' lists a fold twice: {folds}")
     root = Path(weights_dir).resolve()
     paths = []
     for fold in folds:
@@ -72,6 +93,11 @@ def entry_files(weights_dir, name: str, spec) -> tuple[list[int], list[Path], in
             raise ManifestError(f"{where}: fold {fold} file {files[str(fold)]!r} is outside the weights folder {root}")
         if not path.is_file():
             raise ManifestError(f"{where}: weights file not found: {path}")
+        # One file for two folds would count one model twice in every average over the folds.
+        for earlier_fold, earlier in zip(folds, paths):
+            if earlier == path or earlier.samefile(path):
+                raise ManifestError(f"{where}: folds {earlier_fold} and {fold} name the same weights file {path}; "
+                                    "each fold needs its own")
         paths.append(path)
     return folds, paths, size
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from utils.config import ImageSize, OpenFraction
 from utils.loop_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -132,15 +133,13 @@ class BackboneConfig(TrainConfig):
 
     arch: str = "resnext50_32x4d"
     pretrained: str = "imagenet"
-    image_size: int = 224
-    resize: int = 256
-    val_fraction: float = 0.1
-    threshold: float = 0.5
+    image_size: ImageSize = 224
+    resize: ImageSize = 256
+    val_fraction: OpenFraction = 0.1
+    threshold: OpenFraction = 0.5
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0.0 < self.val_fraction < 1.0 or not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"val_fraction and threshold must be in (0, 1), got {self.val_fraction}, {self.threshold}")
         if self.resize < self.image_size:
             raise ValueError(f"resize ({self.resize}) must be at least image_size ({self.image_size}): it is cropped")
         # imported here: the NIH vocabulary above is read without torch (train/make_synthetic.py)

@@ -33,7 +33,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from utils.boxes import as_boxes, kaggle_xywh_to_xyxy
-from utils.dicom import DicomReadError, read_radiograph, resize_image
+from utils.dicom import MAX_PIXELS, DicomReadError, read_radiograph, resize_image
 from utils.files import atomic_path, write_csv_atomic
 from utils.inputs import (
     LAYOUT_RESIZED,
@@ -113,7 +113,7 @@ def decode_one(path: Path, out_dir: Path, sizes: tuple[int, ...], known: Decoded
     none, so its ids and ORIGINAL size come in ``known``."""
     # Decode once at the largest size (the reader resizes before its lookup table, which is the fast
     # path); smaller sizes are area-averaged from that.
-    radiograph = read_radiograph(path, max(sizes))
+    radiograph = read_radiograph(path, max(sizes), max_pixels=MAX_PIXELS)
     image_id = path.stem
     for size in sizes:
         _write_png_atomic(image_path(out_dir, size, image_id), resize_image(radiograph.pixels, size))

@@ -35,12 +35,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from utils.boxes import as_boxes, denormalize_xyxy
+from utils.config import BoxCount, short
 from utils.files import atomic_path
 from utils.labels import STUDY_CLASSES, boxes_to_json
 from utils.prepare import META_COLUMNS, PSEUDO_COLUMNS, PSEUDO_FOLD
@@ -57,29 +59,21 @@ class PseudoLabelError(ValueError):
 class PseudoConfig:
     """The ``pseudo`` section (train/configs/*.yaml document every key)."""
 
-    none_threshold: float | None = None
-    box_threshold: float | None = None
-    max_boxes: int | None = None
+    none_threshold: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    box_threshold: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    max_boxes: BoxCount | None = None
     study_targets: Literal["soft", "hard"] = "soft"
     none_rule: Literal["precision", "f1"] = "precision"
     box_rule: Literal["precision", "f1"] = "f1"
-    min_precision: float = 0.85
+    min_precision: Annotated[float, Field(gt=0.0, le=1.0)] = 0.85
     round2_start: Literal["scratch", "round1"] = "scratch"
     round2_overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        for name in ("none_threshold", "box_threshold"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1) or null (chosen out of fold), got {value}")
-        if not 0.0 < self.min_precision <= 1.0:
-            raise ValueError(f"min_precision must be in (0, 1], got {self.min_precision}")
-        if self.max_boxes is not None and self.max_boxes < 1:
-            raise ValueError(f"max_boxes must be at least 1 or null, got {self.max_boxes}")
         for item in self.round2_overrides:
             section, dot, rest = item.partition(".")
             if not dot or "=" not in rest or "=" in section:
-                raise ValueError(f"round2_overrides: {item!r} is not SECTION.KEY=VALUE")
+                raise ValueError(f"round2_overrides: {short(item)} is not SECTION.KEY=VALUE")
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
-from utils.config import MAX_IMAGE_SIZE
+from utils.config import BatchSize, BoxCount, Epochs, Folds, Fraction, ImageSize
 from utils.frcnn import detector_from_config, load_detector_state, unpad_detections
 from utils.fusion import MemberPrediction
 from utils.loop_config import TrainConfig
@@ -25,40 +26,27 @@ class FrcnnConfig(TrainConfig):
     normalization: str = NORMALIZATION_AUTO
     init_from: str | None = None
     freeze_bn: bool = True
-    trainable_layers: int = 3
-    image_size: int = 512
-    predict_size: int = 1024
-    val_batch_size: int = 6
-    score_threshold: float = 0.001
-    nms_threshold: float = 0.5
-    detections_per_image: int = 100
-    proposals: int = 1000
-    roi_samples: int = 512
-    fpn_channels: int = 256
-    box_head_size: int = 1024
-    negative_fraction: float = 1.0
-    pretrain_epochs: int = 10
-    folds: list[int] | None = None
+    trainable_layers: Annotated[int, Field(ge=0, le=5)] = 3
+    image_size: ImageSize = 512
+    predict_size: ImageSize = 1024
+    val_batch_size: BatchSize = 6
+    score_threshold: Fraction = 0.001
+    nms_threshold: Fraction = 0.5
+    detections_per_image: BoxCount = 100
+    # Upper bounds far above any useful value, below what would exhaust memory building the network.
+    proposals: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    roi_samples: Annotated[int, Field(ge=1, le=4096)] = 512
+    fpn_channels: Annotated[int, Field(ge=1, le=1024)] = 256
+    box_head_size: Annotated[int, Field(ge=1, le=8192)] = 1024
+    negative_fraction: Fraction = 1.0
+    pretrain_epochs: Epochs = 10
+    folds: Folds | None = None
     # last: the fixed schedule's last epoch (the held-out fold is only watched); opacity_ap/loss choose
     # the best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
     monitor: Literal["last", "opacity_ap", "loss"] = "last"
 
     def __post_init__(self):
         super().__post_init__()
-        # Upper bounds far above any useful value, below what would exhaust memory building the network.
-        problems = [f"{name} must be in 1-{high}, got {value}" for name, value, high in (
-            ("predict_size", self.predict_size, MAX_IMAGE_SIZE), ("val_batch_size", self.val_batch_size, 4096),
-            ("detections_per_image", self.detections_per_image, 1000), ("proposals", self.proposals, 10_000),
-            ("roi_samples", self.roi_samples, 4096), ("fpn_channels", self.fpn_channels, 1024),
-            ("box_head_size", self.box_head_size, 8192), ("pretrain_epochs", self.pretrain_epochs, 10_000))
-            if not 1 <= value <= high]
-        if not 0 <= self.trainable_layers <= 5:
-            problems.append(f"trainable_layers must be in 0-5, got {self.trainable_layers}")
-        for name in ("score_threshold", "nms_threshold", "negative_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if problems:
-            raise ValueError("; ".join(problems))
         check_pretrained_source(self.arch, self.backbone)
         # Resolved here, so the manifest's copy of this config names the normalisation the weights need.
         self.normalization = resolve_normalization(self.normalization, self.arch)

@@ -4,11 +4,13 @@ views, and on request the auxiliary head's opacity map."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from utils.config import Folds, ImageSize, Weight
 from utils.fusion import MemberPrediction
 from utils.labels import STUDY_CLASSES
 from utils.loop_config import TrainConfig
@@ -32,14 +34,14 @@ class StudyConfig(TrainConfig):
     arch: str = "resnext50_32x4d"
     backbone: str = PRETRAINED_NONE
     normalization: str = NORMALIZATION_AUTO
-    image_size: int = 512
-    folds: list[int] | None = None
-    none_weight: float = 1.0
-    seg_weight: float = 0.0
-    decoder_width: int = 64
-    label_smoothing: float = 0.0
+    image_size: ImageSize = 512
+    folds: Folds | None = None
+    none_weight: Weight = 1.0
+    seg_weight: Weight = 0.0
+    decoder_width: Annotated[int, Field(ge=1, le=1024)] = 64
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     # Cross-entropy weight per study class (negative, typical, indeterminate, atypical); null: equal.
-    class_weights: list[float] | None = None
+    class_weights: list[Weight] | None = None
     tta_views: list[str] = field(default_factory=lambda: list(FLIP))
     # last: the fixed schedule's last epoch (the held-out fold is only watched); study_map/loss choose the
     # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
@@ -51,9 +53,6 @@ class StudyConfig(TrainConfig):
         check_pretrained_source(self.arch, self.backbone)
         # Resolved here, so the manifest's copy of this config names the normalisation the weights need.
         self.normalization = resolve_normalization(self.normalization, self.arch)
-        if self.seg_weight < 0 or not 0 <= self.label_smoothing < 1 or not 1 <= self.decoder_width <= 1024:
-            raise ValueError("need seg_weight >= 0, 0 <= label_smoothing < 1 and decoder_width in 1-1024; got "
-                             f"{self.seg_weight}, {self.label_smoothing}, {self.decoder_width}")
         check_class_weights(self.class_weights, len(STUDY_CLASSES))
 
 

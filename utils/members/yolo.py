@@ -5,12 +5,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from utils.config import MAX_IMAGE_SIZE, MAX_WORKERS
+from utils.config import (
+    MAX_EPOCHS,
+    MAX_IMAGE_SIZE,
+    BatchSize,
+    BoxCount,
+    Epochs,
+    Folds,
+    Fraction,
+    LearningRate,
+    Seed,
+    Workers,
+)
 from utils.fusion import MemberPrediction
 from utils.manifest import ManifestError
 from utils.members.base import Detections, Member, model_input, with_flipped
@@ -23,49 +35,29 @@ class YoloConfig:
     """The ``yolo`` section (train/configs/*.yaml document every key)."""
 
     model: str = "yolov8s.yaml"
-    image_size: int = 512
-    predict_size: int = 1024
-    folds: list[int] | None = None
-    epochs: int = 30
-    batch_size: int = 16
+    image_size: Annotated[int, Field(ge=32, le=MAX_IMAGE_SIZE)] = 512
+    predict_size: Annotated[int, Field(ge=32, le=MAX_IMAGE_SIZE, multiple_of=32)] = 1024  # YOLO's stride
+    folds: Folds | None = None
+    epochs: Epochs = 30
+    batch_size: BatchSize = 16
     optimizer: Literal["SGD", "AdamW", "auto"] = "SGD"
-    lr: float = 0.01
-    lr_floor: float = 0.05
-    momentum: float = 0.937
-    weight_decay: float = 0.0005
-    warmup_epochs: float = 3.0
-    mosaic: float = 1.0
-    fliplr: float = 0.5
+    lr: LearningRate = 0.01
+    lr_floor: Fraction = 0.05
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.937
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0005
+    warmup_epochs: Annotated[float, Field(ge=0.0, le=MAX_EPOCHS)] = 3.0
+    mosaic: Fraction = 1.0
+    fliplr: Fraction = 0.5
     amp: bool = True
-    score_threshold: float = 0.001
-    nms_threshold: float = 0.6
-    detections_per_image: int = 100
-    workers: int = 8
-    seed: int = 42
+    score_threshold: Fraction = 0.001
+    nms_threshold: Fraction = 0.6
+    detections_per_image: BoxCount = 100
+    workers: Workers = 8
+    seed: Seed = 42
     device: str = "auto"
     # last: no validation until the last epoch, so ultralytics' best.pt is the last epoch's; fitness: its
     # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
     monitor: Literal["last", "fitness"] = "last"
-
-    def __post_init__(self):
-        problems = [f"{name} must be at least 1, got {value}" for name, value in (
-            ("epochs", self.epochs), ("batch_size", self.batch_size)) if value < 1]
-        if not 1 <= self.detections_per_image <= 1000:
-            problems.append(f"detections_per_image must be in 1-1000, got {self.detections_per_image}")
-        if not 32 <= self.image_size <= MAX_IMAGE_SIZE:
-            problems.append(f"image_size must be in 32-{MAX_IMAGE_SIZE}, got {self.image_size}")
-        if not 32 <= self.predict_size <= MAX_IMAGE_SIZE or self.predict_size % 32:
-            problems.append(f"predict_size must be a multiple of 32 (YOLO's stride) in 32-{MAX_IMAGE_SIZE}, got "
-                            f"{self.predict_size}")
-        if self.lr <= 0 or self.warmup_epochs < 0 or self.weight_decay < 0:
-            problems.append("lr must be > 0 and warmup_epochs, weight_decay >= 0")
-        if not 0 <= self.workers <= MAX_WORKERS:
-            problems.append(f"workers must be in 0-{MAX_WORKERS}, got {self.workers}")
-        for name in ("lr_floor", "mosaic", "fliplr", "score_threshold", "nms_threshold"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if problems:
-            raise ValueError("; ".join(problems))
 
     def check_files(self) -> None:
         """The model must be a bundled yaml or a local .pt: nothing is downloaded."""
