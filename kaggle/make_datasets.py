@@ -36,7 +36,7 @@ WEIGHTS_SLUG = "siim-covid19-pipeline-weights"
 WHEELS_SLUG = "siim-covid19-pipeline-wheels"
 KERNEL_SLUG = "siim-covid19-pipeline-inference"
 # What Kaggle's GPU image lacks (it has torch, torchvision, opencv, pandas, scikit-learn, matplotlib, pydicom,
-# timm, albumentations, ...): the pinned versions of requirements.txt plus ultralytics-thop, the one
+# timm, albumentations with pydantic, ...): the pinned versions of requirements.txt plus ultralytics-thop, the one
 # ultralytics dependency it lacks for prediction. Carried in case the image has them too old or not at
 # all (installed only then): pydicom (the reader needs 3.x) and numba with llvmlite (ensemble-boxes
 # imports numba; `make kaggle-check` failed on its absence).

@@ -271,3 +271,48 @@ def test_every_number_setting_at_its_bounds_reads_and_beyond_them_is_refused(set
     with pytest.raises(ConfigError, match=rf"c\.yaml \[{section}\]: {name}: must be (greater|less) than") as err:
         from_mapping(cls, {name: outside}, f"c.yaml [{section}]")
     _one_line(err)
+
+
+@given(st.integers(1, 12), st.integers(2, 12), st.booleans())
+def test_alias_chains_of_any_shape_are_refused_in_one_line(depth, width, in_set):
+    """Aliases nested ``depth`` deep, ``width`` wide (up to 12^12 leaves once expanded): refused as soon as
+    the first alias is met, in a file or in --set."""
+    from utils.config import MAX_CONFIG_BYTES, parse_overrides
+
+    levels = [f"l0: &l0 [{', '.join(['x'] * width)}]"]
+    levels += [f"l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * width)}]" for k in range(1, depth + 1)]
+    text = "{" + ", ".join(levels) + "}"
+    assert len(text) < MAX_CONFIG_BYTES
+    with pytest.raises(ConfigError, match=r"not valid YAML: alias \*l0 is not allowed") as err:
+        if in_set:
+            parse_overrides([f"folds={text}"])
+        else:
+            from utils.config import _load_yaml
+
+            _load_yaml(text, "c.yaml")
+    _one_line(err)
+
+
+@given(st.one_of(st.integers(-(10**30), 10**30), st.sampled_from(["", "1e3", "0x10", "1.5", "9" * 5000])))
+def test_integer_arguments_hold_their_bounds(value):
+    """--batch-size, --workers and the web app's --port / --max-upload-mb / --max-pending: inside the bound
+    the number, outside (huge, negative, not an integer) argparse's one-line usage error with the bound."""
+    import argparse
+
+    from infer.app import MAX_PENDING, MAX_UPLOAD_MB, get_args_parser
+    from utils.config import MAX_BATCH_SIZE, MAX_WORKERS, batch_size_argument, worker_count
+
+    app = get_args_parser()
+    arguments = [(batch_size_argument, 1, MAX_BATCH_SIZE), (worker_count, 0, MAX_WORKERS)]
+    arguments += [(app._option_string_actions[option].type, 1, high)
+                  for option, high in (("--port", 65535), ("--max-upload-mb", MAX_UPLOAD_MB),
+                                       ("--max-pending", MAX_PENDING))]
+    for parse, low, high in arguments:
+        if isinstance(value, int) and low <= value <= high:
+            assert parse(str(value)) == value
+            continue
+        with pytest.raises(argparse.ArgumentTypeError) as err:
+            parse(str(value))
+        message = str(err.value)
+        assert len(message) < 120 and (f"at least {low}" in message or f"at most {high}" in message
+                                       or "expected an integer" in message), message

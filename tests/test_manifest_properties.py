@@ -1,5 +1,5 @@
 """Generated bad input, as a hostile or careless hand would make it: a real weights folder's manifest
-mutated (types, NaN/Inf, extreme numbers, NUL bytes, nesting, missing and extra keys, in the ensemble
+mutated (types, NaN/Inf, extreme numbers up to 10^400, NUL bytes, nesting, missing and extra keys, in the ensemble
 section, the model entries and their stored configs), then make_submission on real DICOMs. Whatever the
 mutation, it either writes a complete, valid submission without NaN, or stops before the first image
 with one line naming the manifest; never a traceback.
@@ -36,7 +36,7 @@ DELETE = object()  # a mutation that removes the key
 
 values = st.one_of(
     st.none(), st.booleans(),
-    st.integers(-3, 3), st.sampled_from([0, 32, 64, 65536, 2**31, -(2**63)]),
+    st.integers(-3, 3), st.sampled_from([0, 32, 64, 65536, 2**31, -(2**63), 10**12, -(10**30), 10**400]),
     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([float("nan"), float("inf"), -1e308]),
     st.text(max_size=6), st.sampled_from(["", "\x00", "../../etc/passwd", "cuda:7", "high"]),
     st.lists(st.integers(-2, 2), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
@@ -101,10 +101,10 @@ def _like(original):
     if isinstance(original, bool):
         return st.booleans()
     if isinstance(original, int):
-        return st.sampled_from([0, 1, -1, 2, original * 2, -original, original + 1, 10**6])
+        return st.sampled_from([0, 1, -1, 2, original * 2, -original, original + 1, 10**6, 10**12, -(10**30)])
     if isinstance(original, float):
         return st.one_of(st.floats(0, 1), st.floats(-2, 2),
-                         st.sampled_from([0.0, 1.0, 1e-12, 1e9, 1e308, -0.0, original * 10]))
+                         st.sampled_from([0.0, 1.0, 1e-12, 1e9, 1e308, -0.0, original * 10, 10**400]))
     if isinstance(original, str):
         return st.sampled_from([original, "auto", "off", "none", "cpu", "imagenet", "resnet18", "study/fold0.pt"])
     if isinstance(original, list):
@@ -163,6 +163,7 @@ def test_a_mutated_manifest_predicts_a_valid_submission_or_stops_first_in_one_li
             message = str(stop.code)
             assert message.startswith("error: ") and "manifest.json" in message, (changes, message)
             assert "\n" not in message and not predicted and not out.exists(), (changes, message)
+            assert len(message) < 600 + len(str(weights)), (changes, message)  # values are quoted cut short
             return
         assert code == 0
         sample = pd.read_csv(two_image_test_folder / "sample_submission.csv")

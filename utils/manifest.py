@@ -15,8 +15,10 @@ from pathlib import Path
 
 from utils.config import MAX_IMAGE_SIZE
 from utils.files import atomic_path
+from utils.log import first_line
 
 MANIFEST_FILE = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20  # far above any real one (a few kB per model); refused before it is read
 
 
 class ManifestError(ValueError):
@@ -34,10 +36,12 @@ def read_manifest(weights_dir, must_exist: bool = False) -> dict:
         if must_exist:
             raise ManifestError(f"{path}: not found: no trained models in {weights_dir} (run train/train_all.py)")
         return {"models": {}}
+    if path.stat().st_size > MAX_MANIFEST_BYTES:  # before reading: a manifest is kilobytes of settings
+        raise ManifestError(f"{path}: {path.stat().st_size} bytes; a manifest is at most {MAX_MANIFEST_BYTES}")
     try:
         manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ManifestError(f"{path}: not valid JSON ({err})") from err
+    except (ValueError, UnicodeDecodeError) as err:  # ValueError: bad JSON, or an integer of thousands of digits
+        raise ManifestError(f"{path}: not valid JSON ({first_line(err)})") from None
     except RecursionError:
         raise ManifestError(f"{path}: nested too deeply to be a manifest") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
