@@ -42,7 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from infer.assemble import NEGATIVE, image_none_probability, no_box_probability, study_row_probabilities
 from infer.predictor import Ensemble
 from utils.boxes import denormalize_xyxy
-from utils.config import bounded_int, device_argument
+from utils.config import MAX_PENDING, MAX_UPLOAD_MB, device_argument, int_in
 from utils.dicom import MAX_PIXELS, DicomReadError, ImageSizeError, read_radiograph
 from utils.fusion import display_threshold
 from utils.labels import STUDY_CLASSES
@@ -52,8 +52,6 @@ log = logging.getLogger("app")
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 PREVIEW_SIZE = 1024  # longer side of the preview the page draws on
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file, beyond the upload limit
-MAX_UPLOAD_MB = 1024  # a radiograph is tens of MB; the limit bounds what each pending request holds
-MAX_PENDING = 64
 UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary", "description": "DICOM, PNG or JPEG"}}}}}}}
@@ -250,11 +248,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights-dir", type=Path, default=None, help="weights folder with manifest.json")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    parser.add_argument("--port", type=lambda text: bounded_int(text, 1, 65535), default=8000)
+    parser.add_argument("--port", type=int_in(1, 65535), default=8000)
     parser.add_argument("--device", type=device_argument, default="cpu", help="cpu (default) | cuda | auto")
-    parser.add_argument("--max-upload-mb", type=lambda text: bounded_int(text, 1, MAX_UPLOAD_MB), default=64,
+    parser.add_argument("--max-upload-mb", type=int_in(1, MAX_UPLOAD_MB), default=64,
                         help=f"larger uploads get 413 (1 to {MAX_UPLOAD_MB})")
-    parser.add_argument("--max-pending", type=lambda text: bounded_int(text, 1, MAX_PENDING), default=4,
+    parser.add_argument("--max-pending", type=int_in(1, MAX_PENDING), default=4,
                         help=f"requests read, waiting or predicted at once; one more gets 503 (1 to {MAX_PENDING})")
     return parser
 

@@ -45,7 +45,15 @@ import pydicom
 import torch
 from pydicom.pixels import apply_voi_lut
 
-from utils.config import batch_size_argument, device_argument, worker_count
+from utils.config import (
+    MAX_IMAGE_SIZE,
+    MAX_PENDING,
+    batch_size_argument,
+    device_argument,
+    float_in,
+    int_in,
+    worker_count,
+)
 from utils.dicom import lenient_dicom_values, read_dicom, read_dicom_header
 from utils.engine import (
     DistInfo,
@@ -421,7 +429,8 @@ def benchmark_serve(weights_dir, requests: int = 50, concurrency: int = 4, image
     if image is None:
         image = write_full_size_files(Path(work_dir or tempfile.mkdtemp(prefix="bench-serve-")), 1, seed=2)[0]
     data = Path(image).read_bytes()
-    base, server = start_background_server(create_app(weights_dir, device=device))
+    # as many admitted as sent at once: the check measures latency, not the app's 503 bound
+    base, server = start_background_server(create_app(weights_dir, device=device, max_pending=concurrency))
     url = f"{base}/api/predict"
 
     def one(_):
@@ -455,35 +464,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
     reader = sub.add_parser("reader", help="DICOM decode + resize vs the copied recipe")
-    reader.add_argument("--files", type=int, default=6)
-    reader.add_argument("--repeats", type=int, default=5)
-    reader.add_argument("--size", type=int, default=1024)
+    reader.add_argument("--files", type=int_in(1, 1000), default=6)
+    reader.add_argument("--repeats", type=int_in(1, 1000), default=5)
+    reader.add_argument("--size", type=int_in(16, MAX_IMAGE_SIZE), default=1024)
     reader.add_argument("--out", help="also write the JSON here")
     training = sub.add_parser("training", help="backbone training images/s, full vs mixed precision")
     training.add_argument("--arch", default="resnext50_32x4d", choices=sorted(ARCHITECTURES))
-    training.add_argument("--image-size", type=int, default=224)
+    training.add_argument("--image-size", type=int_in(16, MAX_IMAGE_SIZE), default=224)
     training.add_argument("--batch-size", type=batch_size_argument, default=32)
-    training.add_argument("--steps", type=int, default=20, help="training steps per repeat and precision")
-    training.add_argument("--repeats", type=int, default=5)
+    training.add_argument("--steps", type=int_in(1, 10_000), default=20, help="training steps per repeat and precision")
+    training.add_argument("--repeats", type=int_in(1, 1000), default=5)
     training.add_argument("--amp", choices=["fp16", "bf16"], default=None,
                           help="mixed precision to compare (default: fp16 on CUDA, bf16 on the CPU)")
     training.add_argument("--device", type=device_argument, default="auto")
     training.add_argument("--out", help="also write the JSON here")
     grey = sub.add_parser("grey-input", help="study training images/s: grey replicated to 3 channels vs 1-channel stem")
     grey.add_argument("--arch", default="timm:tf_efficientnet_lite0")
-    grey.add_argument("--image-size", type=int, default=160)
+    grey.add_argument("--image-size", type=int_in(16, MAX_IMAGE_SIZE), default=160)
     grey.add_argument("--batch-size", type=batch_size_argument, default=16)
-    grey.add_argument("--steps", type=int, default=5, help="training steps per repeat and variant")
-    grey.add_argument("--repeats", type=int, default=5)
+    grey.add_argument("--steps", type=int_in(1, 10_000), default=5, help="training steps per repeat and variant")
+    grey.add_argument("--repeats", type=int_in(1, 1000), default=5)
     grey.add_argument("--out", help="also write the JSON here")
     inference = sub.add_parser("inference", help="prediction images/s per stage and end to end")
     source = inference.add_mutually_exclusive_group()
     source.add_argument("--weights-dir", type=Path, default=None, help="trained weights (manifest.json)")
     source.add_argument("--config", type=Path, default=Path("train/configs/full.yaml"),
                         help="without --weights-dir: models of this config with random weights")
-    inference.add_argument("--folds", type=int, default=1, help="with --config: folds per model (full: 5)")
-    inference.add_argument("--images", type=int, default=8)
-    inference.add_argument("--repeats", type=int, default=3)
+    inference.add_argument("--folds", type=int_in(1, 100), default=1, help="with --config: folds per model (full: 5)")
+    inference.add_argument("--images", type=int_in(1, 100_000), default=8)
+    inference.add_argument("--repeats", type=int_in(1, 1000), default=3)
     inference.add_argument("--batch-size", type=batch_size_argument, default=None)
     inference.add_argument("--workers", type=worker_count, default=None, help="decoding processes")
     inference.add_argument("--fusion-workers", type=worker_count, default=None,
@@ -491,12 +500,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     inference.add_argument("--device", type=device_argument, default=None)
     inference.add_argument("--compare-channels-last", action="store_true",
                            help="also time the torch models in the other memory layout")
-    inference.add_argument("--scale", type=float, default=1.0, help="shrink the test DICOMs (quick checks)")
+    inference.add_argument("--scale", type=float_in(0.01, 1.0), default=1.0,
+                           help="shrink the test DICOMs (quick checks)")
     inference.add_argument("--out", help="also write the JSON here")
     serve = sub.add_parser("serve", help="web application load check on loopback")
     serve.add_argument("--weights-dir", type=Path, required=True)
-    serve.add_argument("--requests", type=int, default=50)
-    serve.add_argument("--concurrency", type=int, default=4)
+    serve.add_argument("--requests", type=int_in(1, 100_000), default=50)
+    serve.add_argument("--concurrency", type=int_in(1, MAX_PENDING), default=4)
     serve.add_argument("--image", type=Path, default=None, help="radiograph to upload (default: a real-size DICOM)")
     serve.add_argument("--device", type=device_argument, default="cpu")
     serve.add_argument("--out", help="also write the JSON here")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from utils.config import float_in, int_in
 from utils.dicom import read_dicom
 from utils.fusion import display_threshold, ensemble_config
 from utils.inputs import find_dicoms
@@ -37,8 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-labels", required=True, type=Path, help="truth in train_image_level.csv format")
     parser.add_argument("--study-labels", required=True, type=Path, help="truth in train_study_level.csv format")
     parser.add_argument("--out", required=True, type=Path, help="PNG to write")
-    parser.add_argument("--images", type=int, default=4, help="how many radiographs")
-    parser.add_argument("--min-score", type=float, default=None,
+    parser.add_argument("--images", type=int_in(1, 1000), default=4, help="how many radiographs")
+    parser.add_argument("--min-score", type=float_in(0.0, 1.0), default=None,
                         help="draw predicted boxes scoring at least this (default: the display threshold of "
                              "--weights-dir's manifest, else 0.2)")
     parser.add_argument("--weights-dir", type=Path, default=None, help="the weights that made the submission")

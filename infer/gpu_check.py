@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from utils.config import float_in, int_in, worker_count
 from utils.files import write_json_atomic, write_text_atomic
 from utils.kinds import KINDS
 from utils.report import show_general
@@ -245,9 +246,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="resized copy of the competition for the real-data parts")
     parser.add_argument("--patients", type=Path, default=ROOT.parent / "shared" / "siim-labels" / "train_meta.csv",
                         help="image -> patient table for the folds (absent: studies stand for patients)")
-    parser.add_argument("--subset", type=int, default=800, help="training images for the one-epoch timings")
-    parser.add_argument("--budget", type=float, default=480, help="seconds for all parts together")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
+    parser.add_argument("--subset", type=int_in(1, 1_000_000), default=800,
+                        help="training images for the one-epoch timings")
+    parser.add_argument("--budget", type=float_in(1, 86_400), default=480, help="seconds for all parts together")
+    parser.add_argument("--workers", type=worker_count, default=min(8, os.cpu_count() or 1),
+                        help="data loading processes")
     parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
     parser.add_argument("--smoke", action="store_true", help="toy sizes, on any device (the tests)")
     return parser

@@ -42,8 +42,8 @@ KAGGLE_TORCH = ("torch==2.10.0", "torchvision==0.25.0")
 # What Kaggle's GPU image has that the notebook uses (versions: the newest that resolve, as the image's
 # are not published per package); what it lacks comes from the wheels dataset.
 KAGGLE_IMAGE_PACKAGES = ("numpy<2.3", "pandas", "scikit-learn", "scipy", "opencv-python", "opencv-python-headless",
-                         "albumentations", "pydicom", "timm", "matplotlib", "pillow", "pyyaml", "tqdm", "psutil",
-                         "requests", "polars", "ipykernel", "nbclient", "nbformat")
+                         "albumentations", "pydantic", "pydicom", "timm", "matplotlib", "pillow", "pyyaml", "tqdm",
+                         "psutil", "requests", "polars", "ipykernel", "nbclient", "nbformat")
 WHEEL_PYTHONS = ("3.11", "3.12")
 REPORTED_PACKAGES = ("numpy", "pandas", "opencv-python", "albumentations", "pydicom", "timm", "scikit-learn")
 
@@ -223,13 +223,15 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from utils.config import float_in
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--python", default=default_python(), help="Python 3.12 interpreter (default: %(default)s)")
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv-kaggle")
     parser.add_argument("--weights-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "kaggle-check")
-    parser.add_argument("--confidence-tolerance", type=float, default=1e-3)
-    parser.add_argument("--box-tolerance", type=float, default=0.5, help="pixels")
+    parser.add_argument("--confidence-tolerance", type=float_in(0.0, 1.0), default=1e-3)
+    parser.add_argument("--box-tolerance", type=float_in(0.0, 10_000.0), default=0.5, help="pixels")
     args = parser.parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "true")
     out = args.out.resolve()

@@ -111,9 +111,11 @@ def test_off_and_yes_stay_strings_true_and_false_are_booleans(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--size", "0"], "--size must be at least 16"),
-    (["--folds", "1"], "--folds must be at least 2"),
-    (["--workers", "0"], "--workers must be at least 1"),
+    (["--size", "0"], "argument --size: must be at least 16, got 0"),
+    (["--size", "100000"], "argument --size: must be at most 4096, got 100000"),
+    (["--folds", "1"], "argument --folds: must be at least 2, got 1"),
+    (["--workers", "0"], "argument --workers: must be at least 1, got 0"),
+    (["--seed", "-1"], "argument --seed: must be at least 0, got -1"),
 ])
 def test_prepare_refuses_option_values_out_of_range(tmp_path, capsys, argv, message):
     from train import prepare
@@ -316,3 +318,34 @@ def test_integer_arguments_hold_their_bounds(value):
         message = str(err.value)
         assert len(message) < 120 and (f"at least {low}" in message or f"at most {high}" in message
                                        or "expected an integer" in message), message
+
+
+def _entry_parsers():
+    """Every entry script's argparse parser (and its subcommands'), by module name."""
+    import argparse
+    import importlib
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "kaggle"))  # kaggle/ is no package: its scripts import as top-level modules
+    try:
+        for folder in ("train", "infer", "kaggle"):
+            for path in sorted((repo / folder).glob("*.py")):
+                module = importlib.import_module(f"{folder}.{path.stem}" if folder != "kaggle" else path.stem)
+                if hasattr(module, "get_args_parser"):
+                    stack = [module.get_args_parser()]
+                    while stack:
+                        parser = stack.pop()
+                        yield f"{folder}/{path.name}", parser
+                        stack += [sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+                                  for sub in action.choices.values()]
+    finally:
+        sys.path.remove(str(repo / "kaggle"))
+
+
+def test_every_number_argument_of_every_script_has_a_declared_range():
+    """``type=int`` or ``type=float`` accepts 10^12 and NaN: each number option declares its range
+    (``int_in``, ``float_in``, ``batch_size_argument``, ``worker_count``)."""
+    unbounded = [f"{script} {action.option_strings[0]}" for script, parser in _entry_parsers()
+                 for action in parser._actions if action.type in (int, float) and action.option_strings]
+    assert not unbounded, f"number arguments without a range: {unbounded}"

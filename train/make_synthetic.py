@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from utils.config import MAX_IMAGE_SIZE, MAX_SEED, int_in
 from utils.synthetic import make_nih_dataset, make_resized_copy, make_rsna_dataset, make_siim_dataset
 
 
@@ -22,14 +23,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--format", choices=("siim", "resized", "nih", "rsna"), default="siim")
-    parser.add_argument("--train-studies", type=int, default=60, help="siim: studies in train/")
-    parser.add_argument("--test-studies", type=int, default=20, help="siim: studies in test/")
-    parser.add_argument("--images", type=int, default=100, help="nih / rsna: number of images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-size", type=int, default=256,
+    parser.add_argument("--train-studies", type=int_in(1, 100_000), default=60, help="siim: studies in train/")
+    parser.add_argument("--test-studies", type=int_in(0, 100_000), default=20, help="siim: studies in test/")
+    parser.add_argument("--images", type=int_in(1, 1_000_000), default=100, help="nih / rsna: number of images")
+    parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=0)
+    parser.add_argument("--max-size", type=int_in(32, MAX_IMAGE_SIZE), default=256,
                         help="longest image side in pixels (siim, rsna); real radiographs are ~2500-3500")
-    parser.add_argument("--resize", type=int, default=256, help="resized: side of the square JPEGs")
-    parser.add_argument("--image-size", type=int, default=128, help="nih: PNG side (the real set is 1024)")
+    parser.add_argument("--resize", type=int_in(16, MAX_IMAGE_SIZE), default=256,
+                        help="resized: side of the square JPEGs")
+    parser.add_argument("--image-size", type=int_in(16, MAX_IMAGE_SIZE), default=128,
+                        help="nih: PNG side (the real set is 1024)")
     return parser
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.config import worker_count
+from utils.config import MAX_IMAGE_SIZE, MAX_SEED, MAX_WORKERS, int_in
 from utils.inputs import PreparationInputError
 from utils.labels import DUPLICATE_POLICIES, DUPLICATES_KEEP_BOXED, LabelFileError
 from utils.log import configure_logging
@@ -29,11 +29,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="competition folder (train/<study>/<series>/*.dcm) or resized copy "
                              "(train/<id>.jpg|png, meta.csv), with train_*_level.csv")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--size", type=int, action="append", dest="sizes",
+    parser.add_argument("--size", type=int_in(16, MAX_IMAGE_SIZE), action="append", dest="sizes",
                         help="square PNG size; repeat for several (default 1024)")
-    parser.add_argument("--workers", type=worker_count, default=1, help="decoding processes")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=42, help="fold assignment seed")
+    parser.add_argument("--workers", type=int_in(1, MAX_WORKERS), default=1, help="decoding processes")
+    parser.add_argument("--folds", type=int_in(2, 100), default=5)
+    parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=42, help="fold assignment seed")
     parser.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default=DUPLICATES_KEEP_BOXED,
                         help="studies with several images: keep only the boxed one of a positive study "
                              "(others marked unused), or keep all")
@@ -48,13 +48,6 @@ def main(argv=None) -> None:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     sizes = tuple(args.sizes or [1024])
-    # Ranges first: a size of 0 would blame every image's DICOM, 1 fold would end in an sklearn traceback.
-    if min(sizes) < 16:
-        parser.error(f"--size must be at least 16 pixels, got {min(sizes)}")
-    if args.folds < 2:
-        parser.error(f"--folds must be at least 2, got {args.folds}")
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1, got {args.workers}")
     try:
         table = prepare_data(args.data_dir, args.out, sizes, args.workers, args.folds, args.seed, args.duplicates,
                              args.patients)

@@ -33,6 +33,9 @@ MAX_WORKERS = 64
 # Images one model call may take: above what any accelerator holds at the sizes above, below what makes a
 # data loader prefetch for minutes (its prefetch depth follows the batch size) before failing.
 MAX_BATCH_SIZE = 1024
+# Requests the web app admits at once (each holds its upload in memory), and uploads' size in MB.
+MAX_PENDING = 64
+MAX_UPLOAD_MB = 1024
 MAX_EPOCHS = 10_000
 MAX_BOXES = 1000  # boxes kept per image: the competition scores far fewer
 # numpy's and torch's seeds are unsigned 32-bit integers
@@ -214,6 +217,31 @@ def bounded_int(text: str, low: int, high: int | None = None) -> int:
         raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}" if value < low
                                          else f"must be at most {high}, got {short(value)}")
     return value
+
+
+def int_in(low: int, high: int):
+    """An argparse type: an integer in ``low`` to ``high`` (every integer option has its range declared
+    where it is declared: ``type=int_in(1, 100)``)."""
+    def parse(text: str) -> int:
+        return bounded_int(text, low, high)
+
+    parse.__name__ = f"integer in {low}-{high}"
+    return parse
+
+
+def float_in(low: float, high: float):
+    """An argparse type: a finite number in ``low`` to ``high``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {short(text)}") from None
+        if not low <= value <= high:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be in {low:g} to {high:g}, got {short(text)}")
+        return value
+
+    parse.__name__ = f"number in {low:g}-{high:g}"
+    return parse
 
 
 def parse_overrides(items: list[str] | None) -> dict:
