@@ -2,9 +2,12 @@
 
 A config file (``train/configs/full.yaml``, ``train/configs/demo.yaml``) has one top-level section
 per training stage (``backbone``, ``study``, ...). Each section is checked against that stage's
-dataclass: an unknown key, a missing section, a value of the wrong type or a float that is NaN or
-infinite is a :class:`ConfigError` naming the file and the key, so a typo can never be ignored silently.
-Command-line overrides (``--set epochs=2``) go through the same check. The resolved config is saved beside the weights.
+dataclass: an unknown key, a missing section, a value of the wrong type, a float that is NaN or
+infinite, or a number outside the range its field declares (``batch_size: BatchSize``, pydantic's
+``Annotated[int, Field(ge=1, le=1024)]``) is a :class:`ConfigError` in one line naming the file, the key
+and the bound, so a typo can never be ignored silently. Command-line overrides (``--set epochs=2``) and
+the configs a weights manifest stores go through the same check. A config is untrusted text: size-bounded,
+without YAML aliases. The resolved config is saved beside the weights.
 """
 
 from __future__ import annotations
@@ -116,21 +119,23 @@ def _load_yaml(text: str, source: str):
         raise ConfigError(f"{source}: {first_line(err)}") from None
 
 
+# Exact types (no "5" for 5, no 1 for true; ints are widened to floats), finite floats, and strings no
+# longer than a path may be (a name or a path in a config is never megabytes).
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False, str_max_length=4096)
+
+
 @functools.cache
 def _field_validators(cls) -> dict[str, TypeAdapter]:
-    """Per field of dataclass ``cls``, pydantic's strict validator of its annotation: exact types (no
-    "5" for 5, no 1 for true), ints widened to floats, finite floats only, the declared ranges."""
+    """Per field of dataclass ``cls``, pydantic's strict validator of its annotation (:data:`_STRICT`)
+    with the ranges it declares."""
     hints = typing.get_type_hints(cls, include_extras=True)
     return {f.name: TypeAdapter(hints[f.name], config=_STRICT) for f in dataclasses.fields(cls)}
-
-
-_STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
 
 def _describe(error: dict) -> str:
     """One pydantic error as ``key[index]: problem, got value``."""
     where = "".join(f"[{str(part)[:QUOTED_CHARS]}]" for part in error["loc"])
-    problem = error["msg"].replace("Input should", "must", 1)
+    problem = re.sub(r"^(Input|String|List|Dictionary|Value) should", "must", error["msg"])
     return f"{where}: {problem}, got {short(error['input'])}"
 
 

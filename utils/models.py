@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from utils.config import short
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -272,7 +274,7 @@ def resolve_normalization(name: str | None, arch: str) -> str:
     if name in (None, NORMALIZATION_AUTO):
         return "lite" if _is_lite(arch) else "imagenet"
     if name not in INPUT_NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {name!r}; choose {NORMALIZATION_AUTO} or one of "
+        raise ValueError(f"unknown normalization {short(name)}; choose {NORMALIZATION_AUTO} or one of "
                          f"{sorted(INPUT_NORMALIZATIONS)}")
     return name
 
@@ -369,7 +371,7 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Te
 def check_class_weights(weights, n_classes: int = 4) -> None:
     """``weights``: None (equal) or one finite weight > 0 per study class; else ValueError."""
     if weights is not None and (len(weights) != n_classes or not all(math.isfinite(w) and w > 0 for w in weights)):
-        raise ValueError(f"class_weights: need {n_classes} finite weights > 0, one per class, got {weights}")
+        raise ValueError(f"class_weights: need {n_classes} finite weights > 0, one per class, got {short(weights)}")
 
 
 class StudyClassifier(nn.Module):

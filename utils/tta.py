@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.config import short
+
 ZOOM = 1.1
 SHIFT = 0.05  # fraction of the side, as the training preset's translation
 
@@ -49,8 +51,8 @@ def check_views(views) -> tuple[str, ...]:
     for view in views:
         unknown = [part for part in view.split("+") if part not in VIEW_OPERATIONS]
         if unknown:
-            raise ValueError(f"unknown TTA view {view!r} (unknown {unknown}); views join {sorted(VIEW_OPERATIONS)} "
-                             f"with '+'")
+            raise ValueError(f"unknown TTA view {short(view)} (unknown {short(unknown)}); views join "
+                             f"{sorted(VIEW_OPERATIONS)} with '+'")
     return views
 
 
