@@ -189,8 +189,9 @@ def test_an_oversized_config_is_refused_before_it_is_parsed(tmp_path, monkeypatc
     ("study:\n  lr: 1.0e+400\n", r"lr: must be a finite number, got inf"),
     ("study:\n  batch_size: 1000000000000\n", r"batch_size: must be less than or equal to 1024, got 1000000000000"),
     ("study:\n  workers: -5\n", r"workers: must be greater than or equal to 0, got -5"),
-    ("study:\n  arch: " + "x" * 10_000 + "\n  epochs: " + "y" * 10_000 + "\n",
-     r"epochs: must be a valid integer, got 'yyy"),
+    ("study:\n  epochs: " + "y" * 10_000 + "\n", r"epochs: must be a valid integer, got 'yyy"),
+    ("study:\n  arch: " + "x" * 10_000 + "\n", r"arch: must have at most 4096 characters, got 'xxx"),
+    ("study:\n  tta_views: [" + "z" * 4000 + "]\n", r"\[study\]: unknown TTA view 'zzz.{20,60} \(unknown \['zzz"),
     ("study:\n  " + "k" * 1000 + ": 1\n", r"unknown key\(s\) \['kkk"),
 ])
 def test_every_config_problem_is_one_short_line(tmp_path, text, message):
