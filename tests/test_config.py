@@ -249,9 +249,21 @@ def test_every_number_of_every_schema_has_a_declared_range():
 
 
 def _top_level_numbers():
-    return sorted((section, name, kind, _limits(bounds)) for section, cls in _schemas().items()
-                  for name, numbers in _declared(cls).items() if len(numbers) == 1
-                  for kind, bounds in numbers)
+    """``(section, name, int or float, (low, high), multiple_of)`` of every setting that is one number
+    (or null), not a list or mapping of them."""
+    import dataclasses
+    import typing
+
+    found = []
+    for section, cls in _schemas().items():
+        hints = typing.get_type_hints(cls)  # without the Annotated layers: is it a number itself?
+        for field in dataclasses.fields(cls):
+            plain = [a for a in typing.get_args(hints[field.name]) if a is not type(None)] or [hints[field.name]]
+            if len(plain) == 1 and plain[0] in (int, float):
+                (kind, bounds), = _declared(cls)[field.name]
+                step = next((b.multiple_of for b in bounds if hasattr(b, "multiple_of")), 1)
+                found.append((section, field.name, kind, _limits(bounds), step))
+    return sorted(found, key=str)
 
 
 @given(st.sampled_from(_top_level_numbers()), st.integers(0, 10**30), st.booleans())
@@ -260,7 +272,7 @@ def test_every_number_setting_at_its_bounds_reads_and_beyond_them_is_refused(set
     it (up to 10^30, and negative) is one line naming the key and the bound."""
     from utils.config import from_mapping
 
-    section, name, kind, (low, high) = setting
+    section, name, kind, (low, high), step = setting
     cls = _schemas()[section]
     (rule, bound) = low if low_side else high
     at = bound if rule in ("ge", "le") else (bound + 1 if kind is int else bound + 1e-6) if rule == "gt" else \
@@ -269,7 +281,7 @@ def test_every_number_setting_at_its_bounds_reads_and_beyond_them_is_refused(set
         from_mapping(cls, {name: kind(at)}, f"c.yaml [{section}]")
     except ConfigError as err:
         assert f"{name}: must be" not in str(err), err  # another rule (resize >= image_size) may refuse it
-    outside = (bound - 1 - beyond) if low_side else (bound + 1 + beyond)
+    outside = (bound - step - beyond * step) if low_side else (bound + step + beyond * step)  # on the grid
     outside = kind(outside) if kind is int else float(outside)
     with pytest.raises(ConfigError, match=rf"c\.yaml \[{section}\]: {name}: must be (greater|less) than") as err:
         from_mapping(cls, {name: outside}, f"c.yaml [{section}]")

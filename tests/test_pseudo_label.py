@@ -15,6 +15,7 @@ import torch
 from conftest import LEARNING, REPO, TINY_TRAIN_ALL
 
 from train import pseudo_label, train_all
+from utils.config import from_mapping
 from utils.kinds import KINDS
 from utils.kinds.study import load_study_table
 from utils.manifest import read_manifest
@@ -96,8 +97,8 @@ def test_the_precision_rule_keeps_the_most_labels_that_stay_that_precise():
     assert lowest_threshold_at_precision(detections, 0.75) == {"threshold": 0.6, "precision": 0.75, "recall": 0.75}
     assert lowest_threshold_at_precision(detections, 0.6)["threshold"] == 0.5
     assert lowest_threshold_at_precision(ClassDetections({}, detections.predictions), 0.5) is None
-    with pytest.raises(ValueError, match="max_boxes"):
-        PseudoConfig(max_boxes=0)
+    with pytest.raises(ValueError, match="max_boxes: must be greater than or equal to 1"):
+        from_mapping(PseudoConfig, {"max_boxes": 0}, "c.yaml [pseudo]")
 
 
 def merged_meta(detection_prepared, tmp_path):
@@ -304,7 +305,7 @@ def test_a_training_image_under_another_name_is_refused_before_any_prediction(tr
         with pytest.raises(SystemExit, match=f"image {name}image to pseudo-label is a training image under another "
                                              f"name: {message}"):
             pseudo_label.main(["--run-dir", str(trained_run), "--images", str(data), "--out",
-                               str(tmp_path / name / "p"), "--config", config, "--no-progress",
+                               str(tmp_path / f"{name}-out"), "--config", config, "--no-progress",
                                "--set", "none_threshold=0.5", "box_threshold=0.5"])
     with pytest.raises(SystemExit, match=r"--out .*prepared/meta.csv is an input of this run"):
         pseudo_label.main(["--run-dir", str(trained_run), "--images", str(siim_dataset), "--out",
