@@ -141,10 +141,10 @@ def run(args) -> dict:
                    [args.train_dir, run_dir / "prepared"])
     # Round one's files (its prepared folder, weights) and the images are never written over: --out
     # RUN/prepared would rewrite round one's meta.csv and headers.jsonl; nothing is written into them.
-    check_not_inside(out, [run_dir / "prepared", run_dir / "weights", args.images, args.train_dir])
     for name in ("meta.csv", HEADERS_FILE, PSEUDO_LABELS_FILE):
         check_not_an_input(out / name, [run_dir / "prepared", run_dir / "weights", args.images, args.test_meta,
                                         args.config])
+    check_not_inside(out, [run_dir / "prepared", run_dir / "weights", args.images, args.train_dir])
     # Every image decoded once, first: the PNGs round two trains on, and what tells a training image
     # under another name (header UIDs, a hash of the pixels) before any prediction.
     decode_start = time.perf_counter()
