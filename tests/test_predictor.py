@@ -755,3 +755,58 @@ def test_a_shard_worker_killed_while_writing_leaves_no_half_file(tmp_path, monke
         sharding._worker(str(tmp_path / "absent"), EnsembleConfig(device="cpu"), "cpu", [], 1, 0, None, str(out),
                          multiprocessing.Value("l", 0))
     assert list(tmp_path.iterdir()) == []
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (read from /proc: no psutil)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            except OSError:
+                continue
+            if int(parent) == pid and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_a_killed_submission_run_leaves_no_process_behind(untrained_weights, tmp_path, signal_name):
+    """make_submission killed while its DataLoader workers decode (Ctrl-C, or the kernel's SIGKILL):
+    within seconds no worker of it is left running."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from utils.synthetic import make_siim_dataset
+
+    make_siim_dataset(tmp_path / "data", train_studies=1, test_studies=30, seed=5, max_size=256, progress=False)
+    run = subprocess.Popen([sys.executable, str(REPO / "infer" / "make_submission.py"), "--data-dir",
+                            str(tmp_path / "data"), "--weights-dir", str(untrained_weights), "--out",
+                            str(tmp_path / "s.csv"), "--workers", "2", "--batch-size", "1", "--no-progress"],
+                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := _children(run.pid)) < 2 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers) == 2, "the loader workers never started"
+        run.send_signal(getattr(signal, signal_name))
+        assert run.wait(60) != 0
+        deadline = time.monotonic() + 15
+        while any(_is_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [pid for pid in workers if _is_running(pid)]
+        assert not left, f"workers {left} still running after the run was killed"
+    finally:
+        run.kill()
+        run.wait()
