@@ -723,11 +723,11 @@ def test_bad_arguments_and_devices_are_one_line_before_any_work(untrained_weight
         with pytest.raises(SystemExit) as exit_info:
             make_submission.main(argv + extra)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, extra
-    with pytest.raises(SystemExit, match=r"manifest.json \[ensemble\]: device 'cuda0': expected auto"):
+    with pytest.raises(SystemExit, match=r"manifest.json \[ensemble\] with overrides: device 'cuda0': expected auto"):
         make_submission.main(argv + ["--set", "device=cuda0"])
     # The batch size of the manifest's ensemble section (here through --set) has the argument's bound.
-    with pytest.raises(SystemExit, match=r"manifest.json \[ensemble\]: batch_size: must be less than or equal to "
-                                         r"1024, got 1000000000000$"):
+    with pytest.raises(SystemExit, match=r"manifest.json \[ensemble\] with overrides: batch_size: must be less than "
+                                         r"or equal to 1024, got 1000000000000$"):
         make_submission.main(argv + ["--set", "batch_size=1000000000000"])
     with pytest.raises(ConfigError, match=r"x.yaml \[study\]: device 'gpu': expected auto, cpu, cuda or cuda:N"):
         from_mapping(StudyConfig, {"device": "gpu"}, "x.yaml [study]")

@@ -189,8 +189,9 @@ def ensemble_config(manifest: dict, overrides: dict | None = None, source: str =
     section = dict(section)
     if "study_tta" not in section and "tta_hflip" in section:
         section["study_tta"] = section["tta_hflip"]
-    mapping = {**section, **(overrides or {})}
-    return from_mapping(EnsembleConfig, mapping, f"{source} [{ENSEMBLE_SECTION}]")
+    if overrides:  # checked alone first, so that a bad value given with --set or --config is named as theirs
+        from_mapping(EnsembleConfig, dict(overrides), f"{source} [{ENSEMBLE_SECTION}] with overrides")
+    return from_mapping(EnsembleConfig, {**section, **(overrides or {})}, f"{source} [{ENSEMBLE_SECTION}]")
 
 
 CALIBRATE_SECTION = "calibrate"  # the calibration's section in a config file
