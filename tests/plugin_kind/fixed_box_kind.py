@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from fixed_box_member import FixedBoxMember, fold_weights
 
+from utils.config import Folds, ImageSize
 from utils.detection import read_detection_table, write_detector_report
 from utils.kinds.base import FoldResult, ModelKind, split_fold
 from utils.manifest import register_model
@@ -22,8 +23,8 @@ from utils.predictions import detection_rows
 class FixedBoxConfig:
     """The ``fixed_box`` section."""
 
-    image_size: int = 32
-    folds: list[int] | None = None
+    image_size: ImageSize = 32  # a declared range, as every number of a config has
+    folds: Folds | None = None
     device: str = "cpu"
 
 
