@@ -4,6 +4,7 @@ weights said plainly, and one end-to-end run in a real headless browser (Debian'
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import io
 import shutil
@@ -84,11 +85,11 @@ def test_the_opacity_map_covers_the_image_on_request(client, siim_dataset):
     assert answer["study"] == plain["study"]  # asking for the map changes nothing else
 
 
-def test_health_answers_while_a_prediction_runs(weights, monkeypatch):
-    """Prediction runs off the event loop: /healthz is served while a prediction is held inside."""
+@contextlib.contextmanager
+def _one_prediction_held(client, monkeypatch):
+    """Inside the block, one upload of a small PNG is held inside its prediction (in a thread); after it,
+    the upload is released and must have been answered 200."""
     import threading
-
-    from fastapi.testclient import TestClient
 
     from infer import app as app_module
 
@@ -101,53 +102,42 @@ def test_health_answers_while_a_prediction_runs(weights, monkeypatch):
         return real_payload(*args, **kwargs)
 
     monkeypatch.setattr(app_module, "prediction_payload", held_payload)
-    client = TestClient(create_app(weights))
-    png = cv2.imencode(".png", np.full((64, 64), 128, np.uint8))[1].tobytes()
     answers = []
-    worker = threading.Thread(target=lambda: answers.append(_post(client, "a.png", png)))
+    worker = threading.Thread(target=lambda: answers.append(_post(client, "a.png", _small_png())))
     worker.start()
     try:
         assert entered.wait(30)
-        assert client.get("/healthz").json()["status"] == "ok"  # answered while the prediction is held
+        yield
     finally:
         release.set()
         worker.join(60)
     assert answers and answers[0].status_code == 200
+
+
+def _small_png() -> bytes:
+    return cv2.imencode(".png", np.full((64, 64), 128, np.uint8))[1].tobytes()
+
+
+def test_health_answers_while_a_prediction_runs(weights, monkeypatch):
+    """Prediction runs off the event loop: /healthz is served while a prediction is held inside."""
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(weights))
+    with _one_prediction_held(client, monkeypatch):
+        assert client.get("/healthz").json()["status"] == "ok"  # answered while the prediction is held
 
 
 def test_predictions_beyond_the_pending_bound_get_503_at_once(weights, monkeypatch):
     """20 concurrent large uploads added 0.85 GB on main: requests are admitted up to max_pending (each holds
     its upload), one more is answered 503 with Retry-After at once, and its slot is free again after."""
-    import threading
-
     from fastapi.testclient import TestClient
 
-    from infer import app as app_module
-
-    entered, release = threading.Event(), threading.Event()
-    real_payload = app_module.prediction_payload
-
-    def held_payload(*args, **kwargs):
-        entered.set()
-        assert release.wait(30), "never released"
-        return real_payload(*args, **kwargs)
-
-    monkeypatch.setattr(app_module, "prediction_payload", held_payload)
     client = TestClient(create_app(weights, max_pending=1))
-    png = cv2.imencode(".png", np.full((64, 64), 128, np.uint8))[1].tobytes()
-    answers = []
-    worker = threading.Thread(target=lambda: answers.append(_post(client, "a.png", png)))
-    worker.start()
-    try:
-        assert entered.wait(30)
-        busy = _post(client, "b.png", png)
+    with _one_prediction_held(client, monkeypatch):
+        busy = _post(client, "b.png", _small_png())
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
         assert "busy: 1 radiographs are being read or predicted (at most 1)" in busy.json()["detail"]
-    finally:
-        release.set()
-        worker.join(60)
-    assert answers and answers[0].status_code == 200
-    assert _post(client, "c.png", png).status_code == 200  # the slot was given back
+    assert _post(client, "c.png", _small_png()).status_code == 200  # the slot was given back
 
 
 def test_the_apps_own_arguments_are_checked_before_any_model_loads(weights, monkeypatch, capsys):
