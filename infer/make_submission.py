@@ -91,14 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         # The submission and its summary never replace a file they are made from (the manifest and every
         # file it names, the sample, a test image, the tables, the config), and are never written into the
         # weights or test folder; an earlier submission beside them may be replaced.
-        inputs = [*named_files(args.weights_dir), *(p for p in args.weights_dir.glob("*") if p.is_dir()),
-                  args.data_dir / "sample_submission.csv", args.data_dir / "meta.csv", args.data_dir / "test",
-                  args.test_meta, args.config]
+        manifest = read_manifest(args.weights_dir, must_exist=True)
+        inputs = [*named_files(args.weights_dir, manifest), args.data_dir / "sample_submission.csv",
+                  args.data_dir / "meta.csv", args.data_dir / "test", args.test_meta, args.config]
         for written in (args.out, args.out.parent / f"{args.out.stem}_summary.json"):
-            check_not_an_input(written, inputs)
+            check_not_an_input(written, inputs)  # also through a link from outside the folders below
             check_not_inside(written, [args.weights_dir], what="weights folder")
             check_not_inside(written, [args.data_dir / "test"], what="test image folder")
-        manifest = read_manifest(args.weights_dir, must_exist=True)
         config = ensemble_config(manifest, overrides, str(args.weights_dir / "manifest.json"))
         with (ShardedEnsemble(args.weights_dir, config, devices) if len(devices) > 1
               else Ensemble(args.weights_dir, config)) as ensemble:

@@ -59,7 +59,9 @@ ImageSize = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIZE)]
 BoxCount = Annotated[int, Field(ge=1, le=MAX_BOXES)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+FractionBelowOne = Annotated[float, Field(ge=0.0, lt=1.0)]  # momentum, smoothing, thresholds where 1 means nothing
 OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+WarmupEpochs = Annotated[float, Field(ge=0.0, le=MAX_EPOCHS)]
 LearningRate = Annotated[float, Field(gt=0.0, le=10.0)]
 # A weight in a sum (a loss term, a model in the fusion, a blend): 0 switches the term off.
 Weight = Annotated[float, Field(ge=0.0, le=1000.0)]

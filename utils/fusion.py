@@ -29,6 +29,7 @@ from utils.config import (
     BoxCount,
     ConfigError,
     Fraction,
+    FractionBelowOne,
     Seed,
     Weight,
     Workers,
@@ -148,7 +149,7 @@ class EnsembleConfig:
     # fusing one model's folds and flips (fixed: out of fold has one source)
     member_wbf_iou_thr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.55
     wbf_iou_thr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.55
-    wbf_skip_box_thr: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.001
+    wbf_skip_box_thr: FractionBelowOne = 0.001
     wbf_conf_type: Literal[WBF_CONF_TYPES] = "avg"
     box_none_power: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0  # fused box scores * (1 - none) ** power
     max_boxes: BoxCount = 100

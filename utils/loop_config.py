@@ -9,7 +9,17 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from utils.config import MAX_EPOCHS, BatchSize, Epochs, Fraction, LearningRate, Seed, Workers, device_problems
+from utils.config import (
+    BatchSize,
+    Epochs,
+    Fraction,
+    FractionBelowOne,
+    LearningRate,
+    Seed,
+    WarmupEpochs,
+    Workers,
+    device_problems,
+)
 
 
 @dataclass
@@ -19,10 +29,10 @@ class TrainConfig:
     epochs: Epochs = 35
     batch_size: BatchSize = 32
     lr: LearningRate = 0.01
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    momentum: FractionBelowOne = 0.9
     nesterov: bool = True
-    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
-    warmup_epochs: Annotated[float, Field(ge=0.0, le=MAX_EPOCHS)] = 0.0
+    weight_decay: Fraction = 1e-4
+    warmup_epochs: WarmupEpochs = 0.0
     lr_floor: Fraction = 0.05
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     grad_clip: Annotated[float, Field(gt=0.0, le=1e6)] | None = None

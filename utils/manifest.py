@@ -49,18 +49,14 @@ def read_manifest(weights_dir, must_exist: bool = False) -> dict:
     return manifest
 
 
-def named_files(weights_dir) -> list[Path]:
-    """Every file the manifest of ``weights_dir`` names (each model's fold files, wherever they sit: a
-    flat folder keeps them beside the manifest) and the manifest itself: what a command that predicts with
-    the folder reads, so none of them may be an output. A damaged manifest names what it can (reading it
-    for prediction reports the damage)."""
+def named_files(weights_dir, manifest: dict) -> list[Path]:
+    """Every file ``manifest`` (read from ``weights_dir``) names (each model's fold files, wherever they
+    sit: a flat folder keeps them beside the manifest) and the manifest itself: what a command that
+    predicts with the folder reads, so none of them may be an output. A damaged entry names what it can
+    (loading it for prediction reports the damage)."""
     weights_dir = Path(weights_dir)
     paths = [weights_dir / MANIFEST_FILE]
-    try:
-        models = read_manifest(weights_dir)["models"]
-    except ManifestError:
-        return paths
-    for spec in models.values():
+    for spec in manifest["models"].values():
         files = spec.get("files") if isinstance(spec, dict) else None
         if isinstance(files, dict):
             paths += [weights_dir / name for name in files.values()

@@ -42,7 +42,7 @@ import pandas as pd
 from pydantic import Field
 
 from utils.boxes import as_boxes, denormalize_xyxy
-from utils.config import BoxCount, short
+from utils.config import BoxCount, FractionBelowOne, short
 from utils.files import atomic_path
 from utils.labels import STUDY_CLASSES, boxes_to_json
 from utils.prepare import META_COLUMNS, PSEUDO_COLUMNS, PSEUDO_FOLD
@@ -59,8 +59,8 @@ class PseudoLabelError(ValueError):
 class PseudoConfig:
     """The ``pseudo`` section (train/configs/*.yaml document every key)."""
 
-    none_threshold: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
-    box_threshold: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    none_threshold: FractionBelowOne | None = None
+    box_threshold: FractionBelowOne | None = None
     max_boxes: BoxCount | None = None
     study_targets: Literal["soft", "hard"] = "soft"
     none_rule: Literal["precision", "f1"] = "precision"

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from utils.config import Folds, ImageSize, Weight
+from utils.config import Folds, FractionBelowOne, ImageSize, Weight
 from utils.fusion import MemberPrediction
 from utils.labels import STUDY_CLASSES
 from utils.loop_config import TrainConfig
@@ -39,7 +39,7 @@ class StudyConfig(TrainConfig):
     none_weight: Weight = 1.0
     seg_weight: Weight = 0.0
     decoder_width: Annotated[int, Field(ge=1, le=1024)] = 64
-    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    label_smoothing: FractionBelowOne = 0.0
     # Cross-entropy weight per study class (negative, typical, indeterminate, atypical); null: equal.
     class_weights: list[Weight] | None = None
     tta_views: list[str] = field(default_factory=lambda: list(FLIP))

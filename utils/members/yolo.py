@@ -12,15 +12,16 @@ import torch
 from pydantic import Field
 
 from utils.config import (
-    MAX_EPOCHS,
     MAX_IMAGE_SIZE,
     BatchSize,
     BoxCount,
     Epochs,
     Folds,
     Fraction,
+    FractionBelowOne,
     LearningRate,
     Seed,
+    WarmupEpochs,
     Workers,
 )
 from utils.fusion import MemberPrediction
@@ -43,9 +44,9 @@ class YoloConfig:
     optimizer: Literal["SGD", "AdamW", "auto"] = "SGD"
     lr: LearningRate = 0.01
     lr_floor: Fraction = 0.05
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.937
-    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0005
-    warmup_epochs: Annotated[float, Field(ge=0.0, le=MAX_EPOCHS)] = 3.0
+    momentum: FractionBelowOne = 0.937
+    weight_decay: Fraction = 0.0005
+    warmup_epochs: WarmupEpochs = 3.0
     mosaic: Fraction = 1.0
     fliplr: Fraction = 0.5
     amp: bool = True
