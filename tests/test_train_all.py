@@ -135,6 +135,11 @@ def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
     trunk = f"backbone={tmp_path / 'backbone' / 'best.pt'}"
     assert trunk in commands["study"] and trunk in commands["frcnn"] and "R" in commands["frcnn"]
     assert commands["pseudo"] is None and commands["round2"] is None
+    assert not any("--resume" in command for command in commands.values() if command)
+    args.resume = True  # only the engine's stages resume (ultralytics' YOLO stage has no exact resume)
+    commands = train_all.stage_commands(args, {})
+    resumed = {stage for stage, command in commands.items() if command and "--resume" in command}
+    assert resumed == {"backbone", "study", "frcnn"}
     (tmp_path / "T").mkdir()
     args = train_all.get_args_parser().parse_args(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config),
                                                    "--nih-dir", "N", "--pseudo-images", str(tmp_path / "T"),

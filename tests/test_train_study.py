@@ -103,6 +103,36 @@ def test_the_kept_checkpoint_never_sees_the_scored_fold(prepared, backbone_run, 
     assert peeking["epoch"] == 1 and peeking["metrics"]["best_epoch"] == 1
 
 
+def test_folds_trained_in_separate_sessions_join_one_run_through_resume(prepared, backbone_run, tmp_path):
+    """Fold 0 in one session, then the fold list widened with --resume: fold 0 is only predicted again
+    (its checkpoint untouched, the same out-of-fold rows), fold 1 trains, and the report and the manifest
+    cover both; any other change of the config is still refused."""
+    def run(folds: str, *overrides: str, resume: bool = False) -> int:
+        return train_study.main(["--resume"] * resume + [
+                                 "--prepared", str(prepared), "--out", str(tmp_path / "run"), "--weights-dir",
+                                 str(tmp_path / "weights"), "--config", "train/configs/demo.yaml", "--no-progress",
+                                 "--set", "epochs=1", "image_size=32", "batch_size=16", "workers=0", "amp=off",
+                                 "device=cpu", f"backbone={backbone_run / 'best.pt'}", "seg_weight=0",
+                                 "tta_views=[identity]", f"folds={folds}", *overrides])
+
+    assert run("[0]") == 0
+    fold0 = tmp_path / "run" / "fold0"
+    first_checkpoint = (fold0 / "last.pt").read_bytes()
+    first_oof = read_predictions(tmp_path / "run" / "oof_predictions.csv")
+    assert run("[0, 1]", resume=True) == 0
+    assert (fold0 / "last.pt").read_bytes() == first_checkpoint
+    assert len(pd.read_csv(fold0 / "metrics.csv")) == 1  # one epoch: not trained again
+    oof = read_predictions(tmp_path / "run" / "oof_predictions.csv")
+    assert set(oof["fold"]) == {0, 1}
+    again = oof[oof["fold"] == 0].reset_index(drop=True)
+    pd.testing.assert_frame_equal(again, first_oof.reset_index(drop=True), check_exact=False, atol=1e-6)
+    scores = json.loads((tmp_path / "run" / "oof_scores.json").read_text())
+    assert set(scores["per_fold"]) == {"0", "1"}
+    assert read_manifest(tmp_path / "weights")["models"]["study"]["folds"] == [0, 1]
+    with pytest.raises(SystemExit, match=r"changed: \['lr'\]"):
+        run("[0, 1]", "lr=0.5", resume=True)
+
+
 def test_unknown_fold_is_refused(prepared, tmp_path):
     with pytest.raises(SystemExit, match="folds \\[7\\] not in meta.csv"):
         train_study.main(["--prepared", str(prepared), "--out", str(tmp_path), "--config", "train/configs/demo.yaml",

@@ -2,7 +2,7 @@
 
     python train/train_all.py --data-dir SIIM_DIR --out runs/full [--config train/configs/full.yaml]
         [--nih-dir NIH_DIR] [--rsna-dir RSNA_DIR] [--set SECTION.KEY=VALUE ...] [--from-stage NAME] [--to-stage NAME]
-        [--kinds KIND ...] [--start-from WEIGHTS_DIR] [--pseudo-images TEST_DIR [--pseudo-test-meta TABLE]]
+        [--kinds KIND ...] [--start-from WEIGHTS_DIR] [--resume] [--pseudo-images TEST_DIR [--pseudo-test-meta TABLE]]
 
 Stages (each is the stage's own script, run as a child process with the same config file):
 
@@ -30,7 +30,10 @@ Every model registers its folds in OUT/weights/manifest.json, usable as ``--weig
 ``infer/make_submission.py``. ``--from-stage`` restarts at a stage after a failure (earlier
 outputs are kept); ``--to-stage`` stops after one (``--to-stage study``: no CV report); ``--kinds``
 trains only some kinds; ``--start-from`` fine-tunes an earlier weights folder (each engine kind's
-folds start from its model's weights of the same fold). Stage times go to OUT/train_all.json.
+folds start from its model's weights of the same fold); ``--resume`` lets the engine stages continue
+from their folds' ``last.pt`` (after a crash, or to add folds in a later session: ``--set
+'study.folds=[0]'``, then ``'study.folds=[0,1]' --resume`` trains fold 1 and only predicts fold 0 again).
+Stage times go to OUT/train_all.json.
 """
 
 from __future__ import annotations
@@ -105,6 +108,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start-from", type=Path, default=None, metavar="WEIGHTS_DIR",
                         help="each kind that can (the engine's) starts every fold from this weights folder's model "
                              "of the same fold instead of its config's trunk: fine-tuning an earlier run")
+    parser.add_argument("--resume", action="store_true",
+                        help="the engine stages (NIH backbone, study, Faster R-CNN, engine plugins) continue from "
+                             "their folds' last.pt: a crashed run, or more folds in a later session (a finished fold "
+                             "is predicted again, not trained)")
     parser.add_argument("--pseudo-images", type=Path, default=None,
                         help="unlabelled test folder (DICOMs, or a resized copy with --pseudo-test-meta): after round "
                              "one, pseudo-label it and train round two on real + pseudo-labelled images")
@@ -204,6 +211,7 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
     plan = stage_plan(args)
     prepare = configs[SECTION]
     common = ["--config", str(config)] + (["--no-progress"] if args.no_progress else [])
+    resume = ["--resume"] if args.resume else []
     # the calibration starts from the ensemble section as overridden
     ensemble_set = ["--ensemble-set", *overrides[ENSEMBLE_SECTION]] if overrides.get(ENSEMBLE_SECTION) else []
 
@@ -220,12 +228,13 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
                    + (["--patients", prepare.patients] if prepare.patients else [])
                    + [a for size in prepared_sizes(configs, selected_kinds(args)) for a in ("--size", str(size))],
         "backbone": None if args.nih_dir is None else
-        script("train/train_backbone.py", "backbone", "--data-dir", str(args.nih_dir), "--out", str(out / "backbone")),
+        script("train/train_backbone.py", "backbone", "--data-dir", str(args.nih_dir), "--out", str(out / "backbone"),
+               *resume),
         **{name: script(kind.script, name, *(["--kind", name] if kind.script == GENERIC_SCRIPT else []),
                         "--prepared", str(meta), "--out", str(out / name), "--weights-dir", str(weights),
                         *kind.stage_arguments(plan),
                         *(["--start-from", str(args.start_from)] if args.start_from and kind.can_start_from else []),
-                        trunk=kind.trunk_from_backbone)
+                        *(resume if kind.resumable else []), trunk=kind.trunk_from_backbone)
            if name in args.kinds else None for name, kind in KINDS.items()},
         "evaluate": script("infer/evaluate.py", ENSEMBLE_SECTION, "--run-dir", str(out), "--out", str(out / "report"),
                            "--weights-dir", str(weights)),

@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 # "model" holds the weights to use (the moving average when ema_decay is set); "ema" is None without
 # one, else {"train_model": the trained weights, "updates": n} for an exact resume.
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "metrics", "ema")
+# Config keys that choose which folds a run trains, not how one fold trains: a fold's checkpoint resumes
+# under another fold list, so folds trained in separate sessions (folds: [0], then [1], ...) join one
+# run folder and its five-fold report through --resume (each finished fold is only predicted again).
+RUN_LEVEL_KEYS = frozenset({"folds"})
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 # fit's monitor that keeps the last epoch of the fixed schedule: the validation images are then only
@@ -506,8 +510,9 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
     last_path, best_path = run_dir / LAST_CHECKPOINT, run_dir / BEST_CHECKPOINT
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
-        if state["config"] != config_dict:
-            changed = sorted(k for k in config_dict if state["config"].get(k) != config_dict[k])
+        changed = sorted(k for k in config_dict.keys() | state["config"].keys()
+                         if k not in RUN_LEVEL_KEYS and state["config"].get(k) != config_dict.get(k))
+        if changed:
             raise CheckpointError(f"{last_path}: cannot resume with a different config (changed: {changed})")
         if ema is not None:
             unwrap(model).load_state_dict(state["ema"]["train_model"])
