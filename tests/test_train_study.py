@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import classifier_scores_by_hand
 
-from train import train_study
+from train import fold_averaging, train_study
 from utils.classification import classifier_submission, study_classifier_scores
 from utils.labels import STUDY_CLASSES
 from utils.manifest import read_manifest
@@ -131,6 +131,41 @@ def test_folds_trained_in_separate_sessions_join_one_run_through_resume(prepared
     assert read_manifest(tmp_path / "weights")["models"]["study"]["folds"] == [0, 1]
     with pytest.raises(SystemExit, match=r"changed: \['lr'\]"):
         run("[0, 1]", "lr=0.5", resume=True)
+
+
+def test_fold_averaging_scores_one_model_and_the_mean_on_a_fold_none_saw(prepared, backbone_run, tmp_path):
+    """Held-out fold 2: the inner models train without its images (over two calls, the second only adding
+    fold 1), and the table's "mean of 2 models" is the mean of their two prediction files, scored apart."""
+    out = tmp_path / "averaging"
+
+    def run(*inner: int) -> int:
+        return fold_averaging.main(["--prepared", str(prepared), "--held-out-fold", "2", "--inner-folds",
+                                    *map(str, inner), "--out", str(out), "--config", "train/configs/demo.yaml",
+                                    "--no-progress", "--set", "epochs=1", "image_size=32", "batch_size=16",
+                                    "workers=0", "amp=off", "device=cpu", f"backbone={backbone_run / 'best.pt'}",
+                                    "seg_weight=0", "tta_views=[identity]"])
+
+    assert run(0) == 0
+    first = (out / "inner" / "fold0" / "last.pt").read_bytes()
+    assert run(0, 1) == 0
+    assert (out / "inner" / "fold0" / "last.pt").read_bytes() == first  # resumed, not trained again
+    table = pd.read_csv(prepared, dtype={"image_id": str, "study_id": str})
+    held_out = table[table["fold"] == 2]
+    inner = pd.read_csv(out / "inner" / "meta.csv", dtype={"image_id": str})
+    assert not set(inner["image_id"]) & set(held_out["image_id"]) and set(inner["fold"]) == {0, 1}
+    rows = json.loads((out / "fold_averaging.json").read_text())["rows"]
+    assert [(r["models"], r["subsets"]) for r in rows] == [(0, 1), (1, 2), (2, 1)]
+    singles = [read_predictions(out / f"held_out_fold{k}.csv") for k in (0, 1)]
+    for single in singles:
+        assert set(single["image_id"]) == set(held_out["image_id"])
+    mean = singles[0].copy()
+    columns = [f"prob_{c}" for c in (*STUDY_CLASSES, "none")]
+    mean[columns] = (singles[0].set_index("image_id")[columns] + singles[1].set_index("image_id")[columns]).loc[
+        singles[0]["image_id"]].to_numpy() / 2
+    assert rows[2]["study_map"] == pytest.approx(classifier_scores_by_hand(mean, held_out)["study_map"], abs=1e-9)
+    each = [classifier_scores_by_hand(single, held_out)["study_map"] for single in singles]
+    assert rows[1]["study_map"] == pytest.approx(sum(each) / 2, abs=1e-9)
+    assert "Command: `python train/fold_averaging.py" in (out / "fold_averaging.md").read_text()
 
 
 def test_unknown_fold_is_refused(prepared, tmp_path):

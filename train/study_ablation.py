@@ -20,18 +20,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from train import train_study
 from train.cli import configure_logging
-from utils.classification import study_classifier_scores
+from utils.classification import prior_predictions, study_classifier_scores
 from utils.config import load_section, parse_overrides
 from utils.engine import load_checkpoint
 from utils.kinds import KINDS
 from utils.kinds.study import load_study_table
 from utils.labels import STUDY_CLASSES
-from utils.predictions import classifier_rows
 from utils.prepare import fold_split, select_folds
 from utils.report import markdown_table, write_ablation
 from utils.tta import EIGHT_VIEWS, FLIP, PLAIN
@@ -72,11 +70,7 @@ def scores_row(name: str, change: str, scores: dict) -> dict:
 
 def prior_row(oof: pd.DataFrame, table: pd.DataFrame) -> dict:
     """The constant class prior of the training images (every image alike) on the same held-out images."""
-    used = table[table["used"] & ~table["image_id"].isin(set(oof["image_id"]))].drop_duplicates("study_id")
-    prior = np.array([(used["study_class"] == c).mean() for c in STUDY_CLASSES])
-    p_none = float((table.loc[table["used"], "n_boxes"].astype(int) == 0).mean())
-    n = len(oof)
-    rows = classifier_rows(oof["image_id"], oof["study_id"], "prior", 0, np.tile(prior, (n, 1)), np.full(n, p_none))
+    rows = prior_predictions(oof.drop_duplicates("image_id"), table[~table["image_id"].isin(set(oof["image_id"]))])
     return scores_row("prior", "constant class prior (baseline)", study_classifier_scores(rows, table))
 
 

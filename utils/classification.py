@@ -8,7 +8,7 @@ import pandas as pd
 
 from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 from utils.metric import ground_truth_from_table, score
-from utils.predictions import NONE_PROB_COLUMN, STUDY_PROB_COLUMNS, study_probabilities
+from utils.predictions import NONE_PROB_COLUMN, STUDY_PROB_COLUMNS, classifier_rows, study_probabilities
 from utils.report import text_table
 from utils.submission import image_prediction_string, study_prediction_string
 
@@ -84,3 +84,25 @@ def study_accuracy(predictions: pd.DataFrame, table: pd.DataFrame) -> float:
     if studies.empty:
         return float("nan")
     return float(np.mean(studies[list(STUDY_PROB_COLUMNS)].to_numpy().argmax(axis=1) == studies["study_label"]))
+
+
+def prior_predictions(images: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+    """The trivial baseline: every image of ``images`` (``image_id``, ``study_id``) gets the constant
+    study class prior and none share of the used ``train`` rows (one vote per study)."""
+    used = train[train["used"]]
+    studies = used.drop_duplicates("study_id")
+    prior = np.array([(studies["study_class"] == c).mean() for c in STUDY_CLASSES])
+    p_none = float((used["n_boxes"].astype(int) == 0).mean())
+    n = len(images)
+    return classifier_rows(images["image_id"], images["study_id"], "prior", 0, np.tile(prior, (n, 1)),
+                           np.full(n, p_none))
+
+
+def mean_predictions(frames: list[pd.DataFrame], model: str) -> pd.DataFrame:
+    """Several models' classifier rows of the same images -> one row per image with the mean of their
+    study and none probabilities: the fold averaging of the study member, on prediction tables."""
+    rows = pd.concat([f.dropna(subset=list(STUDY_PROB_COLUMNS)) for f in frames], ignore_index=True)
+    columns = [*STUDY_PROB_COLUMNS, NONE_PROB_COLUMN]
+    mean = rows.groupby(["image_id", "study_id"], sort=True)[columns].mean().reset_index()
+    return classifier_rows(mean["image_id"], mean["study_id"], model, -1, mean[list(STUDY_PROB_COLUMNS)].to_numpy(),
+                           mean[NONE_PROB_COLUMN].to_numpy())
