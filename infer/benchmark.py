@@ -265,13 +265,13 @@ def write_untrained_weights(weights_dir, config_path, folds: int = 1, overrides:
     overrides = overrides or {}
     torch.manual_seed(0)
     for kind in KINDS.values():
-        config = load_section(config_path, kind.section, kind.config_class, overrides.get(kind.section))
+        config = load_section(config_path, kind.name, kind.config_class, overrides.get(kind.name))
         files = {}
         for k in range(folds):
-            files[k] = f"{kind.model_name}/fold{k}.pt"
+            files[k] = f"{kind.name}/fold{k}.pt"
             (weights_dir / files[k]).parent.mkdir(parents=True, exist_ok=True)
             kind.untrained_weights(config, weights_dir / files[k])
-        register_model(weights_dir, kind.model_name, kind.manifest_kind, files, kind.input_size(config), asdict(config))
+        register_model(weights_dir, kind.name, kind.name, files, kind.input_size(config), asdict(config))
     ensemble = {**load_yaml_section(config_path, ENSEMBLE_SECTION), **overrides.get(ENSEMBLE_SECTION, {})}
     return register_ensemble(weights_dir, ensemble)
 

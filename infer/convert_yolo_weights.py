@@ -24,7 +24,7 @@ def yolo_files(target: Path) -> list[Path]:
     if not (target / MANIFEST_FILE).is_file():
         return [target]
     manifest = read_manifest(target, must_exist=True)
-    return [target / relative for spec in manifest["models"].values() if spec.get("kind") == YoloMember.manifest_kind
+    return [target / relative for spec in manifest["models"].values() if spec.get("kind") == YoloMember.kind
             for relative in spec["files"].values()]
 
 

@@ -6,7 +6,7 @@
 
 Writes under --out:
 
-    weights/  every file of the weights folder, flat (``faster_rcnn/fold0.pt`` -> ``faster_rcnn__fold0.pt``,
+    weights/  every file of the weights folder, flat (``frcnn/fold0.pt`` -> ``frcnn__fold0.pt``,
               the manifest's paths rewritten to match: Kaggle's upload keeps no subfolders) and
               dataset-metadata.json
     wheels/   the packages Kaggle's image lacks, as binary wheels for Kaggle's Python and platform

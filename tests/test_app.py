@@ -52,7 +52,7 @@ def _preview(answer) -> np.ndarray:
 
 def test_health_and_documented_api(client):
     health = client.get("/healthz").json()
-    assert health["status"] == "ok" and set(health["models"]) == {"study", "faster_rcnn", "yolo"}
+    assert health["status"] == "ok" and set(health["models"]) == {"study", "frcnn", "yolo"}
     assert "/api/predict" in client.get("/openapi.json").json()["paths"]
     assert "Drop a DICOM" in client.get("/").text
     assert health["opacity_map"] is True

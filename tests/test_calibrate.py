@@ -159,7 +159,7 @@ def test_the_script_writes_the_report_and_the_manifest(one_fold_run, tmp_path):
     weights.mkdir()
     for name in ("good", "noise", "study"):  # the manifest's models (not loaded: checked_manifest only)
         (weights / f"{name}.pt").write_bytes(b"")
-    kinds = {"good": "faster_rcnn", "noise": "yolo", "study": "study_classifier"}
+    kinds = {"good": "frcnn", "noise": "yolo", "study": "study"}
     (weights / "manifest.json").write_text(json.dumps({"models": {
         n: {"kind": k, "folds": [0], "files": {"0": f"{n}.pt"}, "input_size": 64, "config": {}}
         for n, k in kinds.items()}}))
@@ -201,7 +201,7 @@ def test_evaluate_combines_as_the_predictor_does(trained_run, siim_dataset):
     from utils.inputs import find_dicoms
 
     config_overrides = {"tta_hflip": False, "wbf_skip_box_thr": 0.0, "box_none_power": 0.5,
-                        "model_weights": {"yolo": 0.5}, "score_powers": {"faster_rcnn": 1.5}}
+                        "model_weights": {"yolo": 0.5}, "score_powers": {"frcnn": 1.5}}
     ensemble = Ensemble(trained_run / "weights", overrides={**config_overrides, "device": "cpu", "workers": 0})
     images = [InputImageDataset(find_dicoms(siim_dataset / "test")[:6], ensemble.sizes)[k] for k in range(6)]
     outputs = ensemble.run_models(images)
@@ -209,7 +209,7 @@ def test_evaluate_combines_as_the_predictor_does(trained_run, siim_dataset):
     frames = {}
     ids = [i.image_id for i in outputs.readable]
     studies = [i.study_id for i in outputs.readable]
-    for name in ("faster_rcnn", "yolo"):
+    for name in ("frcnn", "yolo"):
         found = [o.boxes[name][0] for o in outputs.members]  # one fold, no flip: one source each
         frames[name] = detection_rows(ids, studies, name, 0, found)
     study = np.stack([o.classifiers["study"][0] for o in outputs.members])

@@ -88,8 +88,8 @@ def test_nan_and_inf_floats_are_refused_in_every_section_and_route(tmp_path, tex
     with pytest.raises(ConfigError, match=r"with --set: none_weight: must be a finite number"):
         load_section(_write(tmp_path, "study: {}\n"), "study", StudyConfig, parse_overrides([f"none_weight={text}"]))
     # The ensemble section: from a config file, and from a manifest (where the old checks, v < 0, let NaN by).
-    path = _write(tmp_path, f"{ENSEMBLE_SECTION}:\n  model_weights: {{faster_rcnn: {text}}}\n")
-    with pytest.raises(ConfigError, match=r"model_weights\[faster_rcnn\]: must be a finite number"):
+    path = _write(tmp_path, f"{ENSEMBLE_SECTION}:\n  model_weights: {{frcnn: {text}}}\n")
+    with pytest.raises(ConfigError, match=r"model_weights\[frcnn\]: must be a finite number"):
         load_section(path, ENSEMBLE_SECTION, EnsembleConfig)
     for key in ("none_classifier_weight", "box_none_power", "wbf_iou_thr"):
         with pytest.raises(ConfigError, match=rf"manifest\.json \[{ENSEMBLE_SECTION}\]: {key}: must be a finite"):

@@ -158,15 +158,15 @@ def test_out_of_fold_boxes_are_normalised_and_from_the_held_out_fold(frcnn_run, 
     oof = read_predictions(frcnn_run / "run" / "oof_predictions.csv")
     assert list(oof.columns) == list(PREDICTION_COLUMNS) and len(oof) > 0
     assert set(oof["image_id"]) <= set(table.loc[table["fold"] == 0, "image_id"])
-    assert set(oof["model"]) == {"faster_rcnn"} and set(oof["fold"]) == {0}
+    assert set(oof["model"]) == {"frcnn"} and set(oof["fold"]) == {0}
     boxes = oof[["x_min", "y_min", "x_max", "y_max"]].to_numpy()
     assert (boxes >= 0).all() and (boxes <= 1).all() and (boxes[:, 2:] >= boxes[:, :2]).all()
     assert oof["score"].between(0.001, 1.0).all()
 
 
 def test_fold_weights_are_registered_and_load_into_the_detector(frcnn_run):
-    entry = read_manifest(frcnn_run / "weights")["models"]["faster_rcnn"]
-    assert entry["kind"] == "faster_rcnn" and entry["folds"] == [0] and entry["input_size"] == 96
+    entry = read_manifest(frcnn_run / "weights")["models"]["frcnn"]
+    assert entry["kind"] == "frcnn" and entry["folds"] == [0] and entry["input_size"] == 96
     config = entry["config"]
     model = FasterRCNNDetector(config["arch"], image_size=entry["input_size"], freeze_bn=config["freeze_bn"],
                                trainable_layers=config["trainable_layers"])

@@ -20,7 +20,7 @@ def test_gpu_check_smoke_runs_every_part_and_writes_its_table(tmp_path, capsys):
     assert parts["training"]["figures"]["speedup"] > 0
     inference = parts["inference"]["figures"]
     assert inference["images_per_s"]["end_to_end_inline_fusion"] > 0 < inference["images_per_s"]["models"]
-    assert inference["images_per_s"]["faster_rcnn_tta_channels_last"] > 0  # the layout comparison ran
+    assert inference["images_per_s"]["frcnn_tta_channels_last"] > 0  # the layout comparison ran
     assert "| inference | end to end / models |" in (tmp_path / "check" / "gpu_check.md").read_text()
     assert set(parts["real256"]["figures"]["cv"]) >= {"ensemble", "baseline_prior", "models"}
     first = next(iter(gpu_check.KINDS))  # the smoke's epochs part trains the first kind only

@@ -169,7 +169,7 @@ def test_upload_folders_are_flat_valid_and_the_weights_still_predict(trained_run
     assert (out / "kernel" / "inference.ipynb").read_text() == (REPO / "kaggle" / "inference.ipynb").read_text()
     # the flattened folder is a weights folder: every model loads (the calibration may leave one out)
     ensemble = Ensemble(weights, overrides={"workers": 0, "model_weights": {}})
-    assert {m.name for m in ensemble.members} == {"study", "faster_rcnn", "yolo"}
+    assert {m.name for m in ensemble.members} == {"study", "frcnn", "yolo"}
 
 
 def _make_datasets():

@@ -54,7 +54,7 @@ def test_a_kind_from_an_entry_point_runs_through_train_all_the_report_the_manife
     manifest = json.loads((run_dir / "weights" / "manifest.json").read_text())
     assert list(manifest["models"]) == ["fixed_box"]
     entry = manifest["models"]["fixed_box"]
-    assert entry["kind"] == "fixed_box_detector" and entry["folds"] == [0, 1] and entry["input_size"] == 48
+    assert entry["kind"] == "fixed_box" and entry["folds"] == [0, 1] and entry["input_size"] == 48
 
     # the CV report scored it as a detector, fused as the ensemble fuses (one detector: its own boxes)
     report = json.loads((run_dir / "report" / "cv_report.json").read_text())
@@ -87,7 +87,7 @@ BROKEN_PLUGINS = {
     "exits_at_import.py": "import sys\nsys.exit(0)\n",
     "raises_at_import.py": "raise ImportError('a dependency of this plugin is missing')\n",
     "clashing_member.py": ("from utils.members.base import Member\n\n\n"
-                           "class TakesFasterRCNN(Member):\n    manifest_kind = 'faster_rcnn'\n"),
+                           "class TakesFasterRCNN(Member):\n    kind = 'frcnn'\n"),
 }
 BROKEN_ENTRY_POINTS = """[siim_covid.members]
 a_exits = exits_at_import:Member
@@ -115,15 +115,15 @@ def test_a_broken_or_clashing_plugin_is_left_out_by_name_and_every_command_still
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]), YOLO_OFFLINE="true",
                NO_ALBUMENTATIONS_UPDATE="1")
     probe = ("from utils.members import MEMBER_TYPES\nfrom utils.members.frcnn import FasterRCNNMember\n"
-             "assert sorted(MEMBER_TYPES) == ['faster_rcnn', 'study_classifier', 'yolo'], MEMBER_TYPES\n"
-             "assert MEMBER_TYPES['faster_rcnn'] is FasterRCNNMember\nprint('registry ok')\n")
+             "assert sorted(MEMBER_TYPES) == ['frcnn', 'study', 'yolo'], MEMBER_TYPES\n"
+             "assert MEMBER_TYPES['frcnn'] is FasterRCNNMember\nprint('registry ok')\n")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and "registry ok" in result.stdout, result.stderr[-3000:]
     for name, why in [("a_exits", "does not load (SystemExit: 0)"),
                       ("b_raises", "does not load (ImportError: a dependency of this plugin is missing)"),
                       ("c_not_a_member", "names <function loads"),
-                      ("d_clash", "takes the manifest_kind 'faster_rcnn' of FasterRCNNMember")]:
+                      ("d_clash", "takes the kind 'frcnn' of FasterRCNNMember")]:
         line = next((x for x in result.stderr.splitlines() if f"entry point {name!r}" in x), "")
         assert why in line and line.endswith("left out"), result.stderr[-3000:]
     submission = subprocess.run(

@@ -110,7 +110,7 @@ def _like(original):
     if isinstance(original, list):
         return st.lists(st.sampled_from(original), max_size=len(original) + 1) if original else st.just([])
     if isinstance(original, dict):
-        return st.dictionaries(st.sampled_from(["study", "faster_rcnn", "absent_model"]),
+        return st.dictionaries(st.sampled_from(["study", "frcnn", "absent_model"]),
                                st.floats(0, 5) | st.sampled_from([0.0, 1e308]), max_size=3)
     return values
 

@@ -93,10 +93,66 @@ def test_preprocessing_on_the_device_equals_the_evaluation_presets():
 def test_the_manifest_decides_the_models_and_sizes(ensemble, untrained_weights):
     manifest = json.loads((untrained_weights / "manifest.json").read_text())
     assert {m.name: (m.kind, m.input_size, m.folds) for m in ensemble.members} == {
-        "study": ("study_classifier", 64, [0, 1]), "faster_rcnn": ("faster_rcnn", 96, [0, 1]),
+        "study": ("study", 64, [0, 1]), "frcnn": ("frcnn", 96, [0, 1]),
         "yolo": ("yolo", 96, [0, 1])}
     assert ensemble.sizes == (64, 96)
     assert ensemble.config.batch_size == manifest["ensemble"]["batch_size"] == 4
+
+
+def test_a_weights_folder_written_under_the_older_names_predicts_the_same(untrained_weights, siim_dataset,
+                                                                         tmp_path):
+    """Before each kind had one name (2026-12-07) the manifest said model and kind ``faster_rcnn``, kind
+    ``study_classifier``, and the ensemble's settings named ``faster_rcnn``: such a folder is read through
+    utils.kind_names.LEGACY_NAMES and predicts exactly what the same weights do under today's names."""
+    now, old = _linked_copy(untrained_weights, tmp_path / "now"), _linked_copy(untrained_weights, tmp_path / "old")
+    for folder, name, kind in ((now, "frcnn", "frcnn"), (old, "faster_rcnn", "faster_rcnn")):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        entry = manifest["models"].pop("frcnn")
+        if folder == old:
+            (folder / "faster_rcnn").mkdir()
+            for fold, relative in entry["files"].items():
+                os.rename(folder / relative, folder / "faster_rcnn" / f"fold{fold}.pt")
+                entry["files"][fold] = f"faster_rcnn/fold{fold}.pt"
+            manifest["models"]["study"]["kind"] = "study_classifier"
+        manifest["models"][name] = {**entry, "kind": kind}
+        manifest["ensemble"].update(model_weights={name: 0.7, "yolo": 0.4}, score_powers={name: 1.5})
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    paths = find_dicoms(siim_dataset / "test")[:3]
+    ensembles = [Ensemble(folder) for folder in (now, old)]
+    assert [sorted((m.name, m.kind) for m in e.members) for e in ensembles] == [
+        [("frcnn", "frcnn"), ("study", "study"), ("yolo", "yolo")]] * 2
+    assert ensembles[1].config.model_weights == {"frcnn": 0.7, "yolo": 0.4}
+    assert ensembles[1].config.score_powers == {"frcnn": 1.5}
+    for a, b in zip(*(e.predict_paths(paths, workers=0, progress=False) for e in ensembles)):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.study_probs, b.study_probs)
+        assert a.none_prob == b.none_prob
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["models"]["frcnn"] = manifest["models"]["faster_rcnn"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="models 'faster_rcnn' and 'frcnn' are one model"):
+        Ensemble(old)
+
+
+def test_a_stored_manifest_of_the_older_names_reads_under_todays(tmp_path):
+    """tests/data/manifest_before_one_name.json: the manifest make demo wrote on 2026-12-07 before the
+    rename (commit 2a76cc4 and its two successors); every entry and its stored config read as today's."""
+    from utils.config import from_mapping
+    from utils.manifest import read_manifest
+    from utils.members import MEMBER_TYPES
+
+    shutil.copy(REPO / "tests" / "data" / "manifest_before_one_name.json", tmp_path / "manifest.json")
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    assert {spec["kind"] for spec in raw["models"].values()} == {"faster_rcnn", "study_classifier", "yolo"}
+    manifest = read_manifest(tmp_path)
+    assert {name: spec["kind"] for name, spec in manifest["models"].items()} == {
+        "frcnn": "frcnn", "study": "study", "yolo": "yolo"}
+    for spec in manifest["models"].values():  # each stored config through today's schema
+        member = MEMBER_TYPES[spec["kind"]]
+        from_mapping(member.config_class, {**member.legacy_defaults, **spec["config"]}, spec["kind"])
+    assert EnsembleConfig(**manifest["ensemble"]).model_weights == {
+        "frcnn" if k == "faster_rcnn" else k: v for k, v in raw["ensemble"]["model_weights"].items()}
 
 
 def _mirror(image: InputImage) -> InputImage:
@@ -383,11 +439,11 @@ def test_the_inference_benchmark_measures_every_stage(untrained_weights, tmp_pat
     result = benchmark_inference(untrained_weights, images=2, repeats=1, scale=0.05, work_dir=tmp_path,
                                  fusion_workers=1)
     rates = result["images_per_s"]
-    assert {"decode_1_process", "study", "study_tta", "faster_rcnn", "faster_rcnn_tta", "yolo", "yolo_tta",
+    assert {"decode_1_process", "study", "study_tta", "frcnn", "frcnn_tta", "yolo", "yolo_tta",
             "models", "wbf_1_process", "end_to_end_1_fusion_workers", "end_to_end_inline_fusion"} <= set(rates)
     assert all(rate > 0 for rate in rates.values())
     # the models' combined rate: one over the sum of each one's seconds per image (with the flip TTA)
-    assert 1 / rates["models"] == pytest.approx(sum(1 / rates[f"{m}_tta"] for m in ("study", "faster_rcnn", "yolo")),
+    assert 1 / rates["models"] == pytest.approx(sum(1 / rates[f"{m}_tta"] for m in ("study", "frcnn", "yolo")),
                                                 rel=0.01)
     assert set(result["end_to_end_start_seconds"]) == {"end_to_end_1_fusion_workers", "end_to_end_inline_fusion"}
     minutes = result["estimated_notebook_minutes"]
@@ -534,8 +590,8 @@ def test_a_wrong_data_folder_fails_loudly_and_missing_images_are_counted(untrain
 @pytest.mark.parametrize("break_it, message", [
     (lambda m, w: _overwrite(w / m["models"]["study"]["files"]["0"], os.urandom(500)),
      "not a readable weights file"),
-    (lambda m, w: _overwrite(w / m["models"]["faster_rcnn"]["files"]["1"],
-                             (w / m["models"]["faster_rcnn"]["files"]["1"]).read_bytes()[:2000]),
+    (lambda m, w: _overwrite(w / m["models"]["frcnn"]["files"]["1"],
+                             (w / m["models"]["frcnn"]["files"]["1"]).read_bytes()[:2000]),
      "not a readable weights file"),
     (lambda m, w: _overwrite(w / m["models"]["yolo"]["files"]["0"], b"PK\x03\x04junk"), "not a readable YOLO"),
     (lambda m, w: m["models"]["study"]["files"].update({"0": "/etc/passwd"}), "outside the weights folder"),
@@ -570,16 +626,16 @@ def _set_config(manifest, model, **values):
     (lambda m: m["models"]["study"].update(config=[1, 2]), r"model 'study': 'config' must be an object, got list"),
     (lambda m: m["models"]["study"]["config"].pop("arch"),
      r"model 'study': .*study/fold0.pt does not fit the network its config builds \(arch 'resnext50_32x4d'\)"),
-    (lambda m: _set_config(m, "faster_rcnn", arch="resnet34"),
-     r"model 'faster_rcnn': .*faster_rcnn/fold0.pt does not fit the network its config builds \(arch 'resnet34'\)"),
+    (lambda m: _set_config(m, "frcnn", arch="resnet34"),
+     r"model 'frcnn': .*frcnn/fold0.pt does not fit the network its config builds \(arch 'resnet34'\)"),
     (lambda m: _set_config(m, "study", arch="no_such_arch"), r"model 'study': .* \(arch 'no_such_arch'\)"),
-    (lambda m: m["models"]["study"].update(kind="faster_rcnn"), r"model 'study' config: unknown key\(s\)"),
+    (lambda m: m["models"]["study"].update(kind="frcnn"), r"model 'study' config: unknown key\(s\)"),
     (lambda m: _set_config(m, "study", tta_views=["identity", "sideways"]),
      r"model 'study' config: unknown TTA view 'sideways'"),
     (lambda m: _set_config(m, "yolo", score_threshold="high"),
      r"model 'yolo' config: score_threshold: must be a valid number, got 'high'"),
-    (lambda m: _set_config(m, "faster_rcnn", nms_threshold=float("nan")),
-     r"model 'faster_rcnn' config: nms_threshold: .*finite"),
+    (lambda m: _set_config(m, "frcnn", nms_threshold=float("nan")),
+     r"model 'frcnn' config: nms_threshold: .*finite"),
     (lambda m: m["models"]["study"]["files"].update({"0": "study/fold\x000.pt"}),
      r"model 'study': fold 0 file must be a path relative to the weights folder"),
     (lambda m: m["models"]["study"].update(input_size=65536), r"'input_size' must be an integer in 1-4096, got 65536"),

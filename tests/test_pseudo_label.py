@@ -212,7 +212,7 @@ def test_train_all_pseudo_labels_the_test_split_and_trains_round_two(trained_run
     assert summary["thresholds"]["none_source"].startswith("out of fold (F1-best") and pseudo["n_boxes"].max() <= 2
     # Round two: the kinds trained again, with the same real rows held out; the trunk from round one's backbone.
     manifest = read_manifest(run / "round2" / "weights")
-    assert set(manifest["models"]) == {"study", "faster_rcnn"}
+    assert set(manifest["models"]) == {"study", "frcnn"}
     assert str(run / "backbone" / "best.pt") == manifest["models"]["study"]["config"]["backbone"]
     for name in ("study", "frcnn"):
         oof = read_predictions(run / "round2" / name / "oof_predictions.csv")
@@ -248,9 +248,9 @@ def test_round_two_can_fine_tune_round_ones_weights_fold_by_fold(trained_run, tm
         train_all.split_overrides([*TINY_TRAIN_ALL, *LEARNING, "study.backbone=none", "frcnn.backbone=none"]))
     assert "--start-from" in stage["study"] and "--start-from" in stage["frcnn"] and "--start-from" not in stage["yolo"]
     manifest = read_manifest(trained_run / "weights")
-    for name, kind in (("study", KINDS["study"]), ("faster_rcnn", KINDS["frcnn"])):
+    for name, kind in (("study", KINDS["study"]), ("frcnn", KINDS["frcnn"])):
         spec = {**manifest["models"][name]["config"], "backbone": "none"}
-        config = kind.config_class(**{**spec, "init_from": None} if name == "faster_rcnn" else spec)
+        config = kind.config_class(**{**spec, "init_from": None} if name == "frcnn" else spec)
         kind.build_model(config).load_state_dict(fold_weights(trained_run / "weights", name, 0))
     with pytest.raises(TrainingError, match="no fold 3 of model 'study'"):
         fold_weights(trained_run / "weights", "study", 3)

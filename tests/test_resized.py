@@ -223,8 +223,8 @@ def test_resized_copy_end_to_end_on_real_radiographs_or_a_synthetic_copy(resized
     else:
         data, patients = resized_dataset, resized_dataset / "train_meta.csv"
     submission, manifest = _train_and_submit(data, data / "test_meta.csv", patients, tmp_path)
-    assert set(manifest["models"]) == {"study", "faster_rcnn", "yolo"}
-    for name in ("study", "faster_rcnn"):  # the manifest alone says how to feed the Lite weights
+    assert set(manifest["models"]) == {"study", "frcnn", "yolo"}
+    for name in ("study", "frcnn"):  # the manifest alone says how to feed the Lite weights
         config = manifest["models"][name]["config"]
         assert (config["arch"], config["backbone"], config["normalization"]) == (
             "timm:tf_efficientnet_lite0", "imagenet-lite", "lite")

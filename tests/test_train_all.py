@@ -26,7 +26,7 @@ def test_every_stage_ran_and_the_weights_folder_is_complete(trained_run):
     assert stages["pseudo"] == stages["round2"] == {"skipped": True}  # no --pseudo-images
     manifest = read_manifest(trained_run / "weights")
     assert {n: (m["kind"], m["folds"], m["input_size"]) for n, m in manifest["models"].items()} == {
-        "study": ("study_classifier", [0], 64), "faster_rcnn": ("faster_rcnn", [0], 96), "yolo": ("yolo", [0], 96)}
+        "study": ("study", [0], 64), "frcnn": ("frcnn", [0], 96), "yolo": ("yolo", [0], 96)}
     assert manifest["ensemble"]["batch_size"] == 4 and manifest["ensemble"]["tta_hflip"] is True
     # the trunks started from the NIH backbone this run trained, the detector from the RSNA pre-training
     assert "backbone/best.pt" in manifest["models"]["study"]["config"]["backbone"]
@@ -37,8 +37,8 @@ def test_every_stage_ran_and_the_weights_folder_is_complete(trained_run):
 def test_the_cv_report_scores_each_model_the_ensemble_and_the_baselines(trained_run):
     report = json.loads((trained_run / "report" / "cv_report.json").read_text())
     assert report["folds"] == [0] and report["n_images"] > 0
-    assert set(report["models"]) == {"study", "faster_rcnn", "yolo"}
-    assert report["models"]["faster_rcnn"]["opacity_ap"] is not None
+    assert set(report["models"]) == {"study", "frcnn", "yolo"}
+    assert report["models"]["frcnn"]["opacity_ap"] is not None
     for label in ("ensemble", "baseline_prior", "baseline_prior_fixed_boxes"):
         aps = [v for v in report[label]["ap"].values() if v is not None]
         assert report[label]["map"] == pytest.approx(sum(aps) / len(aps)), label
@@ -67,7 +67,7 @@ def test_the_tiny_run_learns_beyond_the_trivial_baselines(trained_run):
     per lung does not, and the fused ensemble beats the class prior's final mAP (conftest.LEARNING)."""
     report = json.loads((trained_run / "report" / "cv_report.json").read_text())
     fixed_boxes = report["baseline_prior_fixed_boxes"]["ap"]["opacity"] or 0.0
-    assert report["models"]["faster_rcnn"]["opacity_ap"] >= fixed_boxes + 0.15, report["models"]
+    assert report["models"]["frcnn"]["opacity_ap"] >= fixed_boxes + 0.15, report["models"]
     ensemble, prior = report["ensemble"], report["baseline_prior"]
     # The image level carries the margin (image mAP 0.67 against 0.22 with the last epoch kept); the study level
     # of a 4-epoch classifier on 10 held-out studies swings from run to run (study mAP 0.89 and 0.50
@@ -213,7 +213,7 @@ def test_start_from_is_checked_before_the_first_stage(trained_run, tmp_path, cap
         (weights, ["study.folds=[0,1]"], r"model 'study' has folds \[0\], not \[1\], to start from"),
         (weights, ["study.arch=resnet34"], r"--start-from .*weights: .*study/fold0.pt does not fit the study "
                                            r"classifier of this config \(arch 'resnet34'\)"),
-        (weights, ["frcnn.fpn_channels=32"], r"faster_rcnn/fold0.pt does not fit the Faster R-CNN"),
+        (weights, ["frcnn.fpn_channels=32"], r"frcnn/fold0.pt does not fit the Faster R-CNN"),
     ]:
         with pytest.raises(SystemExit, match=message):
             train_all.main([*base, "--start-from", str(start), "--set", *own, *extra])

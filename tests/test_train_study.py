@@ -76,7 +76,7 @@ def test_scores_and_per_fold_runs(study_run, prepared):
 def test_weights_are_registered_and_load(study_run):
     manifest = read_manifest(study_run / "weights")
     entry = manifest["models"]["study"]
-    assert entry["kind"] == "study_classifier" and entry["folds"] == [0, 1] and entry["input_size"] == 48
+    assert entry["kind"] == "study" and entry["folds"] == [0, 1] and entry["input_size"] == 48
     model = StudyClassifier.from_config(entry["config"], None)
     model.load_state_dict(torch.load(study_run / "weights" / entry["files"]["1"], weights_only=True))
 

@@ -62,7 +62,7 @@ def crafted(tmp_path):
     return path, marker
 
 
-@pytest.mark.parametrize("model", ["study", "faster_rcnn", "yolo"])
+@pytest.mark.parametrize("model", ["study", "frcnn", "yolo"])
 def test_a_code_running_file_in_a_weights_folder_is_refused_for_each_kind(tiny_weights, crafted, tmp_path, model):
     path, marker = crafted
     weights = tmp_path / "weights"

@@ -34,7 +34,7 @@ def kind_parser(kind, doc: str, default_out: str) -> argparse.ArgumentParser:
         parser.add_argument("--start-from", type=Path, default=None, metavar="WEIGHTS_DIR",
                             help="each fold starts from this weights folder's weights of the same model and fold "
                                  "(fine-tuning, e.g. round two from round one), instead of the config's starting trunk")
-    add_run_arguments(parser, kind.section, default_out, resume=kind.resumable)
+    add_run_arguments(parser, kind.name, default_out, resume=kind.resumable)
     return parser
 
 
@@ -51,7 +51,7 @@ def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
     args = (parser or kind_parser(kind, doc, default_out)).parse_args(argv)
     configure_logging()
     try:
-        config = load_section(args.config, kind.section, kind.config_class, parse_overrides(args.overrides))
+        config = load_section(args.config, kind.name, kind.config_class, parse_overrides(args.overrides))
         options = RunOptions(prepared=args.prepared, out=args.out, weights_dir=args.weights_dir,
                              resume=getattr(args, "resume", False), progress=not args.no_progress,
                              start_from=getattr(args, "start_from", None))

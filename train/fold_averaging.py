@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := sorted(set(folds) - set(others)):
         raise SystemExit(f"--inner-folds {unknown}: not among the inner folds {others}")
     try:
-        config = load_section(args.config, KIND.section, KIND.config_class,
+        config = load_section(args.config, KIND.name, KIND.config_class,
                               parse_overrides([*args.overrides, f"folds={folds}"]))
     except ConfigError as err:
         raise SystemExit(str(err)) from None

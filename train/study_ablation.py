@@ -91,7 +91,7 @@ def run_variant(name: str, overrides: list[str], args) -> Path:
 def tta_rows(run: Path, variant_overrides: list[str], table: pd.DataFrame, args) -> list[dict]:
     """The run's fold weights predicting their held-out folds through each view list of TTA_ROWS."""
     kind = KINDS["study"]
-    config = load_section(args.config, kind.section, kind.config_class, parse_overrides(variant_overrides))
+    config = load_section(args.config, kind.name, kind.config_class, parse_overrides(variant_overrides))
     rows = []
     for label, views in TTA_ROWS.items():
         oof = []

@@ -14,7 +14,7 @@ Writes to --out: config.yaml, fold<k>/ (engine run folder: last.pt, best.pt, met
 loss_curve.png), oof_predictions.csv (boxes of every image of the trained folds, shared schema),
 oof_scores.json / oof_scores.txt (opacity AP@0.5 with the competition metric, beside the fixed-box
 baseline); with --pretrain-rsna also rsna/ (prepared images and the same files). Registers the fold
-weights as model "faster_rcnn" in --weights-dir/manifest.json. The model kind itself is
+weights as model "frcnn" in --weights-dir/manifest.json. The model kind itself is
 :mod:`utils.kinds.frcnn`.
 """
 

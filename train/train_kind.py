@@ -25,11 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     known, _ = first.parse_known_args(argv)
     kind = KINDS.get(known.kind)
     # the kind's own options (``--resume`` only for an engine kind); --help without a kind shows the first's
-    parser = kind_parser(kind or next(iter(KINDS.values())), __doc__, f"runs/{kind.section if kind else 'KIND'}")
+    parser = kind_parser(kind or next(iter(KINDS.values())), __doc__, f"runs/{kind.name if kind else 'KIND'}")
     parser.add_argument("--kind", required=True, choices=sorted(KINDS), help="the kind's config section")
     if kind is None:
         parser.parse_args(argv)  # --help, or the error of a missing or unknown --kind
-    return run_kind(kind, __doc__, f"runs/{kind.section}", argv, parser=parser)
+    return run_kind(kind, __doc__, f"runs/{kind.name}", argv, parser=parser)
 
 
 if __name__ == "__main__":

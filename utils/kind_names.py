@@ -11,6 +11,14 @@ from importlib.metadata import entry_points
 from utils.plugins import KIND_GROUP
 
 BUILT_IN = ("frcnn", "yolo", "study")  # utils/kinds/__init__.py's order: train_all trains them so
+# Names written before each kind had one name (2026-12-07): manifests' model entries and kinds, the
+# ensemble's per-model settings and prediction files' "model" column read them as today's.
+LEGACY_NAMES = {"faster_rcnn": "frcnn", "study_classifier": "study"}
+
+
+def canonical_name(name: str) -> str:
+    """A kind's or model's name as written today (an older name through :data:`LEGACY_NAMES`)."""
+    return LEGACY_NAMES.get(name, name)
 
 
 def kind_names() -> tuple[str, ...]:

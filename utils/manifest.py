@@ -1,6 +1,6 @@
 """``weights/manifest.json``: what training produced and inference may load.
 
-    {"models": {"<name>": {"kind": "study_classifier", "folds": [0, 1, ...],
+    {"models": {"<name>": {"kind": "study", "folds": [0, 1, ...],
                            "files": {"0": "study/fold0.pt", ...}, "input_size": 512,
                            "config": {...resolved training config...}}}}
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from utils.config import MAX_IMAGE_SIZE
 from utils.files import atomic_path
+from utils.kind_names import canonical_name
 from utils.log import first_line
 
 MANIFEST_FILE = "manifest.json"
@@ -46,7 +47,22 @@ def read_manifest(weights_dir, must_exist: bool = False) -> dict:
         raise ManifestError(f"{path}: nested too deeply to be a manifest") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
         raise ManifestError(f"{path}: expected an object with a 'models' mapping")
-    return manifest
+    return with_current_names(manifest, path)
+
+
+def with_current_names(manifest: dict, where) -> dict:
+    """``manifest`` with every model entry and kind under today's name (a manifest written before each
+    kind had one name says ``faster_rcnn``, ``study_classifier``: utils.kind_names.LEGACY_NAMES)."""
+    models, written = {}, {}
+    for name, spec in manifest["models"].items():
+        current = canonical_name(name)
+        if current in models:
+            raise ManifestError(f"{where}: models {written[current]!r} and {name!r} are one model under its current "
+                                "and its older name; keep one")
+        if isinstance(spec, dict) and isinstance(spec.get("kind"), str):
+            spec = {**spec, "kind": canonical_name(spec["kind"])}
+        models[current], written[current] = spec, name
+    return {**manifest, "models": models}
 
 
 def named_files(weights_dir, manifest: dict) -> list[Path]:

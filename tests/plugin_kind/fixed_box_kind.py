@@ -29,9 +29,7 @@ class FixedBoxConfig:
 
 
 class FixedBoxKind(ModelKind):
-    section = "fixed_box"
-    model_name = "fixed_box"
-    manifest_kind = FixedBoxMember.manifest_kind
+    name = "fixed_box"
     config_class = FixedBoxConfig
     member_class = FixedBoxMember
     title = "fixed box"
@@ -49,7 +47,7 @@ class FixedBoxKind(ModelKind):
         best.parent.mkdir(parents=True, exist_ok=True)
         torch.save(weights, best)
         found = [(weights[None, :4].numpy(), weights[4:5].numpy())] * len(held_out)
-        return FoldResult(best, detection_rows(held_out["image_id"], held_out["study_id"], self.model_name, fold,
+        return FoldResult(best, detection_rows(held_out["image_id"], held_out["study_id"], self.name, fold,
                                                found))
 
     def write_report(self, oof, table, out) -> dict:
@@ -58,11 +56,11 @@ class FixedBoxKind(ModelKind):
     def register(self, best, config, weights_dir: Path) -> Path:
         files = {}
         for fold, path in sorted(best.items()):
-            relative = Path(self.model_name) / f"fold{fold}.pt"
+            relative = Path(self.name) / f"fold{fold}.pt"
             (weights_dir / relative).parent.mkdir(parents=True, exist_ok=True)
             torch.save(fold_weights(path), weights_dir / relative)
             files[int(fold)] = str(relative)
-        return register_model(weights_dir, self.model_name, self.manifest_kind, files, config.image_size,
+        return register_model(weights_dir, self.name, self.name, files, config.image_size,
                               asdict(config))
 
     def untrained_weights(self, config, path) -> None:

@@ -16,7 +16,7 @@ def fold_weights(path) -> torch.Tensor:
 
 
 class FixedBoxMember(Member):
-    manifest_kind = "fixed_box_detector"
+    kind = "fixed_box"
 
     def __init__(self, name, spec, weights_dir, device):
         super().__init__(name, spec, weights_dir, device)

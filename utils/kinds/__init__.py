@@ -8,6 +8,7 @@ training). What a kind provides: :class:`utils.kinds.base.ModelKind` and docs/ar
 
 from __future__ import annotations
 
+from utils.kind_names import canonical_name
 from utils.kinds import frcnn, study, yolo
 from utils.kinds.base import FoldResult, ModelKind, RunOptions, StagePlan, TrainingError, train_folds
 from utils.members import Member
@@ -19,24 +20,27 @@ BUILT_IN = (frcnn.KIND, yolo.KIND, study.KIND)
 def _kind_problem(name: str, value, kept: list) -> str | None:
     if not isinstance(value, ModelKind):
         return f"names {value!r}, not a ModelKind instance"
-    if value.section != name:  # utils/kind_names.py reads the kinds' names from the entry points alone
-        return f"names a kind whose section is {value.section!r}: the entry point must be named after it"
-    # its config section, model (weights subfolder) and manifest kind must all be its own
-    return clash(value, (*BUILT_IN, *kept), ("section", "model_name", "manifest_kind"))
+    if value.name != name:  # utils/kind_names.py reads the kinds' names from the entry points alone
+        return f"names a kind named {value.name!r}: the entry point must be named after it"
+    if getattr(value.member_class, "kind", None) != value.name:
+        return f"its member {value.member_class.__name__} loads kind {getattr(value.member_class, 'kind', None)!r}, " \
+               f"not the kind's name {value.name!r}"
+    return clash(value, (*BUILT_IN, *kept), ("name",))
 
 
 KINDS: dict[str, ModelKind] = {}
 for _kind in (*BUILT_IN, *load_plugins(KIND_GROUP, _kind_problem)):
-    add_unique(KINDS, _kind.section, _kind, "model kind")
+    add_unique(KINDS, _kind.name, _kind, "model kind")
 
 
 def kind_of_manifest(manifest_kind: str) -> ModelKind:
-    """The kind whose manifest entries say ``"kind": manifest_kind``; unknown names raise ``KeyError``."""
-    for kind in KINDS.values():
-        if kind.manifest_kind == manifest_kind:
-            return kind
-    raise KeyError(f"unknown model kind {manifest_kind!r}; known: {sorted(k.manifest_kind for k in KINDS.values())}"
-                   + "".join(f"; {problem}" for problem in plugin_problems(KIND_GROUP)))
+    """The kind whose manifest entries say ``"kind": manifest_kind`` (a name of :data:`LEGACY_NAMES` read
+    as today's); unknown names raise ``KeyError``."""
+    kind = KINDS.get(canonical_name(manifest_kind))
+    if kind is None:
+        raise KeyError(f"unknown model kind {manifest_kind!r}; known: {sorted(KINDS)}"
+                       + "".join(f"; {problem}" for problem in plugin_problems(KIND_GROUP)))
+    return kind
 
 
 __all__ = ["KINDS", "FoldResult", "Member", "ModelKind", "RunOptions", "StagePlan", "TrainingError", "kind_of_manifest",

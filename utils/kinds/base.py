@@ -81,9 +81,9 @@ class ModelKind:
     """One kind of model; subclasses fill these in (see the module docstring and docs/architecture.md).
     A kind outside the project registers through an entry point (:mod:`utils.plugins`)."""
 
-    section: ClassVar[str]  # config section and run folder under OUT/
-    model_name: ClassVar[str]  # its name in the manifest and the "model" column of its prediction rows
-    manifest_kind: ClassVar[str]  # "kind" of its manifest entry
+    # Its one name: config section, run folder under OUT/, manifest entry and "kind", weights subfolder,
+    # the "model" column of its prediction rows (manifests written before: utils.kinds.LEGACY_NAMES).
+    name: ClassVar[str]
     config_class: ClassVar[type]
     member_class: ClassVar[type]  # the predictor's member
     title: ClassVar[str]
@@ -124,8 +124,8 @@ class ModelKind:
         raise NotImplementedError
 
     def register(self, best: dict[int, Path], config, weights_dir: Path) -> Path:
-        """Export each fold's best weights to ``<section>/fold<k>.pt`` and register them."""
-        return register_fold_checkpoints(weights_dir, self.model_name, self.manifest_kind, best,
+        """Export each fold's best weights to ``<name>/fold<k>.pt`` and register them."""
+        return register_fold_checkpoints(weights_dir, self.name, self.name, best,
                                          self.input_size(config), asdict(config))
 
     def input_size(self, config) -> int:
@@ -205,7 +205,7 @@ def train_folds(kind: ModelKind, config, options: RunOptions) -> dict:
     except (OSError, ValueError) as err:
         raise TrainingError(str(err)) from err
     if info.is_main:
-        save_config(config, options.out / "config.yaml", kind.section)
+        save_config(config, options.out / "config.yaml", kind.name)
         log.info("%s: %d images (%d used for training, %d with boxes); training folds %s", kind.title, len(table),
                  int(table["used"].sum()), int((table["n_boxes"].astype(int) > 0).sum()), folds)
     if options.start_from is not None and not kind.can_start_from:
@@ -220,7 +220,7 @@ def train_folds(kind: ModelKind, config, options: RunOptions) -> dict:
         scores = kind.write_report(oof, table[table["fold"].isin(folds)], options.out)
         if options.weights_dir is not None:
             path = kind.register({fold: r.best for fold, r in results.items()}, config, options.weights_dir)
-            log.info("registered %d fold(s) of %r in %s", len(results), kind.model_name, path)
+            log.info("registered %d fold(s) of %r in %s", len(results), kind.name, path)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return scores
@@ -269,14 +269,14 @@ class TorchKind(ModelKind):
         where = f"--start-from {weights_dir}"
         try:
             manifest = read_manifest(weights_dir, must_exist=True)
-            spec = manifest["models"].get(self.model_name)
+            spec = manifest["models"].get(self.name)
             if spec is None:
-                raise TrainingError(f"{Path(weights_dir) / MANIFEST_FILE}: no model {self.model_name!r} to start "
+                raise TrainingError(f"{Path(weights_dir) / MANIFEST_FILE}: no model {self.name!r} to start "
                                     f"the {self.title} from (models: {sorted(manifest['models'])})")
-            stored, files, size = entry_files(weights_dir, self.model_name, spec)
+            stored, files, size = entry_files(weights_dir, self.name, spec)
             missing = [f for f in folds if f not in stored]
             if missing:
-                raise TrainingError(f"{Path(weights_dir) / MANIFEST_FILE}: model {self.model_name!r} has folds "
+                raise TrainingError(f"{Path(weights_dir) / MANIFEST_FILE}: model {self.name!r} has folds "
                                     f"{stored}, not {missing}, to start from")
             network = self.untrained_model(config)
             for fold in folds:
@@ -335,7 +335,7 @@ class TorchKind(ModelKind):
 
         model = self.build_model(config)
         if options.start_from is not None and not options.resume:
-            model.load_state_dict(fold_weights(options.start_from, self.model_name, fold))
+            model.load_state_dict(fold_weights(options.start_from, self.name, fold))
             log.info("%s, fold %d: starts from %s", self.title, fold, options.start_from)
         monitor, mode = self.monitor(config)
         train_set, val_set = self.datasets(train, val, config)

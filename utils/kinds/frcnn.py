@@ -47,9 +47,7 @@ def keep_negatives(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFr
 
 
 class FrcnnKind(DetectorKind, TorchKind):
-    section = "frcnn"
-    model_name = "faster_rcnn"
-    manifest_kind = FasterRCNNMember.manifest_kind
+    name = "frcnn"
     member_class = FasterRCNNMember
     trunk_from_backbone = True
     config_class = FrcnnConfig
@@ -108,7 +106,7 @@ class FrcnnKind(DetectorKind, TorchKind):
         return config.val_batch_size
 
     def rows(self, frame, fold, outputs):
-        return detection_rows(frame["image_id"], frame["study_id"], self.model_name, fold,
+        return detection_rows(frame["image_id"], frame["study_id"], self.name, fold,
                               unpad_detections(outputs))
 
     def val_scores(self, predictions, val) -> dict[str, float]:

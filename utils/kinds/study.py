@@ -57,9 +57,7 @@ def load_study_table(meta_csv, image_size: int, with_boxes: bool = False) -> pd.
 
 
 class StudyKind(TorchKind):
-    section = "study"
-    model_name = "study"
-    manifest_kind = StudyMember.manifest_kind
+    name = "study"
     member_class = StudyMember
     trunk_from_backbone = True
     config_class = StudyConfig
@@ -101,7 +99,7 @@ class StudyKind(TorchKind):
 
     def rows(self, frame: pd.DataFrame, fold: int, outputs: dict) -> pd.DataFrame:
         study_probs, none_probs = StudyClassifier.probabilities(outputs)
-        return classifier_rows(frame["image_id"], frame["study_id"], self.model_name, fold, study_probs, none_probs)
+        return classifier_rows(frame["image_id"], frame["study_id"], self.name, fold, study_probs, none_probs)
 
     def val_scores(self, predictions, val) -> dict[str, float]:
         scores = study_classifier_scores(predictions, val)

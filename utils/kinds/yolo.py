@@ -150,9 +150,7 @@ def predict_yolo(model, image_paths, *, image_size: int, score_threshold: float,
 
 
 class YoloKind(DetectorKind, ModelKind):
-    section = "yolo"
-    model_name = "yolo"
-    manifest_kind = YoloMember.manifest_kind
+    name = "yolo"
     member_class = YoloMember
     config_class = YoloConfig
     title = "YOLO"
@@ -238,7 +236,7 @@ class YoloKind(DetectorKind, ModelKind):
                                   image_size=config.predict_size, score_threshold=config.score_threshold,
                                   nms_threshold=config.nms_threshold, max_detections=config.detections_per_image,
                                   device=device, progress=options.progress)
-        return FoldResult(best, detection_rows(held_out["image_id"], held_out["study_id"], self.model_name, fold,
+        return FoldResult(best, detection_rows(held_out["image_id"], held_out["study_id"], self.name, fold,
                                                detections))
 
     def write_report(self, oof, table, out) -> dict:
@@ -248,10 +246,10 @@ class YoloKind(DetectorKind, ModelKind):
         """Each fold's weights as data (:func:`utils.yolo.save_yolo_weights`) copied to ``yolo/fold<k>.pt``."""
         files = {}
         for fold, source in sorted(best.items()):
-            relative = Path(self.model_name) / f"fold{fold}.pt"
+            relative = Path(self.name) / f"fold{fold}.pt"
             copy_atomic(source, Path(weights_dir) / relative)
             files[fold] = str(relative)
-        return register_model(weights_dir, self.model_name, self.manifest_kind, files, config.predict_size,
+        return register_model(weights_dir, self.name, self.name, files, config.predict_size,
                               asdict(config))
 
 

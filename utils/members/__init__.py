@@ -16,11 +16,11 @@ BUILT_IN = (StudyMember, FasterRCNNMember, YoloMember)
 def _member_problem(name: str, value, kept: list) -> str | None:
     if not (isinstance(value, type) and issubclass(value, Member)):
         return f"names {value!r}, not a Member class"
-    return clash(value, (*BUILT_IN, *kept), ("manifest_kind",))
+    return clash(value, (*BUILT_IN, *kept), ("kind",))
 
 
 MEMBER_TYPES: dict[str, type[Member]] = {}
 for _member in (*BUILT_IN, *load_plugins(MEMBER_GROUP, _member_problem)):
-    add_unique(MEMBER_TYPES, _member.manifest_kind, _member, "member kind")
+    add_unique(MEMBER_TYPES, _member.kind, _member, "member kind")
 
 __all__ = ["MEMBER_TYPES", "Detections", "Member", "model_input", "with_flipped"]

@@ -39,7 +39,7 @@ class Member:
     fold and flip), a classifier's probabilities, or both; the predictor merges it with
     :func:`~utils.fusion.add_member_prediction` and never asks what kind it is."""
 
-    manifest_kind: ClassVar[str]  # the "kind" of the manifest entries it loads (its kind's manifest_kind)
+    kind: ClassVar[str]  # the "kind" of the manifest entries it loads: its kind's name
     has_opacity_map: bool = False  # whether ``with_opacity_map`` gives maps
     # Its kind's config schema: the manifest's copy of the training config is read through it (types,
     # ranges, known keys), so a damaged manifest is one line naming the model and the key. None (a
@@ -50,7 +50,6 @@ class Member:
 
     def __init__(self, name: str, spec: dict, weights_dir: Path, device: torch.device):
         self.name = name
-        self.kind = spec["kind"]
         self.where = f"{Path(weights_dir) / MANIFEST_FILE}: model {name!r}"
         self.folds, self.files, self.input_size = entry_files(weights_dir, name, spec)
         self.config = self.stored_config(spec.get("config", {}))

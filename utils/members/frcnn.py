@@ -53,7 +53,7 @@ class FrcnnConfig(TrainConfig):
 
 
 class FasterRCNNMember(Member):
-    manifest_kind = "faster_rcnn"
+    kind = "frcnn"
     config_class = FrcnnConfig
     legacy_defaults = {"normalization": "imagenet"}  # the only normalisation before the key existed
 

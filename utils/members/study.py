@@ -61,7 +61,7 @@ class StudyMember(Member):
     model's TTA views (its config's ``tta_views``; the identity alone when the ensemble's
     ``study_tta`` is off), and on request the auxiliary head's opacity map."""
 
-    manifest_kind = "study_classifier"
+    kind = "study"
     config_class = StudyConfig
     legacy_defaults = {"normalization": "imagenet"}  # the only normalisation before the key existed
 

@@ -68,7 +68,7 @@ class YoloConfig:
 
 
 class YoloMember(Member):
-    manifest_kind = "yolo"
+    kind = "yolo"
     config_class = YoloConfig
 
     def __init__(self, name, spec, weights_dir, device: torch.device):
