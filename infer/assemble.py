@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,9 @@ from utils.submission import (
 )
 
 if TYPE_CHECKING:
-    from infer.predictor import EnsemblePredictor
+    from pathlib import Path
+
+    import torch
 
 NEGATIVE = STUDY_CLASSES.index("negative")
 # A study none of whose images could be read: every class equally likely (no information).
@@ -54,6 +56,24 @@ class ImagePrediction:
     error: str | None = None
     opacity_map: np.ndarray | None = None  # (h, w) in [0, 1] over the image, when asked and available
 
+
+class EnsemblePredictor(Protocol):
+    """What predicts a test split: :class:`infer.predictor.Ensemble` on one device,
+    :class:`infer.sharding.ShardedEnsemble` on several. A context manager (``close`` stops its helper processes)."""
+
+    weights_dir: Path
+    config: EnsembleConfig
+    devices: tuple[torch.device, ...]
+    load_seconds: float | None
+
+    def predict_paths(self, paths: Sequence, *, batch_size: int | None = None, workers: int | None = None,
+                      progress: bool = True, on_batch=None) -> list[ImagePrediction]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "EnsemblePredictor": ...
+
+    def __exit__(self, *exc) -> None: ...
 
 def no_box_probability(prediction: ImagePrediction) -> float | None:
     """One minus the image's best fused opacity score (1 without any box): the detectors' view of

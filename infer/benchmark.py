@@ -66,7 +66,8 @@ from utils.engine import (
 )
 from utils.files import write_text_atomic
 from utils.fusion import ENSEMBLE_SECTION
-from utils.models import ARCHITECTURES, PRETRAINED_NONE, MultiLabelClassifier, StudyClassifier
+from utils.kinds.study.network import StudyClassifier
+from utils.models import ARCHITECTURES, PRETRAINED_NONE, MultiLabelClassifier
 from utils.nih import NIH_FINDINGS
 from utils.runtime import resolve_device, resolve_precision
 from utils.synthetic import display_to_stored, render_chest, write_dicom
@@ -258,7 +259,7 @@ def write_untrained_weights(weights_dir, config_path, folds: int = 1, overrides:
     from dataclasses import asdict
 
     from utils.config import load_section, load_yaml_section
-    from utils.kinds import KINDS
+    from utils.kinds.registry import KINDS
     from utils.manifest import register_ensemble, register_model
 
     weights_dir = Path(weights_dir)

@@ -14,9 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from utils.kinds.yolo.member import YoloMember
+from utils.kinds.yolo.network import (
+    YoloWeightsError,
+    convert_ultralytics_pickle,
+    default_settings_dir,
+    import_ultralytics,
+)
 from utils.manifest import MANIFEST_FILE, read_manifest
-from utils.members.yolo import YoloMember
-from utils.yolo import YoloWeightsError, convert_ultralytics_pickle, default_settings_dir, import_ultralytics
 
 
 def yolo_files(target: Path) -> list[Path]:

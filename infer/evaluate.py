@@ -47,7 +47,7 @@ from utils.fusion import (
     add_member_prediction,
     combine_images,
 )
-from utils.kind_names import kind_names
+from utils.kinds import kind_names
 from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 from utils.log import configure_logging
 from utils.manifest import register_ensemble

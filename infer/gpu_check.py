@@ -40,7 +40,7 @@ from pathlib import Path
 
 from utils.config import float_in, int_in, worker_count
 from utils.files import write_json_atomic, write_text_atomic
-from utils.kinds import KINDS
+from utils.kinds.registry import KINDS
 from utils.report import show_general
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ Per image:
    largest input size and area-resizes it to each model's size: the same pixels preparation wrote
    to the PNGs the models were trained on. In :meth:`Ensemble.predict_paths` this runs in
    DataLoader workers, one image each, so the device does not wait for decoding.
-2. Each member (:mod:`utils.members`) runs every fold, with its test-time views where the settings ask
+2. Each member (:mod:`utils.kinds.members`) runs every fold, with its test-time views where the settings ask
    (``tta_hflip``: the detectors' mirror image, boxes flipped back; ``study_tta``: the study model's
    views), and returns one :class:`~utils.fusion.MemberPrediction`, merged per image by
    :func:`~utils.fusion.add_member_prediction`. A model of weight 0 (``model_weights``) is not loaded.
@@ -33,7 +33,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,31 +53,13 @@ from utils.fusion import (
     fusion_pool,
     resolve_fusion_workers,
 )
+from utils.kinds.members import MEMBER_TYPES, model_input  # noqa: F401 - model_input: the predictor's input contract
 from utils.manifest import ManifestError, entry_files, read_manifest
-from utils.members import MEMBER_TYPES, model_input  # noqa: F401 - model_input: the predictor's input contract
 from utils.plugins import MEMBER_GROUP, plugin_problems
 from utils.runtime import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
-
-class EnsemblePredictor(Protocol):
-    """What predicts a test split: :class:`Ensemble` on one device, :class:`infer.sharding.ShardedEnsemble`
-    on several. A context manager (``close`` stops its helper processes)."""
-
-    weights_dir: Path
-    config: EnsembleConfig
-    devices: tuple[torch.device, ...]
-    load_seconds: float | None
-
-    def predict_paths(self, paths: Sequence, *, batch_size: int | None = None, workers: int | None = None,
-                      progress: bool = True, on_batch=None) -> list[ImagePrediction]: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> "EnsemblePredictor": ...
-
-    def __exit__(self, *exc) -> None: ...
 
 # ----------------------------------------------------------------------------- decoding
 

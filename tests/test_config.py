@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from utils.config import ConfigError, load_section, parse_overrides, save_config
-from utils.kinds.study import StudyConfig
+from utils.kinds.study.training import StudyConfig
 from utils.nih import BackboneConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "train" / "configs").glob("*.yaml"))

@@ -18,7 +18,7 @@ from train import train_frcnn
 from utils.boxes import denormalize_xyxy, normalize_xyxy
 from utils.datasets import DetectionDataset
 from utils.engine import collate_detection, load_checkpoint
-from utils.frcnn import FasterRCNNDetector, load_detector_state, unpad_detections
+from utils.kinds.frcnn.network import FasterRCNNDetector, load_detector_state, unpad_detections
 from utils.manifest import read_manifest
 from utils.models import WeightsError
 from utils.predictions import PREDICTION_COLUMNS, read_predictions

@@ -95,9 +95,14 @@ def test_the_notebook_carries_no_training_module():
     from build_notebook import code_closure
 
     modules = code_closure()
-    assert "utils.members.yolo" in modules and "infer.predictor" in modules
-    carried = [m for m in modules if m in TRAINING_MODULES or m.startswith(("utils.kinds", "train"))]
+    assert "utils.kinds.yolo.member" in modules and "infer.predictor" in modules
+    carried = [m for m in modules if m in TRAINING_MODULES or m.startswith("train") or m.endswith(".training")
+               or m in ("utils.kinds.base", "utils.kinds.registry")]
     assert carried == []
+    # each kind's package gives the notebook its config, network and member, nothing else
+    assert {m for m in modules if m.startswith("utils.kinds.")} == {
+        f"utils.kinds.{kind}.{part}" for kind in ("frcnn", "yolo", "study") for part in ("config", "network", "member")
+    } | {"utils.kinds.study.tta", "utils.kinds.member", "utils.kinds.members"}
 
 
 def test_the_kaggle_check_fails_when_its_environment_is_not_the_one_it_claims():

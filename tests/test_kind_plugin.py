@@ -86,7 +86,7 @@ def test_a_kind_from_an_entry_point_runs_through_train_all_the_report_the_manife
 BROKEN_PLUGINS = {
     "exits_at_import.py": "import sys\nsys.exit(0)\n",
     "raises_at_import.py": "raise ImportError('a dependency of this plugin is missing')\n",
-    "clashing_member.py": ("from utils.members.base import Member\n\n\n"
+    "clashing_member.py": ("from utils.kinds.member import Member\n\n\n"
                            "class TakesFasterRCNN(Member):\n    kind = 'frcnn'\n"),
 }
 BROKEN_ENTRY_POINTS = """[siim_covid.members]
@@ -114,7 +114,7 @@ def test_a_broken_or_clashing_plugin_is_left_out_by_name_and_every_command_still
         (tmp_path / name).write_text(text)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]), YOLO_OFFLINE="true",
                NO_ALBUMENTATIONS_UPDATE="1")
-    probe = ("from utils.members import MEMBER_TYPES\nfrom utils.members.frcnn import FasterRCNNMember\n"
+    probe = ("from utils.kinds.members import MEMBER_TYPES\nfrom utils.kinds.frcnn.member import FasterRCNNMember\n"
              "assert sorted(MEMBER_TYPES) == ['frcnn', 'study', 'yolo'], MEMBER_TYPES\n"
              "assert MEMBER_TYPES['frcnn'] is FasterRCNNMember\nprint('registry ok')\n")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
@@ -137,10 +137,10 @@ def test_a_broken_or_clashing_plugin_is_left_out_by_name_and_every_command_still
 
 
 def test_the_kinds_names_without_importing_a_kind_are_the_registrys():
-    """utils/kind_names.py (what the reports use, to start without importing every network) names the
+    """utils.kinds.kind_names (what the reports use, to start without importing every network) names the
     registry's kinds in its order; in a process without torch imported."""
-    from utils.kind_names import kind_names
-    from utils.kinds import KINDS
+    from utils.kinds import kind_names
+    from utils.kinds.registry import KINDS
 
     assert kind_names() == tuple(KINDS)
     probe = "import sys, infer.calibrate; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"

@@ -7,15 +7,9 @@ import torch
 import torchvision
 
 from utils.engine import save_checkpoint
+from utils.kinds.study.network import StudyClassifier
 from utils.loop_config import TrainConfig
-from utils.models import (
-    ARCHITECTURES,
-    MultiLabelClassifier,
-    StudyClassifier,
-    WeightsError,
-    build_trunk,
-    load_trunk_weights,
-)
+from utils.models import ARCHITECTURES, MultiLabelClassifier, WeightsError, build_trunk, load_trunk_weights
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +67,7 @@ def test_every_architecture_builds():
 def test_the_cpu_recipes_light_detector_takes_a_local_resnet18_file(tmp_path):
     """real256.yaml's Faster R-CNN: ResNet-18 trunk, 64-channel pyramid, 256-wide box head; a user with
     torchvision's ImageNet file (here a random one of the same form) passes it as ``backbone``."""
-    from utils.frcnn import FasterRCNNDetector
+    from utils.kinds.frcnn.network import FasterRCNNDetector
 
     torch.manual_seed(3)
     reference = torchvision.models.resnet18(weights=None)

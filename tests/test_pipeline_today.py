@@ -71,7 +71,7 @@ def test_grey_input_benchmark_compares_two_equal_networks():
     assert result["max_logit_difference"] < 1e-4  # the one-channel stem computes the same function
     assert result["replicated_3ch_images_per_s"] > 0 and result["summed_stem_1ch_images_per_s"] > 0
     # With ImageNet's per-channel statistics summing the stem would change the model: refused.
-    from utils.models import StudyClassifier
+    from utils.kinds.study.network import StudyClassifier
 
     with pytest.raises(ValueError, match="imagenet normalisation differs per channel"):
         one_channel_stem(StudyClassifier("resnet18", None))

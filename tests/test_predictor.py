@@ -103,7 +103,7 @@ def test_a_weights_folder_written_under_the_older_names_predicts_the_same(untrai
                                                                          tmp_path):
     """Before each kind had one name (2026-12-07) the manifest said model and kind ``faster_rcnn``, kind
     ``study_classifier``, and the ensemble's settings named ``faster_rcnn``: such a folder is read through
-    utils.kind_names.LEGACY_NAMES and predicts exactly what the same weights do under today's names."""
+    utils.kinds.LEGACY_NAMES and predicts exactly what the same weights do under today's names."""
     now, old = _linked_copy(untrained_weights, tmp_path / "now"), _linked_copy(untrained_weights, tmp_path / "old")
     for folder, name, kind in ((now, "frcnn", "frcnn"), (old, "faster_rcnn", "faster_rcnn")):
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -137,10 +137,10 @@ def test_a_weights_folder_written_under_the_older_names_predicts_the_same(untrai
 
 def test_a_stored_manifest_of_the_older_names_reads_under_todays(tmp_path):
     """tests/data/manifest_before_one_name.json: the manifest make demo wrote on 2026-12-07 before the
-    rename (commit 2a76cc4 and its two successors); every entry and its stored config read as today's."""
+    rename (commit 95bce30); every entry and its stored config read as today's."""
     from utils.config import from_mapping
+    from utils.kinds.members import MEMBER_TYPES
     from utils.manifest import read_manifest
-    from utils.members import MEMBER_TYPES
 
     shutil.copy(REPO / "tests" / "data" / "manifest_before_one_name.json", tmp_path / "manifest.json")
     raw = json.loads((tmp_path / "manifest.json").read_text())
@@ -179,8 +179,8 @@ def test_the_predictor_applies_every_study_view_of_the_manifest(untrained_weight
     """A study model whose manifest lists the eight views: each fold model sees exactly those eight views
     of the batch, in order, and the study probabilities are their mean, whatever the detectors' flip
     switch says; with ``study_tta`` off, the image alone."""
-    from utils.models import StudyClassifier
-    from utils.tta import EIGHT_VIEWS, apply_view
+    from utils.kinds.study.network import StudyClassifier
+    from utils.kinds.study.tta import EIGHT_VIEWS, apply_view
 
     weights = tmp_path / "weights"
     _linked_copy(untrained_weights, weights)
@@ -764,7 +764,7 @@ def test_bad_arguments_and_devices_are_one_line_before_any_work(untrained_weight
     traceback, nothing predicted."""
     from infer import make_submission
     from utils.config import ConfigError, from_mapping
-    from utils.kinds.study import StudyConfig
+    from utils.kinds.study.training import StudyConfig
 
     monkeypatch.setattr(Ensemble, "predict_paths", lambda *a, **k: pytest.fail("predicted before the check"))
     argv = _submission_argv(siim_dataset, untrained_weights, tmp_path / "s.csv")

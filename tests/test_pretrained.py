@@ -14,15 +14,20 @@ from conftest import REPO
 from timm.layers import FrozenBatchNormAct2d
 
 from utils.config import ConfigError
-from utils.frcnn import FasterRCNNDetector, detector_from_config, timm_parameter_stages, unpad_detections
-from utils.kinds.frcnn import FrcnnConfig
-from utils.kinds.study import StudyConfig
-from utils.members import model_input
+from utils.kinds.frcnn.network import (
+    FasterRCNNDetector,
+    detector_from_config,
+    timm_parameter_stages,
+    unpad_detections,
+)
+from utils.kinds.frcnn.training import FrcnnConfig
+from utils.kinds.members import model_input
+from utils.kinds.study.network import StudyClassifier
+from utils.kinds.study.training import StudyConfig
 from utils.models import (
     INPUT_NORMALIZATIONS,
     LITE_WEIGHTS,
     InputNormalization,
-    StudyClassifier,
     WeightsError,
     build_timm_trunk,
     lite_state_dict,

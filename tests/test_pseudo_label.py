@@ -16,11 +16,11 @@ from conftest import LEARNING, REPO, TINY_TRAIN_ALL
 
 from train import pseudo_label, train_all
 from utils.config import from_mapping
-from utils.kinds import KINDS
-from utils.kinds.study import load_study_table
+from utils.kinds.registry import KINDS
+from utils.kinds.study.network import StudyClassifier
+from utils.kinds.study.training import load_study_table
 from utils.manifest import read_manifest
 from utils.metric import ClassDetections, lowest_threshold_at_precision
-from utils.models import StudyClassifier
 from utils.predictions import read_predictions
 from utils.prepare import PSEUDO_FOLD, fold_split, read_meta, select_folds
 from utils.pseudo import (
@@ -148,7 +148,7 @@ def test_the_marker_keeps_pseudo_rows_out_of_validation_and_every_score(detectio
 
 def test_yolo_exports_each_folds_pseudo_label_of_an_image_apart(detection_prepared, tmp_path):
     """An image labelled by two round-one folds is two YOLO training images with their own labels."""
-    from utils.kinds.yolo import export_yolo_images
+    from utils.kinds.yolo.training import export_yolo_images
 
     _, meta = merged_meta(detection_prepared, tmp_path)
     table = KINDS["yolo"].load_table(meta, KINDS["yolo"].config_class(image_size=64, predict_size=96))

@@ -18,10 +18,11 @@ from utils.boxes import boxes_to_mask
 from utils.config import ConfigError, load_section
 from utils.datasets import StudyDataset
 from utils.engine import ModelEma, fit, load_checkpoint
+from utils.kinds.study.network import StudyClassifier, segmentation_loss
+from utils.kinds.study.tta import EIGHT_VIEWS, StudyTTA, apply_view, check_views
 from utils.labels import STUDY_CLASSES
-from utils.models import StudyClassifier, WeightsError, segmentation_loss
+from utils.models import WeightsError
 from utils.presets import build_transform
-from utils.tta import EIGHT_VIEWS, StudyTTA, apply_view, check_views
 
 TARGETS = {"study": torch.tensor([0, 1]), "none": torch.tensor([1.0, 0.0])}
 
@@ -81,7 +82,7 @@ def test_label_smoothing_softens_both_targets():
 
 
 def test_class_weights_weight_the_study_loss_and_bad_weights_are_refused(tmp_path):
-    from utils.kinds.study import StudyConfig
+    from utils.kinds.study.training import StudyConfig
 
     torch.manual_seed(0)
     weights = [1.0, 1.0, 2.0, 3.0]
@@ -146,7 +147,7 @@ def test_tta_views_and_their_average():
 
 
 def test_unknown_view_in_a_config_is_a_config_error(tmp_path):
-    from utils.kinds.study import StudyConfig
+    from utils.kinds.study.training import StudyConfig
 
     path = tmp_path / "c.yaml"
     path.write_text("study:\n  arch: resnet18\n  tta_views: [identity, mirror]\n")

@@ -12,9 +12,9 @@ from conftest import classifier_scores_by_hand
 
 from train import fold_averaging, train_study
 from utils.classification import classifier_submission, study_classifier_scores
+from utils.kinds.study.network import StudyClassifier
 from utils.labels import STUDY_CLASSES
 from utils.manifest import read_manifest
-from utils.models import StudyClassifier
 from utils.predictions import (
     PREDICTION_COLUMNS,
     PredictionFileError,

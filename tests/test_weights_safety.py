@@ -17,14 +17,10 @@ from conftest import REPO, write_code_running_weights
 from infer.benchmark import write_untrained_weights
 from infer.predictor import Ensemble
 from utils.engine import CheckpointError, load_checkpoint
-from utils.kinds import RunOptions, TrainingError
-from utils.kinds.frcnn import KIND as FRCNN
-from utils.kinds.frcnn import FrcnnConfig
-from utils.kinds.yolo import KIND as YOLO_KIND
-from utils.kinds.yolo import YoloConfig
-from utils.manifest import ManifestError
-from utils.models import WeightsError, build_feature_trunk, build_trunk, load_trunk_weights
-from utils.yolo import (
+from utils.kinds.frcnn.training import KIND as FRCNN
+from utils.kinds.frcnn.training import FrcnnConfig
+from utils.kinds.registry import RunOptions, TrainingError
+from utils.kinds.yolo.network import (
     CONVERT_COMMAND,
     YoloWeightsError,
     check_model_yaml,
@@ -35,6 +31,10 @@ from utils.yolo import (
     read_yolo_weights,
     save_yolo_weights,
 )
+from utils.kinds.yolo.training import KIND as YOLO_KIND
+from utils.kinds.yolo.training import YoloConfig
+from utils.manifest import ManifestError
+from utils.models import WeightsError, build_feature_trunk, build_trunk, load_trunk_weights
 
 DEMO = REPO / "train" / "configs" / "demo.yaml"
 TINY = {"study": {"image_size": 64, "arch": "resnet18"},

@@ -17,10 +17,10 @@ from conftest import REPO
 
 from utils.boxes import cxcywh_to_xyxy_norm, denormalize_xyxy
 from utils.detection import read_detection_table
-from utils.kinds.yolo import label_lines, results_history
+from utils.kinds.yolo.network import amp_without_download, import_ultralytics
+from utils.kinds.yolo.training import label_lines, results_history
 from utils.manifest import read_manifest
 from utils.predictions import PREDICTION_COLUMNS, read_predictions
-from utils.yolo import amp_without_download, import_ultralytics
 
 TINY_YOLO = ["epochs=1", "image_size=64", "predict_size=96", "batch_size=8", "workers=0", "device=cpu",
              "model=yolov8n.yaml", "folds=[1]", "amp=false"]

@@ -45,7 +45,7 @@ def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
     (Faster R-CNN's RSNA pre-training). Config and data problems exit with the message, not a traceback."""
     from utils.config import ConfigError, load_section, parse_overrides
     from utils.engine import CheckpointError
-    from utils.kinds import RunOptions, TrainingError, train_folds
+    from utils.kinds.registry import RunOptions, TrainingError, train_folds
     from utils.models import WeightsError
 
     args = (parser or kind_parser(kind, doc, default_out)).parse_args(argv)

@@ -34,8 +34,8 @@ from utils.classification import mean_predictions, prior_predictions, study_clas
 from utils.config import ConfigError, int_in, load_section, parse_overrides
 from utils.engine import BEST_CHECKPOINT, load_checkpoint
 from utils.files import write_csv_atomic, write_json_atomic, write_text_atomic
-from utils.kinds import KINDS
-from utils.kinds.study import load_study_table
+from utils.kinds.registry import KINDS
+from utils.kinds.study.training import load_study_table
 from utils.labels import STUDY_CLASSES
 from utils.predictions import read_predictions, write_predictions
 from utils.report import markdown_table

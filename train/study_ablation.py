@@ -27,12 +27,12 @@ from train.cli import configure_logging
 from utils.classification import prior_predictions, study_classifier_scores
 from utils.config import load_section, parse_overrides
 from utils.engine import load_checkpoint
-from utils.kinds import KINDS
-from utils.kinds.study import load_study_table
+from utils.kinds.registry import KINDS
+from utils.kinds.study.training import load_study_table
+from utils.kinds.study.tta import EIGHT_VIEWS, FLIP, PLAIN
 from utils.labels import STUDY_CLASSES
 from utils.prepare import fold_split, select_folds
 from utils.report import markdown_table, write_ablation
-from utils.tta import EIGHT_VIEWS, FLIP, PLAIN
 
 log = logging.getLogger("study_ablation")
 

@@ -56,8 +56,8 @@ from train.cli import DEFAULT_CONFIG, configure_logging
 from utils.config import ConfigError, Seed, Workers, load_section, parse_overrides, short
 from utils.files import OverwriteError, atomic_path, check_not_inside
 from utils.fusion import CALIBRATE_SECTION, ENSEMBLE_SECTION, CalibrateConfig, EnsembleConfig
-from utils.kinds import KINDS, StagePlan
 from utils.kinds.base import GENERIC_SCRIPT, TrainingError
+from utils.kinds.registry import KINDS, StagePlan
 from utils.models import PRETRAINED_IMAGENET, PRETRAINED_LITE, PRETRAINED_NONE
 from utils.nih import BackboneConfig
 from utils.pseudo import SECTION as PSEUDO_SECTION

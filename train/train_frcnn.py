@@ -15,7 +15,7 @@ loss_curve.png), oof_predictions.csv (boxes of every image of the trained folds,
 oof_scores.json / oof_scores.txt (opacity AP@0.5 with the competition metric, beside the fixed-box
 baseline); with --pretrain-rsna also rsna/ (prepared images and the same files). Registers the fold
 weights as model "frcnn" in --weights-dir/manifest.json. The model kind itself is
-:mod:`utils.kinds.frcnn`.
+:mod:`utils.kinds.frcnn.training`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from train.cli import kind_parser, run_kind
-from utils.kinds import KINDS
+from utils.kinds.registry import KINDS
 
 KIND = KINDS["frcnn"]
 DEFAULT_OUT = "runs/frcnn"

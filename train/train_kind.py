@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from train.cli import kind_parser, run_kind
-from utils.kinds import KINDS
+from utils.kinds.registry import KINDS
 
 
 def main(argv: list[str] | None = None) -> int:

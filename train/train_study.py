@@ -8,9 +8,9 @@
 Writes to --out: config.yaml, fold<k>/ (engine run folder: last.pt, best.pt, metrics.csv,
 loss_curve.png), oof_predictions.csv (every image of each trained fold, shared prediction schema),
 oof_scores.json / oof_scores.txt (study mAP, none AP, per-class AP with the competition metric).
-The held-out fold is predicted through the config's ``tta_views`` (:mod:`utils.tta`), as at test time.
+The held-out fold is predicted through the config's ``tta_views`` (:mod:`utils.kinds.study.tta`), as at test time.
 Registers each fold's best weights as model "study" in --weights-dir/manifest.json. The model kind
-itself (config, datasets, losses, member) is :mod:`utils.kinds.study`.
+itself (config, network, datasets, losses, member) is the package :mod:`utils.kinds.study`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 
 from train.cli import run_kind
-from utils.kinds import KINDS
+from utils.kinds.registry import KINDS
 
 KIND = KINDS["study"]
 

@@ -14,7 +14,7 @@ Writes to --out: config.yaml, fold<k>/ (ultralytics' run: weights/best.pt, resul
 plus data.yaml and loss_curve.png), oof_predictions.csv and oof_scores.json / .txt (opacity AP@0.5
 with the competition metric beside the fixed-box baseline, like train/train_frcnn.py). Registers the
 fold weights as model "yolo" in --weights-dir/manifest.json. The model kind itself is
-:mod:`utils.kinds.yolo`.
+:mod:`utils.kinds.yolo.training`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 
 from train.cli import run_kind
-from utils.kinds import KINDS
+from utils.kinds.registry import KINDS
 
 KIND = KINDS["yolo"]
 

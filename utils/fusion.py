@@ -37,7 +37,7 @@ from utils.config import (
     from_mapping,
     short,
 )
-from utils.kind_names import canonical_name
+from utils.kinds import canonical_name
 
 WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 
@@ -179,7 +179,7 @@ class EnsembleConfig:
         problems = device_problems(self.device)
         if problems:
             raise ValueError("; ".join(problems))
-        # per-model settings written under a model's older name (utils.kind_names.LEGACY_NAMES)
+        # per-model settings written under a model's older name (utils.kinds.LEGACY_NAMES)
         self.model_weights = {canonical_name(k): v for k, v in self.model_weights.items()}
         self.score_powers = {canonical_name(k): v for k, v in self.score_powers.items()}
 

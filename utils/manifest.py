@@ -15,7 +15,7 @@ from pathlib import Path
 
 from utils.config import MAX_IMAGE_SIZE
 from utils.files import atomic_path
-from utils.kind_names import canonical_name
+from utils.kinds import canonical_name
 from utils.log import first_line
 
 MANIFEST_FILE = "manifest.json"
@@ -52,7 +52,7 @@ def read_manifest(weights_dir, must_exist: bool = False) -> dict:
 
 def with_current_names(manifest: dict, where) -> dict:
     """``manifest`` with every model entry and kind under today's name (a manifest written before each
-    kind had one name says ``faster_rcnn``, ``study_classifier``: utils.kind_names.LEGACY_NAMES)."""
+    kind had one name says ``faster_rcnn``, ``study_classifier``: utils.kinds.LEGACY_NAMES)."""
     models, written = {}, {}
     for name, spec in manifest["models"].items():
         current = canonical_name(name)
@@ -142,7 +142,7 @@ def _write_manifest(weights_dir: Path, manifest: dict) -> Path:
 
 def register_model(weights_dir, name: str, kind: str, files: dict[int, str], input_size: int, config: dict) -> Path:
     """Add or replace model ``name``; ``files`` maps fold -> path relative to ``weights_dir`` (must exist)."""
-    # Which kinds exist is the registries' business (utils/kinds, utils/members): the predictor refuses
+    # Which kinds exist is the registries' business (utils.kinds.registry, utils.kinds.members): the predictor refuses
     # an entry whose kind has no member, naming the known ones.
     if not isinstance(kind, str) or not kind:
         raise ManifestError(f"model {name!r}: kind must be a non-empty string, got {kind!r}")

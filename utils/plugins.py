@@ -4,9 +4,10 @@ mechanism: an installed distribution, or a ``*.dist-info`` folder on ``sys.path`
     [siim_covid.kinds]      name = package.module:KIND       a ModelKind instance (training side)
     [siim_covid.members]    name = package.module:Member     a Member class (prediction side)
 
-The two registries (:mod:`utils.kinds`, :mod:`utils.members`) add them to the built-in kinds, so a new kind
-is one module (or two, to keep its training out of prediction) and one entry point: train_all, the CV
-report, the calibration, the manifest, make_submission and the notebook then use it like any other.
+The two registries (:mod:`utils.kinds.registry`, :mod:`utils.kinds.members`) add them to the built-in
+kinds, so a new kind is one module (or two, to keep its training out of prediction) and one entry point:
+train_all, the CV report, the calibration, the manifest, make_submission and the notebook then use it
+like any other.
 
 A plugin that cannot be used (its import fails or exits, it names the wrong kind of object, or it takes
 a name a registered kind has) is left out with a warning naming its entry point and why; every command

@@ -20,7 +20,7 @@ import pandas as pd
 
 from utils.boxes import NORM_TOLERANCE, as_boxes
 from utils.files import atomic_path
-from utils.kind_names import canonical_name
+from utils.kinds import canonical_name
 from utils.labels import STUDY_CLASSES
 
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
@@ -101,7 +101,7 @@ def read_predictions(path) -> pd.DataFrame:
     if not path.is_file():
         raise PredictionFileError(f"{path}: file not found")
     frame = pd.read_csv(path, dtype={"image_id": str, "study_id": str, "model": str})
-    if "model" in frame:  # a file written under a model's older name (utils.kind_names.LEGACY_NAMES)
+    if "model" in frame:  # a file written under a model's older name (utils.kinds.LEGACY_NAMES)
         frame["model"] = frame["model"].map(lambda name: canonical_name(name) if isinstance(name, str) else name)
     return check_predictions(frame, str(path))
 

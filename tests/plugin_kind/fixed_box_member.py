@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from utils.fusion import MemberPrediction
-from utils.members.base import Member
+from utils.kinds.member import Member
 
 
 def fold_weights(path) -> torch.Tensor:

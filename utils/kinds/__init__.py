@@ -1,47 +1,36 @@
-"""The registry of model kinds: one module per kind, one line each here.
+"""The model kinds: one package per kind, under its one name (config section, run folder, manifest entry
+and kind, weights subfolder, prediction rows' model):
 
-Training order is the order of :data:`KINDS` (train/train_all.py runs them in turn): the built-in kinds,
-then those of the ``siim_covid.kinds`` entry points (:mod:`utils.plugins`). Each kind names its inference
-member (``member_class``, registered in ``utils/members/`` for the predictor, which imports nothing of
-training). What a kind provides: :class:`utils.kinds.base.ModelKind` and docs/architecture.md.
-"""
+    utils/kinds/<name>/config.py    its config section's schema            (no training, no torch model)
+    utils/kinds/<name>/network.py   its network and how its weights load    (no training)
+    utils/kinds/<name>/member.py    what the predictor loads (config + network)
+    utils/kinds/<name>/training.py  the kind itself (``KIND``): datasets, fold training, report, manifest
+
+and what they share: :mod:`utils.kinds.base` (the training protocol and the one fold loop),
+:mod:`utils.kinds.member` (the prediction protocol), the registries :mod:`utils.kinds.registry` (the
+kinds, for training; imports every kind's training) and :mod:`utils.kinds.members` (the members, for
+prediction; imports no training). This module names the kinds without importing one: what the scripts
+that only read a run's files need (the CV report, the calibration start in a second). A plugin kind's
+name is its entry point's name (:mod:`utils.plugins` leaves out one named otherwise);
+``tests/test_kind_plugin.py`` checks that :data:`BUILT_IN` is the registry's built-in order."""
 
 from __future__ import annotations
 
-from utils.kind_names import canonical_name
-from utils.kinds import frcnn, study, yolo
-from utils.kinds.base import FoldResult, ModelKind, RunOptions, StagePlan, TrainingError, train_folds
-from utils.members import Member
-from utils.plugins import KIND_GROUP, add_unique, clash, load_plugins, plugin_problems
+from importlib.metadata import entry_points
 
-BUILT_IN = (frcnn.KIND, yolo.KIND, study.KIND)
+from utils.plugins import KIND_GROUP
 
-
-def _kind_problem(name: str, value, kept: list) -> str | None:
-    if not isinstance(value, ModelKind):
-        return f"names {value!r}, not a ModelKind instance"
-    if value.name != name:  # utils/kind_names.py reads the kinds' names from the entry points alone
-        return f"names a kind named {value.name!r}: the entry point must be named after it"
-    if getattr(value.member_class, "kind", None) != value.name:
-        return f"its member {value.member_class.__name__} loads kind {getattr(value.member_class, 'kind', None)!r}, " \
-               f"not the kind's name {value.name!r}"
-    return clash(value, (*BUILT_IN, *kept), ("name",))
+BUILT_IN = ("frcnn", "yolo", "study")  # utils/kinds/registry.py's order: train_all trains them so
+# Names written before each kind had one name (2026-12-07): manifests' model entries and kinds, the
+# ensemble's per-model settings and prediction files' "model" column read them as today's.
+LEGACY_NAMES = {"faster_rcnn": "frcnn", "study_classifier": "study"}
 
 
-KINDS: dict[str, ModelKind] = {}
-for _kind in (*BUILT_IN, *load_plugins(KIND_GROUP, _kind_problem)):
-    add_unique(KINDS, _kind.name, _kind, "model kind")
+def canonical_name(name: str) -> str:
+    """A kind's or model's name as written today (an older name through :data:`LEGACY_NAMES`)."""
+    return LEGACY_NAMES.get(name, name)
 
 
-def kind_of_manifest(manifest_kind: str) -> ModelKind:
-    """The kind whose manifest entries say ``"kind": manifest_kind`` (a name of :data:`LEGACY_NAMES` read
-    as today's); unknown names raise ``KeyError``."""
-    kind = KINDS.get(canonical_name(manifest_kind))
-    if kind is None:
-        raise KeyError(f"unknown model kind {manifest_kind!r}; known: {sorted(KINDS)}"
-                       + "".join(f"; {problem}" for problem in plugin_problems(KIND_GROUP)))
-    return kind
-
-
-__all__ = ["KINDS", "FoldResult", "Member", "ModelKind", "RunOptions", "StagePlan", "TrainingError", "kind_of_manifest",
-           "train_folds"]
+def kind_names() -> tuple[str, ...]:
+    """Every kind's name in the registry's order: the built-in ones, then the entry points' by name."""
+    return (*BUILT_IN, *sorted(point.name for point in entry_points(group=KIND_GROUP)))

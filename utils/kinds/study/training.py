@@ -15,17 +15,15 @@ from utils.detection import read_detection_table
 from utils.engine import LAST_EPOCH
 from utils.files import write_json_atomic, write_text_atomic
 from utils.kinds.base import FoldResult, RunOptions, StagePlan, TorchKind
+from utils.kinds.study.config import StudyConfig
+from utils.kinds.study.member import StudyMember
+from utils.kinds.study.network import StudyClassifier
+from utils.kinds.study.tta import StudyTTA
 from utils.labels import STUDY_CLASSES
-from utils.members.study import StudyConfig, StudyMember
 from utils.metric import format_score_table
-from utils.models import (
-    PRETRAINED_NONE,
-    StudyClassifier,
-    check_trunk_file,
-)
+from utils.models import PRETRAINED_NONE, check_trunk_file
 from utils.predictions import classifier_rows, write_predictions
 from utils.presets import build_transform
-from utils.tta import StudyTTA
 
 log = logging.getLogger(__name__)
 

@@ -1,20 +1,16 @@
-"""Faster R-CNN's inference member: per image, one set of boxes per fold and flip."""
+"""The ``frcnn`` section: the kind's config schema (train/configs/*.yaml document every key); read by
+training and, from the manifest's copy, by its member."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-import torch
 from pydantic import Field
 
 from utils.config import BatchSize, BoxCount, Epochs, Folds, Fraction, ImageSize
-from utils.frcnn import detector_from_config, load_detector_state, unpad_detections
-from utils.fusion import MemberPrediction
 from utils.loop_config import TrainConfig
-from utils.members.base import Detections, Member, model_input, with_flipped
 from utils.models import NORMALIZATION_AUTO, PRETRAINED_NONE, check_pretrained_source, resolve_normalization
-from utils.runtime import Precision
 
 
 @dataclass
@@ -50,30 +46,3 @@ class FrcnnConfig(TrainConfig):
         check_pretrained_source(self.arch, self.backbone)
         # Resolved here, so the manifest's copy of this config names the normalisation the weights need.
         self.normalization = resolve_normalization(self.normalization, self.arch)
-
-
-class FasterRCNNMember(Member):
-    kind = "frcnn"
-    config_class = FrcnnConfig
-    legacy_defaults = {"normalization": "imagenet"}  # the only normalisation before the key existed
-
-    def __init__(self, name, spec, weights_dir, device: torch.device):
-        super().__init__(name, spec, weights_dir, device)
-        self.models = [self.fold_network(
-            lambda: detector_from_config(asdict(self.config), PRETRAINED_NONE, self.input_size), path,
-            load_detector_state) for path in self.files]
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, tta: bool, precision: Precision,
-                with_opacity_map: bool = False) -> MemberPrediction:
-        """uint8 ``(B, S, S)`` on the device -> per image, one ``(boxes, scores)`` per fold and flip."""
-        batch = model_input(images)
-        inputs = list(batch) + (list(batch.flip(-1)) if tta else [])
-        per_input: list[Detections] = [[] for _ in inputs]
-        for model in self.models:
-            with torch.autocast(batch.device.type, dtype=precision.dtype, enabled=precision.enabled):
-                outputs = model(inputs)
-            for k, found in enumerate(unpad_detections({key: v.cpu() for key, v in outputs.items()})):
-                per_input[k].append(found)
-        n = len(images)
-        return MemberPrediction(boxes=with_flipped(per_input[:n], per_input[n:]) if tta else per_input)

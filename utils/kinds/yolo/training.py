@@ -1,8 +1,8 @@
 """Model kind "yolo": the ultralytics YOLO opacity detector. ultralytics' own trainer runs each fold
 (behind the same ``train_fold`` as the torch kinds) on the prepared folds exported once to YOLO format;
 its results become the engine's metrics.csv and loss curve, its held-out predictions the shared
-prediction rows. (ultralytics' offline setup and the weights files: ``utils/yolo.py``; prediction:
-``utils/members/yolo.py``.)"""
+prediction rows. (ultralytics' offline setup and the weights files: ``network.py``; prediction:
+``member.py``.)"""
 
 from __future__ import annotations
 
@@ -29,10 +29,9 @@ from utils.kinds.base import (
     TrainingError,
     split_fold,
 )
-from utils.manifest import register_model
-from utils.members.yolo import YoloConfig, YoloMember
-from utils.predictions import detection_rows
-from utils.yolo import (
+from utils.kinds.yolo.config import YoloConfig
+from utils.kinds.yolo.member import YoloMember
+from utils.kinds.yolo.network import (
     SETTINGS_DIR,
     YoloWeightsError,
     check_starting_weights,
@@ -41,6 +40,8 @@ from utils.yolo import (
     load_yolo,
     save_yolo_weights,
 )
+from utils.manifest import register_model
+from utils.predictions import detection_rows
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,8 @@ class YoloKind(DetectorKind, ModelKind):
         return write_detector_report(oof, table, out)
 
     def register(self, best: dict[int, Path], config: YoloConfig, weights_dir: Path) -> Path:
-        """Each fold's weights as data (:func:`utils.yolo.save_yolo_weights`) copied to ``yolo/fold<k>.pt``."""
+        """Each fold's weights as data (:func:`utils.kinds.yolo.network.save_yolo_weights`) copied to
+        ``yolo/fold<k>.pt``."""
         files = {}
         for fold, source in sorted(best.items()):
             relative = Path(self.name) / f"fold{fold}.pt"

@@ -1,13 +1,14 @@
 """The registry of inference members: what the predictor loads for each manifest entry's ``kind``. One
 line per built-in kind, plus the members of the ``siim_covid.members`` entry points (:mod:`utils.plugins`);
-the kind's training side (``utils/kinds/``) names the same class as its ``member_class``."""
+the kind's training side (``utils/kinds/<name>/training.py``) names the same class as its ``member_class``.
+Imports no training code: the predictor, the notebook and the web app load members through it."""
 
 from __future__ import annotations
 
-from utils.members.base import Detections, Member, model_input, with_flipped
-from utils.members.frcnn import FasterRCNNMember
-from utils.members.study import StudyMember
-from utils.members.yolo import YoloMember
+from utils.kinds.frcnn.member import FasterRCNNMember
+from utils.kinds.member import Detections, Member, model_input, with_flipped
+from utils.kinds.study.member import StudyMember
+from utils.kinds.yolo.member import YoloMember
 from utils.plugins import MEMBER_GROUP, add_unique, clash, load_plugins
 
 BUILT_IN = (StudyMember, FasterRCNNMember, YoloMember)

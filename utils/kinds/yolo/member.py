@@ -1,70 +1,17 @@
-"""YOLO's inference member: each fold loaded as data (:func:`utils.yolo.load_yolo`), predicting through
+"""YOLO's inference member: each fold loaded as data (:func:`utils.kinds.yolo.network.load_yolo`), predicting through
 ultralytics, per image one set of boxes per fold and flip."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Literal
-
 import numpy as np
 import torch
-from pydantic import Field
 
-from utils.config import (
-    MAX_IMAGE_SIZE,
-    BatchSize,
-    BoxCount,
-    Epochs,
-    Folds,
-    Fraction,
-    FractionBelowOne,
-    LearningRate,
-    Seed,
-    WarmupEpochs,
-    Workers,
-)
 from utils.fusion import MemberPrediction
+from utils.kinds.member import Detections, Member, model_input, with_flipped
+from utils.kinds.yolo.config import YoloConfig
+from utils.kinds.yolo.network import YoloWeightsError, default_settings_dir, import_ultralytics, load_yolo
 from utils.manifest import ManifestError
-from utils.members.base import Detections, Member, model_input, with_flipped
 from utils.runtime import Precision
-from utils.yolo import YoloWeightsError, default_settings_dir, import_ultralytics, load_yolo
-
-
-@dataclass
-class YoloConfig:
-    """The ``yolo`` section (train/configs/*.yaml document every key)."""
-
-    model: str = "yolov8s.yaml"
-    image_size: Annotated[int, Field(ge=32, le=MAX_IMAGE_SIZE)] = 512
-    predict_size: Annotated[int, Field(ge=32, le=MAX_IMAGE_SIZE, multiple_of=32)] = 1024  # YOLO's stride
-    folds: Folds | None = None
-    epochs: Epochs = 30
-    batch_size: BatchSize = 16
-    optimizer: Literal["SGD", "AdamW", "auto"] = "SGD"
-    lr: LearningRate = 0.01
-    lr_floor: Fraction = 0.05
-    momentum: FractionBelowOne = 0.937
-    weight_decay: Fraction = 0.0005
-    warmup_epochs: WarmupEpochs = 3.0
-    mosaic: Fraction = 1.0
-    fliplr: Fraction = 0.5
-    amp: bool = True
-    score_threshold: Fraction = 0.001
-    nms_threshold: Fraction = 0.6
-    detections_per_image: BoxCount = 100
-    workers: Workers = 8
-    seed: Seed = 42
-    device: str = "auto"
-    # last: no validation until the last epoch, so ultralytics' best.pt is the last epoch's; fitness: its
-    # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
-    monitor: Literal["last", "fitness"] = "last"
-
-    def check_files(self) -> None:
-        """The model must be a bundled yaml or a local .pt: nothing is downloaded."""
-        if self.model.endswith(".pt") and not Path(self.model).is_file():
-            raise FileNotFoundError(f"{self.model}: weights file not found (nothing is downloaded; pass a local .pt "
-                                    f"or a model yaml such as yolov8s.yaml)")
 
 
 class YoloMember(Member):

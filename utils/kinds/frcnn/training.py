@@ -14,7 +14,6 @@ import torch
 from utils.datasets import DetectionDataset
 from utils.detection import detector_scores, write_detector_report
 from utils.engine import LAST_EPOCH, collate_detection, init_distributed, load_checkpoint
-from utils.frcnn import FasterRCNNDetector, detector_from_config, load_detector_state, unpad_detections
 from utils.kinds.base import (
     DetectorKind,
     RunOptions,
@@ -22,11 +21,15 @@ from utils.kinds.base import (
     TorchKind,
     TrainingError,
 )
-from utils.members.frcnn import FasterRCNNMember, FrcnnConfig
-from utils.models import (
-    PRETRAINED_NONE,
-    check_trunk_file,
+from utils.kinds.frcnn.config import FrcnnConfig
+from utils.kinds.frcnn.member import FasterRCNNMember
+from utils.kinds.frcnn.network import (
+    FasterRCNNDetector,
+    detector_from_config,
+    load_detector_state,
+    unpad_detections,
 )
+from utils.models import PRETRAINED_NONE, check_trunk_file
 from utils.predictions import detection_rows
 from utils.prepare import prepare_rsna
 from utils.presets import build_transform

@@ -3,57 +3,18 @@ views, and on request the auxiliary head's opacity map."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Annotated, Literal
+from dataclasses import asdict
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from utils.config import Folds, FractionBelowOne, ImageSize, Weight
 from utils.fusion import MemberPrediction
-from utils.labels import STUDY_CLASSES
-from utils.loop_config import TrainConfig
-from utils.members.base import Member, model_input
-from utils.models import (
-    NORMALIZATION_AUTO,
-    PRETRAINED_NONE,
-    StudyClassifier,
-    check_class_weights,
-    check_pretrained_source,
-    resolve_normalization,
-)
+from utils.kinds.member import Member, model_input
+from utils.kinds.study.config import StudyConfig
+from utils.kinds.study.network import StudyClassifier
+from utils.kinds.study.tta import PLAIN, StudyTTA
+from utils.models import PRETRAINED_NONE
 from utils.runtime import Precision
-from utils.tta import FLIP, PLAIN, StudyTTA, check_views
-
-
-@dataclass
-class StudyConfig(TrainConfig):
-    """The ``study`` section (train/configs/*.yaml document every key)."""
-
-    arch: str = "resnext50_32x4d"
-    backbone: str = PRETRAINED_NONE
-    normalization: str = NORMALIZATION_AUTO
-    image_size: ImageSize = 512
-    folds: Folds | None = None
-    none_weight: Weight = 1.0
-    seg_weight: Weight = 0.0
-    decoder_width: Annotated[int, Field(ge=1, le=1024)] = 64
-    label_smoothing: FractionBelowOne = 0.0
-    # Cross-entropy weight per study class (negative, typical, indeterminate, atypical); null: equal.
-    class_weights: list[Weight] | None = None
-    tta_views: list[str] = field(default_factory=lambda: list(FLIP))
-    # last: the fixed schedule's last epoch (the held-out fold is only watched); study_map/loss choose the
-    # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
-    monitor: Literal["last", "study_map", "loss"] = "last"
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_views(self.tta_views)
-        check_pretrained_source(self.arch, self.backbone)
-        # Resolved here, so the manifest's copy of this config names the normalisation the weights need.
-        self.normalization = resolve_normalization(self.normalization, self.arch)
-        check_class_weights(self.class_weights, len(STUDY_CLASSES))
 
 
 class StudyMember(Member):

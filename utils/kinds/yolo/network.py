@@ -1,5 +1,5 @@
 """ultralytics YOLO: its offline setup and the weights files of trained folds (shared by training,
-``utils/kinds/yolo.py``, and prediction, ``utils/members/yolo.py``).
+``training.py``, and prediction, ``member.py``).
 
 ultralytics reads its settings file and network switches when it is first imported, so
 :func:`import_ultralytics` sets them first: ``YOLO_OFFLINE=true`` (no hub probe, no AMP-check or font

@@ -1,0 +1,5 @@
+"""Model kind ``frcnn``: Faster R-CNN (torchvision) on a torchvision or timm trunk, with RSNA Pneumonia pre-training.
+
+``config`` (its config section's schema) and ``network`` import nothing of training; ``member`` (what
+the predictor loads) imports them; ``training`` (the kind, registered in :mod:`utils.kinds.registry`)
+imports everything. This file imports nothing, so the predictor can load the member alone."""

@@ -1,0 +1,50 @@
+"""The registry of model kinds, for training: one package per kind (``utils/kinds/<name>/``), one line
+each here.
+
+Training order is the order of :data:`KINDS` (train/train_all.py runs them in turn): the built-in kinds,
+then those of the ``siim_covid.kinds`` entry points (:mod:`utils.plugins`). Each kind names its inference
+member (``member_class``, registered in :mod:`utils.kinds.members` for the predictor, which imports
+nothing of training). What a kind provides: :class:`utils.kinds.base.ModelKind` and docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from utils.kinds import canonical_name
+from utils.kinds.base import FoldResult, ModelKind, RunOptions, StagePlan, TrainingError, train_folds
+from utils.kinds.frcnn import training as frcnn
+from utils.kinds.members import Member
+from utils.kinds.study import training as study
+from utils.kinds.yolo import training as yolo
+from utils.plugins import KIND_GROUP, add_unique, clash, load_plugins, plugin_problems
+
+BUILT_IN = (frcnn.KIND, yolo.KIND, study.KIND)
+
+
+def _kind_problem(name: str, value, kept: list) -> str | None:
+    if not isinstance(value, ModelKind):
+        return f"names {value!r}, not a ModelKind instance"
+    if value.name != name:  # utils.kinds.kind_names reads the kinds' names from the entry points alone
+        return f"names a kind named {value.name!r}: the entry point must be named after it"
+    if getattr(value.member_class, "kind", None) != value.name:
+        return f"its member {value.member_class.__name__} loads kind {getattr(value.member_class, 'kind', None)!r}, " \
+               f"not the kind's name {value.name!r}"
+    return clash(value, (*BUILT_IN, *kept), ("name",))
+
+
+KINDS: dict[str, ModelKind] = {}
+for _kind in (*BUILT_IN, *load_plugins(KIND_GROUP, _kind_problem)):
+    add_unique(KINDS, _kind.name, _kind, "model kind")
+
+
+def kind_of_manifest(manifest_kind: str) -> ModelKind:
+    """The kind whose manifest entries say ``"kind": manifest_kind`` (a name of :data:`LEGACY_NAMES` read
+    as today's); unknown names raise ``KeyError``."""
+    kind = KINDS.get(canonical_name(manifest_kind))
+    if kind is None:
+        raise KeyError(f"unknown model kind {manifest_kind!r}; known: {sorted(KINDS)}"
+                       + "".join(f"; {problem}" for problem in plugin_problems(KIND_GROUP)))
+    return kind
+
+
+__all__ = ["KINDS", "FoldResult", "Member", "ModelKind", "RunOptions", "StagePlan", "TrainingError", "kind_of_manifest",
+           "train_folds"]

@@ -1,0 +1,45 @@
+"""The ``study`` section: the kind's config schema (train/configs/*.yaml document every key); read by
+training and, from the manifest's copy, by its member."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from utils.config import Folds, FractionBelowOne, ImageSize, Weight
+from utils.kinds.study.network import check_class_weights
+from utils.kinds.study.tta import FLIP, check_views
+from utils.labels import STUDY_CLASSES
+from utils.loop_config import TrainConfig
+from utils.models import NORMALIZATION_AUTO, PRETRAINED_NONE, check_pretrained_source, resolve_normalization
+
+
+@dataclass
+class StudyConfig(TrainConfig):
+    """The ``study`` section (train/configs/*.yaml document every key)."""
+
+    arch: str = "resnext50_32x4d"
+    backbone: str = PRETRAINED_NONE
+    normalization: str = NORMALIZATION_AUTO
+    image_size: ImageSize = 512
+    folds: Folds | None = None
+    none_weight: Weight = 1.0
+    seg_weight: Weight = 0.0
+    decoder_width: Annotated[int, Field(ge=1, le=1024)] = 64
+    label_smoothing: FractionBelowOne = 0.0
+    # Cross-entropy weight per study class (negative, typical, indeterminate, atypical); null: equal.
+    class_weights: list[Weight] | None = None
+    tta_views: list[str] = field(default_factory=lambda: list(FLIP))
+    # last: the fixed schedule's last epoch (the held-out fold is only watched); study_map/loss choose the
+    # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
+    monitor: Literal["last", "study_map", "loss"] = "last"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_views(self.tta_views)
+        check_pretrained_source(self.arch, self.backbone)
+        # Resolved here, so the manifest's copy of this config names the normalisation the weights need.
+        self.normalization = resolve_normalization(self.normalization, self.arch)
+        check_class_weights(self.class_weights, len(STUDY_CLASSES))
