@@ -25,7 +25,7 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=10
 
 # The main job on the built-in synthetic dataset: generate (SIIM layout + NIH + RSNA companions) ->
 # train everything -> predict the test split -> validate -> score beside the trivial baselines.
