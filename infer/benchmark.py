@@ -272,7 +272,7 @@ def write_untrained_weights(weights_dir, config_path, folds: int = 1, overrides:
             files[k] = f"{kind.name}/fold{k}.pt"
             (weights_dir / files[k]).parent.mkdir(parents=True, exist_ok=True)
             kind.untrained_weights(config, weights_dir / files[k])
-        register_model(weights_dir, kind.name, kind.name, files, kind.input_size(config), asdict(config))
+        register_model(weights_dir, kind.name, files, kind.input_size(config), asdict(config))
     ensemble = {**load_yaml_section(config_path, ENSEMBLE_SECTION), **overrides.get(ENSEMBLE_SECTION, {})}
     return register_ensemble(weights_dir, ensemble)
 

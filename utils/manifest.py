@@ -140,19 +140,20 @@ def _write_manifest(weights_dir: Path, manifest: dict) -> Path:
     return path
 
 
-def register_model(weights_dir, name: str, kind: str, files: dict[int, str], input_size: int, config: dict) -> Path:
-    """Add or replace model ``name``; ``files`` maps fold -> path relative to ``weights_dir`` (must exist)."""
-    # Which kinds exist is the registries' business (utils.kinds.registry, utils.kinds.members): the predictor refuses
-    # an entry whose kind has no member, naming the known ones.
-    if not isinstance(kind, str) or not kind:
-        raise ManifestError(f"model {name!r}: kind must be a non-empty string, got {kind!r}")
+def register_model(weights_dir, name: str, files: dict[int, str], input_size: int, config: dict) -> Path:
+    """Add or replace model ``name`` of kind ``name`` (a kind has one name: its entry, its kind and its
+    weights subfolder); ``files`` maps fold -> path relative to ``weights_dir`` (must exist)."""
+    # Which kinds exist is the registries' business (utils.kinds.registry, utils.kinds.members): the
+    # predictor refuses an entry whose kind has no member, naming the known ones.
+    if not isinstance(name, str) or not name:
+        raise ManifestError(f"model {name!r}: its name (and kind) must be a non-empty string")
     weights_dir = Path(weights_dir)
     for relative in files.values():
         if not (weights_dir / relative).is_file():
             raise ManifestError(f"{weights_dir / relative}: weights file not found")
     manifest = read_manifest(weights_dir)
     manifest["models"][name] = {
-        "kind": kind,
+        "kind": name,
         "folds": sorted(int(f) for f in files),
         "files": {str(f): str(p) for f, p in sorted(files.items())},
         "input_size": int(input_size),

@@ -1,5 +1,5 @@
-"""Networks: the trunks, how their weights are loaded, how their input is normalised, and the two
-classifiers.
+"""Networks: the trunks, how their weights are loaded, how their input is normalised, and the NIH
+backbone's classifier (the study classifier is the study kind's: ``utils/kinds/study/network.py``).
 
 Every model follows the engine's contract: ``model(images)`` returns a dict of outputs (logits) and
 ``model(images, targets)`` adds the ``loss_*`` entries. Images come in [0, 1] and each model

@@ -60,7 +60,7 @@ class FixedBoxKind(ModelKind):
             (weights_dir / relative).parent.mkdir(parents=True, exist_ok=True)
             torch.save(fold_weights(path), weights_dir / relative)
             files[int(fold)] = str(relative)
-        return register_model(weights_dir, self.name, self.name, files, config.image_size,
+        return register_model(weights_dir, self.name, files, config.image_size,
                               asdict(config))
 
     def untrained_weights(self, config, path) -> None:

@@ -125,7 +125,7 @@ class ModelKind:
 
     def register(self, best: dict[int, Path], config, weights_dir: Path) -> Path:
         """Export each fold's best weights to ``<name>/fold<k>.pt`` and register them."""
-        return register_fold_checkpoints(weights_dir, self.name, self.name, best,
+        return register_fold_checkpoints(weights_dir, self.name, best,
                                          self.input_size(config), asdict(config))
 
     def input_size(self, config) -> int:
@@ -164,7 +164,7 @@ def export_weights(checkpoint: dict, path) -> Path:
     return Path(path)
 
 
-def register_fold_checkpoints(weights_dir, name: str, kind: str, checkpoints: dict[int, Path], input_size: int,
+def register_fold_checkpoints(weights_dir, name: str, checkpoints: dict[int, Path], input_size: int,
                               config: dict) -> Path:
     """Export each fold's engine checkpoint to ``<name>/fold<k>.pt`` and register model ``name``."""
     weights_dir = Path(weights_dir)
@@ -173,7 +173,7 @@ def register_fold_checkpoints(weights_dir, name: str, kind: str, checkpoints: di
         relative = Path(name) / f"fold{fold}.pt"
         export_weights(load_checkpoint(checkpoint), weights_dir / relative)
         files[int(fold)] = str(relative)
-    return register_model(weights_dir, name, kind, files, input_size, config)
+    return register_model(weights_dir, name, files, input_size, config)
 
 
 def fold_weights(weights_dir, name: str, fold: int) -> dict:

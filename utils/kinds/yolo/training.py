@@ -251,7 +251,7 @@ class YoloKind(DetectorKind, ModelKind):
             relative = Path(self.name) / f"fold{fold}.pt"
             copy_atomic(source, Path(weights_dir) / relative)
             files[fold] = str(relative)
-        return register_model(weights_dir, self.name, self.name, files, config.predict_size,
+        return register_model(weights_dir, self.name, files, config.predict_size,
                               asdict(config))
 
 
