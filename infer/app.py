@@ -19,7 +19,7 @@ at once, before its body is read, so memory stays bounded however many clients s
 into memory (never written to disk: the body is streamed into memory with a running count and parsed
 there) up to the size limit (413 beyond it, from ``Content-Length`` before reading when it is
 declared); images with absurd dimensions, and deflated DICOMs that would expand past the pixel bound,
-are refused before decoding (:class:`utils.dicom.ImageSizeError`: 413); an unreadable file gets a 422
+are refused before decoding (:class:`utils.data.dicom.ImageSizeError`: 413); an unreadable file gets a 422
 saying why. It listens on 127.0.0.1 unless told otherwise.
 """
 
@@ -41,12 +41,12 @@ from starlette.concurrency import run_in_threadpool
 
 from infer.assemble import NEGATIVE, image_none_probability, no_box_probability, study_row_probabilities
 from infer.predictor import Ensemble
-from utils.boxes import denormalize_xyxy
-from utils.config import MAX_PENDING, MAX_UPLOAD_MB, device_argument, int_in
-from utils.dicom import MAX_PIXELS, DicomReadError, ImageSizeError, read_radiograph
-from utils.fusion import display_threshold
-from utils.labels import STUDY_CLASSES
-from utils.log import configure_logging
+from utils.core.config import MAX_PENDING, MAX_UPLOAD_MB, device_argument, int_in
+from utils.core.log import configure_logging
+from utils.data.boxes import denormalize_xyxy
+from utils.data.dicom import MAX_PIXELS, DicomReadError, ImageSizeError, read_radiograph
+from utils.data.labels import STUDY_CLASSES
+from utils.ensemble.fusion import display_threshold
 
 log = logging.getLogger("app")
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
@@ -110,7 +110,7 @@ def _png_base64(pixels: np.ndarray) -> str | None:
 def prediction_payload(ensemble: Ensemble, data: bytes, name: str, preview: bool,
                        opacity_map: bool = False) -> dict:
     """The API's answer for one radiograph's bytes; raises the reader's
-    :class:`~utils.dicom.DicomReadError` (:class:`~utils.dicom.ImageSizeError` for a refused shape)."""
+    :class:`~utils.data.dicom.DicomReadError` (:class:`~utils.data.dicom.ImageSizeError` for a refused shape)."""
     started = time.perf_counter()
     prediction = ensemble.predict_source(data, image_id=Path(name).stem or "upload", name=name, max_pixels=MAX_PIXELS,
                                          with_opacity_map=opacity_map, strict=True)

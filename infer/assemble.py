@@ -15,11 +15,10 @@ import numpy as np
 import pandas as pd
 
 from infer.test_images import find_test_images
-from utils.boxes import denormalize_xyxy
-from utils.dicom import NO_DECODER, unreadable_group
-from utils.fusion import EnsembleConfig, blend_none
-from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
-from utils.submission import (
+from utils.data.boxes import denormalize_xyxy
+from utils.data.dicom import NO_DECODER, unreadable_group
+from utils.data.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
+from utils.data.submission import (
     SubmissionError,
     check_output_path,
     image_prediction_string,
@@ -27,6 +26,7 @@ from utils.submission import (
     study_prediction_string,
     write_submission,
 )
+from utils.ensemble.fusion import EnsembleConfig, blend_none
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -85,7 +85,7 @@ def no_box_probability(prediction: ImagePrediction) -> float | None:
 
 def image_none_probability(prediction: ImagePrediction, study_negative: float | None,
                            config: EnsembleConfig) -> float:
-    """The image's none probability: the weighted mean (:func:`utils.fusion.blend_none`) of the study
+    """The image's none probability: the weighted mean (:func:`utils.ensemble.fusion.blend_none`) of the study
     classifier's none output, its study's negative probability (classifier) and
     :func:`no_box_probability`; uninformed (0.5) without any signal."""
     blended = blend_none([prediction.none_prob, study_negative, no_box_probability(prediction)],
@@ -170,7 +170,7 @@ class TooManyUnreadableError(RuntimeError):
 
 def unreadable_summary(failed: dict[str, str], images: int) -> dict:
     """The unreadable images counted: ``count``, ``share`` of ``images`` and ``groups`` by kind of reason
-    (:func:`utils.dicom.unreadable_group`), each with its count, up to three image ids and, for a missing
+    (:func:`utils.data.dicom.unreadable_group`), each with its count, up to three image ids and, for a missing
     decoder, what pydicom needs installed."""
     groups: dict[str, dict] = {}
     for image_id, reason in failed.items():

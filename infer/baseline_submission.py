@@ -15,12 +15,12 @@ import argparse
 
 import pandas as pd
 
-from utils.boxes import denormalize_xyxy
-from utils.detection import FIXED_LUNG_BOXES
-from utils.dicom import DicomReadError, read_dicom_header
-from utils.inputs import find_dicoms
-from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
-from utils.submission import image_prediction_string, read_submission, study_prediction_string, write_submission
+from utils.data.boxes import denormalize_xyxy
+from utils.data.dicom import DicomReadError, read_dicom_header
+from utils.data.inputs import find_dicoms
+from utils.data.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
+from utils.data.submission import image_prediction_string, read_submission, study_prediction_string, write_submission
+from utils.scoring.detection import FIXED_LUNG_BOXES
 
 
 def baseline_rows(identifiers, sizes: dict, meta: pd.DataFrame, kind: str = "prior-boxes") -> pd.DataFrame:

@@ -24,7 +24,7 @@ run time for 1,263 and 6,000 test images.
 server on loopback: N uploads, K at a time; errors, median and 90th-percentile latency.
 
 ``training``: training images per second of the NIH backbone through the project's training loop
-(``utils.engine.train_one_epoch``: forward, summed loss, scaled backward, SGD step, schedule) in full
+(``utils.training.engine.train_one_epoch``: forward, summed loss, scaled backward, SGD step, schedule) in full
 precision (the baseline) and with mixed precision (fp16 + GradScaler on CUDA, bf16 autocast on the
 CPU), alternating the two in each repeat. Images are random tensors already in memory, so the figure
 is the model's compute, not the data loading.
@@ -45,7 +45,7 @@ import pydicom
 import torch
 from pydicom.pixels import apply_voi_lut
 
-from utils.config import (
+from utils.core.config import (
     MAX_IMAGE_SIZE,
     MAX_PENDING,
     batch_size_argument,
@@ -54,8 +54,15 @@ from utils.config import (
     int_in,
     worker_count,
 )
-from utils.dicom import lenient_dicom_values, read_dicom, read_dicom_header
-from utils.engine import (
+from utils.core.files import write_text_atomic
+from utils.core.runtime import resolve_device, resolve_precision
+from utils.data.dicom import lenient_dicom_values, read_dicom, read_dicom_header
+from utils.data.nih import NIH_FINDINGS
+from utils.data.synthetic import display_to_stored, render_chest, write_dicom
+from utils.ensemble.fusion import ENSEMBLE_SECTION
+from utils.kinds.study.network import StudyClassifier
+from utils.nets.models import ARCHITECTURES, PRETRAINED_NONE, MultiLabelClassifier
+from utils.training.engine import (
     DistInfo,
     TrainConfig,
     build_optimizer,
@@ -64,13 +71,6 @@ from utils.engine import (
     make_loader,
     train_one_epoch,
 )
-from utils.files import write_text_atomic
-from utils.fusion import ENSEMBLE_SECTION
-from utils.kinds.study.network import StudyClassifier
-from utils.models import ARCHITECTURES, PRETRAINED_NONE, MultiLabelClassifier
-from utils.nih import NIH_FINDINGS
-from utils.runtime import resolve_device, resolve_precision
-from utils.synthetic import display_to_stored, render_chest, write_dicom
 
 
 def copied_recipe(path, size: int) -> np.ndarray:
@@ -258,9 +258,9 @@ def write_untrained_weights(weights_dir, config_path, folds: int = 1, overrides:
     section: the speed of prediction does not depend on what the weights learned."""
     from dataclasses import asdict
 
-    from utils.config import load_section, load_yaml_section
+    from utils.core.config import load_section, load_yaml_section
+    from utils.ensemble.manifest import register_ensemble, register_model
     from utils.kinds.registry import KINDS
-    from utils.manifest import register_ensemble, register_model
 
     weights_dir = Path(weights_dir)
     overrides = overrides or {}
@@ -333,7 +333,7 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
     from dataclasses import replace
 
     from infer.predictor import Ensemble, decoded_batches
-    from utils.fusion import MemberOutputs, add_member_prediction, combine_images, resolve_fusion_workers
+    from utils.ensemble.fusion import MemberOutputs, add_member_prediction, combine_images, resolve_fusion_workers
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="bench-inference-"))
     if weights_dir is None:

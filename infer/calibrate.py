@@ -41,9 +41,12 @@ import pandas as pd
 from infer.assemble import assemble_submission
 from infer.baseline_submission import baseline_rows
 from infer.evaluate import image_predictions, load_oof, oof_member_outputs, run_oof, submission_ids
-from utils.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
-from utils.files import check_not_an_input, run_inputs, write_json_atomic, write_text_atomic
-from utils.fusion import (
+from utils.core.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
+from utils.core.files import check_not_an_input, run_inputs, write_json_atomic, write_text_atomic
+from utils.core.log import configure_logging
+from utils.core.report import markdown_table, show
+from utils.data.labels import IMAGE_CLASSES, STUDY_CLASSES
+from utils.ensemble.fusion import (
     CALIBRATE_SECTION,
     ENSEMBLE_SECTION,
     WBF_CONF_TYPES,
@@ -53,11 +56,8 @@ from utils.fusion import (
     combine_image,
     fuse_detectors,
 )
-from utils.labels import IMAGE_CLASSES, STUDY_CLASSES
-from utils.log import configure_logging
-from utils.manifest import register_ensemble
-from utils.metric import best_f1_threshold, class_detections, ground_truth_from_table, score
-from utils.report import markdown_table, show
+from utils.ensemble.manifest import register_ensemble
+from utils.scoring.metric import best_f1_threshold, class_detections, ground_truth_from_table, score
 
 log = logging.getLogger("calibrate")
 # The values each setting may take; a member's weight is relative to the best member of its kind (1).
@@ -138,7 +138,7 @@ def fusion_key(config: EnsembleConfig, detectors: list[str]) -> tuple:
 
 
 def part_submission(part: Part, config: EnsembleConfig) -> pd.DataFrame:
-    """The part's submission under ``config`` through :func:`utils.fusion.combine_image` (the fused boxes
+    """The part's submission under ``config`` through :func:`utils.ensemble.fusion.combine_image` (the fused boxes
     cached per :func:`fusion_key`: most steps of the search change only the blending)."""
     key = fusion_key(config, detector_names(part.outputs))
     if key not in part.fused:

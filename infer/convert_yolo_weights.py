@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from utils.ensemble.manifest import MANIFEST_FILE, read_manifest
 from utils.kinds.yolo.member import YoloMember
 from utils.kinds.yolo.network import (
     YoloWeightsError,
@@ -21,7 +22,6 @@ from utils.kinds.yolo.network import (
     default_settings_dir,
     import_ultralytics,
 )
-from utils.manifest import MANIFEST_FILE, read_manifest
 
 
 def yolo_files(target: Path) -> list[Path]:

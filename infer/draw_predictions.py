@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.config import float_in, int_in
-from utils.dicom import read_dicom
-from utils.fusion import display_threshold, ensemble_config
-from utils.inputs import find_dicoms
-from utils.labels import IMAGE_SUFFIX, STUDY_SUFFIX, load_image_labels, load_study_labels
-from utils.manifest import read_manifest
-from utils.report import figure
-from utils.submission import parse_prediction_string, read_submission
+from utils.core.config import float_in, int_in
+from utils.core.report import figure
+from utils.data.dicom import read_dicom
+from utils.data.inputs import find_dicoms
+from utils.data.labels import IMAGE_SUFFIX, STUDY_SUFFIX, load_image_labels, load_study_labels
+from utils.data.submission import parse_prediction_string, read_submission
+from utils.ensemble.fusion import display_threshold, ensemble_config
+from utils.ensemble.manifest import read_manifest
 
 DISPLAY_SIZE = 512  # longer side of each panel, in pixels of the drawing
 

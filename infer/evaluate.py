@@ -10,7 +10,7 @@ Reads RUN/prepared/meta.csv, RUN/{study,frcnn,yolo}/oof_predictions.csv and RUN/
 - backbone: mean test AUC over the 14 NIH findings;
 - study classifier: study mAP, none AP; each detector: opacity AP@0.5;
 - ensemble: the models' outputs combined with the ``ensemble`` config section through the
-  predictor's own function (:func:`utils.fusion.combine_image`, then ``assemble_submission``; without
+  predictor's own function (:func:`utils.ensemble.fusion.combine_image`, then ``assemble_submission``; without
   test-time flips: the out-of-fold predictions have none), scored as a whole submission (final mAP);
   ``infer/calibrate.py`` then chooses those settings out of fold;
 - baselines: class prior with all ``none``, and the prior plus one fixed box per lung.
@@ -33,12 +33,15 @@ import pandas as pd
 
 from infer.assemble import ImagePrediction, assemble_submission
 from infer.baseline_submission import baseline_rows
-from utils.boxes import as_boxes
-from utils.classification import study_classifier_scores
-from utils.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
-from utils.detection import box_submission, detector_scores
-from utils.files import check_not_an_input, run_inputs, write_json_atomic, write_text_atomic
-from utils.fusion import (
+from utils.core.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
+from utils.core.files import check_not_an_input, run_inputs, write_json_atomic, write_text_atomic
+from utils.core.log import configure_logging
+from utils.core.report import figure, markdown_table, show
+from utils.data.boxes import as_boxes
+from utils.data.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
+from utils.data.predictions import BOX_COLUMNS, NONE_PROB_COLUMN, STUDY_PROB_COLUMNS, read_predictions
+from utils.data.prepare import read_meta
+from utils.ensemble.fusion import (
     ENSEMBLE_SECTION,
     CombinedImage,
     EnsembleConfig,
@@ -47,14 +50,11 @@ from utils.fusion import (
     add_member_prediction,
     combine_images,
 )
+from utils.ensemble.manifest import register_ensemble
 from utils.kinds import kind_names
-from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
-from utils.log import configure_logging
-from utils.manifest import register_ensemble
-from utils.metric import class_detections, ground_truth_from_table, precision_recall, score
-from utils.predictions import BOX_COLUMNS, NONE_PROB_COLUMN, STUDY_PROB_COLUMNS, read_predictions
-from utils.prepare import read_meta
-from utils.report import figure, markdown_table, show
+from utils.scoring.classification import study_classifier_scores
+from utils.scoring.detection import box_submission, detector_scores
+from utils.scoring.metric import class_detections, ground_truth_from_table, precision_recall, score
 
 log = logging.getLogger("evaluate")
 STAGE_FOLDERS = kind_names()  # each kind's run folder under the run
@@ -97,7 +97,7 @@ def evaluated_rows(table: pd.DataFrame, oof: dict[str, pd.DataFrame]) -> pd.Data
 
 def run_oof(run_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], pd.DataFrame]:
     """``(prepared table, model name -> out-of-fold predictions, the table's rows every model
-    predicted)`` of a train_all run; real labels only (:func:`utils.prepare.read_meta` leaves
+    predicted)`` of a train_all run; real labels only (:func:`utils.data.prepare.read_meta` leaves
     pseudo-labelled rows out). ``FileNotFoundError`` when no model has out-of-fold predictions."""
     table = read_meta(run_dir / "prepared" / "meta.csv", 0)
     oof = load_oof(run_dir)
@@ -108,7 +108,7 @@ def run_oof(run_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], pd.Da
 
 def oof_member_outputs(oof: dict[str, pd.DataFrame], rows: pd.DataFrame) -> list[MemberOutputs]:
     """Per image of ``rows``, what each model said about it out of fold, as the predictor collects it at
-    test time (each model's :class:`~utils.fusion.MemberPrediction` merged by the same function): one box
+    test time (each model's :class:`~utils.ensemble.fusion.MemberPrediction` merged by the same function): one box
     source per detector (empty when it found nothing), and each classifier's probabilities."""
     outputs = [MemberOutputs() for _ in range(len(rows))]
     for name, frame in oof.items():
@@ -117,7 +117,7 @@ def oof_member_outputs(oof: dict[str, pd.DataFrame], rows: pd.DataFrame) -> list
 
 
 def oof_member_prediction(frame: pd.DataFrame, image_ids: pd.Series) -> MemberPrediction:
-    """One model's out-of-fold prediction rows as the :class:`~utils.fusion.MemberPrediction` of the
+    """One model's out-of-fold prediction rows as the :class:`~utils.ensemble.fusion.MemberPrediction` of the
     images ``image_ids``: a classifier's probabilities (NaN for an image it did not predict) when its
     rows have a none probability, else a detector's boxes."""
     probs = frame.dropna(subset=[NONE_PROB_COLUMN])
@@ -141,7 +141,7 @@ def image_predictions(rows: pd.DataFrame, combined: list[CombinedImage]) -> list
 def fused_predictions(oof: dict[str, pd.DataFrame], rows: pd.DataFrame,
                       config: EnsembleConfig) -> list[ImagePrediction]:
     """One :class:`ImagePrediction` per image of ``rows``, combined from the out-of-fold predictions by
-    :func:`utils.fusion.combine_image`, as the predictor combines its test predictions."""
+    :func:`utils.ensemble.fusion.combine_image`, as the predictor combines its test predictions."""
     return image_predictions(rows, combine_images(oof_member_outputs(oof, rows), config))
 
 

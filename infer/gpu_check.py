@@ -38,10 +38,10 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from utils.config import float_in, int_in, worker_count
-from utils.files import write_json_atomic, write_text_atomic
+from utils.core.config import float_in, int_in, worker_count
+from utils.core.files import write_json_atomic, write_text_atomic
+from utils.core.report import show_general
 from utils.kinds.registry import KINDS
-from utils.report import show_general
 
 ROOT = Path(__file__).resolve().parent.parent
 # The prediction figures first (the open speed work needs them), the real-data recipe last: it
@@ -264,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     env = _environment(out)
     sys.path.insert(0, str(ROOT))
-    from utils.inputs import is_resized_copy
-    from utils.prepare import write_resized_subset
-    from utils.synthetic import make_resized_copy, make_siim_dataset
+    from utils.data.inputs import is_resized_copy
+    from utils.data.prepare import write_resized_subset
+    from utils.data.synthetic import make_resized_copy, make_siim_dataset
 
     data, patients = args.data, args.patients if args.patients and args.patients.is_file() else None
     if args.smoke:  # a few real images when there are some, else a synthetic copy

@@ -29,7 +29,7 @@ from pathlib import Path
 from infer.assemble import TooManyUnreadableError, describe_unreadable, write_ensemble_submission
 from infer.predictor import Ensemble
 from infer.sharding import ShardedEnsemble, ShardError, parse_devices
-from utils.config import (
+from utils.core.config import (
     ConfigError,
     batch_size_argument,
     device_argument,
@@ -37,12 +37,12 @@ from utils.config import (
     parse_overrides,
     worker_count,
 )
-from utils.files import OverwriteError, check_not_an_input, check_not_inside, write_json_atomic
-from utils.fusion import ENSEMBLE_SECTION, ensemble_config
-from utils.inputs import PreparationInputError
-from utils.log import configure_logging
-from utils.manifest import ManifestError, named_files, read_manifest
-from utils.submission import SubmissionError
+from utils.core.files import OverwriteError, check_not_an_input, check_not_inside, write_json_atomic
+from utils.core.log import configure_logging
+from utils.data.inputs import PreparationInputError
+from utils.data.submission import SubmissionError
+from utils.ensemble.fusion import ENSEMBLE_SECTION, ensemble_config
+from utils.ensemble.manifest import ManifestError, named_files, read_manifest
 
 SHOWN_UNREADABLE = 20  # unreadable images listed one per line; the summary JSON has them all
 

@@ -13,9 +13,9 @@ Per image:
    DataLoader workers, one image each, so the device does not wait for decoding.
 2. Each member (:mod:`utils.kinds.members`) runs every fold, with its test-time views where the settings ask
    (``tta_hflip``: the detectors' mirror image, boxes flipped back; ``study_tta``: the study model's
-   views), and returns one :class:`~utils.fusion.MemberPrediction`, merged per image by
-   :func:`~utils.fusion.add_member_prediction`. A model of weight 0 (``model_weights``) is not loaded.
-3. :func:`utils.fusion.combine_image` combines the models' outputs, as the out-of-fold report and
+   views), and returns one :class:`~utils.ensemble.fusion.MemberPrediction`, merged per image by
+   :func:`~utils.ensemble.fusion.add_member_prediction`. A model of weight 0 (``model_weights``) is not loaded.
+3. :func:`utils.ensemble.fusion.combine_image` combines the models' outputs, as the out-of-fold report and
    the calibration do: each detector's folds and flips fused, then the detectors fused with their
    weights and score powers (weighted boxes fusion in XYXY_NORM), the classifiers averaged with
    theirs, the boxes rescored by the classifiers' none. In ``predict_paths`` a batch is combined in
@@ -41,9 +41,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from infer.assemble import ImagePrediction
 from infer.test_images import TestImage
-from utils.boxes import as_boxes
-from utils.dicom import MAX_PIXELS, DicomReadError, read_radiograph, resize_image
-from utils.fusion import (
+from utils.core.plugins import MEMBER_GROUP, plugin_problems
+from utils.core.runtime import resolve_device, resolve_precision
+from utils.data.boxes import as_boxes
+from utils.data.dicom import MAX_PIXELS, DicomReadError, read_radiograph, resize_image
+from utils.ensemble.fusion import (
     CombinedImage,
     EnsembleConfig,
     MemberOutputs,
@@ -53,10 +55,8 @@ from utils.fusion import (
     fusion_pool,
     resolve_fusion_workers,
 )
+from utils.ensemble.manifest import ManifestError, entry_files, read_manifest
 from utils.kinds.members import MEMBER_TYPES, model_input  # noqa: F401 - model_input: the predictor's input contract
-from utils.manifest import ManifestError, entry_files, read_manifest
-from utils.plugins import MEMBER_GROUP, plugin_problems
-from utils.runtime import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,10 @@ def decode_test_image(source, sizes: Sequence[int], *, image_id: str, study_id: 
                       max_pixels: int | None = None, original_size: tuple[int, int] | None = None,
                       strict: bool = False) -> InputImage:
     """Read ``source`` (path or bytes of a DICOM, PNG or JPEG) once at the largest of ``sizes`` and
-    area-resize it to the others, as ``utils.prepare.decode_one`` does for the training PNGs. A file the
-    reader refuses (:class:`~utils.dicom.DicomReadError`: damaged, not an image, no decoder installed)
+    area-resize it to the others, as ``utils.data.prepare.decode_one`` does for the training PNGs. A file the
+    reader refuses (:class:`~utils.data.dicom.DicomReadError`: damaged, not an image, no decoder installed)
     gives a result with the reason in ``error``, unless ``strict``, where the error reaches the caller
-    (:class:`~utils.dicom.ImageSizeError` for a refused shape). Any other exception is a bug and is
+    (:class:`~utils.data.dicom.ImageSizeError` for a refused shape). Any other exception is a bug and is
     raised. ``original_size`` (height, width) replaces the file's own for a resized copy of a radiograph."""
     try:
         radiograph = read_radiograph(source, max(sizes), max_pixels=max_pixels, name=name)
@@ -144,7 +144,7 @@ def decoded_batches(images: Sequence, sizes: Sequence[int], batch_size: int,
 @dataclass
 class ModelOutputs:
     """What the models said about a batch before they are combined: per readable image its
-    :class:`~utils.fusion.MemberOutputs` (with an opacity map when asked for and a member has one)."""
+    :class:`~utils.ensemble.fusion.MemberOutputs` (with an opacity map when asked for and a member has one)."""
 
     images: list[InputImage]
     readable: list[InputImage]
@@ -152,7 +152,7 @@ class ModelOutputs:
 
     def predictions(self, combined: list[CombinedImage]) -> list[ImagePrediction]:
         """One :class:`ImagePrediction` per image in order, given each readable image's
-        :func:`~utils.fusion.combine_image`; an unreadable one carries its error."""
+        :func:`~utils.ensemble.fusion.combine_image`; an unreadable one carries its error."""
         results = {}
         for image, outputs, found in zip(self.readable, self.members, combined):
             results[id(image)] = ImagePrediction(
@@ -230,7 +230,7 @@ class Ensemble:
                  self.device, "mixed precision" if self.precision.enabled else "full precision", self.load_seconds)
 
     def fusion_executor(self):
-        """The fusion processes of ``config.fusion_workers`` (:func:`utils.fusion.fusion_pool`), started
+        """The fusion processes of ``config.fusion_workers`` (:func:`utils.ensemble.fusion.fusion_pool`), started
         once and kept for later calls (their start-up, a second or more, is paid once); :meth:`close`
         stops them."""
         workers = resolve_fusion_workers(self.config, self.device.type)

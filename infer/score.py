@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.metric import format_score_columns, format_score_table, ground_truth_from_files, score
-from utils.submission import SubmissionError, read_submission, submission_problems
+from utils.data.submission import SubmissionError, read_submission, submission_problems
+from utils.scoring.metric import format_score_columns, format_score_table, ground_truth_from_files, score
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -21,9 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from utils.config import DeviceError, check_device_name
-from utils.files import atomic_path
-from utils.runtime import resolve_device
+from utils.core.config import DeviceError, check_device_name
+from utils.core.files import atomic_path
+from utils.core.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

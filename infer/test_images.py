@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.inputs import find_dicoms, find_resized_images, is_resized_copy, read_id_table, read_resized_meta
-from utils.labels import IMAGE_SUFFIX, STUDY_SUFFIX, strip_suffix
-from utils.submission import read_sample_submission
+from utils.data.inputs import find_dicoms, find_resized_images, is_resized_copy, read_id_table, read_resized_meta
+from utils.data.labels import IMAGE_SUFFIX, STUDY_SUFFIX, strip_suffix
+from utils.data.submission import read_sample_submission
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from utils.submission import SubmissionError, read_submission, sample_problems, submission_problems
+from utils.data.submission import SubmissionError, read_submission, sample_problems, submission_problems
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -66,8 +66,11 @@ def _cell(kind: str, text: str) -> dict:
 def build() -> dict:
     modules = code_closure()
     files = {module_path(m).relative_to(ROOT).as_posix(): module_path(m).read_text() for m in modules}
-    for package in sorted({m.split(".")[0] for m in modules}):
-        files.setdefault(f"{package}/__init__.py", "")
+    # every package above a carried module, with its own __init__ where it has one
+    packages = {".".join(m.split(".")[:depth]) for m in modules for depth in range(1, m.count(".") + 1)}
+    for package in sorted(packages):
+        init = ROOT / package.replace(".", "/") / "__init__.py"
+        files.setdefault(init.relative_to(ROOT).as_posix(), init.read_text() if init.is_file() else "")
     sources = json.dumps(files, indent=0, sort_keys=True)
     cells = [
         _cell("markdown", "# SIIM-FISABIO-RSNA COVID-19 Detection: inference\n\n"

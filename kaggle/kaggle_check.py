@@ -124,7 +124,7 @@ def version_problems(venv: dict, notebook_text: str) -> list[str]:
 
 def competition_and_weights(out: Path, weights_dir: Path | None) -> tuple[Path, Path, str]:
     from infer.benchmark import write_untrained_weights
-    from utils.synthetic import make_siim_dataset
+    from utils.data.synthetic import make_siim_dataset
 
     data = out / "data"
     if not (data / "sample_submission.csv").is_file():
@@ -181,7 +181,7 @@ def compare(submission: Path, expected: Path) -> dict:
     import numpy as np
     import pandas as pd
 
-    from utils.submission import parse_prediction_string
+    from utils.data.submission import parse_prediction_string
 
     a, b = (pd.read_csv(p, keep_default_na=False) for p in (submission, expected))
     result = {"rows": len(a), "expected_rows": len(b), "same_ids": a["id"].tolist() == b["id"].tolist(),
@@ -223,7 +223,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from utils.config import float_in
+    from utils.core.config import float_in
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--python", default=default_python(), help="Python 3.12 interpreter (default: %(default)s)")
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                                 and c["max_box_difference_px"] <= args.box_tolerance)
     except (subprocess.CalledProcessError, SystemExit, FileNotFoundError) as err:
         report["error"] = str(err)
-    from utils.files import write_json_atomic, write_text_atomic
+    from utils.core.files import write_json_atomic, write_text_atomic
 
     write_json_atomic(out / "kaggle_check.json", report)
     write_text_atomic(out / "kaggle_check.md", markdown(report))

@@ -59,7 +59,7 @@ def write_code_running_weights(path, marker) -> Path:
 
 
 def ranked_average_precision(scores, positive, n_truths: int | None = None) -> float | None:
-    """All-point interpolated AP of one ranking, written apart from utils.metric to check it: the items
+    """All-point interpolated AP of one ranking, written apart from utils.scoring.metric to check it: the items
     sorted by descending score (ties in the order given), and for the k-th positive the best precision at
     its rank or below, summed and divided by the number of truths (positives by default)."""
     import numpy as np
@@ -82,7 +82,7 @@ def classifier_scores_by_hand(predictions, table) -> dict:
     significant digits), ties in id order as the metric breaks them."""
     import numpy as np
 
-    from utils.labels import STUDY_CLASSES
+    from utils.data.labels import STUDY_CLASSES
 
     def written(values):
         return [float(f"{v:.6g}") for v in values]
@@ -99,13 +99,13 @@ def classifier_scores_by_hand(predictions, table) -> dict:
 
 
 def submission_scores_by_hand(submission_csv, image_labels_csv, study_labels_csv) -> dict:
-    """The six APs and final mAP of a submission file, recomputed apart from utils.metric: study and
+    """The six APs and final mAP of a submission file, recomputed apart from utils.scoring.metric: study and
     none APs as rankings (:func:`ranked_average_precision`, ties in id order), opacity AP by matching
     each image's boxes greedily in score order to its truth boxes at IoU > 0.5."""
     import numpy as np
     import pandas as pd
 
-    from utils.labels import STUDY_CLASSES
+    from utils.data.labels import STUDY_CLASSES
 
     def groups(text):
         tokens = str(text).split() if isinstance(text, str) else []
@@ -152,7 +152,7 @@ def same_submission(a, b) -> None:
     """Two submissions with the same rows, labels and (to float rounding) confidences and boxes."""
     import numpy as np
 
-    from utils.submission import parse_prediction_string
+    from utils.data.submission import parse_prediction_string
 
     assert a["id"].tolist() == b["id"].tolist()
     for identifier, x, y in zip(a["id"], a["PredictionString"], b["PredictionString"]):
@@ -166,7 +166,7 @@ def same_submission(a, b) -> None:
 @pytest.fixture(scope="session")
 def siim_dataset(tmp_path_factory) -> Path:
     """A small synthetic competition folder, written once per test session."""
-    from utils.synthetic import make_siim_dataset
+    from utils.data.synthetic import make_siim_dataset
 
     out = tmp_path_factory.mktemp("siim")
     make_siim_dataset(out, train_studies=24, test_studies=8, seed=3, max_size=160, progress=False)
@@ -176,7 +176,7 @@ def siim_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def nih_dataset(tmp_path_factory) -> Path:
     """A small synthetic NIH ChestX-ray14 folder (labels, images, official-style split lists)."""
-    from utils.synthetic import make_nih_dataset
+    from utils.data.synthetic import make_nih_dataset
 
     out = tmp_path_factory.mktemp("nih")
     make_nih_dataset(out, n_images=40, seed=5, image_size=80, progress=False)
@@ -203,7 +203,7 @@ def backbone_run(nih_dataset, tmp_path_factory) -> Path:
 def detection_prepared(siim_dataset, tmp_path_factory) -> Path:
     """The synthetic competition prepared at 64 and 96 px in 3 folds (detectors train at 64, predict
     at 96); returns meta.csv."""
-    from utils.prepare import prepare_competition
+    from utils.data.prepare import prepare_competition
 
     out = tmp_path_factory.mktemp("prepared_detection")
     prepare_competition(siim_dataset, out, sizes=(64, 96), workers=1, n_folds=3, progress=False)
@@ -247,7 +247,7 @@ def trained_run(siim_dataset, nih_dataset, tmp_path_factory) -> Path:
     import json
 
     from train import train_all
-    from utils.synthetic import make_rsna_dataset
+    from utils.data.synthetic import make_rsna_dataset
 
     root = tmp_path_factory.mktemp("train_all")
     make_rsna_dataset(root / "rsna", n_images=12, seed=2, image_size=96, progress=False)

@@ -16,7 +16,7 @@ from conftest import REPO
 
 from infer.app import create_app, start_background_server
 from infer.benchmark import write_untrained_weights
-from utils.inputs import find_dicoms
+from utils.data.inputs import find_dicoms
 
 TINY_MODELS = {
     "study": {"image_size": 64, "seg_weight": 0.5},  # with the auxiliary head: the page's opacity map
@@ -171,7 +171,7 @@ def test_a_synthetic_dicom_gets_what_the_submission_would_say(client, weights, s
     from infer.assemble import assemble_submission
     from infer.predictor import Ensemble
     from infer.test_images import TestImage
-    from utils.submission import parse_prediction_string
+    from utils.data.submission import parse_prediction_string
 
     path = find_dicoms(siim_dataset / "test")[0]
     response = _post(client, path.name, path.read_bytes())

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from utils import boxes as B
+from utils.data import boxes as B
 
 
 def test_kaggle_xywh_round_trip():

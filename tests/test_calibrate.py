@@ -12,10 +12,10 @@ import pytest
 
 from infer import calibrate
 from infer.evaluate import evaluated_rows, fused_predictions, load_oof
-from utils.fusion import CalibrateConfig, EnsembleConfig
-from utils.labels import STUDY_CLASSES, boxes_from_json
-from utils.predictions import classifier_rows, detection_rows, write_predictions
-from utils.prepare import read_meta
+from utils.data.labels import STUDY_CLASSES, boxes_from_json
+from utils.data.predictions import classifier_rows, detection_rows, write_predictions
+from utils.data.prepare import read_meta
+from utils.ensemble.fusion import CalibrateConfig, EnsembleConfig
 
 QUICK = CalibrateConfig(passes=1, min_images=0)  # the constructed runs have a few dozen images
 
@@ -153,7 +153,7 @@ def test_a_run_without_out_of_fold_predictions_is_left_as_it_is(tmp_path, caplog
 
 def test_the_script_writes_the_report_and_the_manifest(one_fold_run, tmp_path):
     from infer.predictor import checked_manifest
-    from utils.manifest import read_manifest
+    from utils.ensemble.manifest import read_manifest
 
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -198,7 +198,7 @@ def test_evaluate_combines_as_the_predictor_does(trained_run, siim_dataset):
     """The same member outputs give the same fused boxes, scores and probabilities through the
     out-of-fold report's path (prediction tables -> evaluate) as through the predictor."""
     from infer.predictor import Ensemble, InputImageDataset
-    from utils.inputs import find_dicoms
+    from utils.data.inputs import find_dicoms
 
     config_overrides = {"tta_hflip": False, "wbf_skip_box_thr": 0.0, "box_none_power": 0.5,
                         "model_weights": {"yolo": 0.5}, "score_powers": {"frcnn": 1.5}}

@@ -9,9 +9,9 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from utils.config import ConfigError, load_section, parse_overrides, save_config
+from utils.core.config import ConfigError, load_section, parse_overrides, save_config
+from utils.data.nih import BackboneConfig
 from utils.kinds.study.training import StudyConfig
-from utils.nih import BackboneConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "train" / "configs").glob("*.yaml"))
 SECTIONS = {"backbone": BackboneConfig, "study": StudyConfig}
@@ -79,7 +79,7 @@ def test_overrides_are_typed_and_checked(tmp_path):
 
 @pytest.mark.parametrize("text", [".nan", ".inf", "-.inf"])
 def test_nan_and_inf_floats_are_refused_in_every_section_and_route(tmp_path, text):
-    from utils.fusion import ENSEMBLE_SECTION, EnsembleConfig, ensemble_config
+    from utils.ensemble.fusion import ENSEMBLE_SECTION, EnsembleConfig, ensemble_config
 
     for body, key in ((f"study:\n  lr: {text}\n", "lr"), (f"study:\n  grad_clip: {text}\n", "grad_clip"),
                       (f"study:\n  class_weights: [1, 1, {text}, 1]\n", r"class_weights\[2\]")):
@@ -170,7 +170,7 @@ def test_yaml_aliases_are_refused_in_a_file_and_in_set(tmp_path, text):
 
 
 def test_an_oversized_config_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
-    from utils import config as config_module
+    from utils.core import config as config_module
 
     path = _write(tmp_path, "study:\n  epochs: 2\n" + "# padding\n" * (config_module.MAX_CONFIG_BYTES // 10 + 1))
     monkeypatch.setattr(config_module.yaml, "load", lambda *a, **k: pytest.fail("parsed an oversized config"))
@@ -270,7 +270,7 @@ def _top_level_numbers():
 def test_every_number_setting_at_its_bounds_reads_and_beyond_them_is_refused(setting, beyond, low_side):
     """Each setting at its bound is accepted (or refused only by another rule), and any integer beyond
     it (up to 10^30, and negative) is one line naming the key and the bound."""
-    from utils.config import from_mapping
+    from utils.core.config import from_mapping
 
     section, name, kind, (low, high), step = setting
     cls = _schemas()[section]
@@ -292,7 +292,7 @@ def test_every_number_setting_at_its_bounds_reads_and_beyond_them_is_refused(set
 def test_alias_chains_of_any_shape_are_refused_in_one_line(depth, width, in_set):
     """Aliases nested ``depth`` deep, ``width`` wide (up to 12^12 leaves once expanded): refused as soon as
     the first alias is met, in a file or in --set."""
-    from utils.config import MAX_CONFIG_BYTES, parse_overrides
+    from utils.core.config import MAX_CONFIG_BYTES, parse_overrides
 
     levels = [f"l0: &l0 [{', '.join(['x'] * width)}]"]
     levels += [f"l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * width)}]" for k in range(1, depth + 1)]
@@ -302,7 +302,7 @@ def test_alias_chains_of_any_shape_are_refused_in_one_line(depth, width, in_set)
         if in_set:
             parse_overrides([f"folds={text}"])
         else:
-            from utils.config import _load_yaml
+            from utils.core.config import _load_yaml
 
             _load_yaml(text, "c.yaml")
     _one_line(err)
@@ -315,7 +315,7 @@ def test_integer_arguments_hold_their_bounds(value):
     import argparse
 
     from infer.app import MAX_PENDING, MAX_UPLOAD_MB, get_args_parser
-    from utils.config import MAX_BATCH_SIZE, MAX_WORKERS, batch_size_argument, worker_count
+    from utils.core.config import MAX_BATCH_SIZE, MAX_WORKERS, batch_size_argument, worker_count
 
     app = get_args_parser()
     arguments = [(batch_size_argument, 1, MAX_BATCH_SIZE), (worker_count, 0, MAX_WORKERS)]

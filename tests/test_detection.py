@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from utils.boxes import normalize_xyxy
-from utils.detection import box_submission, detector_scores, fixed_box_predictions, read_detection_table
-from utils.engine import collate_detection
-from utils.labels import boxes_from_json
-from utils.predictions import detection_rows
-from utils.prepare import RSNA_LABELS, fold_split, load_rsna_boxes, prepare_rsna
-from utils.synthetic import make_rsna_dataset
+from utils.data.boxes import normalize_xyxy
+from utils.data.labels import boxes_from_json
+from utils.data.predictions import detection_rows
+from utils.data.prepare import RSNA_LABELS, fold_split, load_rsna_boxes, prepare_rsna
+from utils.data.synthetic import make_rsna_dataset
+from utils.scoring.detection import box_submission, detector_scores, fixed_box_predictions, read_detection_table
+from utils.training.engine import collate_detection
 
 
 def _table():

@@ -13,9 +13,9 @@ import pytest
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from utils.boxes import hflip_xyxy, keep_valid_boxes
-from utils.datasets import DetectionDataset
-from utils.presets import DETECTION_PRESETS, CircularCutout, build_transform
+from utils.data.boxes import hflip_xyxy, keep_valid_boxes
+from utils.data.datasets import DetectionDataset
+from utils.data.presets import DETECTION_PRESETS, CircularCutout, build_transform
 
 SIZE = 96
 BOX = np.array([[20.0, 30.0, 50.0, 70.0]])  # XYXY_PX of the drawn opacity

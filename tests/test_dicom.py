@@ -6,8 +6,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from utils.dicom import DicomReadError, read_dicom, read_dicom_header, read_radiograph
-from utils.synthetic import TRANSFER_SYNTAXES, display_to_stored, write_dicom
+from utils.data.dicom import DicomReadError, read_dicom, read_dicom_header, read_radiograph
+from utils.data.synthetic import TRANSFER_SYNTAXES, display_to_stored, write_dicom
 
 IDS = dict(patient_id="a1b2c3d4e5f6", study_uid="00086460a852", series_uid="9e8302230c91", image_uid="65761e66de9f")
 
@@ -235,7 +235,7 @@ def _deflated_dicom(rows: int, cols: int, syntax=None) -> bytes:
 
 
 def test_a_deflated_dicom_is_refused_before_it_expands_past_the_bound():
-    from utils.dicom import ImageSizeError, read_radiograph
+    from utils.data.dicom import ImageSizeError, read_radiograph
 
     bomb = _deflated_dicom(2000, 2000)  # 8 MB of pixels in about 12 KB
     assert len(bomb) < 50_000
@@ -290,7 +290,7 @@ def test_the_reader_reads_every_image_of_pydicoms_corpus_that_pydicom_reads():
 
     from pydicom.pixels import pixel_array
 
-    from utils.dicom import MIN_SIDE
+    from utils.data.dicom import MIN_SIDE
 
     files = _pydicom_corpus()
     if len(files) < 20:

@@ -15,8 +15,12 @@ import torch
 from conftest import REPO, TINY_BACKBONE
 from torch import nn
 
-from utils.datasets import ImageDataset
-from utils.engine import (
+from utils.core.runtime import resolve_precision
+from utils.data.datasets import ImageDataset
+from utils.data.nih import NIH_FINDINGS, assign_nih_splits, load_nih_entries
+from utils.data.presets import build_transform
+from utils.nets.models import MultiLabelClassifier
+from utils.training.engine import (
     CHECKPOINT_KEYS,
     CheckpointError,
     NonFiniteLossError,
@@ -26,10 +30,6 @@ from utils.engine import (
     lr_factor,
     save_checkpoint,
 )
-from utils.models import MultiLabelClassifier
-from utils.nih import NIH_FINDINGS, assign_nih_splits, load_nih_entries
-from utils.presets import build_transform
-from utils.runtime import resolve_precision
 
 
 def test_schedule_values_of_the_report():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from utils.files import OverwriteError, atomic_path, check_not_an_input
+from utils.core.files import OverwriteError, atomic_path, check_not_an_input
 
 
 def test_the_file_is_replaced_only_when_the_write_finishes(tmp_path):

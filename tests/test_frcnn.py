@@ -15,16 +15,16 @@ from conftest import REPO
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from train import train_frcnn
-from utils.boxes import denormalize_xyxy, normalize_xyxy
-from utils.datasets import DetectionDataset
-from utils.engine import collate_detection, load_checkpoint
+from utils.data.boxes import denormalize_xyxy, normalize_xyxy
+from utils.data.datasets import DetectionDataset
+from utils.data.predictions import PREDICTION_COLUMNS, read_predictions
+from utils.data.prepare import decode_one
+from utils.data.presets import build_transform
+from utils.data.synthetic import display_to_stored, make_rsna_dataset, write_dicom
+from utils.ensemble.manifest import read_manifest
 from utils.kinds.frcnn.network import FasterRCNNDetector, load_detector_state, unpad_detections
-from utils.manifest import read_manifest
-from utils.models import WeightsError
-from utils.predictions import PREDICTION_COLUMNS, read_predictions
-from utils.prepare import decode_one
-from utils.presets import build_transform
-from utils.synthetic import display_to_stored, make_rsna_dataset, write_dicom
+from utils.nets.models import WeightsError
+from utils.training.engine import collate_detection, load_checkpoint
 
 TINY_FRCNN = ["epochs=1", "pretrain_epochs=1", "image_size=64", "predict_size=96", "batch_size=4",
               "val_batch_size=4", "workers=0", "amp=off", "device=cpu", "backbone=none", "freeze_bn=false",

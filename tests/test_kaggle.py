@@ -63,7 +63,7 @@ def test_fusion_processes_start_from_a_notebook_kernel(tmp_path):
     import nbformat
 
     code = (f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport numpy as np\n"
-            "from utils.fusion import EnsembleConfig, MemberOutputs, combine_images, fusion_pool\n"
+            "from utils.ensemble.fusion import EnsembleConfig, MemberOutputs, combine_images, fusion_pool\n"
             "found = MemberOutputs({'detector': [(np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([0.9]))]})\n"
             "with fusion_pool(1) as pool:\n"
             "    fused = pool.submit(combine_images, [found], EnsembleConfig()).result()\n"
@@ -84,8 +84,9 @@ def _kaggle_input(root):
     return root
 
 
-TRAINING_MODULES = ("utils.engine", "utils.datasets", "utils.prepare", "utils.presets", "utils.detection",
-                    "utils.classification", "utils.metric", "utils.report", "utils.predictions", "utils.nih")
+TRAINING_MODULES = ("utils.data.datasets", "utils.data.prepare", "utils.data.presets", "utils.data.predictions",
+                    "utils.data.nih", "utils.scoring.detection", "utils.scoring.classification",
+                    "utils.scoring.metric", "utils.core.report")
 
 
 def test_the_notebook_carries_no_training_module():
@@ -96,7 +97,8 @@ def test_the_notebook_carries_no_training_module():
 
     modules = code_closure()
     assert "utils.kinds.yolo.member" in modules and "infer.predictor" in modules
-    carried = [m for m in modules if m in TRAINING_MODULES or m.startswith("train") or m.endswith(".training")
+    carried = [m for m in modules if m in TRAINING_MODULES or m.startswith(("train", "utils.training"))
+               or m.endswith(".training")
                or m in ("utils.kinds.base", "utils.kinds.registry")]
     assert carried == []
     # each kind's package gives the notebook its config, network and member, nothing else

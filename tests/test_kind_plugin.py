@@ -16,8 +16,8 @@ import pydicom
 import torch
 from conftest import REPO
 
-from utils.inputs import find_dicoms
-from utils.submission import parse_prediction_string
+from utils.data.inputs import find_dicoms
+from utils.data.submission import parse_prediction_string
 
 PLUGIN = REPO / "tests" / "plugin_kind"
 
@@ -104,7 +104,7 @@ def test_a_broken_or_clashing_plugin_is_left_out_by_name_and_every_command_still
     missing weights folder), not with the plugin's exit code or a traceback."""
     import pytest
 
-    from utils.plugins import PluginError, add_unique
+    from utils.core.plugins import PluginError, add_unique
 
     dist = tmp_path / "broken_members-0.1.dist-info"
     dist.mkdir()

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.labels import (
+from utils.data.labels import (
     LabelFileError,
     assign_folds,
     build_image_table,

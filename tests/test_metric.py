@@ -3,9 +3,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.boxes import as_boxes
-from utils.metric import ClassDetections, average_precision, ground_truth_from_files, score
-from utils.submission import read_submission
+from utils.data.boxes import as_boxes
+from utils.data.submission import read_submission
+from utils.scoring.metric import ClassDetections, average_precision, ground_truth_from_files, score
 
 
 def ap(truths, predictions):

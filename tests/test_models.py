@@ -6,10 +6,10 @@ import pytest
 import torch
 import torchvision
 
-from utils.engine import save_checkpoint
+from utils.core.loop_config import TrainConfig
 from utils.kinds.study.network import StudyClassifier
-from utils.loop_config import TrainConfig
-from utils.models import ARCHITECTURES, MultiLabelClassifier, WeightsError, build_trunk, load_trunk_weights
+from utils.nets.models import ARCHITECTURES, MultiLabelClassifier, WeightsError, build_trunk, load_trunk_weights
+from utils.training.engine import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.nih import (
+from utils.data.nih import (
     NIH_FINDINGS,
     NIH_HEADER,
     NihLabelError,

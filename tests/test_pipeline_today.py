@@ -13,8 +13,8 @@ from infer.benchmark import benchmark_grey_input, benchmark_reader, benchmark_tr
 from infer.score import main as score_main
 from infer.validate_submission import main as validate_main
 from train.prepare import main as prepare_main
-from utils.inputs import find_dicoms
-from utils.labels import STUDY_CLASSES
+from utils.data.inputs import find_dicoms
+from utils.data.labels import STUDY_CLASSES
 
 
 def test_prepare_baseline_validate_score(siim_dataset, tmp_path):

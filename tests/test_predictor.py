@@ -19,13 +19,13 @@ from conftest import REPO
 from infer.assemble import UNINFORMED_NONE, ImagePrediction, assemble_submission
 from infer.benchmark import write_untrained_weights
 from infer.predictor import Ensemble, InputImage, decode_test_image, model_input
-from utils.boxes import as_boxes, hflip_xyxy
-from utils.fusion import EnsembleConfig
-from utils.inputs import find_dicoms
-from utils.manifest import ManifestError
-from utils.prepare import decode_one, image_path
-from utils.presets import build_transform
-from utils.submission import parse_prediction_string, submission_problems
+from utils.data.boxes import as_boxes, hflip_xyxy
+from utils.data.inputs import find_dicoms
+from utils.data.prepare import decode_one, image_path
+from utils.data.presets import build_transform
+from utils.data.submission import parse_prediction_string, submission_problems
+from utils.ensemble.fusion import EnsembleConfig
+from utils.ensemble.manifest import ManifestError
 
 DEMO = REPO / "train" / "configs" / "demo.yaml"
 # A ResNet-18 study trunk (the plumbing does not depend on it; ResNeXt-50 is 4x the work). The detector keeps
@@ -138,9 +138,9 @@ def test_a_weights_folder_written_under_the_older_names_predicts_the_same(untrai
 def test_a_stored_manifest_of_the_older_names_reads_under_todays(tmp_path):
     """tests/data/manifest_before_one_name.json: the manifest make demo wrote on 2026-12-07 before the
     rename (commit 95bce30); every entry and its stored config read as today's."""
-    from utils.config import from_mapping
+    from utils.core.config import from_mapping
+    from utils.ensemble.manifest import read_manifest
     from utils.kinds.members import MEMBER_TYPES
-    from utils.manifest import read_manifest
 
     shutil.copy(REPO / "tests" / "data" / "manifest_before_one_name.json", tmp_path / "manifest.json")
     raw = json.loads((tmp_path / "manifest.json").read_text())
@@ -212,7 +212,7 @@ def test_the_predictor_applies_every_study_view_of_the_manifest(untrained_weight
 
 
 def test_the_flip_switch_and_the_study_views_are_two_keys_and_old_manifests_keep_their_meaning():
-    from utils.fusion import ensemble_config
+    from utils.ensemble.fusion import ensemble_config
 
     assert ensemble_config({"ensemble": {"tta_hflip": False, "study_tta": True}}).study_tta is True
     # Before 2026-12 one switch did both: an old manifest's tta_hflip false still turns the study views off.
@@ -290,7 +290,7 @@ def test_a_missing_decoder_is_its_own_reason_with_what_to_install(tmp_path, monk
     from pydicom.uid import RLELossless
 
     from infer.assemble import describe_unreadable, unreadable_summary
-    from utils.synthetic import write_dicom
+    from utils.data.synthetic import write_dicom
 
     path = write_dicom(tmp_path / "rle.dcm", np.full((32, 32), 700, np.uint16), bits_stored=12, syntax="rle")
     assert decode_test_image(path, (16,), image_id="rle").error is None
@@ -763,7 +763,7 @@ def test_bad_arguments_and_devices_are_one_line_before_any_work(untrained_weight
     device (the config layer), a GPU this machine lacks (before a model loads): one line each, no
     traceback, nothing predicted."""
     from infer import make_submission
-    from utils.config import ConfigError, from_mapping
+    from utils.core.config import ConfigError, from_mapping
     from utils.kinds.study.training import StudyConfig
 
     monkeypatch.setattr(Ensemble, "predict_paths", lambda *a, **k: pytest.fail("predicted before the check"))
@@ -844,7 +844,7 @@ def test_a_killed_submission_run_leaves_no_process_behind(untrained_weights, tmp
     import sys
     import time
 
-    from utils.synthetic import make_siim_dataset
+    from utils.data.synthetic import make_siim_dataset
 
     make_siim_dataset(tmp_path / "data", train_studies=1, test_studies=30, seed=5, max_size=256, progress=False)
     run = subprocess.Popen([sys.executable, str(REPO / "infer" / "make_submission.py"), "--data-dir",

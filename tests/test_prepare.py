@@ -4,9 +4,9 @@ import shutil
 import cv2
 import pandas as pd
 
-from utils.inputs import find_dicoms
-from utils.labels import boxes_from_json
-from utils.prepare import prepare_competition
+from utils.data.inputs import find_dicoms
+from utils.data.labels import boxes_from_json
+from utils.data.prepare import prepare_competition
 
 
 def test_prepare_writes_pngs_meta_and_skips_a_bad_dicom(siim_dataset, tmp_path):

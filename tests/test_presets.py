@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.datasets import ImageDataset, item_seed
-from utils.presets import DETECTION_PRESETS, PRESETS, build_transform
+from utils.data.datasets import ImageDataset, item_seed
+from utils.data.presets import DETECTION_PRESETS, PRESETS, build_transform
 
 CLASSIFIER_PRESETS = sorted(set(PRESETS) - set(DETECTION_PRESETS))
 

@@ -13,7 +13,8 @@ import torch
 from conftest import REPO
 from timm.layers import FrozenBatchNormAct2d
 
-from utils.config import ConfigError
+from utils.core.config import ConfigError
+from utils.data.presets import build_transform
 from utils.kinds.frcnn.network import (
     FasterRCNNDetector,
     detector_from_config,
@@ -24,7 +25,7 @@ from utils.kinds.frcnn.training import FrcnnConfig
 from utils.kinds.members import model_input
 from utils.kinds.study.network import StudyClassifier
 from utils.kinds.study.training import StudyConfig
-from utils.models import (
+from utils.nets.models import (
     INPUT_NORMALIZATIONS,
     LITE_WEIGHTS,
     InputNormalization,
@@ -35,7 +36,6 @@ from utils.models import (
     map_by_position,
     resolve_normalization,
 )
-from utils.presets import build_transform
 
 LITE0 = "tf_efficientnet_lite0"
 
@@ -221,8 +221,8 @@ def test_the_trunk_ablation_trains_each_variant_once_and_writes_its_table(detect
 def test_a_lite_nih_backbone_hands_its_trunk_to_the_study_classifier_and_the_detector(lite0_state, tmp_path):
     """The NIH stage on a Lite trunk (ImageNet start), its checkpoint then starting the other models, as
     train_all does with --nih-dir: the same trunk tensors arrive, and the normalisation agrees."""
-    from utils.engine import save_checkpoint
-    from utils.models import MultiLabelClassifier
+    from utils.nets.models import MultiLabelClassifier
+    from utils.training.engine import save_checkpoint
 
     backbone = MultiLabelClassifier(14, f"timm:{LITE0}", "imagenet-lite")
     assert backbone.normalize.name == "lite"

@@ -15,15 +15,10 @@ import torch
 from conftest import LEARNING, REPO, TINY_TRAIN_ALL
 
 from train import pseudo_label, train_all
-from utils.config import from_mapping
-from utils.kinds.registry import KINDS
-from utils.kinds.study.network import StudyClassifier
-from utils.kinds.study.training import load_study_table
-from utils.manifest import read_manifest
-from utils.metric import ClassDetections, lowest_threshold_at_precision
-from utils.predictions import read_predictions
-from utils.prepare import PSEUDO_FOLD, fold_split, read_meta, select_folds
-from utils.pseudo import (
+from utils.core.config import from_mapping
+from utils.data.predictions import read_predictions
+from utils.data.prepare import PSEUDO_FOLD, fold_split, read_meta, select_folds
+from utils.data.pseudo import (
     PseudoConfig,
     PseudoLabelError,
     Thresholds,
@@ -33,6 +28,11 @@ from utils.pseudo import (
     resolve_thresholds,
     select_labels,
 )
+from utils.ensemble.manifest import read_manifest
+from utils.kinds.registry import KINDS
+from utils.kinds.study.network import StudyClassifier
+from utils.kinds.study.training import load_study_table
+from utils.scoring.metric import ClassDetections, lowest_threshold_at_precision
 
 THRESHOLDS = Thresholds(none=0.6, box=0.3)
 BOX = [0.1, 0.2, 0.4, 0.6]
@@ -269,7 +269,7 @@ def test_a_training_image_under_another_name_is_refused_before_any_prediction(tr
     import pydicom
 
     from infer.predictor import Ensemble
-    from utils.inputs import find_dicoms
+    from utils.data.inputs import find_dicoms
 
     monkeypatch.setattr(Ensemble, "predict_paths", lambda *a, **k: pytest.fail("predicted before the check"))
     meta = pd.read_csv(trained_run / "prepared" / "meta.csv", dtype=str)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from utils.report import MISSING, figure, markdown_table, show, show_general, text_table
+from utils.core.report import MISSING, figure, markdown_table, show, show_general, text_table
 
 
 def test_every_missing_value_reads_the_same():

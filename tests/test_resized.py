@@ -19,13 +19,13 @@ from infer import make_submission
 from infer.test_images import find_test_images
 from train import prepare as prepare_script
 from train import train_all
-from utils.detection import read_detection_table
-from utils.inputs import LAYOUT_DICOM, LAYOUT_RESIZED, PreparationInputError, detect_layout
-from utils.labels import load_image_labels
-from utils.manifest import read_manifest
-from utils.prepare import decode_one, prepare_resized, write_resized_subset
-from utils.submission import parse_prediction_string, read_submission, submission_problems
-from utils.synthetic import make_resized_copy, write_dicom
+from utils.data.inputs import LAYOUT_DICOM, LAYOUT_RESIZED, PreparationInputError, detect_layout
+from utils.data.labels import load_image_labels
+from utils.data.prepare import decode_one, prepare_resized, write_resized_subset
+from utils.data.submission import parse_prediction_string, read_submission, submission_problems
+from utils.data.synthetic import make_resized_copy, write_dicom
+from utils.ensemble.manifest import read_manifest
+from utils.scoring.detection import read_detection_table
 
 REAL256 = REPO / "train" / "configs" / "real256.yaml"
 
@@ -64,7 +64,7 @@ def test_prepared_resized_copy_keeps_original_boxes_and_sizes(siim_dataset, resi
     assert (tmp_path / "failures.csv").read_text().strip() == "path,reason"
     # The prepared contract is the DICOMs': original sizes from meta.csv, boxes in original pixels,
     # patients from the table (a patient never spans two folds).
-    from utils.prepare import prepare_competition
+    from utils.data.prepare import prepare_competition
 
     from_dicoms = prepare_competition(siim_dataset, tmp_path / "dicom", sizes=(64,), n_folds=3, progress=False)
     columns = ["image_id", "study_id", "patient_id", "original_height", "original_width", "boxes", "used", "fold"]

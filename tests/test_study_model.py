@@ -14,15 +14,15 @@ from conftest import classifier_scores_by_hand
 from test_engine import LinearModel, TensorItems, _tiny_config
 
 from train import study_ablation
-from utils.boxes import boxes_to_mask
-from utils.config import ConfigError, load_section
-from utils.datasets import StudyDataset
-from utils.engine import ModelEma, fit, load_checkpoint
+from utils.core.config import ConfigError, load_section
+from utils.data.boxes import boxes_to_mask
+from utils.data.datasets import StudyDataset
+from utils.data.labels import STUDY_CLASSES
+from utils.data.presets import build_transform
 from utils.kinds.study.network import StudyClassifier, segmentation_loss
 from utils.kinds.study.tta import EIGHT_VIEWS, StudyTTA, apply_view, check_views
-from utils.labels import STUDY_CLASSES
-from utils.models import WeightsError
-from utils.presets import build_transform
+from utils.nets.models import WeightsError
+from utils.training.engine import ModelEma, fit, load_checkpoint
 
 TARGETS = {"study": torch.tensor([0, 1]), "none": torch.tensor([1.0, 0.0])}
 

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from utils.submission import (
+from utils.data.submission import (
     SubmissionError,
     image_prediction_string,
     parse_prediction_string,
@@ -103,7 +103,7 @@ def test_an_empty_or_idless_sample_is_an_error_naming_it(tmp_path, capsys, text,
 
 
 def test_an_empty_test_table_is_an_error_naming_it(tmp_path):
-    from utils.inputs import PreparationInputError, read_id_table
+    from utils.data.inputs import PreparationInputError, read_id_table
 
     for text, message in (("", "is empty"), ("imageid,studyid\n", "has a header but no rows")):
         (tmp_path / "test_meta.csv").write_text(text)

@@ -4,11 +4,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.dicom import read_dicom
-from utils.inputs import find_dicoms
-from utils.labels import STUDY_COLUMNS, load_image_labels, load_study_labels
-from utils.nih import NIH_HEADER
-from utils.synthetic import make_nih_dataset, make_rsna_dataset, make_siim_dataset
+from utils.data.dicom import read_dicom
+from utils.data.inputs import find_dicoms
+from utils.data.labels import STUDY_COLUMNS, load_image_labels, load_study_labels
+from utils.data.nih import NIH_HEADER
+from utils.data.synthetic import make_nih_dataset, make_rsna_dataset, make_siim_dataset
 
 HEX12 = re.compile(r"^[0-9a-f]{12}$")
 

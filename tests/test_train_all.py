@@ -13,10 +13,10 @@ from conftest import REPO, classifier_scores_by_hand, submission_scores_by_hand
 
 from infer import make_submission, score, validate_submission
 from train import train_all
-from utils.inputs import find_dicoms
-from utils.labels import STUDY_CLASSES
-from utils.manifest import read_manifest
-from utils.submission import parse_prediction_string
+from utils.data.inputs import find_dicoms
+from utils.data.labels import STUDY_CLASSES
+from utils.data.submission import parse_prediction_string
+from utils.ensemble.manifest import read_manifest
 
 
 @pytest.mark.slow
@@ -110,7 +110,7 @@ def test_make_submission_with_a_corrupt_dicom_is_complete_valid_and_scored(train
 def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
     import yaml
 
-    from utils.config import ConfigError
+    from utils.core.config import ConfigError
 
     # demo.yaml with a trunk file that is surely absent (runs/demo/backbone/best.pt exists after make demo)
     document = yaml.safe_load((REPO / "train" / "configs" / "demo.yaml").read_text())

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.classification import format_multilabel_table, multilabel_report
-from utils.config import load_section
-from utils.engine import load_checkpoint
-from utils.nih import NIH_FINDINGS, BackboneConfig
+from utils.core.config import load_section
+from utils.data.nih import NIH_FINDINGS, BackboneConfig
+from utils.scoring.classification import format_multilabel_table, multilabel_report
+from utils.training.engine import load_checkpoint
 
 
 def test_backbone_run_writes_every_artefact(backbone_run):
@@ -40,10 +40,10 @@ def test_the_test_report_is_the_best_checkpoint_scored_again_by_hand(backbone_ru
     in a plain loop, AUC as ranked pairs, accuracy by counting."""
     import torch
 
-    from utils.datasets import ImageDataset
-    from utils.models import MultiLabelClassifier
-    from utils.nih import assign_nih_splits, load_nih_entries
-    from utils.presets import build_transform
+    from utils.data.datasets import ImageDataset
+    from utils.data.nih import assign_nih_splits, load_nih_entries
+    from utils.data.presets import build_transform
+    from utils.nets.models import MultiLabelClassifier
 
     config = load_section(backbone_run / "config.yaml", "backbone", BackboneConfig)
     entries = load_nih_entries(nih_dataset)

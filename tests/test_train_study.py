@@ -11,11 +11,8 @@ import torch
 from conftest import classifier_scores_by_hand
 
 from train import fold_averaging, train_study
-from utils.classification import classifier_submission, study_classifier_scores
-from utils.kinds.study.network import StudyClassifier
-from utils.labels import STUDY_CLASSES
-from utils.manifest import read_manifest
-from utils.predictions import (
+from utils.data.labels import STUDY_CLASSES
+from utils.data.predictions import (
     PREDICTION_COLUMNS,
     PredictionFileError,
     box_rows,
@@ -23,7 +20,10 @@ from utils.predictions import (
     read_predictions,
     write_predictions,
 )
-from utils.prepare import prepare_competition
+from utils.data.prepare import prepare_competition
+from utils.ensemble.manifest import read_manifest
+from utils.kinds.study.network import StudyClassifier
+from utils.scoring.classification import classifier_submission, study_classifier_scores
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from conftest import REPO, write_code_running_weights
 
 from infer.benchmark import write_untrained_weights
 from infer.predictor import Ensemble
-from utils.engine import CheckpointError, load_checkpoint
+from utils.ensemble.manifest import ManifestError
 from utils.kinds.frcnn.training import KIND as FRCNN
 from utils.kinds.frcnn.training import FrcnnConfig
 from utils.kinds.registry import RunOptions, TrainingError
@@ -33,8 +33,8 @@ from utils.kinds.yolo.network import (
 )
 from utils.kinds.yolo.training import KIND as YOLO_KIND
 from utils.kinds.yolo.training import YoloConfig
-from utils.manifest import ManifestError
-from utils.models import WeightsError, build_feature_trunk, build_trunk, load_trunk_weights
+from utils.nets.models import WeightsError, build_feature_trunk, build_trunk, load_trunk_weights
+from utils.training.engine import CheckpointError, load_checkpoint
 
 DEMO = REPO / "train" / "configs" / "demo.yaml"
 TINY = {"study": {"image_size": 64, "arch": "resnet18"},

@@ -15,12 +15,12 @@ import pytest
 import yaml
 from conftest import REPO
 
-from utils.boxes import cxcywh_to_xyxy_norm, denormalize_xyxy
-from utils.detection import read_detection_table
+from utils.data.boxes import cxcywh_to_xyxy_norm, denormalize_xyxy
+from utils.data.predictions import PREDICTION_COLUMNS, read_predictions
+from utils.ensemble.manifest import read_manifest
 from utils.kinds.yolo.network import amp_without_download, import_ultralytics
 from utils.kinds.yolo.training import label_lines, results_history
-from utils.manifest import read_manifest
-from utils.predictions import PREDICTION_COLUMNS, read_predictions
+from utils.scoring.detection import read_detection_table
 
 TINY_YOLO = ["epochs=1", "image_size=64", "predict_size=96", "batch_size=8", "workers=0", "device=cpu",
              "model=yolov8n.yaml", "folds=[1]", "amp=false"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from utils.config import DEFAULT_CONFIG
-from utils.log import configure_logging  # noqa: F401 - the scripts import it from here
+from utils.core.config import DEFAULT_CONFIG
+from utils.core.log import configure_logging  # noqa: F401 - the scripts import it from here
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, section: str, default_out: str, resume: bool = True) -> None:
@@ -43,10 +43,10 @@ def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
     """A thin training script: parse, load the kind's config section, train every fold
     (:func:`utils.kinds.train_folds`). ``before(config, args, options)`` may return a changed config
     (Faster R-CNN's RSNA pre-training). Config and data problems exit with the message, not a traceback."""
-    from utils.config import ConfigError, load_section, parse_overrides
-    from utils.engine import CheckpointError
+    from utils.core.config import ConfigError, load_section, parse_overrides
     from utils.kinds.registry import RunOptions, TrainingError, train_folds
-    from utils.models import WeightsError
+    from utils.nets.models import WeightsError
+    from utils.training.engine import CheckpointError
 
     args = (parser or kind_parser(kind, doc, default_out)).parse_args(argv)
     configure_logging()

@@ -30,15 +30,15 @@ import pandas as pd
 
 from train import train_study
 from train.cli import configure_logging
-from utils.classification import mean_predictions, prior_predictions, study_classifier_scores
-from utils.config import ConfigError, int_in, load_section, parse_overrides
-from utils.engine import BEST_CHECKPOINT, load_checkpoint
-from utils.files import write_csv_atomic, write_json_atomic, write_text_atomic
+from utils.core.config import ConfigError, int_in, load_section, parse_overrides
+from utils.core.files import write_csv_atomic, write_json_atomic, write_text_atomic
+from utils.core.report import markdown_table
+from utils.data.labels import STUDY_CLASSES
+from utils.data.predictions import read_predictions, write_predictions
 from utils.kinds.registry import KINDS
 from utils.kinds.study.training import load_study_table
-from utils.labels import STUDY_CLASSES
-from utils.predictions import read_predictions, write_predictions
-from utils.report import markdown_table
+from utils.scoring.classification import mean_predictions, prior_predictions, study_classifier_scores
+from utils.training.engine import BEST_CHECKPOINT, load_checkpoint
 
 log = logging.getLogger("fold_averaging")
 KIND = KINDS["study"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from utils.config import MAX_IMAGE_SIZE, MAX_SEED, int_in
-from utils.synthetic import make_nih_dataset, make_resized_copy, make_rsna_dataset, make_siim_dataset
+from utils.core.config import MAX_IMAGE_SIZE, MAX_SEED, int_in
+from utils.data.synthetic import make_nih_dataset, make_resized_copy, make_rsna_dataset, make_siim_dataset
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.config import MAX_IMAGE_SIZE, MAX_SEED, MAX_WORKERS, int_in
-from utils.inputs import PreparationInputError
-from utils.labels import DUPLICATE_POLICIES, DUPLICATES_KEEP_BOXED, LabelFileError
-from utils.log import configure_logging
-from utils.prepare import prepare_data
+from utils.core.config import MAX_IMAGE_SIZE, MAX_SEED, MAX_WORKERS, int_in
+from utils.core.log import configure_logging
+from utils.data.inputs import PreparationInputError
+from utils.data.labels import DUPLICATE_POLICIES, DUPLICATES_KEEP_BOXED, LabelFileError
+from utils.data.prepare import prepare_data
 
 
 def get_args_parser() -> argparse.ArgumentParser:

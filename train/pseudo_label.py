@@ -8,7 +8,7 @@
 --images is any test folder the predictor reads (the competition's: test DICOMs + sample_submission.csv;
 or a resized copy: test/<image_id>.jpg|png, meta.csv with the original sizes, and --test-meta for the
 studies). Each fold of the run's weights labels every readable image for that fold's round two
-(utils/pseudo.py: the rules, the thresholds chosen out of fold where the config's ``pseudo`` section
+(utils/data/pseudo.py: the rules, the thresholds chosen out of fold where the config's ``pseudo`` section
 leaves them null, and why this is leak-free). Writes to --out: images_<size>/ (the images prepared at
 every size of the run's meta.csv), meta.csv (the run's rows, then the pseudo-labelled ones marked
 ``pseudo``) and pseudo_labels.json (thresholds, counts, times). Refuses, before any prediction, images
@@ -33,18 +33,17 @@ from infer.evaluate import fused_predictions, run_oof, submission_ids
 from infer.predictor import Ensemble
 from infer.test_images import find_test_images
 from train.cli import DEFAULT_CONFIG, configure_logging
-from utils.config import ConfigError, batch_size_argument, device_argument, load_section, parse_overrides, worker_count
-from utils.files import check_not_an_input, check_not_inside, write_json_atomic
-from utils.fusion import ensemble_config
-from utils.manifest import ManifestError, read_manifest
-from utils.metric import (
-    best_f1_threshold,
-    class_detections,
-    ground_truth_from_table,
-    lowest_threshold_at_precision,
+from utils.core.config import (
+    ConfigError,
+    batch_size_argument,
+    device_argument,
+    load_section,
+    parse_overrides,
+    worker_count,
 )
-from utils.prepare import HEADERS_FILE, DecodedImage, decode_files, image_path, read_decoded, read_meta
-from utils.pseudo import (
+from utils.core.files import check_not_an_input, check_not_inside, write_json_atomic
+from utils.data.prepare import HEADERS_FILE, DecodedImage, decode_files, image_path, read_decoded, read_meta
+from utils.data.pseudo import (
     PSEUDO_LABELS_FILE,
     SECTION,
     PseudoConfig,
@@ -56,6 +55,14 @@ from utils.pseudo import (
     pseudo_rows,
     resolve_thresholds,
     select_labels,
+)
+from utils.ensemble.fusion import ensemble_config
+from utils.ensemble.manifest import ManifestError, read_manifest
+from utils.scoring.metric import (
+    best_f1_threshold,
+    class_detections,
+    ground_truth_from_table,
+    lowest_threshold_at_precision,
 )
 
 log = logging.getLogger("pseudo_label")

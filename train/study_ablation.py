@@ -24,15 +24,15 @@ import pandas as pd
 
 from train import train_study
 from train.cli import configure_logging
-from utils.classification import prior_predictions, study_classifier_scores
-from utils.config import load_section, parse_overrides
-from utils.engine import load_checkpoint
+from utils.core.config import load_section, parse_overrides
+from utils.core.report import markdown_table, write_ablation
+from utils.data.labels import STUDY_CLASSES
+from utils.data.prepare import fold_split, select_folds
 from utils.kinds.registry import KINDS
 from utils.kinds.study.training import load_study_table
 from utils.kinds.study.tta import EIGHT_VIEWS, FLIP, PLAIN
-from utils.labels import STUDY_CLASSES
-from utils.prepare import fold_split, select_folds
-from utils.report import markdown_table, write_ablation
+from utils.scoring.classification import prior_predictions, study_classifier_scores
+from utils.training.engine import load_checkpoint
 
 log = logging.getLogger("study_ablation")
 

@@ -14,7 +14,7 @@ Stages (each is the stage's own script, run as a child process with the same con
     yolo      train/train_yolo.py     --out OUT/yolo
     study     train/train_study.py    --out OUT/study
     <kind>    train/train_kind.py     --kind <kind> --out OUT/<kind>: any other registered kind (an entry
-                                       point, utils/plugins.py), after the built-in ones
+                                       point, utils/core/plugins.py), after the built-in ones
     evaluate  infer/evaluate.py       --out OUT/report (the CV report; writes the config's ensemble
                                        settings into the manifest)
     calibrate infer/calibrate.py      --out OUT/report (the ensemble's settings chosen out of fold and
@@ -53,15 +53,15 @@ from typing import Annotated
 from pydantic import Field
 
 from train.cli import DEFAULT_CONFIG, configure_logging
-from utils.config import ConfigError, Seed, Workers, load_section, parse_overrides, short
-from utils.files import OverwriteError, atomic_path, check_not_inside
-from utils.fusion import CALIBRATE_SECTION, ENSEMBLE_SECTION, CalibrateConfig, EnsembleConfig
+from utils.core.config import ConfigError, Seed, Workers, load_section, parse_overrides, short
+from utils.core.files import OverwriteError, atomic_path, check_not_inside
+from utils.data.nih import BackboneConfig
+from utils.data.pseudo import SECTION as PSEUDO_SECTION
+from utils.data.pseudo import PseudoConfig
+from utils.ensemble.fusion import CALIBRATE_SECTION, ENSEMBLE_SECTION, CalibrateConfig, EnsembleConfig
 from utils.kinds.base import GENERIC_SCRIPT, TrainingError
 from utils.kinds.registry import KINDS, StagePlan
-from utils.models import PRETRAINED_IMAGENET, PRETRAINED_LITE, PRETRAINED_NONE
-from utils.nih import BackboneConfig
-from utils.pseudo import SECTION as PSEUDO_SECTION
-from utils.pseudo import PseudoConfig
+from utils.nets.models import PRETRAINED_IMAGENET, PRETRAINED_LITE, PRETRAINED_NONE
 
 log = logging.getLogger("train_all")
 ROOT = Path(__file__).resolve().parent.parent

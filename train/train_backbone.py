@@ -21,15 +21,15 @@ import numpy as np
 import torch
 
 from train.cli import add_run_arguments, configure_logging
-from utils.classification import format_multilabel_table, multilabel_report
-from utils.config import load_section, parse_overrides, save_config
-from utils.datasets import ImageDataset
-from utils.engine import fit, init_distributed, load_checkpoint, predict
-from utils.files import write_json_atomic, write_text_atomic
-from utils.models import MultiLabelClassifier
-from utils.nih import NIH_FINDINGS, BackboneConfig, assign_nih_splits, load_nih_entries
-from utils.presets import build_transform
-from utils.runtime import resolve_device, resolve_precision
+from utils.core.config import load_section, parse_overrides, save_config
+from utils.core.files import write_json_atomic, write_text_atomic
+from utils.core.runtime import resolve_device, resolve_precision
+from utils.data.datasets import ImageDataset
+from utils.data.nih import NIH_FINDINGS, BackboneConfig, assign_nih_splits, load_nih_entries
+from utils.data.presets import build_transform
+from utils.nets.models import MultiLabelClassifier
+from utils.scoring.classification import format_multilabel_table, multilabel_report
+from utils.training.engine import fit, init_distributed, load_checkpoint, predict
 
 log = logging.getLogger("train_backbone")
 SECTION = "backbone"

@@ -27,10 +27,10 @@ import pandas as pd
 
 from train import train_frcnn, train_study
 from train.cli import configure_logging
-from utils.engine import METRICS_CSV
-from utils.files import write_json_atomic
-from utils.labels import STUDY_CLASSES
-from utils.report import markdown_table, write_ablation
+from utils.core.files import write_json_atomic
+from utils.core.report import markdown_table, write_ablation
+from utils.data.labels import STUDY_CLASSES
+from utils.training.engine import METRICS_CSV
 
 log = logging.getLogger("trunk_ablation")
 

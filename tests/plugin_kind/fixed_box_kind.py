@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from fixed_box_member import FixedBoxMember, fold_weights
 
-from utils.config import Folds, ImageSize
-from utils.detection import read_detection_table, write_detector_report
+from utils.core.config import Folds, ImageSize
+from utils.data.predictions import detection_rows
+from utils.ensemble.manifest import register_model
 from utils.kinds.base import FoldResult, ModelKind, split_fold
-from utils.manifest import register_model
-from utils.predictions import detection_rows
+from utils.scoring.detection import read_detection_table, write_detector_report
 
 
 @dataclass

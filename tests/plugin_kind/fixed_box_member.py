@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from utils.fusion import MemberPrediction
+from utils.ensemble.fusion import MemberPrediction
 from utils.kinds.member import Member
 
 

@@ -11,14 +11,14 @@ and what they share: :mod:`utils.kinds.base` (the training protocol and the one 
 kinds, for training; imports every kind's training) and :mod:`utils.kinds.members` (the members, for
 prediction; imports no training). This module names the kinds without importing one: what the scripts
 that only read a run's files need (the CV report, the calibration start in a second). A plugin kind's
-name is its entry point's name (:mod:`utils.plugins` leaves out one named otherwise);
+name is its entry point's name (:mod:`utils.core.plugins` leaves out one named otherwise);
 ``tests/test_kind_plugin.py`` checks that :data:`BUILT_IN` is the registry's built-in order."""
 
 from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from utils.plugins import KIND_GROUP
+from utils.core.plugins import KIND_GROUP
 
 BUILT_IN = ("frcnn", "yolo", "study")  # utils/kinds/registry.py's order: train_all trains them so
 # Names written before each kind had one name (2026-12-07): manifests' model entries and kinds, the

@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from utils.config import save_config
-from utils.detection import read_detection_table
-from utils.engine import collate_skip_none, fit, init_distributed, load_checkpoint, predict
-from utils.files import atomic_path
-from utils.log import first_line
-from utils.manifest import (
+from utils.core.config import save_config
+from utils.core.files import atomic_path
+from utils.core.log import first_line
+from utils.core.runtime import resolve_device, resolve_precision
+from utils.data.prepare import fold_split, select_folds
+from utils.ensemble.manifest import (
     MANIFEST_FILE,
     ManifestError,
     entry_files,
@@ -33,8 +33,8 @@ from utils.manifest import (
     read_manifest,
     register_model,
 )
-from utils.prepare import fold_split, select_folds
-from utils.runtime import resolve_device, resolve_precision
+from utils.scoring.detection import read_detection_table
+from utils.training.engine import collate_skip_none, fit, init_distributed, load_checkpoint, predict
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ GENERIC_SCRIPT = "train/train_kind.py"  # trains any registered kind: ``--kind S
 
 class ModelKind:
     """One kind of model; subclasses fill these in (see the module docstring and docs/architecture.md).
-    A kind outside the project registers through an entry point (:mod:`utils.plugins`)."""
+    A kind outside the project registers through an entry point (:mod:`utils.core.plugins`)."""
 
     # Its one name: config section, run folder under OUT/, manifest entry and "kind", weights subfolder,
     # the "model" column of its prediction rows (manifests written before: utils.kinds.LEGACY_NAMES).
@@ -304,7 +304,7 @@ class TorchKind(ModelKind):
         return model
 
     def rows(self, frame: pd.DataFrame, fold: int, outputs: dict) -> pd.DataFrame:
-        """Prediction rows (utils/predictions.py's schema) of ``frame``'s images from model outputs."""
+        """Prediction rows (utils/data/predictions.py's schema) of ``frame``'s images from model outputs."""
         raise NotImplementedError
 
     def val_scores(self, predictions: pd.DataFrame, val: pd.DataFrame) -> dict[str, float]:

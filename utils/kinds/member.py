@@ -10,13 +10,13 @@ from typing import Callable, ClassVar
 import numpy as np
 import torch
 
-from utils.boxes import hflip_xyxy
-from utils.config import ConfigError, from_mapping
-from utils.fusion import MemberPrediction
-from utils.log import first_line
-from utils.manifest import MANIFEST_FILE, ManifestError, entry_files, load_state_dict_file
-from utils.models import WeightsError
-from utils.runtime import Precision
+from utils.core.config import ConfigError, from_mapping
+from utils.core.log import first_line
+from utils.core.runtime import Precision
+from utils.data.boxes import hflip_xyxy
+from utils.ensemble.fusion import MemberPrediction
+from utils.ensemble.manifest import MANIFEST_FILE, ManifestError, entry_files, load_state_dict_file
+from utils.nets.models import WeightsError
 
 Detections = list[tuple[np.ndarray, np.ndarray]]  # per source: (XYXY_NORM boxes (n, 4), scores (n,))
 
@@ -35,9 +35,9 @@ def with_flipped(per_image: list[Detections], flipped: list[Detections]) -> list
 class Member:
     """One manifest model's folds, loaded for prediction. ``predict(images, tta, precision,
     with_opacity_map)`` takes uint8 ``(B, S, S)`` images on the device at ``input_size`` and returns one
-    :class:`~utils.fusion.MemberPrediction` for the batch: a detector's boxes per image (one source per
+    :class:`~utils.ensemble.fusion.MemberPrediction` for the batch: a detector's boxes per image (one source per
     fold and flip), a classifier's probabilities, or both; the predictor merges it with
-    :func:`~utils.fusion.add_member_prediction` and never asks what kind it is."""
+    :func:`~utils.ensemble.fusion.add_member_prediction` and never asks what kind it is."""
 
     kind: ClassVar[str]  # the "kind" of the manifest entries it loads: its kind's name
     has_opacity_map: bool = False  # whether ``with_opacity_map`` gives maps

@@ -1,15 +1,15 @@
 """The registry of inference members: what the predictor loads for each manifest entry's ``kind``. One
-line per built-in kind, plus the members of the ``siim_covid.members`` entry points (:mod:`utils.plugins`);
+line per built-in kind, plus the members of the ``siim_covid.members`` entry points (:mod:`utils.core.plugins`);
 the kind's training side (``utils/kinds/<name>/training.py``) names the same class as its ``member_class``.
 Imports no training code: the predictor, the notebook and the web app load members through it."""
 
 from __future__ import annotations
 
+from utils.core.plugins import MEMBER_GROUP, add_unique, clash, load_plugins
 from utils.kinds.frcnn.member import FasterRCNNMember
 from utils.kinds.member import Detections, Member, model_input, with_flipped
 from utils.kinds.study.member import StudyMember
 from utils.kinds.yolo.member import YoloMember
-from utils.plugins import MEMBER_GROUP, add_unique, clash, load_plugins
 
 BUILT_IN = (StudyMember, FasterRCNNMember, YoloMember)
 

@@ -2,20 +2,20 @@
 each here.
 
 Training order is the order of :data:`KINDS` (train/train_all.py runs them in turn): the built-in kinds,
-then those of the ``siim_covid.kinds`` entry points (:mod:`utils.plugins`). Each kind names its inference
+then those of the ``siim_covid.kinds`` entry points (:mod:`utils.core.plugins`). Each kind names its inference
 member (``member_class``, registered in :mod:`utils.kinds.members` for the predictor, which imports
 nothing of training). What a kind provides: :class:`utils.kinds.base.ModelKind` and docs/architecture.md.
 """
 
 from __future__ import annotations
 
+from utils.core.plugins import KIND_GROUP, add_unique, clash, load_plugins, plugin_problems
 from utils.kinds import canonical_name
 from utils.kinds.base import FoldResult, ModelKind, RunOptions, StagePlan, TrainingError, train_folds
 from utils.kinds.frcnn import training as frcnn
 from utils.kinds.members import Member
 from utils.kinds.study import training as study
 from utils.kinds.yolo import training as yolo
-from utils.plugins import KIND_GROUP, add_unique, clash, load_plugins, plugin_problems
 
 BUILT_IN = (frcnn.KIND, yolo.KIND, study.KIND)
 

@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from utils.config import BatchSize, BoxCount, Epochs, Folds, Fraction, ImageSize
-from utils.loop_config import TrainConfig
-from utils.models import NORMALIZATION_AUTO, PRETRAINED_NONE, check_pretrained_source, resolve_normalization
+from utils.core.config import BatchSize, BoxCount, Epochs, Folds, Fraction, ImageSize
+from utils.core.loop_config import TrainConfig
+from utils.nets.models import NORMALIZATION_AUTO, PRETRAINED_NONE, check_pretrained_source, resolve_normalization
 
 
 @dataclass

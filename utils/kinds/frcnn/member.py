@@ -6,12 +6,12 @@ from dataclasses import asdict
 
 import torch
 
-from utils.fusion import MemberPrediction
+from utils.core.runtime import Precision
+from utils.ensemble.fusion import MemberPrediction
 from utils.kinds.frcnn.config import FrcnnConfig
 from utils.kinds.frcnn.network import detector_from_config, load_detector_state, unpad_detections
 from utils.kinds.member import Detections, Member, model_input, with_flipped
-from utils.models import PRETRAINED_NONE
-from utils.runtime import Precision
+from utils.nets.models import PRETRAINED_NONE
 
 
 class FasterRCNNMember(Member):

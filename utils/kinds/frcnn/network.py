@@ -28,7 +28,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from utils.models import (
+from utils.nets.models import (
     INPUT_NORMALIZATIONS,
     NORMALIZATION_AUTO,
     PRETRAINED_NONE,
@@ -95,7 +95,7 @@ class TimmFPNBackbone(nn.Module):
 
 def timm_fpn(name: str, trunk_weights: str | None, trainable_layers: int, freeze_bn: bool,
              fpn_channels: int) -> TimmFPNBackbone:
-    """timm model ``name`` (weights as :func:`utils.models.build_timm_trunk`) with a feature pyramid;
+    """timm model ``name`` (weights as :func:`utils.nets.models.build_timm_trunk`) with a feature pyramid;
     ``trainable_layers`` and ``freeze_bn`` mean what they mean for a ResNet: the top
     ``trainable_layers`` of the trunk's stages train (5 = every stage, the stem included), and the
     BatchNorm layers keep the trunk's statistics (timm's frozen norm keeps each norm's activation)."""
@@ -113,7 +113,7 @@ def timm_fpn(name: str, trunk_weights: str | None, trainable_layers: int, freeze
 
 def trunk_fpn(arch: str, trunk_weights: str | None, trainable_layers: int, freeze_bn: bool,
               fpn_channels: int = 256) -> BackboneWithFPN | TimmFPNBackbone:
-    """The trunk (a torchvision ResNet/ResNeXt, weights as :func:`utils.models.build_trunk`, or
+    """The trunk (a torchvision ResNet/ResNeXt, weights as :func:`utils.nets.models.build_trunk`, or
     ``"timm:<name>"``, see :func:`timm_fpn`) with a feature pyramid on its four stages of strides 4
     to 32 (``fpn_channels`` wide, 256 in torchvision, plus a max-pooled level); the lowest
     ``5 - trainable_layers`` stages frozen."""
@@ -148,7 +148,7 @@ def _heads_in_training_mode(*modules: nn.Module):
 class FasterRCNNDetector(nn.Module):
     """torchvision FasterRCNN (:func:`trunk_fpn`) for one class, resizing its inputs to ``image_size``;
     it takes [0, 1] images and normalises them as its trunk wants (``normalization``, resolved by
-    :func:`utils.models.resolve_normalization`).
+    :func:`utils.nets.models.resolve_normalization`).
 
     ``fpn_channels`` and ``box_head_size`` (torchvision: 256 and 1024) set the width of the pyramid
     and of the box head's two layers: on a CPU most of a small trunk's time goes to the RPN and box

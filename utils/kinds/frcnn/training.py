@@ -11,9 +11,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from utils.datasets import DetectionDataset
-from utils.detection import detector_scores, write_detector_report
-from utils.engine import LAST_EPOCH, collate_detection, init_distributed, load_checkpoint
+from utils.data.datasets import DetectionDataset
+from utils.data.predictions import detection_rows
+from utils.data.prepare import prepare_rsna
+from utils.data.presets import build_transform
 from utils.kinds.base import (
     DetectorKind,
     RunOptions,
@@ -29,10 +30,9 @@ from utils.kinds.frcnn.network import (
     load_detector_state,
     unpad_detections,
 )
-from utils.models import PRETRAINED_NONE, check_trunk_file
-from utils.predictions import detection_rows
-from utils.prepare import prepare_rsna
-from utils.presets import build_transform
+from utils.nets.models import PRETRAINED_NONE, check_trunk_file
+from utils.scoring.detection import detector_scores, write_detector_report
+from utils.training.engine import LAST_EPOCH, collate_detection, init_distributed, load_checkpoint
 
 log = logging.getLogger(__name__)
 

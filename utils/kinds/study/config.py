@@ -8,12 +8,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from utils.config import Folds, FractionBelowOne, ImageSize, Weight
+from utils.core.config import Folds, FractionBelowOne, ImageSize, Weight
+from utils.core.loop_config import TrainConfig
+from utils.data.labels import STUDY_CLASSES
 from utils.kinds.study.network import check_class_weights
 from utils.kinds.study.tta import FLIP, check_views
-from utils.labels import STUDY_CLASSES
-from utils.loop_config import TrainConfig
-from utils.models import NORMALIZATION_AUTO, PRETRAINED_NONE, check_pretrained_source, resolve_normalization
+from utils.nets.models import NORMALIZATION_AUTO, PRETRAINED_NONE, check_pretrained_source, resolve_normalization
 
 
 @dataclass

@@ -8,13 +8,13 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from utils.fusion import MemberPrediction
+from utils.core.runtime import Precision
+from utils.ensemble.fusion import MemberPrediction
 from utils.kinds.member import Member, model_input
 from utils.kinds.study.config import StudyConfig
 from utils.kinds.study.network import StudyClassifier
 from utils.kinds.study.tta import PLAIN, StudyTTA
-from utils.models import PRETRAINED_NONE
-from utils.runtime import Precision
+from utils.nets.models import PRETRAINED_NONE
 
 
 class StudyMember(Member):

@@ -1,4 +1,4 @@
-"""The study classifier's network: a trunk (:func:`utils.models.build_feature_trunk`) with the four study
+"""The study classifier's network: a trunk (:func:`utils.nets.models.build_feature_trunk`) with the four study
 classes and the image "none" as heads, the auxiliary opacity segmentation head and its loss."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.config import short
-from utils.models import (
+from utils.core.config import short
+from utils.nets.models import (
     NORMALIZATION_AUTO,
     PRETRAINED_NONE,
     InputNormalization,

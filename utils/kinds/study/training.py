@@ -9,27 +9,27 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
-from utils.classification import study_accuracy, study_classifier_scores
-from utils.datasets import StudyDataset
-from utils.detection import read_detection_table
-from utils.engine import LAST_EPOCH
-from utils.files import write_json_atomic, write_text_atomic
+from utils.core.files import write_json_atomic, write_text_atomic
+from utils.data.datasets import StudyDataset
+from utils.data.labels import STUDY_CLASSES
+from utils.data.predictions import classifier_rows, write_predictions
+from utils.data.presets import build_transform
 from utils.kinds.base import FoldResult, RunOptions, StagePlan, TorchKind
 from utils.kinds.study.config import StudyConfig
 from utils.kinds.study.member import StudyMember
 from utils.kinds.study.network import StudyClassifier
 from utils.kinds.study.tta import StudyTTA
-from utils.labels import STUDY_CLASSES
-from utils.metric import format_score_table
-from utils.models import PRETRAINED_NONE, check_trunk_file
-from utils.predictions import classifier_rows, write_predictions
-from utils.presets import build_transform
+from utils.nets.models import PRETRAINED_NONE, check_trunk_file
+from utils.scoring.classification import study_accuracy, study_classifier_scores
+from utils.scoring.detection import read_detection_table
+from utils.scoring.metric import format_score_table
+from utils.training.engine import LAST_EPOCH
 
 log = logging.getLogger(__name__)
 
 
 def load_study_table(meta_csv, image_size: int, with_boxes: bool = False) -> pd.DataFrame:
-    """meta.csv (see :func:`utils.prepare.read_meta`, pseudo-labelled rows included) with the targets per
+    """meta.csv (see :func:`utils.data.prepare.read_meta`, pseudo-labelled rows included) with the targets per
     image: the study class and "none"; where the table has pseudo-labelled rows, every row also gets
     ``study_probs`` (their soft study target, a real label's one-hot) and theirs a soft "none".
     ``with_boxes`` adds the boxes (XYXY_NORM, drawn into the auxiliary head's mask by the dataset) and

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.config import short
+from utils.core.config import short
 
 ZOOM = 1.1
 SHIFT = 0.05  # fraction of the side, as the training preset's translation

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from utils.config import (
+from utils.core.config import (
     MAX_IMAGE_SIZE,
     BatchSize,
     BoxCount,

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from utils.fusion import MemberPrediction
+from utils.core.runtime import Precision
+from utils.ensemble.fusion import MemberPrediction
+from utils.ensemble.manifest import ManifestError
 from utils.kinds.member import Detections, Member, model_input, with_flipped
 from utils.kinds.yolo.config import YoloConfig
 from utils.kinds.yolo.network import YoloWeightsError, default_settings_dir, import_ultralytics, load_yolo
-from utils.manifest import ManifestError
-from utils.runtime import Precision
 
 
 class YoloMember(Member):

@@ -22,8 +22,8 @@ import re
 import sys
 from pathlib import Path
 
-from utils.files import atomic_path
-from utils.log import first_line
+from utils.core.files import atomic_path
+from utils.core.log import first_line
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from utils.boxes import keep_valid_boxes, xyxy_norm_to_cxcywh
-from utils.detection import write_detector_report
-from utils.engine import copy_atomic, plot_loss_curve, write_metrics_csv
-from utils.files import atomic_path
+from utils.core.files import atomic_path
+from utils.data.boxes import keep_valid_boxes, xyxy_norm_to_cxcywh
+from utils.data.predictions import detection_rows
+from utils.ensemble.manifest import register_model
 from utils.kinds.base import (
     DetectorKind,
     FoldResult,
@@ -40,8 +40,8 @@ from utils.kinds.yolo.network import (
     load_yolo,
     save_yolo_weights,
 )
-from utils.manifest import register_model
-from utils.predictions import detection_rows
+from utils.scoring.detection import write_detector_report
+from utils.training.engine import copy_atomic, plot_loss_curve, write_metrics_csv
 
 log = logging.getLogger(__name__)
 

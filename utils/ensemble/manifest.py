@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from utils.config import MAX_IMAGE_SIZE
-from utils.files import atomic_path
+from utils.core.config import MAX_IMAGE_SIZE
+from utils.core.files import atomic_path
+from utils.core.log import first_line
 from utils.kinds import canonical_name
-from utils.log import first_line
 
 MANIFEST_FILE = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20  # far above any real one (a few kB per model); refused before it is read

@@ -29,10 +29,10 @@ from pydicom.uid import (
 )
 from tqdm import tqdm
 
-from utils.boxes import as_boxes, xyxy_to_kaggle_xywh
-from utils.dicom import lenient_dicom_values
-from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_COLUMNS, STUDY_SUFFIX
-from utils.nih import NIH_FINDINGS, NIH_HEADER
+from utils.data.boxes import as_boxes, xyxy_to_kaggle_xywh
+from utils.data.dicom import lenient_dicom_values
+from utils.data.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_COLUMNS, STUDY_SUFFIX
+from utils.data.nih import NIH_FINDINGS, NIH_HEADER
 
 # Transfer syntaxes the writer can produce, by short name.
 TRANSFER_SYNTAXES = {
@@ -490,8 +490,8 @@ def make_resized_copy(competition_dir, out, size: int = 256, quality: int = 95, 
         train_meta.csv, test_meta.csv                  patientid, studyid, series_id, imageid per split
                                                        (the public solutions' tables from the DICOM headers)
     """
-    from utils.dicom import read_dicom
-    from utils.inputs import find_dicoms
+    from utils.data.dicom import read_dicom
+    from utils.data.inputs import find_dicoms
 
     competition_dir, out = Path(competition_dir), Path(out)
     rows, counts = [], {}

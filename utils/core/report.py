@@ -6,7 +6,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterable, Sequence
 
-from utils.files import atomic_path, write_json_atomic, write_text_atomic
+from utils.core.files import atomic_path, write_json_atomic, write_text_atomic
 
 MISSING = "n/a"  # how every table shows a score that does not exist (e.g. an AP with no positives)
 

@@ -23,8 +23,7 @@ from typing import Annotated, Literal, Sequence
 import numpy as np
 from pydantic import Field
 
-from utils.boxes import NORM_TOLERANCE, as_boxes, clip_xyxy, valid_box_mask
-from utils.config import (
+from utils.core.config import (
     BatchSize,
     BoxCount,
     ConfigError,
@@ -37,6 +36,7 @@ from utils.config import (
     from_mapping,
     short,
 )
+from utils.data.boxes import NORM_TOLERANCE, as_boxes, clip_xyxy, valid_box_mask
 from utils.kinds import canonical_name
 
 WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from utils.config import short
+from utils.core.config import short
 
 log = logging.getLogger(__name__)
 

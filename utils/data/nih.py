@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.config import ImageSize, OpenFraction
-from utils.loop_config import TrainConfig
+from utils.core.config import ImageSize, OpenFraction
+from utils.core.loop_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,6 @@ class BackboneConfig(TrainConfig):
         if self.resize < self.image_size:
             raise ValueError(f"resize ({self.resize}) must be at least image_size ({self.image_size}): it is cropped")
         # imported here: the NIH vocabulary above is read without torch (train/make_synthetic.py)
-        from utils.models import check_pretrained_source
+        from utils.nets.models import check_pretrained_source
 
         check_pretrained_source(self.arch, self.pretrained)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.boxes import as_boxes, boxes_to_mask, denormalize_xyxy, keep_valid_boxes
+from utils.data.boxes import as_boxes, boxes_to_mask, denormalize_xyxy, keep_valid_boxes
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class ImageDataset(Dataset):
 class StudyDataset(ImageDataset):
     """The study classifier's images: targets are dicts (``study``, ``none``, ...). A target with
     ``"boxes"`` (XYXY_NORM of the original image) gets them drawn as a ``"mask"`` of the image's size
-    (:func:`utils.boxes.boxes_to_mask`) that the augmentations move together with the image; the
+    (:func:`utils.data.boxes.boxes_to_mask`) that the augmentations move together with the image; the
     boxes themselves leave the target (their number varies, which batching does not allow)."""
 
     def _transform(self, image: np.ndarray, target: dict):
@@ -101,7 +101,7 @@ class DetectionDataset(ImageDataset):
     size fits); an image without opacity has none and trains as a negative. ``transform`` is a
     detector preset (``bboxes`` in pascal_voc pixels with ``labels``). The target is
     ``{"boxes": float32 (N, 4) XYXY pixels of the output image, "labels": int64 (N,) all 1}``; boxes
-    that degenerate under augmentation are dropped by :func:`utils.boxes.keep_valid_boxes`.
+    that degenerate under augmentation are dropped by :func:`utils.data.boxes.keep_valid_boxes`.
     """
 
     def __init__(self, paths: Sequence, boxes: Sequence, transform: Callable, seed: int = 0,

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from utils.boxes import as_boxes, iou_matrix
-from utils.labels import (
+from utils.core.report import text_table
+from utils.data.boxes import as_boxes, iou_matrix
+from utils.data.labels import (
     IMAGE_CLASSES,
     IMAGE_SUFFIX,
     STUDY_CLASSES,
@@ -26,8 +27,7 @@ from utils.labels import (
     boxes_from_json,
     load_study_labels,
 )
-from utils.report import text_table
-from utils.submission import parse_prediction_string, row_kind
+from utils.data.submission import parse_prediction_string, row_kind
 
 IOU_THRESHOLD = 0.5
 ALL_CLASSES = STUDY_CLASSES + IMAGE_CLASSES

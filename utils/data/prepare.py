@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from utils.boxes import as_boxes, kaggle_xywh_to_xyxy
-from utils.dicom import MAX_PIXELS, DicomReadError, read_radiograph, resize_image
-from utils.files import atomic_path, write_csv_atomic
-from utils.inputs import (
+from utils.core.files import atomic_path, write_csv_atomic
+from utils.data.boxes import as_boxes, kaggle_xywh_to_xyxy
+from utils.data.dicom import MAX_PIXELS, DicomReadError, read_radiograph, resize_image
+from utils.data.inputs import (
     LAYOUT_RESIZED,
     RESIZED_META,
     detect_layout,
@@ -44,7 +44,7 @@ from utils.inputs import (
     read_id_table,
     read_resized_meta,
 )
-from utils.labels import (
+from utils.data.labels import (
     DUPLICATES_KEEP_BOXED,
     IMAGE_SUFFIX,
     STUDY_SUFFIX,
@@ -178,7 +178,7 @@ def decode_split(split_dir, out_dir, sizes, workers: int = 1, progress: bool = T
 
 
 def remove_stale_temporaries(folder) -> int:
-    """Delete the temporary files (``<name>.tmp-<pid>.<suffix>``, :func:`utils.files.atomic_path`) that a
+    """Delete the temporary files (``<name>.tmp-<pid>.<suffix>``, :func:`utils.core.files.atomic_path`) that a
     run killed mid-write (SIGKILL: no cleanup) left in ``folder``; files of a live process are kept."""
     removed = 0
     for path in Path(folder).glob("*.tmp-*"):

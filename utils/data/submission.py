@@ -17,10 +17,10 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from utils.boxes import clip_xyxy, valid_box_mask
-from utils.files import atomic_path
-from utils.inputs import PreparationInputError, read_csv_table
-from utils.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
+from utils.core.files import atomic_path
+from utils.data.boxes import clip_xyxy, valid_box_mask
+from utils.data.inputs import PreparationInputError, read_csv_table
+from utils.data.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 
 HEADER = ["id", "PredictionString"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.config import DeviceError, check_device_name
+from utils.core.config import DeviceError, check_device_name
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:

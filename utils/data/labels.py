@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.boxes import as_boxes, kaggle_xywh_to_xyxy
+from utils.data.boxes import as_boxes, kaggle_xywh_to_xyxy
 
 STUDY_CLASSES = ("negative", "typical", "indeterminate", "atypical")
 IMAGE_CLASSES = ("none", "opacity")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from utils.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
-from utils.metric import ground_truth_from_table, score
-from utils.predictions import NONE_PROB_COLUMN, STUDY_PROB_COLUMNS, classifier_rows, study_probabilities
-from utils.report import text_table
-from utils.submission import image_prediction_string, study_prediction_string
+from utils.core.report import text_table
+from utils.data.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
+from utils.data.predictions import NONE_PROB_COLUMN, STUDY_PROB_COLUMNS, classifier_rows, study_probabilities
+from utils.data.submission import image_prediction_string, study_prediction_string
+from utils.scoring.metric import ground_truth_from_table, score
 
 
 def multilabel_report(targets, probabilities, names, threshold: float = 0.5) -> dict:

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.boxes import NORM_TOLERANCE, as_boxes
-from utils.files import atomic_path
+from utils.core.files import atomic_path
+from utils.data.boxes import NORM_TOLERANCE, as_boxes
+from utils.data.labels import STUDY_CLASSES
 from utils.kinds import canonical_name
-from utils.labels import STUDY_CLASSES
 
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 STUDY_PROB_COLUMNS = tuple(f"prob_{c}" for c in STUDY_CLASSES)

@@ -24,7 +24,7 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
-from utils.log import first_line
+from utils.core.log import first_line
 
 ConfigT = TypeVar("ConfigT")
 # The largest side a model may train or predict at: above every radiograph of the competition, below what
@@ -297,6 +297,6 @@ def load_section(path, section: str, cls: type[ConfigT], overrides: dict | None 
 
 def save_config(config, path, section: str) -> Path:
     """Write the resolved ``config`` as ``{section: {...}}`` YAML (loadable again with :func:`load_section`)."""
-    from utils.files import write_text_atomic
+    from utils.core.files import write_text_atomic
 
     return write_text_atomic(path, yaml.safe_dump({section: dataclasses.asdict(config)}, sort_keys=False))

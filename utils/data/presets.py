@@ -3,7 +3,7 @@
 Every pipeline is an albumentations 2.x ``Compose(strict=True)``, so an argument from the 1.x API
 raises instead of being ignored silently. Inputs are uint8 RGB arrays (grayscale radiographs
 replicated to three channels for ImageNet-initialised trunks). Every preset ends in float CHW tensors
-in [0, 1]: each model normalises its input itself, as its trunk wants (``utils.models.InputNormalization``,
+in [0, 1]: each model normalises its input itself, as its trunk wants (``utils.nets.models.InputNormalization``,
 torchvision's detector transform), so no preset needs to know the trunk. Detector presets
 (``DETECTION_PRESETS``) also move ``bboxes`` (XYXY pixels, ``pascal_voc``) with their ``labels``.
 """
@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-from utils.models import IMAGENET_MEAN
+from utils.nets.models import IMAGENET_MEAN
 
 
 def _finish() -> list:
@@ -102,7 +102,7 @@ class CircularCutout(A.ImageOnlyTransform):
 
 def _bboxes() -> A.BboxParams:
     # Boxes leaving the image are clipped here; the ones that degenerate are dropped afterwards by the
-    # dataset with utils.boxes.keep_valid_boxes (one rule for every stage).
+    # dataset with utils.data.boxes.keep_valid_boxes (one rule for every stage).
     return A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True)
 
 

@@ -43,11 +43,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data._utils.collate import default_collate
 from tqdm import tqdm
 
-from utils.files import atomic_path
-from utils.log import first_line
-from utils.loop_config import TrainConfig
-from utils.report import figure
-from utils.runtime import Precision, resolve_device, resolve_precision
+from utils.core.files import atomic_path
+from utils.core.log import first_line
+from utils.core.loop_config import TrainConfig
+from utils.core.report import figure
+from utils.core.runtime import Precision, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 

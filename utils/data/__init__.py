@@ -1,0 +1,3 @@
+"""The data and its formats: reading radiographs, label files and folds, box formats, preparation,
+datasets and augmentation presets, the prediction schema, the submission format, pseudo-labels and the
+synthetic datasets."""

@@ -1,0 +1,1 @@
+"""Training: the one loop for every torch model and its settings."""
