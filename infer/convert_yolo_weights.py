@@ -33,10 +33,14 @@ def yolo_files(target: Path) -> list[Path]:
             for relative in spec["files"].values()]
 
 
-def main(argv=None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("targets", nargs="+", type=Path, help="weights folders or YOLO .pt files")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
     import_ultralytics(default_settings_dir())
     failed = 0
     for path in (p for target in args.targets for p in yolo_files(target)):

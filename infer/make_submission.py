@@ -17,7 +17,7 @@ boxes, ``none`` from its study's other images or 0.5; a study without a readable
 probabilities). The last line counts the unreadable images by reason; above the ensemble's
 ``max_unreadable_share`` (5%) nothing is written and the exit status is 1, unless ``--allow-unreadable``.
 ``--devices cuda:0,cuda:1`` (Kaggle's T4 x2) shares the images out among the devices, one worker
-process each, and gives the same submission as one device (``infer/sharding.py``).
+process each, and gives the same submission as one device (``utils/ensemble/sharding.py``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from infer.assemble import TooManyUnreadableError, describe_unreadable, write_ensemble_submission
-from infer.predictor import Ensemble
-from infer.sharding import ShardedEnsemble, ShardError, parse_devices
 from utils.core.config import (
     ConfigError,
     batch_size_argument,
@@ -41,8 +38,11 @@ from utils.core.files import OverwriteError, check_not_an_input, check_not_insid
 from utils.core.log import configure_logging
 from utils.data.inputs import PreparationInputError
 from utils.data.submission import SubmissionError
+from utils.ensemble.assemble import TooManyUnreadableError, describe_unreadable, write_ensemble_submission
 from utils.ensemble.fusion import ENSEMBLE_SECTION, ensemble_config
 from utils.ensemble.manifest import ManifestError, named_files, read_manifest
+from utils.ensemble.predictor import Ensemble
+from utils.ensemble.sharding import ShardedEnsemble, ShardError, parse_devices
 
 SHOWN_UNREADABLE = 20  # unreadable images listed one per line; the summary JSON has them all
 

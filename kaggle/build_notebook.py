@@ -5,7 +5,7 @@
 The notebook is self-contained: it carries the source of every project module that
 ``infer/make_submission.py`` imports (found by following the imports), writes them to a folder,
 finds its inputs under /kaggle/input (or the SIIM_* environment variables, see
-``infer/kaggle_runtime.py``), installs missing packages offline from the attached wheels dataset,
+``utils/core/kaggle_runtime.py``), installs missing packages offline from the attached wheels dataset,
 and runs ``make_submission.py``'s ``main`` at the weights' own sizes (1024 px in the full config),
 which validates and writes ``submission.csv``. ``--check`` exits 1 when the committed notebook is not
 what the current sources build (CI runs this through the tests).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "kaggle" / "inference.ipynb"
-ENTRY_MODULES = ("infer.make_submission", "infer.kaggle_runtime")
+ENTRY_MODULES = ("infer.make_submission", "utils.core.kaggle_runtime")
 PACKAGES = ("utils", "infer", "train")
 
 
@@ -94,7 +94,7 @@ def build() -> dict:
         _cell("code", "# Inputs found under /kaggle/input (or SIIM_* variables); missing packages from the wheels.\n"
               "os.environ['YOLO_OFFLINE'] = 'true'\n"
               "os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')\n"
-              "from infer import kaggle_runtime\n\n"
+              "from utils.core import kaggle_runtime\n\n"
               "print(kaggle_runtime.runtime_line())\n"
               "paths = kaggle_runtime.find_paths()\n"
               "print(paths)\n"

@@ -108,7 +108,7 @@ def build_wheels(out: Path) -> Path:
 def version_problems(venv: dict, notebook_text: str) -> list[str]:
     """Where the environment that was built, or the one the notebook says it ran in, is not the Kaggle
     image's Python and torch this check claims (``KAGGLE_PYTHON``, ``KAGGLE_TORCH``)."""
-    from infer.kaggle_runtime import parse_runtime_line
+    from utils.core.kaggle_runtime import parse_runtime_line
 
     wanted = {"python": KAGGLE_PYTHON, **dict(pin.split("==") for pin in KAGGLE_TORCH)}
     problems = []
@@ -123,8 +123,8 @@ def version_problems(venv: dict, notebook_text: str) -> list[str]:
 
 
 def competition_and_weights(out: Path, weights_dir: Path | None) -> tuple[Path, Path, str]:
-    from infer.benchmark import write_untrained_weights
     from utils.data.synthetic import make_siim_dataset
+    from utils.scoring.benchmarks import write_untrained_weights
 
     data = out / "data"
     if not (data / "sample_submission.csv").is_file():

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from infer.app import create_app, start_background_server
-from infer.benchmark import write_untrained_weights
 from utils.data.inputs import find_dicoms
+from utils.scoring.benchmarks import write_untrained_weights
+from utils.serving.app import create_app, start_background_server
 
 TINY_MODELS = {
     "study": {"image_size": 64, "seg_weight": 0.5},  # with the auxiliary head: the page's opacity map
@@ -72,7 +72,7 @@ def test_the_slider_starts_at_the_manifests_display_threshold(weights, tmp_path)
     manifest["ensemble"]["display_threshold"] = 0.61
     (calibrated / "manifest.json").write_text(json.dumps(manifest))
     assert TestClient(create_app(calibrated)).get("/healthz").json()["display_threshold"] == 0.61
-    assert "h.display_threshold" in (REPO / "infer" / "static" / "index.html").read_text()
+    assert "h.display_threshold" in (REPO / "utils" / "serving" / "index.html").read_text()
 
 
 def test_the_opacity_map_covers_the_image_on_request(client, siim_dataset):
@@ -91,7 +91,7 @@ def _one_prediction_held(client, monkeypatch):
     the upload is released and must have been answered 200."""
     import threading
 
-    from infer import app as app_module
+    from utils.serving import app as app_module
 
     entered, release = threading.Event(), threading.Event()
     real_payload = app_module.prediction_payload
@@ -168,10 +168,10 @@ def test_a_synthetic_dicom_gets_what_the_submission_would_say(client, weights, s
     the study's four probabilities."""
     import pandas as pd
 
-    from infer.assemble import assemble_submission
-    from infer.predictor import Ensemble
-    from infer.test_images import TestImage
     from utils.data.submission import parse_prediction_string
+    from utils.data.test_images import TestImage
+    from utils.ensemble.assemble import assemble_submission
+    from utils.ensemble.predictor import Ensemble
 
     path = find_dicoms(siim_dataset / "test")[0]
     response = _post(client, path.name, path.read_bytes())
@@ -264,7 +264,7 @@ def test_the_page_in_a_real_browser(weights, siim_dataset):
 
 
 def test_the_load_check_runs_without_errors(weights, siim_dataset):
-    from infer.benchmark import benchmark_serve
+    from utils.scoring.benchmarks import benchmark_serve
 
     result = benchmark_serve(weights, requests=6, concurrency=3, image=find_dicoms(siim_dataset / "test")[0])
     assert result["errors"] == 0 and result["median_latency_s"] > 0 and result["requests"] == 6

@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 
 from infer import calibrate
-from infer.evaluate import evaluated_rows, fused_predictions, load_oof
 from utils.data.labels import STUDY_CLASSES, boxes_from_json
 from utils.data.predictions import classifier_rows, detection_rows, write_predictions
 from utils.data.prepare import read_meta
 from utils.ensemble.fusion import CalibrateConfig, EnsembleConfig
+from utils.scoring import calibration
+from utils.scoring.evaluation import evaluated_rows, fused_predictions, load_oof
 
 QUICK = CalibrateConfig(passes=1, min_images=0)  # the constructed runs have a few dozen images
 
@@ -83,7 +84,7 @@ def one_fold_run(tmp_path_factory):
 
 
 def test_a_noise_detector_is_dropped_and_the_good_one_kept(one_fold_run):
-    deployed, report = calibrate.calibrate_run(one_fold_run, EnsembleConfig(), QUICK, progress=False)
+    deployed, report = calibration.calibrate_run(one_fold_run, EnsembleConfig(), QUICK, progress=False)
     assert deployed.model_weights.get("noise", 1.0) <= 0.25 and deployed.model_weights.get("good", 1.0) == 1.0
     for part in [*(s["rows"] for s in report["splits"]), report["mean_of_reporting_parts"]]:
         good_alone = part["good alone"]["ap"]["opacity"]
@@ -97,7 +98,7 @@ def test_a_noise_detector_is_dropped_and_the_good_one_kept(one_fold_run):
 
 
 def test_the_reporting_part_is_never_the_choosing_part(one_fold_run, tmp_path):
-    _, report = calibrate.calibrate_run(one_fold_run, EnsembleConfig(), QUICK, progress=False)
+    _, report = calibration.calibrate_run(one_fold_run, EnsembleConfig(), QUICK, progress=False)
     everything = set(evaluated_rows(read_meta(one_fold_run / "prepared" / "meta.csv", 0),
                                     load_oof(one_fold_run))["image_id"])
     assert [s["name"] for s in report["splits"]] == ["half A -> half B", "half B -> half A"]
@@ -112,7 +113,7 @@ def test_the_reporting_part_is_never_the_choosing_part(one_fold_run, tmp_path):
     assert not halves[0] & halves[1]
     # with several folds, each fold reports what the others chose
     folds = constructed_run(tmp_path / "three", [0, 1, 2])
-    _, report = calibrate.calibrate_run(folds, EnsembleConfig(), QUICK, progress=False)
+    _, report = calibration.calibrate_run(folds, EnsembleConfig(), QUICK, progress=False)
     table = read_meta(folds / "prepared" / "meta.csv", 0).set_index("image_id")
     for split, fold in zip(report["splits"], (0, 1, 2)):
         assert split["name"] == f"fold {fold}"
@@ -123,7 +124,7 @@ def test_the_reporting_part_is_never_the_choosing_part(one_fold_run, tmp_path):
 def test_a_search_that_finds_nothing_keeps_the_best_members(one_fold_run):
     """With a gain no change can reach, the search stays where it started, and the deployed settings are
     the best detector and classifier alone, said so in the report."""
-    deployed, report = calibrate.calibrate_run(one_fold_run, EnsembleConfig(),
+    deployed, report = calibration.calibrate_run(one_fold_run, EnsembleConfig(),
                                                CalibrateConfig(passes=1, min_gain=1.0, min_images=0), progress=False)
     assert report["deployed"] == "best members" and "nothing better" in report["deployed_reason"]
     assert deployed.model_weights == {"good": 1.0, "noise": 0.0, "study": 1.0}
@@ -131,13 +132,13 @@ def test_a_search_that_finds_nothing_keeps_the_best_members(one_fold_run):
     # an opacity has a box over 0.6, every other one none over 0.5: the construction)
     assert deployed.none_study_weight == 0
     assert (deployed.none_classifier_weight, deployed.none_boxes_weight) == (0.0, 1.0)
-    text = calibrate.markdown_report(report)
+    text = calibration.markdown_report(report)
     assert "**best members**" in text and "half A -> half B" in text
 
 
 def test_too_few_images_keep_the_configs_settings(one_fold_run):
     config = EnsembleConfig(none_study_weight=0.5)
-    deployed, report = calibrate.calibrate_run(one_fold_run, config, CalibrateConfig(passes=1, min_images=10_000),
+    deployed, report = calibration.calibrate_run(one_fold_run, config, CalibrateConfig(passes=1, min_images=10_000),
                                                progress=False)
     assert report["deployed"] == "config's settings" and "fewer than min_images 10000" in report["deployed_reason"]
     assert deployed == config  # the display threshold too: measured and reported, not written
@@ -152,8 +153,8 @@ def test_a_run_without_out_of_fold_predictions_is_left_as_it_is(tmp_path, caplog
 
 
 def test_the_script_writes_the_report_and_the_manifest(one_fold_run, tmp_path):
-    from infer.predictor import checked_manifest
     from utils.ensemble.manifest import read_manifest
+    from utils.ensemble.predictor import checked_manifest
 
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -197,8 +198,8 @@ def test_the_reports_never_write_over_the_runs_own_files(one_fold_run, tmp_path)
 def test_evaluate_combines_as_the_predictor_does(trained_run, siim_dataset):
     """The same member outputs give the same fused boxes, scores and probabilities through the
     out-of-fold report's path (prediction tables -> evaluate) as through the predictor."""
-    from infer.predictor import Ensemble, InputImageDataset
     from utils.data.inputs import find_dicoms
+    from utils.ensemble.predictor import Ensemble, InputImageDataset
 
     config_overrides = {"tta_hflip": False, "wbf_skip_box_thr": 0.0, "box_none_power": 0.5,
                         "model_weights": {"yolo": 0.5}, "score_powers": {"frcnn": 1.5}}
@@ -234,7 +235,7 @@ def test_train_all_writes_a_calibrated_weights_folder(trained_run):
     assert manifest["calibration"]["deployed"] == report["deployed"]
     assert manifest["ensemble"]["model_weights"] == report["settings"]["model_weights"]
     assert manifest["ensemble"]["batch_size"] == 4  # the config's other keys are kept
-    from infer.predictor import Ensemble
+    from utils.ensemble.predictor import Ensemble
 
     ensemble = Ensemble(trained_run / "weights")  # the predictor takes the calibrated section as it is
     assert asdict(ensemble.config) == manifest["ensemble"]

@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import REPO, same_submission
 
-from infer import kaggle_runtime, make_submission
+from infer import make_submission
+from utils.core import kaggle_runtime
 
 
 def test_the_committed_notebook_is_what_the_sources_build():
@@ -47,11 +48,12 @@ def test_the_notebook_runs_headless_and_writes_what_make_submission_writes(train
 
     import torchvision
 
-    from infer.kaggle_runtime import parse_runtime_line
+    from utils.core.kaggle_runtime import parse_runtime_line
 
     assert parse_runtime_line(outputs) == {"python": platform.python_version(), "torch": torch.__version__,
                                            "torchvision": torchvision.__version__}
-    assert (tmp_path / "code" / "infer" / "predictor.py").read_text() == (REPO / "infer" / "predictor.py").read_text()
+    assert (tmp_path / "code" / "utils" / "ensemble" / "predictor.py").read_text() == (
+        REPO / "utils" / "ensemble" / "predictor.py").read_text()
     same_submission(pd.read_csv(tmp_path / "working" / "submission.csv", keep_default_na=False),
                      pd.read_csv(expected, keep_default_na=False))
 
@@ -96,7 +98,7 @@ def test_the_notebook_carries_no_training_module():
     from build_notebook import code_closure
 
     modules = code_closure()
-    assert "utils.kinds.yolo.member" in modules and "infer.predictor" in modules
+    assert "utils.kinds.yolo.member" in modules and "utils.ensemble.predictor" in modules
     carried = [m for m in modules if m in TRAINING_MODULES or m.startswith(("train", "utils.training"))
                or m.endswith(".training")
                or m in ("utils.kinds.base", "utils.kinds.registry")]
@@ -158,7 +160,7 @@ def _run(script: str, *args: str, env: dict | None = None) -> subprocess.Complet
 def test_upload_folders_are_flat_valid_and_the_weights_still_predict(trained_run, siim_dataset, tmp_path):
     import json
 
-    from infer.predictor import Ensemble
+    from utils.ensemble.predictor import Ensemble
 
     out = tmp_path / "kaggle"
     result = _run("make_datasets.py", "--weights-dir", str(trained_run / "weights"), "--out", str(out),
@@ -239,7 +241,7 @@ def test_a_gpu_without_kernels_in_this_torch_falls_back_to_the_cpu_with_a_messag
     """Kaggle's P100 (sm_60) with a torch built from sm_70 on: the notebook predicts on the CPU and says why."""
     from types import SimpleNamespace
 
-    from infer.kaggle_runtime import usable_device
+    from utils.core.kaggle_runtime import usable_device
 
     def fake_torch(capability, name, archs=("sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"), gpus=1):
         cuda = SimpleNamespace(is_available=lambda: capability is not None, device_count=lambda: gpus,

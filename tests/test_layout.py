@@ -67,3 +67,57 @@ def test_each_kind_is_one_package_whose_prediction_side_imports_no_training():
                 "utils.kinds.base", "utils.kinds.registry", "utils.data.datasets", "utils.data.presets"))
             assert training == [], f"utils.kinds.{name}.{side} imports {training}"
     assert not (REPO / "utils" / "kinds" / "__init__.py").read_text().count("\nfrom utils.kinds")
+
+
+SCRIPT_FOLDERS = ("infer", "train")
+
+
+def _scripts() -> list[Path]:
+    return sorted(p for folder in SCRIPT_FOLDERS for p in (REPO / folder).glob("*.py") if p.name != "__init__.py")
+
+
+def test_infer_and_train_hold_scripts_only_and_each_is_get_args_parser_and_main():
+    """Every file of infer/ and train/ is a thin entry script: ``get_args_parser()`` and ``main(argv)``
+    at top level and the ``__main__`` guard; the library is in utils/."""
+    for path in _scripts():
+        tree = ast.parse(path.read_text())
+        functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert {"get_args_parser", "main"} <= functions, path.relative_to(REPO)
+        assert any(isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) for node in tree.body), path
+
+
+def test_no_project_module_imports_a_script():
+    """Only the tests import scripts (to run their ``main``); the Kaggle notebook's helpers may run
+    make_submission's main, as the notebook does."""
+    scripts = {_module_name(path) for path in _scripts()}
+    graph = import_graph()
+    for path in (REPO / "kaggle").glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.update(c for c in (node.module, *(f"{node.module}.{a.name}" for a in node.names)) if c in scripts)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name in scripts)
+        graph[f"kaggle/{path.name}"] = found - {"infer.make_submission"}
+    importers = {module: sorted(graph[module] & scripts) for module in graph if graph[module] & scripts}
+    assert importers == {}
+
+
+def test_utils_is_packages_by_concern():
+    """utils/ holds packages only (each with a docstring saying its concern), no flat modules."""
+    flat = sorted(p.name for p in (REPO / "utils").glob("*.py") if p.name != "__init__.py")
+    assert flat == []
+    packages = sorted(p for p in (REPO / "utils").iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert {p.name for p in packages} >= {"core", "data", "nets", "training", "kinds", "ensemble", "scoring"}
+    for package in packages:
+        init = package / "__init__.py"
+        assert init.is_file() and ast.get_docstring(ast.parse(init.read_text())), package
+
+
+def test_the_files_the_library_finds_from_its_own_place_exist():
+    """Moving a module moves what ``Path(__file__)`` finds: the default config and the web app's page."""
+    from utils.core.config import DEFAULT_CONFIG
+    from utils.serving.app import PAGE
+
+    assert DEFAULT_CONFIG == REPO / "train" / "configs" / "full.yaml" and DEFAULT_CONFIG.is_file()
+    assert PAGE.is_file()

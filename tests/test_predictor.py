@@ -16,16 +16,16 @@ import pytest
 import torch
 from conftest import REPO
 
-from infer.assemble import UNINFORMED_NONE, ImagePrediction, assemble_submission
-from infer.benchmark import write_untrained_weights
-from infer.predictor import Ensemble, InputImage, decode_test_image, model_input
 from utils.data.boxes import as_boxes, hflip_xyxy
 from utils.data.inputs import find_dicoms
 from utils.data.prepare import decode_one, image_path
 from utils.data.presets import build_transform
 from utils.data.submission import parse_prediction_string, submission_problems
-from utils.ensemble.fusion import EnsembleConfig
+from utils.ensemble.assemble import assemble_submission
+from utils.ensemble.fusion import UNINFORMED_NONE, EnsembleConfig, ImagePrediction
 from utils.ensemble.manifest import ManifestError
+from utils.ensemble.predictor import Ensemble, InputImage, decode_test_image, model_input
+from utils.scoring.benchmarks import write_untrained_weights
 
 DEMO = REPO / "train" / "configs" / "demo.yaml"
 # A ResNet-18 study trunk (the plumbing does not depend on it; ResNeXt-50 is 4x the work). The detector keeps
@@ -272,7 +272,7 @@ def test_an_unreadable_image_gets_its_error_and_the_others_are_predicted(ensembl
 
 
 def test_a_bug_while_decoding_is_raised_not_turned_into_a_fallback_row(ensemble, siim_dataset, monkeypatch):
-    import infer.predictor as predictor
+    import utils.ensemble.predictor as predictor
 
     def broken_reader(*args, **kwargs):
         raise KeyError("a programming error, not a bad file")
@@ -289,8 +289,8 @@ def test_a_missing_decoder_is_its_own_reason_with_what_to_install(tmp_path, monk
     from pydicom.pixels.decoders.base import get_decoder
     from pydicom.uid import RLELossless
 
-    from infer.assemble import describe_unreadable, unreadable_summary
     from utils.data.synthetic import write_dicom
+    from utils.ensemble.assemble import describe_unreadable, unreadable_summary
 
     path = write_dicom(tmp_path / "rle.dcm", np.full((32, 32), 700, np.uint16), bits_stored=12, syntax="rle")
     assert decode_test_image(path, (16,), image_id="rle").error is None
@@ -345,7 +345,7 @@ def test_the_pipeline_keeps_the_order_with_decoding_and_fusion_processes(ensembl
     predictions, in order, an unreadable image among them included."""
     from dataclasses import replace
 
-    from infer.predictor import decoded_batches
+    from utils.ensemble.predictor import decoded_batches
 
     good = find_dicoms(siim_dataset / "test")[:4]
     bad = tmp_path / "study" / "series" / "broken.dcm"
@@ -434,7 +434,7 @@ def test_a_bad_weights_folder_is_refused_clearly(untrained_weights, tmp_path):
 
 
 def test_the_inference_benchmark_measures_every_stage(untrained_weights, tmp_path):
-    from infer.benchmark import benchmark_inference
+    from utils.scoring.benchmarks import benchmark_inference
 
     result = benchmark_inference(untrained_weights, images=2, repeats=1, scale=0.05, work_dir=tmp_path,
                                  fusion_workers=1)
@@ -676,7 +676,7 @@ def test_a_manifest_that_is_a_list_or_a_missing_folder_is_said_plainly(tmp_path)
 
 
 def test_the_images_are_dealt_out_in_whole_batches():
-    from infer.sharding import batch_shards, parse_devices
+    from utils.ensemble.sharding import batch_shards, parse_devices
 
     assert batch_shards(10, 4, 2) == [[0, 1, 2, 3, 8, 9], [4, 5, 6, 7]]
     assert batch_shards(3, 4, 2) == [[0, 1, 2], []]
@@ -704,8 +704,8 @@ def test_two_workers_predict_every_image_as_one_device_does(untrained_weights, s
     boxes, scores and probabilities, in order, are the one-device run's (both with one torch thread, so
     the sums run in the same order). The comparison is by position, so a merge that put an image's
     prediction elsewhere fails it, as reversing the merged list shows."""
-    from infer.sharding import predict_on_devices
-    from infer.test_images import find_test_images
+    from utils.data.test_images import find_test_images
+    from utils.ensemble.sharding import predict_on_devices
 
     weights = tmp_path / "weights"
     _linked_copy(untrained_weights, weights)
@@ -735,8 +735,8 @@ def test_two_workers_write_a_valid_submission_and_a_failing_worker_stops_the_run
     compared with one device's in the test above): a valid submission, nothing loaded in this process;
     a failing worker stops the run with its error."""
     from infer import make_submission, validate_submission
-    from infer.sharding import ShardError, predict_on_devices
-    from infer.test_images import find_test_images
+    from utils.data.test_images import find_test_images
+    from utils.ensemble.sharding import ShardError, predict_on_devices
 
     # The study model alone: each worker loads its own copy.
     weights = tmp_path / "weights"
@@ -799,7 +799,7 @@ def test_a_shard_worker_killed_while_writing_leaves_no_half_file(tmp_path, monke
     truncated-file error."""
     import multiprocessing
 
-    from infer import sharding
+    from utils.ensemble import sharding
 
     def killed_mid_write(result, handle):
         handle.write(b"\x80\x05partial")

@@ -268,8 +268,8 @@ def test_a_training_image_under_another_name_is_refused_before_any_prediction(tr
     refused in one line before the first prediction, round one's files untouched."""
     import pydicom
 
-    from infer.predictor import Ensemble
     from utils.data.inputs import find_dicoms
+    from utils.ensemble.predictor import Ensemble
 
     monkeypatch.setattr(Ensemble, "predict_paths", lambda *a, **k: pytest.fail("predicted before the check"))
     meta = pd.read_csv(trained_run / "prepared" / "meta.csv", dtype=str)

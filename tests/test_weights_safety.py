@@ -14,9 +14,8 @@ import pytest
 import torch
 from conftest import REPO, write_code_running_weights
 
-from infer.benchmark import write_untrained_weights
-from infer.predictor import Ensemble
 from utils.ensemble.manifest import ManifestError
+from utils.ensemble.predictor import Ensemble
 from utils.kinds.frcnn.training import KIND as FRCNN
 from utils.kinds.frcnn.training import FrcnnConfig
 from utils.kinds.registry import RunOptions, TrainingError
@@ -34,6 +33,7 @@ from utils.kinds.yolo.network import (
 from utils.kinds.yolo.training import KIND as YOLO_KIND
 from utils.kinds.yolo.training import YoloConfig
 from utils.nets.models import WeightsError, build_feature_trunk, build_trunk, load_trunk_weights
+from utils.scoring.benchmarks import write_untrained_weights
 from utils.training.engine import CheckpointError, load_checkpoint
 
 DEMO = REPO / "train" / "configs" / "demo.yaml"

@@ -4,7 +4,7 @@
         [--inner-folds 0 1 2 3] [--config train/configs/real256.yaml] [--set KEY=VALUE ...] [--no-progress]
 
 At test time the submission averages the probabilities of every fold model (the study member of
-``infer/predictor.py``); the out-of-fold CV scores each model alone on its own fold, so it cannot say
+``utils/ensemble/predictor.py``); the out-of-fold CV scores each model alone on its own fold, so it cannot say
 what the average adds. Here one fold (``--held-out-fold``) is left out of everything: the study
 model is trained on the other folds' images only, one model per inner fold (``train/train_study.py``
 on ``OUT/inner/meta.csv``, that table without the held-out fold), and every model, then the mean of
@@ -28,8 +28,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from train import train_study
-from train.cli import configure_logging
 from utils.core.config import ConfigError, int_in, load_section, parse_overrides
 from utils.core.files import write_csv_atomic, write_json_atomic, write_text_atomic
 from utils.core.report import markdown_table
@@ -38,6 +36,7 @@ from utils.data.predictions import read_predictions, write_predictions
 from utils.kinds.registry import KINDS
 from utils.kinds.study.training import load_study_table
 from utils.scoring.classification import mean_predictions, prior_predictions, study_classifier_scores
+from utils.training.cli import configure_logging, train_kind
 from utils.training.engine import BEST_CHECKPOINT, load_checkpoint
 
 log = logging.getLogger("fold_averaging")
@@ -76,7 +75,7 @@ def train_inner(inner_meta: Path, folds: list[int], args) -> None:
             "--resume", "--set", *args.overrides, f"folds={folds}"]
     if args.no_progress:
         argv.append("--no-progress")
-    if train_study.main(argv) != 0:
+    if train_kind("study", argv) != 0:
         raise SystemExit("train/train_study.py failed on the inner folds")
 
 

@@ -28,11 +28,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from infer.assemble import assemble_submission, submission_probabilities
-from infer.evaluate import fused_predictions, run_oof, submission_ids
-from infer.predictor import Ensemble
-from infer.test_images import find_test_images
-from train.cli import DEFAULT_CONFIG, configure_logging
 from utils.core.config import (
     ConfigError,
     batch_size_argument,
@@ -56,14 +51,19 @@ from utils.data.pseudo import (
     resolve_thresholds,
     select_labels,
 )
-from utils.ensemble.fusion import ensemble_config
+from utils.data.test_images import find_test_images
+from utils.ensemble.assemble import assemble_submission
+from utils.ensemble.fusion import ensemble_config, submission_probabilities
 from utils.ensemble.manifest import ManifestError, read_manifest
+from utils.ensemble.predictor import Ensemble
+from utils.scoring.evaluation import fused_predictions, run_oof, submission_ids
 from utils.scoring.metric import (
     best_f1_threshold,
     class_detections,
     ground_truth_from_table,
     lowest_threshold_at_precision,
 )
+from utils.training.cli import DEFAULT_CONFIG, configure_logging
 
 log = logging.getLogger("pseudo_label")
 

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from train import train_study
-from train.cli import configure_logging
 from utils.core.config import load_section, parse_overrides
 from utils.core.report import markdown_table, write_ablation
 from utils.data.labels import STUDY_CLASSES
@@ -32,6 +30,7 @@ from utils.kinds.registry import KINDS
 from utils.kinds.study.training import load_study_table
 from utils.kinds.study.tta import EIGHT_VIEWS, FLIP, PLAIN
 from utils.scoring.classification import prior_predictions, study_classifier_scores
+from utils.training.cli import configure_logging, train_kind
 from utils.training.engine import load_checkpoint
 
 log = logging.getLogger("study_ablation")
@@ -84,7 +83,7 @@ def run_variant(name: str, overrides: list[str], args) -> Path:
     if args.no_progress:
         argv.append("--no-progress")
     log.info("%s: train_study %s", name, " ".join(argv))
-    train_study.main(argv)
+    train_kind("study", argv)
     return out
 
 

@@ -52,7 +52,6 @@ from typing import Annotated
 
 from pydantic import Field
 
-from train.cli import DEFAULT_CONFIG, configure_logging
 from utils.core.config import ConfigError, Seed, Workers, load_section, parse_overrides, short
 from utils.core.files import OverwriteError, atomic_path, check_not_inside
 from utils.data.nih import BackboneConfig
@@ -62,6 +61,7 @@ from utils.ensemble.fusion import CALIBRATE_SECTION, ENSEMBLE_SECTION, Calibrate
 from utils.kinds.base import GENERIC_SCRIPT, TrainingError
 from utils.kinds.registry import KINDS, StagePlan
 from utils.nets.models import PRETRAINED_IMAGENET, PRETRAINED_LITE, PRETRAINED_NONE
+from utils.training.cli import DEFAULT_CONFIG, configure_logging
 
 log = logging.getLogger("train_all")
 ROOT = Path(__file__).resolve().parent.parent

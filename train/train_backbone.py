@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.cli import add_run_arguments, configure_logging
 from utils.core.config import load_section, parse_overrides, save_config
 from utils.core.files import write_json_atomic, write_text_atomic
 from utils.core.runtime import resolve_device, resolve_precision
@@ -29,6 +28,7 @@ from utils.data.nih import NIH_FINDINGS, BackboneConfig, assign_nih_splits, load
 from utils.data.presets import build_transform
 from utils.nets.models import MultiLabelClassifier
 from utils.scoring.classification import format_multilabel_table, multilabel_report
+from utils.training.cli import add_run_arguments, configure_logging
 from utils.training.engine import fit, init_distributed, load_checkpoint, predict
 
 log = logging.getLogger("train_backbone")

@@ -24,8 +24,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from train.cli import kind_parser, run_kind
 from utils.kinds.registry import KINDS
+from utils.training.cli import kind_parser, run_kind
 
 KIND = KINDS["frcnn"]
 DEFAULT_OUT = "runs/frcnn"

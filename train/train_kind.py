@@ -15,8 +15,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from train.cli import kind_parser, run_kind
 from utils.kinds.registry import KINDS
+from utils.training.cli import kind_parser, run_kind
+
+
+def get_args_parser(kind=None) -> argparse.ArgumentParser:
+    """The command line of ``kind`` (its own options: ``--resume`` only for an engine kind) plus
+    ``--kind``; without a kind, the first kind's (what --help shows)."""
+    parser = kind_parser(kind or next(iter(KINDS.values())), __doc__, f"runs/{kind.name if kind else 'KIND'}")
+    parser.add_argument("--kind", required=True, choices=sorted(KINDS), help="the kind's config section")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     first.add_argument("--kind", choices=sorted(KINDS))
     known, _ = first.parse_known_args(argv)
     kind = KINDS.get(known.kind)
-    # the kind's own options (``--resume`` only for an engine kind); --help without a kind shows the first's
-    parser = kind_parser(kind or next(iter(KINDS.values())), __doc__, f"runs/{kind.name if kind else 'KIND'}")
-    parser.add_argument("--kind", required=True, choices=sorted(KINDS), help="the kind's config section")
+    parser = get_args_parser(kind)
     if kind is None:
         parser.parse_args(argv)  # --help, or the error of a missing or unknown --kind
     return run_kind(kind, __doc__, f"runs/{kind.name}", argv, parser=parser)

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import sys
 
-from train.cli import run_kind
 from utils.kinds.registry import KINDS
+from utils.training.cli import kind_parser, run_kind
 
 KIND = KINDS["study"]
 
 
+def get_args_parser():
+    return kind_parser(KIND, __doc__, "runs/study")
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_kind(KIND, __doc__, "runs/study", argv)
+    return run_kind(KIND, __doc__, "runs/study", argv, parser=get_args_parser())
 
 
 if __name__ == "__main__":

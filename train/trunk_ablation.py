@@ -25,16 +25,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from train import train_frcnn, train_study
-from train.cli import configure_logging
 from utils.core.files import write_json_atomic
 from utils.core.report import markdown_table, write_ablation
 from utils.data.labels import STUDY_CLASSES
+from utils.training.cli import configure_logging, train_kind
 from utils.training.engine import METRICS_CSV
 
 log = logging.getLogger("trunk_ablation")
 
-STAGES = {"study": train_study.main, "frcnn": train_frcnn.main}
+STAGES = ("study", "frcnn")  # the kinds trained per variant
 LITE = {f"lite{n}": f"timm:tf_efficientnet_lite{n}" for n in (0, 1, 2)}
 # variant -> (what it is, overrides per stage)
 VARIANTS = {
@@ -71,7 +70,7 @@ def run(stage: str, variant: str, args) -> dict:
             argv.append("--no-progress")
         log.info("%s %s: %s", stage, variant, " ".join(argv))
         started = time.perf_counter()
-        STAGES[stage](argv)
+        train_kind(stage, argv)
         write_json_atomic(timing, {"seconds": time.perf_counter() - started})
     else:
         log.info("%s %s: already finished in %s", stage, variant, out)

@@ -47,7 +47,7 @@ MAX_SEED = 2**32 - 1
 MAX_CONFIG_BYTES = 1 << 20
 # How much of a value an error message quotes: one line always, whatever was given.
 QUOTED_CHARS = 60
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "train" / "configs" / "full.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "train" / "configs" / "full.yaml"
 
 # The declared ranges of the settings: a config field annotated with one of these is checked against it
 # wherever a config is read (a file, --set, a manifest), by from_mapping, with the bound in the message.

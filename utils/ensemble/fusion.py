@@ -1,4 +1,4 @@
-"""Fusing box predictions (models x folds x test-time flips) and blending the image's "none" signals.
+"""Fusing box predictions (models x folds x test-time flips) and blending the "none" and "negative" signals.
 
 :func:`combine_image` is the one way an image's model outputs become its prediction: the predictor
 (test images), ``infer/evaluate.py`` and ``infer/calibrate.py`` (out-of-fold predictions) all call
@@ -9,6 +9,10 @@ ensemble-boxes prints and calls ``exit()`` on lists of unequal length or an unkn
 and lets NaN scores through; in a Kaggle kernel that ends the run without a submission. So every
 input is checked by :func:`check_box_lists` first, and a problem raises :class:`FusionInputError`
 naming the list and the reason.
+
+The blending (the last section): an image's "none" and a study's "negative" are weighted means of the
+classifier's outputs and the boxes' "no opacity" (:func:`submission_probabilities`), the same for the
+submission, the out-of-fold report, the calibration and the web app.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from utils.core.config import (
     short,
 )
 from utils.data.boxes import NORM_TOLERANCE, as_boxes, clip_xyxy, valid_box_mask
+from utils.data.labels import STUDY_CLASSES
 from utils.kinds import canonical_name
 
 WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
@@ -362,3 +367,91 @@ def fusion_pool(workers: int) -> Executor:
     for _ in range(workers):
         pool.submit(_import_fusion)
     return pool
+
+
+# --- The none and negative blending: from the combined images to the submission's probabilities ---
+
+NEGATIVE = STUDY_CLASSES.index("negative")
+# A study none of whose images could be read: every class equally likely (no information).
+UNINFORMED_STUDY = np.full(len(STUDY_CLASSES), 1.0 / len(STUDY_CLASSES))
+UNINFORMED_NONE = 0.5
+
+
+@dataclass
+class ImagePrediction:
+    """What the ensemble says about one image. ``boxes`` XYXY_NORM (of the original image) with
+    ``scores``, highest first; ``study_probs`` (4,) and ``none_prob`` from the study classifier
+    (None without one, or when the image could not be read: ``error``)."""
+
+    image_id: str
+    study_id: str
+    original_height: int
+    original_width: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    study_probs: np.ndarray | None = None
+    none_prob: float | None = None
+    error: str | None = None
+    opacity_map: np.ndarray | None = None  # (h, w) in [0, 1] over the image, when asked and available
+
+
+def no_box_probability(prediction: ImagePrediction) -> float | None:
+    """One minus the image's best fused opacity score (1 without any box): the detectors' view of
+    "no opacity here"; None when the image could not be read."""
+    if prediction.error is not None:
+        return None
+    return float(1.0 - prediction.scores.max()) if len(prediction.scores) else 1.0
+
+
+def image_none_probability(prediction: ImagePrediction, study_negative: float | None,
+                           config: EnsembleConfig) -> float:
+    """The image's none probability: the weighted mean (:func:`utils.ensemble.fusion.blend_none`) of the study
+    classifier's none output, its study's negative probability (classifier) and
+    :func:`no_box_probability`; uninformed (0.5) without any signal."""
+    blended = blend_none([prediction.none_prob, study_negative, no_box_probability(prediction)],
+                         [config.none_classifier_weight, config.none_study_weight, config.none_boxes_weight])
+    return UNINFORMED_NONE if blended is None else blended
+
+
+def _study_means(predictions: Sequence[ImagePrediction]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per study: the mean classifier probabilities of its images, and the mean no-box probability."""
+    probs: dict[str, list[np.ndarray]] = {}
+    no_box: dict[str, list[float]] = {}
+    for p in predictions:
+        if p.study_probs is not None:
+            probs.setdefault(p.study_id, []).append(p.study_probs)
+        value = no_box_probability(p)
+        if value is not None:
+            no_box.setdefault(p.study_id, []).append(value)
+    return ({k: np.mean(v, axis=0) for k, v in probs.items()}, {k: float(np.mean(v)) for k, v in no_box.items()})
+
+
+def study_row_probabilities(classifier: np.ndarray | None, no_box: float | None,
+                            config: EnsembleConfig) -> np.ndarray:
+    """A study's four probabilities: the classifier's (uniform without one), with "negative" the
+    weighted mean of the classifier's negative and the images' mean no-box probability (a study
+    whose images show no opacity is likely negative). The four are ranked per class by the metric,
+    so they are not renormalised."""
+    probs = np.array(UNINFORMED_STUDY if classifier is None else classifier, dtype=np.float64)
+    negative = blend_none([None if classifier is None else float(classifier[NEGATIVE]), no_box],
+                          [config.negative_classifier_weight, config.negative_boxes_weight])
+    if negative is not None:
+        probs[NEGATIVE] = negative
+    return probs
+
+
+def submission_probabilities(predictions: Sequence[ImagePrediction],
+                             config: EnsembleConfig) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """``(per study its four probabilities, per image its none)`` as :func:`assemble_submission` writes
+    them: :func:`study_row_probabilities` of the mean over the study's readable images, and
+    :func:`image_none_probability` (an unreadable image's from its study's other images). A study
+    with no readable image is absent (the submission gives it :data:`UNINFORMED_STUDY`)."""
+    classifier, no_box = _study_means(predictions)
+    studies = {study_id: study_row_probabilities(classifier.get(study_id), no_box.get(study_id), config)
+               for study_id in {*classifier, *no_box}}
+    nones = {}
+    for prediction in predictions:
+        study = classifier.get(prediction.study_id)
+        nones[prediction.image_id] = image_none_probability(
+            prediction, None if study is None else float(study[NEGATIVE]), config)
+    return studies, nones

@@ -1,1 +1,2 @@
-"""Scoring: the competition metric and the evaluation of classifiers and detectors against it."""
+"""Scoring and measuring: the competition metric, the out-of-fold evaluation of each kind and of the
+ensemble, the calibration of the ensemble's settings, the trivial baselines, and the speed benchmarks."""

@@ -1,4 +1,5 @@
-"""Command-line pieces shared by the training scripts: config file, overrides, resume, logging."""
+"""Command-line pieces shared by the training scripts (config file, overrides, resume, logging) and the one
+way a script trains a kind (:func:`run_kind`, :func:`train_kind`)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,12 @@ def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
     except (ConfigError, TrainingError, CheckpointError, WeightsError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     return 0
+
+
+def train_kind(name: str, argv: list[str]) -> int:
+    """Train registered kind ``name`` from a training script's command line ``argv`` (the options every
+    kind shares; not a script's own extras such as Faster R-CNN's ``--pretrain-rsna``): how the ablation
+    and fold-averaging tools train, without importing a script."""
+    from utils.kinds.registry import KINDS
+
+    return run_kind(KINDS[name], f"train the {name} kind", f"runs/{name}", argv)

@@ -21,7 +21,7 @@ Per image:
    theirs, the boxes rescored by the classifiers' none. In ``predict_paths`` a batch is combined in
    ``fusion_workers`` processes while the models predict the next one.
 
-:mod:`infer.assemble` turns the predictions into the submission; :mod:`infer.test_images` finds a test
+:mod:`utils.ensemble.assemble` turns the predictions into the submission; :mod:`utils.data.test_images` finds a test
 split's files. An image that cannot be read is logged with its reason and gets a fallback row, so the
 submission is always complete.
 """
@@ -39,15 +39,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from infer.assemble import ImagePrediction
-from infer.test_images import TestImage
 from utils.core.plugins import MEMBER_GROUP, plugin_problems
 from utils.core.runtime import resolve_device, resolve_precision
 from utils.data.boxes import as_boxes
 from utils.data.dicom import MAX_PIXELS, DicomReadError, read_radiograph, resize_image
+from utils.data.test_images import TestImage
 from utils.ensemble.fusion import (
     CombinedImage,
     EnsembleConfig,
+    ImagePrediction,
     MemberOutputs,
     add_member_prediction,
     combine_images,

@@ -1,5 +1,5 @@
-"""From image predictions to the submission: each image's and study's "none" and "negative" blended from
-the classifiers' and the boxes' signals, the boxes mapped back to the original pixels, one row per id of
+"""From image predictions to the submission: each image's and study's "none" and "negative" (blended in
+:mod:`utils.ensemble.fusion`), the boxes mapped back to the original pixels, one row per id of
 the sample submission (:func:`assemble_submission`), and the whole test split predicted, counted and
 written (:func:`write_ensemble_submission`). The predictor, the out-of-fold report and the calibration
 all build their submissions here, so the ensemble is scored as it submits.
@@ -8,13 +8,10 @@ all build their submissions here, so the ensemble is scored as it submits.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
 
-import numpy as np
 import pandas as pd
 
-from infer.test_images import find_test_images
 from utils.data.boxes import denormalize_xyxy
 from utils.data.dicom import NO_DECODER, unreadable_group
 from utils.data.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
@@ -26,40 +23,25 @@ from utils.data.submission import (
     study_prediction_string,
     write_submission,
 )
-from utils.ensemble.fusion import EnsembleConfig, blend_none
+from utils.data.test_images import find_test_images
+from utils.ensemble.fusion import (
+    UNINFORMED_NONE,
+    UNINFORMED_STUDY,
+    EnsembleConfig,
+    ImagePrediction,
+    submission_probabilities,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import torch
 
-NEGATIVE = STUDY_CLASSES.index("negative")
-# A study none of whose images could be read: every class equally likely (no information).
-UNINFORMED_STUDY = np.full(len(STUDY_CLASSES), 1.0 / len(STUDY_CLASSES))
-UNINFORMED_NONE = 0.5
-
-
-@dataclass
-class ImagePrediction:
-    """What the ensemble says about one image. ``boxes`` XYXY_NORM (of the original image) with
-    ``scores``, highest first; ``study_probs`` (4,) and ``none_prob`` from the study classifier
-    (None without one, or when the image could not be read: ``error``)."""
-
-    image_id: str
-    study_id: str
-    original_height: int
-    original_width: int
-    boxes: np.ndarray
-    scores: np.ndarray
-    study_probs: np.ndarray | None = None
-    none_prob: float | None = None
-    error: str | None = None
-    opacity_map: np.ndarray | None = None  # (h, w) in [0, 1] over the image, when asked and available
-
 
 class EnsemblePredictor(Protocol):
-    """What predicts a test split: :class:`infer.predictor.Ensemble` on one device,
-    :class:`infer.sharding.ShardedEnsemble` on several. A context manager (``close`` stops its helper processes)."""
+    """What predicts a test split: :class:`utils.ensemble.predictor.Ensemble` on one device,
+    :class:`utils.ensemble.sharding.ShardedEnsemble` on several. A context manager (``close`` stops its
+    helper processes)."""
 
     weights_dir: Path
     config: EnsembleConfig
@@ -74,68 +56,6 @@ class EnsemblePredictor(Protocol):
     def __enter__(self) -> "EnsemblePredictor": ...
 
     def __exit__(self, *exc) -> None: ...
-
-def no_box_probability(prediction: ImagePrediction) -> float | None:
-    """One minus the image's best fused opacity score (1 without any box): the detectors' view of
-    "no opacity here"; None when the image could not be read."""
-    if prediction.error is not None:
-        return None
-    return float(1.0 - prediction.scores.max()) if len(prediction.scores) else 1.0
-
-
-def image_none_probability(prediction: ImagePrediction, study_negative: float | None,
-                           config: EnsembleConfig) -> float:
-    """The image's none probability: the weighted mean (:func:`utils.ensemble.fusion.blend_none`) of the study
-    classifier's none output, its study's negative probability (classifier) and
-    :func:`no_box_probability`; uninformed (0.5) without any signal."""
-    blended = blend_none([prediction.none_prob, study_negative, no_box_probability(prediction)],
-                         [config.none_classifier_weight, config.none_study_weight, config.none_boxes_weight])
-    return UNINFORMED_NONE if blended is None else blended
-
-
-def _study_means(predictions: Sequence[ImagePrediction]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Per study: the mean classifier probabilities of its images, and the mean no-box probability."""
-    probs: dict[str, list[np.ndarray]] = {}
-    no_box: dict[str, list[float]] = {}
-    for p in predictions:
-        if p.study_probs is not None:
-            probs.setdefault(p.study_id, []).append(p.study_probs)
-        value = no_box_probability(p)
-        if value is not None:
-            no_box.setdefault(p.study_id, []).append(value)
-    return ({k: np.mean(v, axis=0) for k, v in probs.items()}, {k: float(np.mean(v)) for k, v in no_box.items()})
-
-
-def study_row_probabilities(classifier: np.ndarray | None, no_box: float | None,
-                            config: EnsembleConfig) -> np.ndarray:
-    """A study's four probabilities: the classifier's (uniform without one), with "negative" the
-    weighted mean of the classifier's negative and the images' mean no-box probability (a study
-    whose images show no opacity is likely negative). The four are ranked per class by the metric,
-    so they are not renormalised."""
-    probs = np.array(UNINFORMED_STUDY if classifier is None else classifier, dtype=np.float64)
-    negative = blend_none([None if classifier is None else float(classifier[NEGATIVE]), no_box],
-                          [config.negative_classifier_weight, config.negative_boxes_weight])
-    if negative is not None:
-        probs[NEGATIVE] = negative
-    return probs
-
-
-def submission_probabilities(predictions: Sequence[ImagePrediction],
-                             config: EnsembleConfig) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """``(per study its four probabilities, per image its none)`` as :func:`assemble_submission` writes
-    them: :func:`study_row_probabilities` of the mean over the study's readable images, and
-    :func:`image_none_probability` (an unreadable image's from its study's other images). A study
-    with no readable image is absent (the submission gives it :data:`UNINFORMED_STUDY`)."""
-    classifier, no_box = _study_means(predictions)
-    studies = {study_id: study_row_probabilities(classifier.get(study_id), no_box.get(study_id), config)
-               for study_id in {*classifier, *no_box}}
-    nones = {}
-    for prediction in predictions:
-        study = classifier.get(prediction.study_id)
-        nones[prediction.image_id] = image_none_probability(
-            prediction, None if study is None else float(study[NEGATIVE]), config)
-    return studies, nones
-
 
 def assemble_submission(predictions: Sequence[ImagePrediction], sample: pd.DataFrame,
                         config: EnsembleConfig) -> pd.DataFrame:
@@ -198,7 +118,7 @@ def write_ensemble_submission(ensemble: EnsemblePredictor, data_dir, out, *, bat
                               workers: int | None = None, progress: bool = True, test_table=None,
                               allow_unreadable: bool = False) -> dict:
     """Predict the test split of ``data_dir`` (:func:`find_test_images`) with ``ensemble`` (an
-    :class:`Ensemble`, or :class:`infer.sharding.ShardedEnsemble` for several devices) and write the
+    :class:`Ensemble`, or :class:`utils.ensemble.sharding.ShardedEnsemble` for several devices) and write the
     validated submission to ``out``. Returns a summary: rows, images, unreadable images with their
     reasons and :func:`unreadable_summary`, seconds, device. More unreadable images than the config's
     ``max_unreadable_share`` raise :class:`TooManyUnreadableError` before anything is written, unless

@@ -1,0 +1,1 @@
+"""Serving the ensemble over HTTP: the web app and its page."""
