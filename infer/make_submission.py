@@ -35,6 +35,7 @@ from utils.core.config import (
     worker_count,
 )
 from utils.core.files import OverwriteError, check_not_an_input, check_not_inside, write_json_atomic
+from utils.core.interrupt import exit_interrupted
 from utils.core.log import configure_logging
 from utils.data.inputs import PreparationInputError
 from utils.data.submission import SubmissionError
@@ -124,4 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C on the command line: stop now, loader workers included (the notebook,
+        exit_interrupted()     # which calls main, keeps Python's own KeyboardInterrupt)

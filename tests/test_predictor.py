@@ -834,6 +834,43 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+STUBBORN_CHILD = """
+import multiprocessing, signal, sys, time
+from utils.core.interrupt import exit_interrupted
+
+def stubborn():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a worker that will not stop when asked
+    time.sleep(120)
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("fork").Process(target=stubborn, daemon=True)
+    child.start()
+    print(child.pid, flush=True)
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        exit_interrupted()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_ctrl_c_on_the_command_line_stops_the_run_and_its_stubborn_children_within_seconds(tmp_path):
+    """What make_submission's command line does on Ctrl-C: a child that ignores SIGTERM is killed after
+    the grace, and the run dies of SIGINT (the status a shell expects), without joining anything."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "stubborn.py"
+    script.write_text(STUBBORN_CHILD)
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == -signal.SIGINT, run.stderr
+    assert time.monotonic() - started < 30
+    assert not _is_running(int(run.stdout.split()[0]))
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
 def test_a_killed_submission_run_leaves_no_process_behind(untrained_weights, tmp_path, signal_name):
