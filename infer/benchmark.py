@@ -24,7 +24,7 @@ run time for 1,263 and 6,000 test images.
 server on loopback: N uploads, K at a time; errors, median and 90th-percentile latency.
 
 ``training``: training images per second of the NIH backbone through the project's training loop
-(``utils.training.engine.train_one_epoch``: forward, summed loss, scaled backward, SGD step, schedule) in full
+(``utils.training.loop.train_one_epoch``: forward, summed loss, scaled backward, SGD step, schedule) in full
 precision (the baseline) and with mixed precision (fp16 + GradScaler on CUDA, bf16 autocast on the
 CPU), alternating the two in each repeat. Images are random tensors already in memory, so the figure
 is the model's compute, not the data loading.

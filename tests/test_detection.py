@@ -14,7 +14,7 @@ from utils.data.predictions import detection_rows
 from utils.data.prepare import RSNA_LABELS, fold_split, load_rsna_boxes, prepare_rsna
 from utils.data.synthetic import make_rsna_dataset
 from utils.scoring.detection import box_submission, detector_scores, fixed_box_predictions, read_detection_table
-from utils.training.engine import collate_detection
+from utils.training.loaders import collate_detection
 
 
 def _table():

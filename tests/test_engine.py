@@ -20,16 +20,8 @@ from utils.data.datasets import ImageDataset
 from utils.data.nih import NIH_FINDINGS, assign_nih_splits, load_nih_entries
 from utils.data.presets import build_transform
 from utils.nets.models import MultiLabelClassifier
-from utils.training.engine import (
-    CHECKPOINT_KEYS,
-    CheckpointError,
-    NonFiniteLossError,
-    TrainConfig,
-    fit,
-    load_checkpoint,
-    lr_factor,
-    save_checkpoint,
-)
+from utils.training.checkpoints import CHECKPOINT_KEYS, CheckpointError, load_checkpoint, save_checkpoint
+from utils.training.loop import NonFiniteLossError, TrainConfig, fit, lr_factor
 
 
 def test_schedule_values_of_the_report():

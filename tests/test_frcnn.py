@@ -24,7 +24,8 @@ from utils.data.synthetic import display_to_stored, make_rsna_dataset, write_dic
 from utils.ensemble.manifest import read_manifest
 from utils.kinds.frcnn.network import FasterRCNNDetector, load_detector_state, unpad_detections
 from utils.nets.models import WeightsError
-from utils.training.engine import collate_detection, load_checkpoint
+from utils.training.checkpoints import load_checkpoint
+from utils.training.loaders import collate_detection
 
 TINY_FRCNN = ["epochs=1", "pretrain_epochs=1", "image_size=64", "predict_size=96", "batch_size=4",
               "val_batch_size=4", "workers=0", "amp=off", "device=cpu", "backbone=none", "freeze_bn=false",

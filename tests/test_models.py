@@ -9,7 +9,7 @@ import torchvision
 from utils.core.loop_config import TrainConfig
 from utils.kinds.study.network import StudyClassifier
 from utils.nets.models import ARCHITECTURES, MultiLabelClassifier, WeightsError, build_trunk, load_trunk_weights
-from utils.training.engine import save_checkpoint
+from utils.training.checkpoints import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,9 @@ from utils.data.presets import build_transform
 from utils.kinds.study.network import StudyClassifier, segmentation_loss
 from utils.kinds.study.tta import EIGHT_VIEWS, StudyTTA, apply_view, check_views
 from utils.nets.models import WeightsError
-from utils.training.engine import ModelEma, fit, load_checkpoint
+from utils.training.checkpoints import load_checkpoint
+from utils.training.ema import ModelEma
+from utils.training.loop import fit
 
 TARGETS = {"study": torch.tensor([0, 1]), "none": torch.tensor([1.0, 0.0])}
 

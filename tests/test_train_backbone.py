@@ -11,7 +11,7 @@ import pytest
 from utils.core.config import load_section
 from utils.data.nih import NIH_FINDINGS, BackboneConfig
 from utils.scoring.classification import format_multilabel_table, multilabel_report
-from utils.training.engine import load_checkpoint
+from utils.training.checkpoints import load_checkpoint
 
 
 def test_backbone_run_writes_every_artefact(backbone_run):

@@ -34,7 +34,7 @@ from utils.kinds.yolo.training import KIND as YOLO_KIND
 from utils.kinds.yolo.training import YoloConfig
 from utils.nets.models import WeightsError, build_feature_trunk, build_trunk, load_trunk_weights
 from utils.scoring.benchmarks import write_untrained_weights
-from utils.training.engine import CheckpointError, load_checkpoint
+from utils.training.checkpoints import CheckpointError, load_checkpoint
 
 DEMO = REPO / "train" / "configs" / "demo.yaml"
 TINY = {"study": {"image_size": 64, "arch": "resnet18"},

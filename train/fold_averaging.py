@@ -36,8 +36,8 @@ from utils.data.predictions import read_predictions, write_predictions
 from utils.kinds.registry import KINDS
 from utils.kinds.study.training import load_study_table
 from utils.scoring.classification import mean_predictions, prior_predictions, study_classifier_scores
+from utils.training.checkpoints import BEST_CHECKPOINT, load_checkpoint
 from utils.training.cli import configure_logging, train_kind
-from utils.training.engine import BEST_CHECKPOINT, load_checkpoint
 
 log = logging.getLogger("fold_averaging")
 KIND = KINDS["study"]

@@ -30,8 +30,8 @@ from utils.kinds.registry import KINDS
 from utils.kinds.study.training import load_study_table
 from utils.kinds.study.tta import EIGHT_VIEWS, FLIP, PLAIN
 from utils.scoring.classification import prior_predictions, study_classifier_scores
+from utils.training.checkpoints import load_checkpoint
 from utils.training.cli import configure_logging, train_kind
-from utils.training.engine import load_checkpoint
 
 log = logging.getLogger("study_ablation")
 

@@ -28,8 +28,10 @@ from utils.data.nih import NIH_FINDINGS, BackboneConfig, assign_nih_splits, load
 from utils.data.presets import build_transform
 from utils.nets.models import MultiLabelClassifier
 from utils.scoring.classification import format_multilabel_table, multilabel_report
+from utils.training.checkpoints import load_checkpoint
 from utils.training.cli import add_run_arguments, configure_logging
-from utils.training.engine import fit, init_distributed, load_checkpoint, predict
+from utils.training.distributed import init_distributed
+from utils.training.loop import fit, predict
 
 log = logging.getLogger("train_backbone")
 SECTION = "backbone"

@@ -29,7 +29,7 @@ from utils.core.files import write_json_atomic
 from utils.core.report import markdown_table, write_ablation
 from utils.data.labels import STUDY_CLASSES
 from utils.training.cli import configure_logging, train_kind
-from utils.training.engine import METRICS_CSV
+from utils.training.history import METRICS_CSV
 
 log = logging.getLogger("trunk_ablation")
 

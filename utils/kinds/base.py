@@ -34,7 +34,10 @@ from utils.ensemble.manifest import (
     register_model,
 )
 from utils.scoring.detection import read_detection_table
-from utils.training.engine import collate_skip_none, fit, init_distributed, load_checkpoint, predict
+from utils.training.checkpoints import load_checkpoint
+from utils.training.distributed import init_distributed
+from utils.training.loaders import collate_skip_none
+from utils.training.loop import fit, predict
 
 log = logging.getLogger(__name__)
 

@@ -23,15 +23,9 @@ from utils.data.synthetic import display_to_stored, render_chest, write_dicom
 from utils.ensemble.fusion import ENSEMBLE_SECTION
 from utils.kinds.study.network import StudyClassifier
 from utils.nets.models import PRETRAINED_NONE, MultiLabelClassifier
-from utils.training.engine import (
-    DistInfo,
-    TrainConfig,
-    build_optimizer,
-    collate_skip_none,
-    lr_factor,
-    make_loader,
-    train_one_epoch,
-)
+from utils.training.distributed import DistInfo
+from utils.training.loaders import collate_skip_none, make_loader
+from utils.training.loop import TrainConfig, build_optimizer, lr_factor, train_one_epoch
 
 
 def copied_recipe(path, size: int) -> np.ndarray:

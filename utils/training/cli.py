@@ -47,7 +47,7 @@ def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
     from utils.core.config import ConfigError, load_section, parse_overrides
     from utils.kinds.registry import RunOptions, TrainingError, train_folds
     from utils.nets.models import WeightsError
-    from utils.training.engine import CheckpointError
+    from utils.training.checkpoints import CheckpointError
 
     args = (parser or kind_parser(kind, doc, default_out)).parse_args(argv)
     configure_logging()

@@ -32,7 +32,10 @@ from utils.kinds.frcnn.network import (
 )
 from utils.nets.models import PRETRAINED_NONE, check_trunk_file
 from utils.scoring.detection import detector_scores, write_detector_report
-from utils.training.engine import LAST_EPOCH, collate_detection, init_distributed, load_checkpoint
+from utils.training.checkpoints import load_checkpoint
+from utils.training.distributed import init_distributed
+from utils.training.loaders import collate_detection
+from utils.training.loop import LAST_EPOCH
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from utils.nets.models import PRETRAINED_NONE, check_trunk_file
 from utils.scoring.classification import study_accuracy, study_classifier_scores
 from utils.scoring.detection import read_detection_table
 from utils.scoring.metric import format_score_table
-from utils.training.engine import LAST_EPOCH
+from utils.training.loop import LAST_EPOCH
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,8 @@ from utils.kinds.yolo.network import (
     save_yolo_weights,
 )
 from utils.scoring.detection import write_detector_report
-from utils.training.engine import copy_atomic, plot_loss_curve, write_metrics_csv
+from utils.training.checkpoints import copy_atomic
+from utils.training.history import plot_loss_curve, write_metrics_csv
 
 log = logging.getLogger(__name__)
 

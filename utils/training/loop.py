@@ -20,62 +20,51 @@ by ``torchrun``.
 Resume is exact because every random choice of an epoch is a function of (seed, epoch, rank): the
 sampler's shuffle, torch's global generator (reseeded at each epoch start) and the augmentations
 (seeded per item by the dataset from seed, epoch and index). A checkpoint therefore needs no RNG state.
+
+The loop's parts, one job per module beside this one: :mod:`utils.training.checkpoints`,
+:mod:`utils.training.distributed`, :mod:`utils.training.loaders`, :mod:`utils.training.ema` and
+:mod:`utils.training.history` (metrics.csv, the loss curve).
 """
 
 from __future__ import annotations
 
-import copy
-import csv
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from utils.core.files import atomic_path
-from utils.core.log import first_line
 from utils.core.loop_config import TrainConfig
-from utils.core.report import figure
 from utils.core.runtime import Precision, resolve_device, resolve_precision
+from utils.training.checkpoints import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    RUN_LEVEL_KEYS,
+    CheckpointError,
+    copy_atomic,
+    load_checkpoint,
+    save_checkpoint,
+)
+from utils.training.distributed import DistInfo, all_reduce_sum, init_distributed, unwrap
+from utils.training.ema import ModelEma
+from utils.training.history import LOSS_CURVE_PNG, METRICS_CSV, plot_loss_curve, write_metrics_csv
+from utils.training.loaders import collate_skip_none, make_loader, to_device
 
 log = logging.getLogger(__name__)
-
-# "model" holds the weights to use (the moving average when ema_decay is set); "ema" is None without
-# one, else {"train_model": the trained weights, "updates": n} for an exact resume.
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "metrics", "ema")
-# Config keys that choose which folds a run trains, not how one fold trains: a fold's checkpoint resumes
-# under another fold list, so folds trained in separate sessions (folds: [0], then [1], ...) join one
-# run folder and its five-fold report through --resume (each finished fold is only predicted again).
-RUN_LEVEL_KEYS = frozenset({"folds"})
-LAST_CHECKPOINT = "last.pt"
-BEST_CHECKPOINT = "best.pt"
 # fit's monitor that keeps the last epoch of the fixed schedule: the validation images are then only
 # watched (metrics.csv, the loss curve), never used to choose, so they can be scored honestly afterwards.
 LAST_EPOCH = "last"
-METRICS_CSV = "metrics.csv"
-LOSS_CURVE_PNG = "loss_curve.png"
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the run stops instead of writing broken weights."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; names the file and the reason."""
-
-
-# ----------------------------------------------------------------------------- schedule, precision
 
 
 def lr_factor(step: int, total_steps: int, floor: float = 0.05, warmup_steps: int = 0) -> float:
@@ -90,195 +79,6 @@ def lr_factor(step: int, total_steps: int, floor: float = 0.05, warmup_steps: in
     span = max(1, total_steps - warmup_steps)
     t = min(max(step - warmup_steps, 0), span)
     return 0.5 * (1.0 + math.cos(math.pi * t / span)) * (1.0 - floor) + floor
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment (nccl on GPUs, gloo on
-    the CPU); a plain ``python`` start is a world of one."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        use_cuda = device_name != "cpu" and torch.cuda.is_available()
-        if use_cuda:
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return info
-
-
-def _all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
-    if not info.enabled:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-class ShardSampler(Sampler[int]):
-    """Every ``world_size``-th index from ``rank``, in order and without padding (for validation, where
-    DistributedSampler's repeated items would bias the metrics)."""
-
-    def __init__(self, n_items: int, rank: int = 0, world_size: int = 1):
-        self.indices = list(range(rank, n_items, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def collate_skip_none(items):
-    """Default collation of ``(image, target, index)`` items after dropping ``None`` (unreadable) ones;
-    an all-bad batch gives ``None``."""
-    items = [item for item in items if item is not None]
-    return default_collate(items) if items else None
-
-
-def collate_detection(items):
-    """Detector batches (torchvision's input): ``(list of images, list of target dicts, indices)``,
-    ``None`` items dropped; an all-bad batch gives ``None``."""
-    items = [item for item in items if item is not None]
-    if not items:
-        return None
-    images, targets, indices = zip(*items)
-    return list(images), list(targets), torch.as_tensor(indices, dtype=torch.long)
-
-
-def to_device(obj, device: torch.device):
-    """Tensors inside nested lists, tuples and dicts moved to ``device``."""
-    if torch.is_tensor(obj):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
-
-
-def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, info: DistInfo, workers: int,
-                collate_fn=collate_skip_none) -> DataLoader:
-    """Training: a seeded shuffle that depends on the epoch (``sampler.set_epoch``), split across ranks.
-    Validation: each rank reads its own unpadded shard in order."""
-    if train:
-        sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
-    else:
-        sampler = ShardSampler(len(dataset), info.rank, info.world_size)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def save_checkpoint(path, state: dict) -> Path:
-    """Write ``state`` (exactly :data:`CHECKPOINT_KEYS`) to a temporary file, then rename it over ``path``."""
-    differing = set(CHECKPOINT_KEYS) ^ set(state)
-    if differing:
-        raise CheckpointError(f"{path}: checkpoint keys must be {CHECKPOINT_KEYS}; differs in {sorted(differing)}")
-    # numpy scalars (a metric's value) pickle as numpy objects, which a weights_only load refuses.
-    state = {**state, "config": plain_values(state["config"]), "metrics": plain_values(state["metrics"])}
-    with atomic_path(path) as temporary:
-        torch.save(state, temporary)
-    return Path(path)
-
-
-def plain_values(value):
-    """``value`` with numpy scalars and arrays inside dicts, lists and tuples turned into Python numbers."""
-    if isinstance(value, dict):
-        return {k: plain_values(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(plain_values(v) for v in value)
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    return value
-
-
-def copy_atomic(source, destination) -> Path:
-    """Copy a finished file (``last.pt`` to ``best.pt``) without writing the state a second time."""
-    with atomic_path(destination) as temporary:
-        shutil.copyfile(source, temporary)
-    return Path(destination)
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """A checkpoint written by :func:`save_checkpoint`; a missing or foreign file raises :class:`CheckpointError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        # weights_only: tensors, numbers, strings and plain containers only, so reading can never run code.
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first_line(err)})") from None
-    if isinstance(state, dict) and set(state) == set(CHECKPOINT_KEYS) - {"ema"}:
-        state["ema"] = None  # written before the moving average existed
-    if not isinstance(state, dict) or set(state) != set(CHECKPOINT_KEYS):
-        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path}: expected keys {CHECKPOINT_KEYS}, found {keys}")
-    return state
-
-
-# ----------------------------------------------------------------------------- weight averaging
-
-
-class ModelEma:
-    """Exponential moving average of a model's weights and buffers, updated after each optimiser step.
-
-    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the random
-    initial weights are forgotten quickly in short runs (a fixed 0.997 would still weigh them after
-    hundreds of steps). Integer buffers (BatchNorm's batch counter) are copied.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
-        self.module = copy.deepcopy(unwrap(model)).eval()
-        for parameter in self.module.parameters():
-            parameter.requires_grad_(False)
-        self.decay = decay
-        self.updates = updates
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        current = unwrap(model).state_dict()
-        for name, average in self.module.state_dict().items():
-            if average.dtype.is_floating_point:
-                average.lerp_(current[name].detach(), 1.0 - decay)
-            else:
-                average.copy_(current[name])
-
-
-# ----------------------------------------------------------------------------- one epoch
 
 
 def _sum_losses(outputs: dict, where: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -304,7 +104,7 @@ class _Meter:
 
     def means(self, device: torch.device, info: DistInfo) -> tuple[dict[str, float], int]:
         names = sorted(self.sums)
-        totals = _all_reduce_sum([self.sums[k] for k in names] + [self.count], device, info)
+        totals = all_reduce_sum([self.sums[k] for k in names] + [self.count], device, info)
         count = totals[-1]
         return ({k: t / count for k, t in zip(names, totals[:-1])} if count else {}), int(count)
 
@@ -411,31 +211,6 @@ def predict(model, dataset: Dataset, *, batch_size: int, workers: int, device: t
     loader = make_loader(dataset, batch_size, train=False, seed=0, info=DistInfo(), workers=workers,
                          collate_fn=collate_fn)
     return validate(model.to(device), loader, device, precision, progress=progress, desc=desc)
-
-
-# ----------------------------------------------------------------------------- the run
-
-
-def write_metrics_csv(history: list[dict], path) -> None:
-    """Every epoch's row (union of columns, in first-seen order) rewritten atomically."""
-    columns: list[str] = []
-    for row in history:
-        columns += [k for k in row if k not in columns]
-    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def plot_loss_curve(history: list[dict], path, title: str = "") -> None:
-    """Training and validation loss per epoch (the report's Figures 1 and 2)."""
-    epochs = [row["epoch"] for row in history]
-    with figure(figsize=(6, 4), dpi=100, path=path) as (_, axes):
-        for key, label in (("train_loss", "training loss"), ("val_loss", "validation loss")):
-            axes.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", label=label)
-        axes.set(xlabel="epoch", ylabel="loss", title=title)
-        axes.grid(alpha=0.3)
-        axes.legend()
 
 
 @dataclass
