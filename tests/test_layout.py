@@ -121,3 +121,18 @@ def test_the_files_the_library_finds_from_its_own_place_exist():
 
     assert DEFAULT_CONFIG == REPO / "train" / "configs" / "full.yaml" and DEFAULT_CONFIG.is_file()
     assert PAGE.is_file()
+
+
+def test_a_kind_is_three_roles_and_holds_no_state():
+    """ModelKind is the training, pipeline-stage and measuring roles, each a class of its own with its
+    own methods; the registry's one instance per kind keeps nothing between runs (no instance attributes,
+    also after the in-process training runs of the suite that came before)."""
+    from utils.kinds.base import KindChecks, KindStage, KindTraining, ModelKind
+    from utils.kinds.registry import KINDS
+
+    roles = (KindTraining, KindStage, KindChecks)
+    assert ModelKind.__mro__[1:4] == roles
+    methods = [{name for name, value in vars(role).items() if callable(value)} for role in roles]
+    assert all(methods) and not (methods[0] & methods[1] or methods[0] & methods[2] or methods[1] & methods[2])
+    for kind in KINDS.values():
+        assert isinstance(kind, ModelKind) and vars(kind) == {}, kind.name

@@ -80,9 +80,8 @@ class FoldResult:
 GENERIC_SCRIPT = "train/train_kind.py"  # trains any registered kind: ``--kind SECTION``
 
 
-class ModelKind:
-    """One kind of model; subclasses fill these in (see the module docstring and docs/architecture.md).
-    A kind outside the project registers through an entry point (:mod:`utils.core.plugins`)."""
+class KindTraining:
+    """The training role: what :func:`train_folds` and the kind's training script use."""
 
     # Its one name: config section, run folder under OUT/, manifest entry and "kind", weights subfolder,
     # the "model" column of its prediction rows (manifests written before: utils.kinds.LEGACY_NAMES).
@@ -91,24 +90,8 @@ class ModelKind:
     member_class: ClassVar[type]  # the predictor's member
     title: ClassVar[str]
     resumable: ClassVar[bool] = True  # the engine's exact resume (--resume)
-    # train_all gives it the NIH backbone it trained (``backbone=OUT/backbone/best.pt``) when there is one.
-    trunk_from_backbone: ClassVar[bool] = False
-
-    # Its training command, relative to the repository (train_all runs it as the kind's stage); the
-    # built-in kinds have a script of their own, with their own options and help.
-    script: ClassVar[str] = GENERIC_SCRIPT
-
     # Whether its folds can start from an earlier run's weights of the same model (``--start-from``).
     can_start_from: ClassVar[bool] = False
-
-    def stage_arguments(self, plan: StagePlan) -> list[str]:
-        """Arguments of its stage beyond ``--prepared``, ``--out``, ``--weights-dir``, the config and (for
-        the generic script) ``--kind``."""
-        return []
-
-    def check_files(self, config, plan: StagePlan) -> None:
-        """Files its config names that must exist before train_all's first stage: a ``ValueError`` or
-        ``FileNotFoundError`` saying which key and file (train_all adds the config file and section)."""
 
     def sizes(self, config) -> set[int]:
         """The prepared image sizes this kind reads (train/prepare.py writes each once)."""
@@ -135,17 +118,42 @@ class ModelKind:
         """The size its inference member predicts at (stored in the manifest)."""
         return config.image_size
 
-    def untrained_weights(self, config, path: Path) -> None:
-        """One fold's randomly initialised weights at ``path``, in the format its member loads (benchmarks,
-        the GPU and Kaggle checks: prediction speed does not depend on what the weights learned)."""
-        raise NotImplementedError
-
     def check_start_from(self, config, weights_dir: Path, folds: list[int]) -> None:
         """Before anything is trained: ``--start-from weights_dir`` can start each of ``folds`` (a
         ``TrainingError`` naming the folder, the file and the reason otherwise); kinds that can start
         from an earlier run say how."""
 
-    # What the GPU check (infer/gpu_check.py) runs of it: its section's keys as ``KEY=VALUE``.
+
+class KindStage:
+    """The pipeline role: what ``train/train_all.py`` needs to run the kind as one of its stages."""
+
+    # Its training command, relative to the repository (train_all runs it as the kind's stage); the
+    # built-in kinds have a script of their own, with their own options and help.
+    script: ClassVar[str] = GENERIC_SCRIPT
+    # train_all gives it the NIH backbone it trained (``backbone=OUT/backbone/best.pt``) when there is one.
+    trunk_from_backbone: ClassVar[bool] = False
+
+    def stage_arguments(self, plan: StagePlan) -> list[str]:
+        """Arguments of its stage beyond ``--prepared``, ``--out``, ``--weights-dir``, the config and (for
+        the generic script) ``--kind``."""
+        return []
+
+    def check_files(self, config, plan: StagePlan) -> None:
+        """Files its config names that must exist before train_all's first stage: a ``ValueError`` or
+        ``FileNotFoundError`` saying which key and file (train_all adds the config file and section)."""
+
+
+class KindChecks:
+    """The measuring role: what the benchmarks, the GPU check (infer/gpu_check.py) and the Kaggle check
+    run of the kind; overrides are its section's keys as ``KEY=VALUE``."""
+
+    trunk_from_backbone: ClassVar[bool]  # the pipeline role's (KindStage): its speed run drops the NIH trunk
+
+    def untrained_weights(self, config, path: Path) -> None:
+        """One fold's randomly initialised weights at ``path``, in the format its member loads (benchmarks,
+        the GPU and Kaggle checks: prediction speed does not depend on what the weights learned)."""
+        raise NotImplementedError
+
     def toy_overrides(self) -> list[str]:
         """Toy sizes that train one epoch in seconds on a CPU (the check's smoke run)."""
         return ["epochs=1"]
@@ -158,6 +166,13 @@ class ModelKind:
     def first_epoch_figures(self, run_dir: Path) -> dict:
         """Speed and memory of the first epoch of fold 0 in its run folder (empty when there is none)."""
         return {}
+
+
+class ModelKind(KindTraining, KindStage, KindChecks):
+    """One kind of model, in its three roles (training, pipeline stage, measuring; see the module
+    docstring and docs/architecture.md). Subclasses fill them in; an instance holds no state (the
+    registry's one instance serves every run of the process). A kind outside the project registers
+    through an entry point (:mod:`utils.core.plugins`)."""
 
 
 def export_weights(checkpoint: dict, path) -> Path:
