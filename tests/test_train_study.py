@@ -143,7 +143,7 @@ def test_fold_averaging_scores_one_model_and_the_mean_on_a_fold_none_saw(prepare
                                     *map(str, inner), "--out", str(out), "--config", "train/configs/demo.yaml",
                                     "--no-progress", "--set", "epochs=1", "image_size=32", "batch_size=16",
                                     "workers=0", "amp=off", "device=cpu", f"backbone={backbone_run / 'best.pt'}",
-                                    "seg_weight=0", "tta_views=[identity]"])
+                                    "seg_weight=0.5", "tta_views=[identity]"])  # the recipe's head: masks
 
     assert run(0) == 0
     first = (out / "inner" / "fold0" / "last.pt").read_bytes()

@@ -34,7 +34,6 @@ from utils.core.report import markdown_table
 from utils.data.labels import STUDY_CLASSES
 from utils.data.predictions import read_predictions, write_predictions
 from utils.kinds.registry import KINDS
-from utils.kinds.study.training import load_study_table
 from utils.scoring.classification import mean_predictions, prior_predictions, study_classifier_scores
 from utils.training.checkpoints import BEST_CHECKPOINT, load_checkpoint
 from utils.training.cli import configure_logging, train_kind
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         raise SystemExit(str(err)) from None
     train_inner(inner_meta, folds, args)
-    table = load_study_table(args.prepared, config.image_size)
+    table = KIND.load_table(args.prepared, config)  # with the boxes when the segmentation head needs them
     held_out = table[table["fold"] == args.held_out_fold]
     predictions = {fold: held_out_predictions(fold, held_out, config, args) for fold in folds}
     rows = averaging_rows(predictions, held_out, table[table["fold"] != args.held_out_fold])
