@@ -32,12 +32,7 @@ from utils.core.files import check_not_an_input, run_inputs, write_json_atomic, 
 from utils.core.log import configure_logging
 from utils.ensemble.fusion import ENSEMBLE_SECTION, EnsembleConfig
 from utils.ensemble.manifest import register_ensemble
-from utils.scoring.evaluation import (
-    evaluate_run,
-    markdown_report,
-    plot_loss_curves,
-    plot_pr_curves,
-)
+from utils.scoring.evaluation import evaluate_run, markdown_report, plot_loss_curves, plot_pr_curves
 
 log = logging.getLogger("evaluate")
 

@@ -29,7 +29,6 @@ from utils.scoring.metric import best_f1_threshold, class_detections, ground_tru
 
 log = logging.getLogger("calibrate")
 
-
 # The values each setting may take; a member's weight is relative to the best member of its kind (1).
 SEARCH_GRID = {
     "model_weights": (0.0, 0.25, 0.5, 1.0, 2.0),
@@ -44,11 +43,7 @@ SEARCH_GRID = {
     "negative_classifier_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
     "negative_boxes_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
 }
-
-
 CLASSES = (*STUDY_CLASSES, *IMAGE_CLASSES)
-
-
 # Equal APs differ by this much when only the arithmetic differs (a score power keeps the ranking but not the
 # last bits of the sums): "at least" means at least, up to this.
 FLOAT_TOLERANCE = 1e-6

@@ -36,7 +36,6 @@ from utils.scoring.metric import class_detections, ground_truth_from_table, prec
 
 log = logging.getLogger("evaluate")
 
-
 STAGE_FOLDERS = kind_names()  # each kind's run folder under the run
 
 

@@ -30,16 +30,9 @@ from utils.ensemble.predictor import Ensemble
 
 log = logging.getLogger("app")
 
-
 PAGE = Path(__file__).resolve().parent / "index.html"
-
-
 PREVIEW_SIZE = 1024  # longer side of the preview the page draws on
-
-
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file, beyond the upload limit
-
-
 UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary", "description": "DICOM, PNG or JPEG"}}}}}}}
