@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from utils.core.config import ConfigError, load_section, parse_overrides, save_config
-from utils.data.nih import BackboneConfig
+from utils.kinds.backbone.config import BackboneConfig
 from utils.kinds.study.training import StudyConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "train" / "configs").glob("*.yaml"))

@@ -19,7 +19,7 @@ from utils.core.runtime import resolve_precision
 from utils.data.datasets import ImageDataset
 from utils.data.nih import NIH_FINDINGS, assign_nih_splits, load_nih_entries
 from utils.data.presets import build_transform
-from utils.nets.models import MultiLabelClassifier
+from utils.kinds.backbone.network import MultiLabelClassifier
 from utils.training.checkpoints import CHECKPOINT_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 from utils.training.loop import NonFiniteLossError, TrainConfig, fit, lr_factor
 

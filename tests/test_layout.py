@@ -69,6 +69,26 @@ def test_each_kind_is_one_package_whose_prediction_side_imports_no_training():
     assert not (REPO / "utils" / "kinds" / "__init__.py").read_text().count("\nfrom utils.kinds")
 
 
+def test_the_nih_backbone_is_a_pretraining_kind_of_the_registry_in_one_package():
+    """The backbone has the kinds' package shape without a member (nothing of it is predicted), and
+    train_all knows it only through the registry: its stage, config section and file checks."""
+    from utils.kinds.base import PretrainingKind
+    from utils.kinds.registry import KINDS, PRETRAINING
+
+    kind = PRETRAINING["backbone"]
+    assert isinstance(kind, PretrainingKind) and kind.name == "backbone" and "backbone" not in KINDS
+    package = REPO / "utils" / "kinds" / "backbone"
+    assert {p.name for p in package.glob("*.py")} == {"__init__.py", "config.py", "network.py", "training.py"}
+    assert kind.config_class.__module__ == "utils.kinds.backbone.config"
+    graph = import_graph()
+    for side in ("config", "network"):
+        needs = reachable(graph, f"utils.kinds.backbone.{side}")
+        assert not [m for m in needs if m.endswith(".training") or m.startswith("utils.training")], side
+    train_all = (REPO / "train" / "train_all.py").read_text()
+    code = train_all.split('"""', 2)[2]
+    assert not [word for word in ("train_backbone", "BackboneConfig", "nih_dir is") if word in code]
+
+
 SCRIPT_FOLDERS = ("infer", "train")
 
 
@@ -128,7 +148,7 @@ def test_a_kind_is_three_roles_and_holds_no_state():
     own methods; the registry's one instance per kind keeps nothing between runs (no instance attributes,
     also after the in-process training runs of the suite that came before)."""
     from utils.kinds.base import KindChecks, KindStage, KindTraining, ModelKind
-    from utils.kinds.registry import KINDS
+    from utils.kinds.registry import KINDS, PRETRAINING
 
     roles = (KindTraining, KindStage, KindChecks)
     assert ModelKind.__mro__[1:4] == roles
@@ -136,3 +156,5 @@ def test_a_kind_is_three_roles_and_holds_no_state():
     assert all(methods) and not (methods[0] & methods[1] or methods[0] & methods[2] or methods[1] & methods[2])
     for kind in KINDS.values():
         assert isinstance(kind, ModelKind) and vars(kind) == {}, kind.name
+    for kind in PRETRAINING.values():
+        assert isinstance(kind, KindStage) and not isinstance(kind, KindTraining) and vars(kind) == {}, kind.name

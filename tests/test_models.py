@@ -7,8 +7,9 @@ import torch
 import torchvision
 
 from utils.core.loop_config import TrainConfig
+from utils.kinds.backbone.network import MultiLabelClassifier
 from utils.kinds.study.network import StudyClassifier
-from utils.nets.models import ARCHITECTURES, MultiLabelClassifier, WeightsError, build_trunk, load_trunk_weights
+from utils.nets.models import ARCHITECTURES, WeightsError, build_trunk, load_trunk_weights
 from utils.training.checkpoints import save_checkpoint
 
 

@@ -221,7 +221,7 @@ def test_the_trunk_ablation_trains_each_variant_once_and_writes_its_table(detect
 def test_a_lite_nih_backbone_hands_its_trunk_to_the_study_classifier_and_the_detector(lite0_state, tmp_path):
     """The NIH stage on a Lite trunk (ImageNet start), its checkpoint then starting the other models, as
     train_all does with --nih-dir: the same trunk tensors arrive, and the normalisation agrees."""
-    from utils.nets.models import MultiLabelClassifier
+    from utils.kinds.backbone.network import MultiLabelClassifier
     from utils.training.checkpoints import save_checkpoint
 
     backbone = MultiLabelClassifier(14, f"timm:{LITE0}", "imagenet-lite")

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from utils.core.config import load_section
-from utils.data.nih import NIH_FINDINGS, BackboneConfig
+from utils.data.nih import NIH_FINDINGS
+from utils.kinds.backbone.config import BackboneConfig
 from utils.scoring.classification import format_multilabel_table, multilabel_report
 from utils.training.checkpoints import load_checkpoint
 
@@ -43,7 +44,7 @@ def test_the_test_report_is_the_best_checkpoint_scored_again_by_hand(backbone_ru
     from utils.data.datasets import ImageDataset
     from utils.data.nih import assign_nih_splits, load_nih_entries
     from utils.data.presets import build_transform
-    from utils.nets.models import MultiLabelClassifier
+    from utils.kinds.backbone.network import MultiLabelClassifier
 
     config = load_section(backbone_run / "config.yaml", "backbone", BackboneConfig)
     entries = load_nih_entries(nih_dataset)

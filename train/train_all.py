@@ -54,19 +54,18 @@ from pydantic import Field
 
 from utils.core.config import ConfigError, Seed, Workers, load_section, parse_overrides, short
 from utils.core.files import OverwriteError, atomic_path, check_not_inside
-from utils.data.nih import BackboneConfig
 from utils.data.pseudo import SECTION as PSEUDO_SECTION
 from utils.data.pseudo import PseudoConfig
 from utils.ensemble.fusion import CALIBRATE_SECTION, ENSEMBLE_SECTION, CalibrateConfig, EnsembleConfig
 from utils.kinds.base import GENERIC_SCRIPT, TrainingError
-from utils.kinds.registry import KINDS, StagePlan
-from utils.nets.models import PRETRAINED_IMAGENET, PRETRAINED_LITE, PRETRAINED_NONE
+from utils.kinds.registry import KINDS, PRETRAINING, StagePlan
 from utils.training.cli import DEFAULT_CONFIG, configure_logging
 
 log = logging.getLogger("train_all")
 ROOT = Path(__file__).resolve().parent.parent
-# every model kind in the registry's order; pseudo and round2 run only with --pseudo-images
-STAGES = ("prepare", "backbone", *KINDS, "evaluate", "calibrate", "pseudo", "round2")
+# the pretraining kinds (the NIH backbone), every model kind in the registry's order; pseudo and round2
+# run only with --pseudo-images
+STAGES = ("prepare", *PRETRAINING, *KINDS, "evaluate", "calibrate", "pseudo", "round2")
 ROUND2 = "round2"  # round two's run folder under the run
 SECTION = "prepare"
 
@@ -82,9 +81,8 @@ class PrepareConfig:
 
 
 # Every section of a config file and its schema.
-SCHEMAS = {SECTION: PrepareConfig, "backbone": BackboneConfig,
-           **{name: kind.config_class for name, kind in KINDS.items()}, ENSEMBLE_SECTION: EnsembleConfig,
-           CALIBRATE_SECTION: CalibrateConfig, PSEUDO_SECTION: PseudoConfig}
+SCHEMAS = {SECTION: PrepareConfig, **{name: kind.config_class for name, kind in {**PRETRAINING, **KINDS}.items()},
+           ENSEMBLE_SECTION: EnsembleConfig, CALIBRATE_SECTION: CalibrateConfig, PSEUDO_SECTION: PseudoConfig}
 CONFIG_SECTIONS = tuple(SCHEMAS)
 
 
@@ -168,11 +166,8 @@ def check_config(config_path: Path, overrides: dict[str, list[str]], args) -> di
             raise ConfigError(f"{config_path} [{section}]: {key}: file {value!r} not found")
 
     must_exist(SECTION, "patients", configs[SECTION].patients)
-    if args.nih_dir is not None:
-        must_exist("backbone", "pretrained", configs["backbone"].pretrained,
-                   (PRETRAINED_IMAGENET, PRETRAINED_NONE, PRETRAINED_LITE))
     plan = stage_plan(args)
-    for name, kind in selected_kinds(args).items():
+    for name, kind in {**PRETRAINING, **selected_kinds(args)}.items():
         try:
             kind.check_files(configs[name], plan)
         except (ValueError, FileNotFoundError) as err:
@@ -190,6 +185,13 @@ def check_config(config_path: Path, overrides: dict[str, list[str]], args) -> di
 
 def stage_plan(args) -> StagePlan:
     return StagePlan(config_path=Path(args.config), out=Path(args.out), nih_dir=args.nih_dir, rsna_dir=args.rsna_dir)
+
+
+def backbone_trunk(args) -> Path | None:
+    """The NIH backbone this run trains, which the kinds with ``trunk_from_backbone`` start from (their
+    ``backbone`` key); ``None`` without its data (they start from their configs' ``backbone``)."""
+    kind = PRETRAINING["backbone"]
+    return kind.trunk_file(args.out) if kind.has_input(stage_plan(args)) else None
 
 
 def selected_kinds(args) -> dict:
@@ -215,10 +217,12 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
     # the calibration starts from the ensemble section as overridden
     ensemble_set = ["--ensemble-set", *overrides[ENSEMBLE_SECTION]] if overrides.get(ENSEMBLE_SECTION) else []
 
+    trunk_file = backbone_trunk(args)
+
     def script(path: str, section: str | None, *extra: str, trunk: bool = False) -> list[str]:
         keys = list(overrides.get(section, [])) if section else []
-        if trunk and args.nih_dir is not None:
-            keys.insert(0, f"backbone={out / 'backbone' / 'best.pt'}")
+        if trunk and trunk_file is not None:
+            keys.insert(0, f"backbone={trunk_file}")
         return [sys.executable, str(ROOT / path), *extra, *common, *(["--set", *keys] if keys else [])]
 
     commands = {
@@ -227,9 +231,8 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
                     "--seed", str(prepare.seed)]
                    + (["--patients", prepare.patients] if prepare.patients else [])
                    + [a for size in prepared_sizes(configs, selected_kinds(args)) for a in ("--size", str(size))],
-        "backbone": None if args.nih_dir is None else
-        script("train/train_backbone.py", "backbone", "--data-dir", str(args.nih_dir), "--out", str(out / "backbone"),
-               *resume),
+        **{name: script(kind.script, name, *kind.stage_arguments(plan), "--out", str(out / name), *resume)
+           if kind.has_input(plan) else None for name, kind in PRETRAINING.items()},
         **{name: script(kind.script, name, *(["--kind", name] if kind.script == GENERIC_SCRIPT else []),
                         "--prepared", str(meta), "--out", str(out / name), "--weights-dir", str(weights),
                         *kind.stage_arguments(plan),
@@ -257,14 +260,14 @@ def round_two_command(args, overrides: dict[str, list[str]], pseudo: PseudoConfi
     RSNA pre-training again), or with ``pseudo.round2_start: round1`` from round one's weights of the
     same model and fold (the kinds that can; RSNA pre-training skipped)."""
     keys = [f"{section}.{key}" for section, items in overrides.items() for key in items]
-    if args.nih_dir is not None:
-        trunk = args.out / "backbone" / "best.pt"
+    trunk = backbone_trunk(args)
+    if trunk is not None:
         keys = [f"{name}.backbone={trunk}" for name, kind in selected_kinds(args).items()
                 if kind.trunk_from_backbone] + keys
     keys += pseudo.round2_overrides
     fine_tune = pseudo.round2_start == "round1"
     return [sys.executable, str(Path(__file__).resolve()), "--data-dir", str(args.data_dir),
-            "--out", str(args.out / ROUND2), "--config", str(args.config), "--from-stage", STAGES[2],
+            "--out", str(args.out / ROUND2), "--config", str(args.config), "--from-stage", next(iter(KINDS)),
             "--kinds", *args.kinds, *(["--rsna-dir", str(args.rsna_dir)] if args.rsna_dir and not fine_tune else []),
             *(["--start-from", str(args.out / "weights")] if fine_tune else []),
             *(["--no-progress"] if args.no_progress else []), *(["--set", *keys] if keys else [])]

@@ -1,4 +1,4 @@
-"""NIH ChestX-ray14: the label file, image lookup and the patient-wise splits (backbone pre-training).
+"""NIH ChestX-ray14: the label file, image lookup and the patient-wise splits (the ``backbone`` kind's data).
 
 ``Data_Entry_2017.csv`` has 11 fields per row (two bracketed headers span two fields each; some
 copies end rows with a comma), so it is read by position. ``Finding Labels`` is ``|``-separated from
@@ -8,14 +8,10 @@ the 14 findings; ``No Finding`` is all zeros. Images are PNGs anywhere under ``i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from utils.core.config import ImageSize, OpenFraction
-from utils.core.loop_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -125,24 +121,3 @@ def assign_nih_splits(entries: pd.DataFrame, split_dir=None, val_fraction: float
         _, val_rows = next(splitter.split(train_rows, groups=groups[train_rows]))
         split[train_rows[val_rows]] = "val"
     return split
-
-
-@dataclass
-class BackboneConfig(TrainConfig):
-    """The ``backbone`` section (train/train_backbone.py; train/configs/*.yaml document every key)."""
-
-    arch: str = "resnext50_32x4d"
-    pretrained: str = "imagenet"
-    image_size: ImageSize = 224
-    resize: ImageSize = 256
-    val_fraction: OpenFraction = 0.1
-    threshold: OpenFraction = 0.5
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.resize < self.image_size:
-            raise ValueError(f"resize ({self.resize}) must be at least image_size ({self.image_size}): it is cropped")
-        # imported here: the NIH vocabulary above is read without torch (train/make_synthetic.py)
-        from utils.nets.models import check_pretrained_source
-
-        check_pretrained_source(self.arch, self.pretrained)

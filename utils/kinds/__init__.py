@@ -6,7 +6,9 @@ and kind, weights subfolder, prediction rows' model):
     utils/kinds/<name>/member.py    what the predictor loads (config + network)
     utils/kinds/<name>/training.py  the kind itself (``KIND``): datasets, fold training, report, manifest
 
-and what they share: :mod:`utils.kinds.base` (the training protocol and the one fold loop),
+The NIH backbone (``utils/kinds/backbone/``) has the same shape without a member: a pretraining kind,
+trained before the others and predicted nowhere (:class:`utils.kinds.base.PretrainingKind`). What they
+share: :mod:`utils.kinds.base` (the training protocol and the one fold loop),
 :mod:`utils.kinds.member` (the prediction protocol), the registries :mod:`utils.kinds.registry` (the
 kinds, for training; imports every kind's training) and :mod:`utils.kinds.members` (the members, for
 prediction; imports no training). This module names the kinds without importing one: what the scripts

@@ -175,6 +175,26 @@ class ModelKind(KindTraining, KindStage, KindChecks):
     through an entry point (:mod:`utils.core.plugins`)."""
 
 
+class PretrainingKind(KindStage):
+    """A kind trained once before the fold-trained kinds, on data of its own, whose best weights are
+    their starting trunk (the NIH backbone): no folds, no member, no manifest entry. train_all runs it
+    as a stage when the plan has its data (:meth:`has_input`); the kinds with ``trunk_from_backbone``
+    then start from :meth:`trunk_file`. Like :class:`ModelKind`, an instance holds no state."""
+
+    name: ClassVar[str]  # config section and run folder under OUT/
+    config_class: ClassVar[type]
+    title: ClassVar[str]
+
+    def has_input(self, plan: StagePlan) -> bool:
+        """Whether train_all has this kind's data (otherwise its stage is skipped and the other kinds
+        start from their configs' ``backbone``)."""
+        raise NotImplementedError
+
+    def trunk_file(self, out: Path) -> Path:
+        """The weights the other kinds start from, in run folder ``out``."""
+        return Path(out) / self.name / "best.pt"
+
+
 def export_weights(checkpoint: dict, path) -> Path:
     """The ``model`` state dict of an engine checkpoint, alone (no optimizer), written atomically."""
     with atomic_path(path) as temporary:

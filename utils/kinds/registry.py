@@ -1,23 +1,36 @@
 """The registry of model kinds, for training: one package per kind (``utils/kinds/<name>/``), one line
 each here.
 
-Training order is the order of :data:`KINDS` (train/train_all.py runs them in turn): the built-in kinds,
-then those of the ``siim_covid.kinds`` entry points (:mod:`utils.core.plugins`). Each kind names its inference
-member (``member_class``, registered in :mod:`utils.kinds.members` for the predictor, which imports
-nothing of training). What a kind provides: :class:`utils.kinds.base.ModelKind` and docs/architecture.md.
+Training order (train/train_all.py runs them in turn): the pretraining kinds of :data:`PRETRAINING`
+(the NIH backbone: no folds, no member; :class:`utils.kinds.base.PretrainingKind`), then :data:`KINDS`:
+the built-in kinds, then those of the ``siim_covid.kinds`` entry points (:mod:`utils.core.plugins`).
+Each kind of KINDS names its inference member (``member_class``, registered in
+:mod:`utils.kinds.members` for the predictor, which imports nothing of training). What a kind provides:
+:class:`utils.kinds.base.ModelKind` and docs/architecture.md.
 """
 
 from __future__ import annotations
 
 from utils.core.plugins import KIND_GROUP, add_unique, clash, load_plugins, plugin_problems
 from utils.kinds import canonical_name
-from utils.kinds.base import FoldResult, ModelKind, RunOptions, StagePlan, TrainingError, train_folds
+from utils.kinds.backbone import training as backbone
+from utils.kinds.base import (
+    FoldResult,
+    ModelKind,
+    PretrainingKind,
+    RunOptions,
+    StagePlan,
+    TrainingError,
+    train_folds,
+)
 from utils.kinds.frcnn import training as frcnn
 from utils.kinds.members import Member
 from utils.kinds.study import training as study
 from utils.kinds.yolo import training as yolo
 
 BUILT_IN = (frcnn.KIND, yolo.KIND, study.KIND)
+# Trained before every kind of KINDS, each from data of its own; its name is a config section and run folder.
+PRETRAINING: dict[str, PretrainingKind] = {backbone.KIND.name: backbone.KIND}
 
 
 def _kind_problem(name: str, value, kept: list) -> str | None:
@@ -28,7 +41,7 @@ def _kind_problem(name: str, value, kept: list) -> str | None:
     if getattr(value.member_class, "kind", None) != value.name:
         return f"its member {value.member_class.__name__} loads kind {getattr(value.member_class, 'kind', None)!r}, " \
                f"not the kind's name {value.name!r}"
-    return clash(value, (*BUILT_IN, *kept), ("name",))
+    return clash(value, (*BUILT_IN, *PRETRAINING.values(), *kept), ("name",))
 
 
 KINDS: dict[str, ModelKind] = {}
@@ -46,5 +59,5 @@ def kind_of_manifest(manifest_kind: str) -> ModelKind:
     return kind
 
 
-__all__ = ["KINDS", "FoldResult", "Member", "ModelKind", "RunOptions", "StagePlan", "TrainingError", "kind_of_manifest",
-           "train_folds"]
+__all__ = ["KINDS", "PRETRAINING", "FoldResult", "Member", "ModelKind", "PretrainingKind", "RunOptions", "StagePlan",
+           "TrainingError", "kind_of_manifest", "train_folds"]

@@ -1,5 +1,5 @@
-"""Networks: the trunks, how their weights are loaded, how their input is normalised, and the NIH
-backbone's classifier (the study classifier is the study kind's: ``utils/kinds/study/network.py``).
+"""Networks: the trunks, how their weights are loaded, how their input is normalised (the
+classifiers built on them are their kinds': ``utils/kinds/backbone/network.py``, ``utils/kinds/study/network.py``).
 
 Every model follows the engine's contract: ``model(images)`` returns a dict of outputs (logits) and
 ``model(images, targets)`` adds the ``loss_*`` entries. Images come in [0, 1] and each model
@@ -20,7 +20,6 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -308,24 +307,3 @@ def build_feature_trunk(arch: str, pretrained: str | None = PRETRAINED_NONE):
         return net, tuple(net.feature_info.channels()), _timm_feature_maps
     net, features = _trunk(arch, pretrained)
     return net, (features // 4, features // 2, features), resnet_feature_maps
-
-
-class MultiLabelClassifier(nn.Module):
-    """A trunk (:func:`build_feature_trunk`: torchvision ResNet/ResNeXt or ``"timm:<name>"``) + one linear
-    layer of independent logits on its pooled last map (the 14 NIH findings); BCE-with-logits loss.
-    Takes ``(B, 3, H, W)`` images in [0, 1] and normalises them as its trunk wants (``"auto"``), so the
-    study classifier and Faster R-CNN that start from this trunk normalise alike."""
-
-    def __init__(self, n_outputs: int, arch: str = "resnext50_32x4d", pretrained: str | None = PRETRAINED_NONE):
-        super().__init__()
-        self.normalize = InputNormalization(resolve_normalization(NORMALIZATION_AUTO, arch))
-        self.trunk, channels, self.feature_maps = build_feature_trunk(arch, pretrained)
-        self.head = nn.Linear(channels[-1], n_outputs)
-
-    def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        logits = self.head(self.feature_maps(self.trunk, self.normalize(images))[-1].mean(dim=(2, 3)))
-        outputs = {"logits": logits}
-        if targets is not None:
-            # Logits-based loss: autocast runs it in float32, so half precision stays stable.
-            outputs["loss_bce"] = F.binary_cross_entropy_with_logits(logits.float(), targets.float())
-        return outputs

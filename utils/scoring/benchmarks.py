@@ -21,8 +21,9 @@ from utils.data.dicom import lenient_dicom_values, read_dicom, read_dicom_header
 from utils.data.nih import NIH_FINDINGS
 from utils.data.synthetic import display_to_stored, render_chest, write_dicom
 from utils.ensemble.fusion import ENSEMBLE_SECTION
+from utils.kinds.backbone.network import MultiLabelClassifier
 from utils.kinds.study.network import StudyClassifier
-from utils.nets.models import PRETRAINED_NONE, MultiLabelClassifier
+from utils.nets.models import PRETRAINED_NONE
 from utils.training.distributed import DistInfo
 from utils.training.loaders import collate_skip_none, make_loader
 from utils.training.loop import TrainConfig, build_optimizer, lr_factor, train_one_epoch

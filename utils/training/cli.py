@@ -23,8 +23,6 @@ def add_run_arguments(parser: argparse.ArgumentParser, section: str, default_out
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
 
-
-
 def kind_parser(kind, doc: str, default_out: str) -> argparse.ArgumentParser:
     """The command line every model kind's training script shares."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
