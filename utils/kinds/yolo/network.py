@@ -64,6 +64,9 @@ def import_ultralytics(settings_dir):
     from ultralytics.utils import SETTINGS
 
     SETTINGS.update({"sync": False})
+    from utils.kinds.yolo.trunk import register_trunk_layer
+
+    register_trunk_layer()  # model yamls may name the project's trunk layer (trunk.py)
     # ultralytics checks AMP on CUDA by downloading yolo11n.pt (urllib, then curl, with retries): offline
     # that stalls. The trainer calls the name it imported, so replacing it there disables only that.
     trainer.check_amp = amp_without_download
@@ -118,6 +121,9 @@ def check_model_yaml(model_yaml, path) -> dict:
     import torchvision
     import ultralytics.nn.tasks as tasks
 
+    from utils.kinds.yolo.trunk import register_trunk_layer
+
+    register_trunk_layer()
     if not isinstance(model_yaml, dict) or not isinstance(model_yaml.get("backbone"), list) \
             or not isinstance(model_yaml.get("head"), list):
         raise YoloWeightsError(f"{path}: its model yaml has no 'backbone' and 'head' layer lists")
@@ -210,9 +216,12 @@ def load_yolo(ultralytics, path):
     from its checked yaml, its weights loaded (every key, every shape); no code from the file runs."""
     from ultralytics.nn.tasks import DetectionModel
 
+    from utils.kinds.yolo.trunk import without_pretrained_source
+
     model_yaml, state = read_yolo_weights(path)
     try:
-        network = DetectionModel(cfg=model_yaml, nc=model_yaml.get("nc"), verbose=False)
+        # a trunk starts from nothing here (the state dict holds it all): no wheel is needed to predict
+        network = DetectionModel(cfg=without_pretrained_source(model_yaml), nc=model_yaml.get("nc"), verbose=False)
         network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:
         raise YoloWeightsError(f"{path}: its weights do not fit its model yaml ({type(err).__name__}: "

@@ -40,6 +40,8 @@ from utils.kinds.yolo.network import (
     load_yolo,
     save_yolo_weights,
 )
+from utils.kinds.yolo.trunk import timm_name, trunk_model_yaml
+from utils.nets.models import PRETRAINED_NONE
 from utils.scoring.detection import write_detector_report
 from utils.training.checkpoints import copy_atomic
 from utils.training.history import plot_loss_curve, write_metrics_csv
@@ -151,6 +153,24 @@ def predict_yolo(model, image_paths, *, image_size: int, score_threshold: float,
     return detections
 
 
+def model_file(config: YoloConfig, run_dir: Path) -> str:
+    """What ultralytics builds the fold's network from: ``config.model``, or with a trunk the model yaml
+    :func:`utils.kinds.yolo.trunk.trunk_model_yaml` writes into the run folder (named after the model,
+    so that ultralytics reads the scale from the name: ``yolov8n-tf_efficientnet_lite0.yaml``)."""
+    if config.trunk is None:
+        return config.model
+    document = trunk_model_yaml(config.model, config.trunk, config.pretrained)
+    path = Path(run_dir) / f"{Path(config.model).stem}-{timm_name(config.trunk)}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        temporary.write_text(yaml.safe_dump(document, sort_keys=False))
+    return str(path)
+
+
+def describe(config: YoloConfig) -> str:
+    return config.model if config.trunk is None else f"{config.model} on {config.trunk}"
+
+
 class YoloKind(DetectorKind, ModelKind):
     name = "yolo"
     member_class = YoloMember
@@ -193,13 +213,14 @@ class YoloKind(DetectorKind, ModelKind):
         import_ultralytics(default_settings_dir())
         from ultralytics.nn.tasks import DetectionModel
 
-        save_yolo_weights(DetectionModel(config.model, nc=1, verbose=False), path)
+        model = config.model if config.trunk is None else trunk_model_yaml(config.model, config.trunk, PRETRAINED_NONE)
+        save_yolo_weights(DetectionModel(model, nc=1, verbose=False), path)
 
     def start(self, table: pd.DataFrame, config: YoloConfig, options: RunOptions) -> None:
         """ultralytics imported offline (settings in the run folder); the used images exported once
         for every fold at the training size."""
         config.check_files()
-        self.ultralytics = import_ultralytics((options.out / SETTINGS_DIR).resolve())
+        import_ultralytics((options.out / SETTINGS_DIR).resolve())
         if config.model.endswith(".pt"):
             try:
                 check_starting_weights(config.model)
@@ -216,9 +237,13 @@ class YoloKind(DetectorKind, ModelKind):
         run_dir = (options.out / f"fold{fold}").resolve()
         data_yaml = write_data_yaml(run_dir, train["yolo_path"], val["yolo_path"])
         device = resolve_yolo_device(config.device)
-        model = self.ultralytics.YOLO(config.model)
+        ultralytics = import_ultralytics((options.out / SETTINGS_DIR).resolve())
+        from utils.kinds.yolo.trainer import DetectionTrainer
+
+        model = ultralytics.YOLO(model_file(config, run_dir))
         model.train(
-            data=str(data_yaml), project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
+            trainer=DetectionTrainer, data=str(data_yaml), project=str(run_dir.parent), name=run_dir.name,
+            exist_ok=True,
             imgsz=config.image_size, epochs=config.epochs, batch=config.batch_size, device=device,
             workers=config.workers, seed=config.seed, deterministic=True, optimizer=config.optimizer,
             lr0=config.lr, lrf=config.lr_floor, cos_lr=True, momentum=config.momentum,
@@ -233,8 +258,8 @@ class YoloKind(DetectorKind, ModelKind):
         best = save_yolo_weights(model.model, run_dir / "weights" / "best_state.pt")
         history = results_history(run_dir / "results.csv")
         write_metrics_csv(history, run_dir / "metrics.csv")
-        plot_loss_curve(history, run_dir / "loss_curve.png", f"YOLO ({config.model}), fold {fold}")
-        detections = predict_yolo(load_yolo(self.ultralytics, best), held_out["predict_path"],
+        plot_loss_curve(history, run_dir / "loss_curve.png", f"YOLO ({describe(config)}), fold {fold}")
+        detections = predict_yolo(load_yolo(ultralytics, best), held_out["predict_path"],
                                   image_size=config.predict_size, score_threshold=config.score_threshold,
                                   nms_threshold=config.nms_threshold, max_detections=config.detections_per_image,
                                   device=device, progress=options.progress)
