@@ -103,10 +103,11 @@ def test_the_notebook_carries_no_training_module():
                or m.endswith(".training")
                or m in ("utils.kinds.base", "utils.kinds.registry")]
     assert carried == []
-    # each kind's package gives the notebook its config, network and member, nothing else
+    # each kind's package gives the notebook its config, network and member (with the study's views and
+    # YOLO's trunk layer), nothing else: not YOLO's trainer
     assert {m for m in modules if m.startswith("utils.kinds.")} == {
         f"utils.kinds.{kind}.{part}" for kind in ("frcnn", "yolo", "study") for part in ("config", "network", "member")
-    } | {"utils.kinds.study.tta", "utils.kinds.member", "utils.kinds.members"}
+    } | {"utils.kinds.study.tta", "utils.kinds.yolo.trunk", "utils.kinds.member", "utils.kinds.members"}
 
 
 def test_the_kaggle_check_fails_when_its_environment_is_not_the_one_it_claims():
