@@ -164,3 +164,25 @@ def test_a_fresh_process_builds_the_trunk_model_through_the_trainer_module(trunk
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "TimmTrunk [8.0, 16.0, 32.0]"
+
+
+def test_the_member_predicts_the_trained_folds_without_the_wheel(trunk_run, monkeypatch):
+    """What make_submission, the notebook, sharding and the web app load: the manifest's entry, the trunk
+    built from nothing and filled from the state dict (the Kaggle wheels dataset has no Lite wheel)."""
+    from utils.core.runtime import resolve_precision
+    from utils.kinds.members import MEMBER_TYPES
+
+    out, _ = trunk_run
+
+    def no_wheel(*args, **kwargs):
+        raise AssertionError("prediction read the wheel")
+
+    monkeypatch.setattr("utils.nets.models.lite_state_dict", no_wheel)
+    spec = read_manifest(out / "weights")["models"]["yolo"]
+    member = MEMBER_TYPES["yolo"]("yolo", spec, out / "weights", torch.device("cpu"))
+    assert any(isinstance(m, TimmTrunk) for m in member.models[0].model.modules())
+    prediction = member.predict(torch.randint(0, 256, (2, 64, 64), dtype=torch.uint8), tta=True,
+                                precision=resolve_precision("off", torch.device("cpu")))
+    assert len(prediction.boxes) == 2 and all(len(per_image) == 2 for per_image in prediction.boxes)  # fold x flip
+    for boxes, scores in (pair for per_image in prediction.boxes for pair in per_image):
+        assert boxes.shape == (len(scores), 4) and np.all((boxes >= 0) & (boxes <= 1))
