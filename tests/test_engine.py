@@ -21,7 +21,7 @@ from utils.data.nih import NIH_FINDINGS, assign_nih_splits, load_nih_entries
 from utils.data.presets import build_transform
 from utils.kinds.backbone.network import MultiLabelClassifier
 from utils.training.checkpoints import CHECKPOINT_KEYS, CheckpointError, load_checkpoint, save_checkpoint
-from utils.training.loop import NonFiniteLossError, TrainConfig, fit, lr_factor
+from utils.training.loop import NonFiniteLossError, TrainConfig, build_optimizer, fit, lr_factor
 
 
 def test_schedule_values_of_the_report():
@@ -125,6 +125,45 @@ def test_resume_with_another_config_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"changed: \['lr'\]"):
         fit(LinearModel(), TensorItems(8), TensorItems(4), _tiny_config(epochs=1, lr=0.5), tmp_path, resume=True,
             progress=False)
+
+
+def test_a_checkpoint_written_before_a_new_config_key_resumes_under_its_default(tmp_path):
+    fit(LinearModel(), TensorItems(8), TensorItems(4), _tiny_config(epochs=1), tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")
+    del state["config"]["trunk_lr_scale"]  # as every checkpoint before 2026-12-07
+    save_checkpoint(tmp_path / "last.pt", state)
+    result = fit(LinearModel(), TensorItems(8), TensorItems(4), _tiny_config(epochs=1), tmp_path, resume=True,
+                 progress=False)
+    assert len(result.history) == 1
+    del state["config"]["ema_decay"]  # a key absent from the checkpoint, and another value than its default now
+    save_checkpoint(tmp_path / "last.pt", state)
+    with pytest.raises(CheckpointError, match=r"changed: \['ema_decay'\]"):
+        fit(LinearModel(), TensorItems(8), TensorItems(4), _tiny_config(epochs=1, ema_decay=0.9), tmp_path,
+            resume=True, progress=False)
+
+
+def test_the_trunk_learns_at_its_fraction_of_the_rate():
+    model = MultiLabelClassifier(3, "resnet18", None)
+    plain = build_optimizer(model, _tiny_config())
+    assert [g["lr"] for g in plain.param_groups] == [0.1, 0.1]  # the two groups of before the key
+    gentle = build_optimizer(model, _tiny_config(trunk_lr_scale=0.25))
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in gentle.param_groups:
+        in_trunk = {names[id(p)].startswith("trunk.") for p in group["params"]}
+        assert len(in_trunk) == 1 and group["lr"] == pytest.approx(0.025 if in_trunk == {True} else 0.1)
+    assert sum(len(g["params"]) for g in gentle.param_groups) == len(list(model.parameters()))
+    assert {g["weight_decay"] for g in gentle.param_groups} == {0.0, _tiny_config().weight_decay}
+    from utils.kinds.frcnn.network import FasterRCNNDetector
+
+    detector = FasterRCNNDetector("resnet18", "none", image_size=64)
+    rates = {round(g["lr"], 6) for g in build_optimizer(detector, _tiny_config(trunk_lr_scale=0.25)).param_groups
+             if g["params"]}
+    assert rates == {0.025, 0.1}
+    with pytest.raises(ValueError, match="no trainable trunk"):
+        build_optimizer(LinearModel(), _tiny_config(trunk_lr_scale=0.5))
+    lr = [g["lr"] for g in gentle.param_groups]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(gentle, lambda step: 0.5)
+    assert [g["lr"] for g in gentle.param_groups] == pytest.approx([v * 0.5 for v in lr]) and scheduler
 
 
 def _nih_sets(nih_dataset, seed: int):

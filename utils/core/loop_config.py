@@ -34,6 +34,9 @@ class TrainConfig:
     weight_decay: Fraction = 1e-4
     warmup_epochs: WarmupEpochs = 0.0
     lr_floor: Fraction = 0.05
+    # The pretrained trunk's learning rate as a fraction of ``lr`` (its parameters named trunk.*; the
+    # heads keep ``lr``): fine-tuning a pretrained trunk more gently than the new heads.
+    trunk_lr_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     grad_clip: Annotated[float, Field(gt=0.0, le=1e6)] | None = None
     ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None

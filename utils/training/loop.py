@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -231,14 +231,29 @@ def _is_better(value: float, best: float | None, mode: str, monitor: str = "") -
     return best is None or (value < best if mode == "min" else value > best)
 
 
+# The pretrained trunk's parameter names: every classifier keeps it as ``trunk``; a model that keeps it
+# elsewhere says where in a class attribute ``trunk_parameters`` (the Faster R-CNN).
+TRUNK_PARAMETERS = "trunk."
+
+
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum; no weight decay on biases and normalisation weights (1-d tensors)."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
+    """SGD with Nesterov momentum; no weight decay on biases and normalisation weights (1-d tensors);
+    with ``trunk_lr_scale`` the trunk's parameters (:data:`TRUNK_PARAMETERS`) learn at that fraction of the rate
+    (the schedule scales every group alike). Without it the groups are the two they always were, so
+    checkpoints written before the key resume."""
+    scale = config.trunk_lr_scale
+    prefix = getattr(model, "trunk_parameters", TRUNK_PARAMETERS)
+    groups: dict[tuple[bool, bool], list] = {(False, False): [], (False, True): []}
+    for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+            in_trunk = scale != 1.0 and name.startswith(prefix)
+            groups.setdefault((in_trunk, parameter.ndim <= 1), []).append(parameter)
+    if scale != 1.0 and not (groups.get((True, False)) or groups.get((True, True))):
+        raise ValueError(f"trunk_lr_scale {scale}: {type(model).__name__} has no trainable {prefix}* parameters")
+    return torch.optim.SGD([{"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
+                             "lr": config.lr * (scale if in_trunk else 1.0)}
+                            for (in_trunk, no_decay), params in groups.items()],
+                           lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
 def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: TrainConfig, run_dir, *,
@@ -285,8 +300,10 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
     last_path, best_path = run_dir / LAST_CHECKPOINT, run_dir / BEST_CHECKPOINT
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
+        # a key the checkpoint lacks was added since, with the default that keeps the behaviour it had
+        defaults = {f.name: f.default for f in fields(config) if f.default is not MISSING}
         changed = sorted(k for k in config_dict.keys() | state["config"].keys()
-                         if k not in RUN_LEVEL_KEYS and state["config"].get(k) != config_dict.get(k))
+                         if k not in RUN_LEVEL_KEYS and state["config"].get(k, defaults.get(k)) != config_dict.get(k))
         if changed:
             raise CheckpointError(f"{last_path}: cannot resume with a different config (changed: {changed})")
         if ema is not None:

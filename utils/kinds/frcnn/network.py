@@ -154,6 +154,8 @@ class FasterRCNNDetector(nn.Module):
     and of the box head's two layers: on a CPU most of a small trunk's time goes to the RPN and box
     head at 256 channels, so the CPU recipe narrows them (64 and 256: about 4x faster per image)."""
 
+    trunk_parameters = "net.backbone.body."  # the trunk's parameters, for trunk_lr_scale (utils.training.loop)
+
     def __init__(self, arch: str = "resnext50_32x4d", trunk_weights: str | None = PRETRAINED_NONE, *,
                  image_size: int = 512, trainable_layers: int = 3, freeze_bn: bool = True,
                  score_threshold: float = 0.001, nms_threshold: float = 0.5, detections_per_image: int = 100,
