@@ -19,7 +19,7 @@ from utils.data.boxes import boxes_to_mask
 from utils.data.datasets import StudyDataset
 from utils.data.labels import STUDY_CLASSES
 from utils.data.presets import build_transform
-from utils.kinds.study.network import StudyClassifier, segmentation_loss
+from utils.kinds.study.network import StudyClassifier, mix_batch, segmentation_loss
 from utils.kinds.study.tta import EIGHT_VIEWS, StudyTTA, apply_view, check_views
 from utils.nets.models import WeightsError
 from utils.training.checkpoints import load_checkpoint
@@ -105,6 +105,42 @@ def test_class_weights_weight_the_study_loss_and_bad_weights_are_refused(tmp_pat
         path.write_text(f"study:\n  arch: resnet18\n  class_weights: {bad}\n")
         with pytest.raises(ConfigError, match=r"c.yaml \[study\].*class_weights"):
             load_section(path, "study", StudyConfig)
+
+
+def test_mixup_blends_images_and_every_target_alike_only_in_training():
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 16, 16)
+    masks = torch.zeros(4, 16, 16, dtype=torch.uint8)
+    masks[1, :8] = 1
+    targets = {"study": torch.tensor([0, 1, 2, 3]), "none": torch.tensor([1.0, 0.0, 0.0, 1.0]), "mask": masks,
+               "mask_valid": torch.tensor([1.0, 1.0, 0.0, 1.0])}
+    torch.manual_seed(3)
+    mixed, mixed_targets = mix_batch(images, targets, alpha=0.4)
+    torch.manual_seed(3)
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    order = torch.randperm(4)
+    assert 0 < lam < 1 and not torch.equal(order, torch.arange(4))
+    assert torch.allclose(mixed, lam * images + (1 - lam) * images[order])
+    one_hot = torch.eye(4)
+    assert torch.allclose(mixed_targets["study_probs"], lam * one_hot + (1 - lam) * one_hot[order])
+    assert "study" not in mixed_targets and torch.allclose(mixed_targets["study_probs"].sum(1), torch.ones(4))
+    assert torch.allclose(mixed_targets["none"], lam * targets["none"] + (1 - lam) * targets["none"][order])
+    assert torch.allclose(mixed_targets["mask"], lam * masks.float() + (1 - lam) * masks.float()[order])
+    # a mask is a target only where both images' boxes are known
+    assert torch.equal(mixed_targets["mask_valid"], targets["mask_valid"] * targets["mask_valid"][order])
+    model = StudyClassifier("resnet18", None, seg_weight=0.5, mixup_alpha=0.4)
+    outputs = model(images, targets)
+    loss = sum(v for k, v in outputs.items() if k.startswith("loss"))
+    loss.backward()
+    assert torch.isfinite(loss) and model.study_head.weight.grad.abs().sum() > 0
+    model.eval()  # validation and prediction see the images as they are
+    with torch.no_grad():
+        evaluated = model(images, targets)
+    assert evaluated["loss_study"].item() == pytest.approx(torch.nn.functional.cross_entropy(
+        evaluated["study_logits"], targets["study"]).item(), rel=1e-5)
+    assert StudyClassifier.from_config({"arch": "resnet18", "mixup_alpha": 0.2}).mixup_alpha == 0.2
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        StudyClassifier("resnet18", None, mixup_alpha=-1.0)
 
 
 def test_study_dataset_moves_the_mask_with_the_image(tmp_path):

@@ -31,6 +31,8 @@ class StudyConfig(TrainConfig):
     label_smoothing: FractionBelowOne = 0.0
     # Cross-entropy weight per study class (negative, typical, indeterminate, atypical); null: equal.
     class_weights: list[Weight] | None = None
+    # Mixup of each training batch (images, study and none targets, opacity masks), lam ~ Beta(a, a); 0: off.
+    mixup_alpha: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
     tta_views: list[str] = field(default_factory=lambda: list(FLIP))
     # last: the fixed schedule's last epoch (the held-out fold is only watched); study_map/loss choose the
     # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).

@@ -55,6 +55,29 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Te
     return bce + dice
 
 
+def mix_batch(images: torch.Tensor, targets: dict, alpha: float, n_classes: int = 4) -> tuple[torch.Tensor, dict]:
+    """Mixup of a training batch: each image blended with another of the batch (a random permutation)
+    at one weight ``lam ~ Beta(alpha, alpha)``, and its targets alike: the study target as class
+    probabilities (``study_probs``), the none target, and the opacity mask as a soft mask, kept only where
+    both images' boxes are known (``mask_valid`` of both). Draws from torch's global generator, which
+    the engine reseeds each epoch (resume stays exact)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    order = torch.randperm(len(images), device=images.device)
+
+    def mix(value: torch.Tensor) -> torch.Tensor:
+        value = value.float()
+        return lam * value + (1.0 - lam) * value[order]
+
+    study = (targets["study_probs"].float() if "study_probs" in targets
+             else F.one_hot(targets["study"].long(), n_classes).float())
+    mixed = {**targets, "study_probs": mix(study), "none": mix(targets["none"])}
+    mixed.pop("study", None)
+    if "mask" in targets:
+        mixed["mask"] = mix(targets["mask"])
+        mixed["mask_valid"] = targets["mask_valid"].float() * targets["mask_valid"].float()[order]
+    return mix(images), mixed
+
+
 def check_class_weights(weights, n_classes: int = 4) -> None:
     """``weights``: None (equal) or one finite weight > 0 per study class; else ValueError."""
     if weights is not None and (len(weights) != n_classes or not all(math.isfinite(w) and w > 0 for w in weights)):
@@ -71,7 +94,8 @@ class StudyClassifier(nn.Module):
     (float (4,): a soft study target, used instead of ``"study"``: pseudo-labels), plus ``"mask"``
     (uint8 (H, W) drawn from the boxes) and ``"mask_valid"`` with the decoder. Losses, all from logits in float32:
     cross-entropy on the study logits (``label_smoothing``, per-class ``class_weights``), BCE on the none
-    logit (its target smoothed the same way, times ``none_weight``) and ``seg_weight`` x :func:`segmentation_loss`.
+    logit (its target smoothed the same way, times ``none_weight``) and ``seg_weight`` x :func:`segmentation_loss`;
+    with ``mixup_alpha`` > 0 each training batch is mixed first (:func:`mix_batch`).
     The decoder runs in training and validation (it has a loss there) and in prediction only when
     ``with_mask`` asks for the ``mask_logits`` output.
     """
@@ -79,13 +103,15 @@ class StudyClassifier(nn.Module):
     def __init__(self, arch: str = "resnext50_32x4d", pretrained: str | None = PRETRAINED_NONE,
                  n_classes: int = 4, none_weight: float = 1.0, seg_weight: float = 0.0,
                  label_smoothing: float = 0.0, decoder_width: int = 64, normalization: str = NORMALIZATION_AUTO,
-                 class_weights: list[float] | None = None):
+                 class_weights: list[float] | None = None, mixup_alpha: float = 0.0):
         super().__init__()
         check_class_weights(class_weights, n_classes)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if seg_weight < 0:
             raise ValueError(f"seg_weight must be >= 0, got {seg_weight}")
+        if mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
         self.normalize = InputNormalization(resolve_normalization(normalization, arch))
         self.trunk, channels, self.feature_maps = build_feature_trunk(arch, pretrained)
         self.study_head = nn.Linear(channels[-1], n_classes)
@@ -96,6 +122,7 @@ class StudyClassifier(nn.Module):
         self.label_smoothing = label_smoothing
         # A plain attribute, not a buffer: a loss setting, so the weights files stay the same without it.
         self.class_weights = None if class_weights is None else tuple(float(w) for w in class_weights)
+        self.mixup_alpha = float(mixup_alpha)  # a training setting, like the loss weights: not in the weights
 
     @classmethod
     def from_config(cls, config: dict, pretrained: str | None = PRETRAINED_NONE) -> "StudyClassifier":
@@ -107,10 +134,12 @@ class StudyClassifier(nn.Module):
                    label_smoothing=float(config.get("label_smoothing", 0.0)),
                    decoder_width=int(config.get("decoder_width", 64)),
                    normalization=config.get("normalization", "imagenet"),
-                   class_weights=config.get("class_weights"))
+                   class_weights=config.get("class_weights"), mixup_alpha=float(config.get("mixup_alpha", 0.0)))
 
     def forward(self, images: torch.Tensor, targets: dict | None = None,
                 with_mask: bool = False) -> dict[str, torch.Tensor]:
+        if self.training and targets is not None and self.mixup_alpha > 0:
+            images, targets = mix_batch(images, targets, self.mixup_alpha, self.study_head.out_features)
         maps = self.feature_maps(self.trunk, self.normalize(images))
         pooled = maps[-1].mean(dim=(2, 3))
         outputs = {"study_logits": self.study_head(pooled), "none_logits": self.none_head(pooled)[:, 0]}
