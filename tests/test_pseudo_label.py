@@ -33,6 +33,7 @@ from utils.kinds.registry import KINDS
 from utils.kinds.study.network import StudyClassifier
 from utils.kinds.study.training import load_study_table
 from utils.scoring.metric import ClassDetections, lowest_threshold_at_precision
+from utils.training import pipeline
 
 THRESHOLDS = Thresholds(none=0.6, box=0.3)
 BOX = [0.1, 0.2, 0.4, 0.6]
@@ -238,14 +239,14 @@ def test_round_two_can_fine_tune_round_ones_weights_fold_by_fold(trained_run, tm
     args = train_all.get_args_parser().parse_args([
         "--data-dir", "D", "--out", str(trained_run), "--config", str(REPO / "train" / "configs" / "demo.yaml"),
         "--nih-dir", "N", "--rsna-dir", "R", "--pseudo-images", str(tmp_path / "T")])
-    command = train_all.round_two_command(args, {}, PseudoConfig(round2_start="round1",
+    command = pipeline.round_two_command(args, {}, PseudoConfig(round2_start="round1",
                                                                  round2_overrides=["study.epochs=2"]))
     assert command[command.index("--start-from") + 1] == str(trained_run / "weights")
     assert "--rsna-dir" not in command and command[-1] == "study.epochs=2"
-    stage = train_all.stage_commands(train_all.get_args_parser().parse_args([
+    stage = pipeline.stage_commands(train_all.get_args_parser().parse_args([
         "--data-dir", "D", "--out", str(tmp_path), "--config", str(REPO / "train" / "configs" / "demo.yaml"),
         "--start-from", str(trained_run / "weights")]),
-        train_all.split_overrides([*TINY_TRAIN_ALL, *LEARNING, "study.backbone=none", "frcnn.backbone=none"]))
+        pipeline.split_overrides([*TINY_TRAIN_ALL, *LEARNING, "study.backbone=none", "frcnn.backbone=none"]))
     assert "--start-from" in stage["study"] and "--start-from" in stage["frcnn"] and "--start-from" not in stage["yolo"]
     manifest = read_manifest(trained_run / "weights")
     for name, kind in (("study", KINDS["study"]), ("frcnn", KINDS["frcnn"])):

@@ -17,12 +17,13 @@ from utils.data.inputs import find_dicoms
 from utils.data.labels import STUDY_CLASSES
 from utils.data.submission import parse_prediction_string
 from utils.ensemble.manifest import read_manifest
+from utils.training import pipeline
 
 
 @pytest.mark.slow
 def test_every_stage_ran_and_the_weights_folder_is_complete(trained_run):
     stages = json.loads((trained_run / "train_all.json").read_text())
-    assert [s for s in train_all.STAGES if stages[s].get("exit_code") == 0] == list(train_all.STAGES[:-2])
+    assert [s for s in pipeline.STAGES if stages[s].get("exit_code") == 0] == list(pipeline.STAGES[:-2])
     assert stages["pseudo"] == stages["round2"] == {"skipped": True}  # no --pseudo-images
     manifest = read_manifest(trained_run / "weights")
     assert {n: (m["kind"], m["folds"], m["input_size"]) for n, m in manifest["models"].items()} == {
@@ -120,10 +121,10 @@ def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
     args = train_all.get_args_parser().parse_args(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config)])
     # No NIH folder: the trunks start from the config's value, whose file must then exist.
     with pytest.raises(ConfigError, match=r"demo.yaml \[study\]: backbone: file '.*absent/best.pt'"):
-        train_all.stage_commands(args, train_all.split_overrides(["frcnn.backbone=none"]))
-    overrides = train_all.split_overrides(["frcnn.predict_size=160", "study.epochs=2", "study.backbone=none",
+        pipeline.stage_commands(args, pipeline.split_overrides(["frcnn.backbone=none"]))
+    overrides = pipeline.split_overrides(["frcnn.predict_size=160", "study.epochs=2", "study.backbone=none",
                                            "frcnn.backbone=none"])
-    commands = train_all.stage_commands(args, overrides)
+    commands = pipeline.stage_commands(args, overrides)
     assert commands["backbone"] is None
     assert "--pretrain-rsna" not in commands["frcnn"]
     assert commands["prepare"][-4:] == ["--size", "128", "--size", "160"]  # every size a model uses, once
@@ -131,20 +132,20 @@ def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
 
     args = train_all.get_args_parser().parse_args(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config),
                                                    "--nih-dir", "N", "--rsna-dir", "R"])
-    commands = train_all.stage_commands(args, {})
+    commands = pipeline.stage_commands(args, {})
     trunk = f"backbone={tmp_path / 'backbone' / 'best.pt'}"
     assert trunk in commands["study"] and trunk in commands["frcnn"] and "R" in commands["frcnn"]
     assert commands["pseudo"] is None and commands["round2"] is None
     assert not any("--resume" in command for command in commands.values() if command)
     args.resume = True  # only the engine's stages resume (ultralytics' YOLO stage has no exact resume)
-    commands = train_all.stage_commands(args, {})
+    commands = pipeline.stage_commands(args, {})
     resumed = {stage for stage, command in commands.items() if command and "--resume" in command}
     assert resumed == {"backbone", "study", "frcnn"}
     (tmp_path / "T").mkdir()
     args = train_all.get_args_parser().parse_args(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config),
                                                    "--nih-dir", "N", "--pseudo-images", str(tmp_path / "T"),
                                                    "--kinds", "study", "frcnn"])
-    commands = train_all.stage_commands(args, train_all.split_overrides(["pseudo.max_boxes=2", "study.epochs=3"]))
+    commands = pipeline.stage_commands(args, pipeline.split_overrides(["pseudo.max_boxes=2", "study.epochs=3"]))
     assert commands["pseudo"][-2:] == ["--set", "max_boxes=2"] and "D/train" in commands["pseudo"]
     # round two: this script on OUT/round2 from the first kind, round one's backbone as the trunk, overrides kept
     assert commands["round2"][commands["round2"].index("--out") + 1] == str(tmp_path / "round2")
@@ -152,7 +153,7 @@ def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
     assert commands["round2"][-4:] == [f"frcnn.{trunk}", f"study.{trunk}", "pseudo.max_boxes=2", "study.epochs=3"]
     for bad in (["frcnn_epochs=2"], ["frcn.epochs=2"]):
         with pytest.raises(ConfigError):
-            train_all.split_overrides(bad)
+            pipeline.split_overrides(bad)
     with pytest.raises(SystemExit, match="--to-stage frcnn comes before --from-stage study"):
         train_all.main(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config), "--from-stage", "study",
                         "--to-stage", "frcnn", "--set", "study.backbone=none", "frcnn.backbone=none"])
@@ -220,5 +221,5 @@ def test_start_from_is_checked_before_the_first_stage(trained_run, tmp_path, cap
         assert not (tmp_path / "run").exists()
     args = train_all.get_args_parser().parse_args([*base, "--start-from", str(weights)])
     with caplog.at_level("WARNING"):
-        train_all.stage_commands(args, train_all.split_overrides([*own, "study.image_size=96"]))
+        pipeline.stage_commands(args, pipeline.split_overrides([*own, "study.image_size=96"]))
     assert "was trained for input size 64, this config's is 96" in caplog.text

@@ -1,0 +1,247 @@
+"""Train everything in order into one run folder (what ``train/train_all.py``, ``make train-all`` and
+``make demo`` run; the stages and options: that script's help): the stages and the config sections,
+every section checked with its schema and every file it names before the first stage, each stage's
+command line, round two's, and the run of the stages with their times."""
+
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+
+from utils.core.config import ConfigError, Seed, Workers, load_section, parse_overrides, short
+from utils.core.files import atomic_path
+from utils.data.pseudo import SECTION as PSEUDO_SECTION
+from utils.data.pseudo import PseudoConfig
+from utils.ensemble.fusion import CALIBRATE_SECTION, ENSEMBLE_SECTION, CalibrateConfig, EnsembleConfig
+from utils.kinds.base import GENERIC_SCRIPT, TrainingError
+from utils.kinds.registry import KINDS, PRETRAINING, StagePlan
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "train" / "train_all.py"  # round two runs it again
+SUMMARY_FILE = "train_all.json"
+# the pretraining kinds (the NIH backbone), every model kind in the registry's order; pseudo and round2
+# run only with --pseudo-images
+STAGES = ("prepare", *PRETRAINING, *KINDS, "evaluate", "calibrate", "pseudo", "round2")
+ROUND2 = "round2"  # round two's run folder under the run
+SECTION = "prepare"
+
+
+@dataclass
+class PrepareConfig:
+    """The ``prepare`` section: train/prepare.py's options (the sizes come from the models' sections)."""
+
+    folds: Annotated[int, Field(ge=2, le=100)] = 5
+    seed: Seed = 42
+    workers: Workers = 8
+    patients: str | None = None
+
+
+# Every section of a config file and its schema.
+SCHEMAS = {SECTION: PrepareConfig, **{name: kind.config_class for name, kind in {**PRETRAINING, **KINDS}.items()},
+           ENSEMBLE_SECTION: EnsembleConfig, CALIBRATE_SECTION: CalibrateConfig, PSEUDO_SECTION: PseudoConfig}
+CONFIG_SECTIONS = tuple(SCHEMAS)
+
+
+def split_overrides(items: list[str]) -> dict[str, list[str]]:
+    """``["frcnn.epochs=2"]`` -> ``{"frcnn": ["epochs=2"]}``; every item must name a section."""
+    by_section = defaultdict(list)
+    for item in items:
+        section, dot, rest = item.partition(".")
+        if not dot or "=" not in rest or "=" in section:
+            raise ConfigError(f"--set {short(item)}: expected SECTION.KEY=VALUE")
+        if section not in CONFIG_SECTIONS:
+            raise ConfigError(f"--set {short(item)}: unknown section {short(section)}; "
+                              f"sections: {list(CONFIG_SECTIONS)}")
+        by_section[section].append(rest)
+    return dict(by_section)
+
+
+def check_config(config_path: Path, overrides: dict[str, list[str]], args) -> dict:
+    """Every section of the file through its schema (types, allowed values, ranges) and every path it
+    names that must exist before its stage runs, all before the first stage: a misspelt key of the
+    last stage fails in the first seconds, naming the file and the key. Returns section -> config."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(config_path).read_text()) if Path(config_path).is_file() else None
+    except yaml.YAMLError:
+        document = None  # load_yaml_section reports it
+    unknown = sorted(set(document) - set(SCHEMAS)) if isinstance(document, dict) else []
+    if unknown:
+        raise ConfigError(f"{config_path}: unknown section(s) {unknown}; sections: {list(SCHEMAS)}")
+    # The pseudo section is needed only when there is something to pseudo-label.
+    needed = {s: schema for s, schema in SCHEMAS.items() if s != PSEUDO_SECTION or args.pseudo_images is not None
+              or (isinstance(document, dict) and s in document)}
+    configs = {section: load_section(config_path, section, schema, parse_overrides(overrides.get(section)))
+               for section, schema in needed.items()}
+    if args.pseudo_images is not None:  # round two's own overrides, checked now too
+        round_two = split_overrides(configs[PSEUDO_SECTION].round2_overrides)
+        for section, items in round_two.items():
+            load_section(config_path, section, SCHEMAS[section],
+                         parse_overrides(overrides.get(section, []) + items))
+    if args.pseudo_images is not None and not args.pseudo_images.is_dir():
+        raise ConfigError(f"--pseudo-images {args.pseudo_images}: folder not found")
+    if args.pseudo_test_meta is not None and not args.pseudo_test_meta.is_file():
+        raise ConfigError(f"--pseudo-test-meta {args.pseudo_test_meta}: file not found")
+
+    def must_exist(section: str, key: str, value, allowed=()) -> None:
+        if value not in (None, "", *allowed) and not Path(value).is_file():
+            raise ConfigError(f"{config_path} [{section}]: {key}: file {value!r} not found")
+
+    must_exist(SECTION, "patients", configs[SECTION].patients)
+    plan = stage_plan(args)
+    for name, kind in {**PRETRAINING, **selected_kinds(args)}.items():
+        try:
+            kind.check_files(configs[name], plan)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"{config_path} [{name}]: {err}") from None
+    if args.start_from is not None:  # the weights each kind will start from, before round one's first stage
+        for name, kind in selected_kinds(args).items():
+            if kind.can_start_from:
+                try:
+                    kind.check_start_from(configs[name], args.start_from,
+                                          configs[name].folds or list(range(configs[SECTION].folds)))
+                except TrainingError as err:
+                    raise ConfigError(str(err)) from None
+    return configs
+
+
+def stage_plan(args) -> StagePlan:
+    return StagePlan(config_path=Path(args.config), out=Path(args.out), nih_dir=args.nih_dir, rsna_dir=args.rsna_dir)
+
+
+def backbone_trunk(args) -> Path | None:
+    """The NIH backbone this run trains, which the kinds with ``trunk_from_backbone`` start from (their
+    ``backbone`` key); ``None`` without its data (they start from their configs' ``backbone``)."""
+    kind = PRETRAINING["backbone"]
+    return kind.trunk_file(args.out) if kind.has_input(stage_plan(args)) else None
+
+
+def selected_kinds(args) -> dict:
+    """The registered kinds ``--kinds`` names, in the registry's order."""
+    return {name: kind for name, kind in KINDS.items() if name in args.kinds}
+
+
+def prepared_sizes(configs: dict, kinds: dict) -> list[int]:
+    """Every image size one of ``kinds`` trains or predicts at (so preparation writes each once)."""
+    return sorted({size for name, kind in kinds.items() for size in kind.sizes(configs[name])})
+
+
+def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The command line of every stage (``None`` for a stage that is skipped)."""
+    out, config = args.out, args.config
+    meta = out / "prepared" / "meta.csv"
+    weights = out / "weights"
+    configs = check_config(config, overrides, args)
+    plan = stage_plan(args)
+    prepare = configs[SECTION]
+    common = ["--config", str(config)] + (["--no-progress"] if args.no_progress else [])
+    resume = ["--resume"] if args.resume else []
+    # the calibration starts from the ensemble section as overridden
+    ensemble_set = ["--ensemble-set", *overrides[ENSEMBLE_SECTION]] if overrides.get(ENSEMBLE_SECTION) else []
+
+    trunk_file = backbone_trunk(args)
+
+    def script(path: str, section: str | None, *extra: str, trunk: bool = False) -> list[str]:
+        keys = list(overrides.get(section, [])) if section else []
+        if trunk and trunk_file is not None:
+            keys.insert(0, f"backbone={trunk_file}")
+        return [sys.executable, str(ROOT / path), *extra, *common, *(["--set", *keys] if keys else [])]
+
+    commands = {
+        "prepare": [sys.executable, str(ROOT / "train/prepare.py"), "--data-dir", str(args.data_dir),
+                    "--out", str(out / "prepared"), "--workers", str(prepare.workers), "--folds", str(prepare.folds),
+                    "--seed", str(prepare.seed)]
+                   + (["--patients", prepare.patients] if prepare.patients else [])
+                   + [a for size in prepared_sizes(configs, selected_kinds(args)) for a in ("--size", str(size))],
+        **{name: script(kind.script, name, *kind.stage_arguments(plan), "--out", str(out / name), *resume)
+           if kind.has_input(plan) else None for name, kind in PRETRAINING.items()},
+        **{name: script(kind.script, name, *(["--kind", name] if kind.script == GENERIC_SCRIPT else []),
+                        "--prepared", str(meta), "--out", str(out / name), "--weights-dir", str(weights),
+                        *kind.stage_arguments(plan),
+                        *(["--start-from", str(args.start_from)] if args.start_from and kind.can_start_from else []),
+                        *(resume if kind.resumable else []), trunk=kind.trunk_from_backbone)
+           if name in args.kinds else None for name, kind in KINDS.items()},
+        "evaluate": script("infer/evaluate.py", ENSEMBLE_SECTION, "--run-dir", str(out), "--out", str(out / "report"),
+                           "--weights-dir", str(weights)),
+        "calibrate": script("infer/calibrate.py", CALIBRATE_SECTION, "--run-dir", str(out), "--out",
+                            str(out / "report"), "--weights-dir", str(weights), *ensemble_set)
+        if configs[CALIBRATE_SECTION].enabled else None,
+        "pseudo": None if args.pseudo_images is None else
+        script("train/pseudo_label.py", PSEUDO_SECTION, "--run-dir", str(out), "--images", str(args.pseudo_images),
+               *(["--test-meta", str(args.pseudo_test_meta)] if args.pseudo_test_meta else []),
+               "--out", str(out / ROUND2 / "prepared"), "--train-dir", str(args.data_dir / "train")),
+        "round2": None if args.pseudo_images is None else round_two_command(args, overrides, configs[PSEUDO_SECTION]),
+    }
+    return commands
+
+
+def round_two_command(args, overrides: dict[str, list[str]], pseudo: PseudoConfig) -> list[str]:
+    """This script again on OUT/round2, from the first model kind (its prepared/meta.csv is the pseudo
+    stage's): the same kinds, config and overrides, then ``pseudo.round2_overrides``. Every fold starts
+    as in round one (the trunks from round one's NIH backbone when there was one, not trained twice;
+    RSNA pre-training again), or with ``pseudo.round2_start: round1`` from round one's weights of the
+    same model and fold (the kinds that can; RSNA pre-training skipped)."""
+    keys = [f"{section}.{key}" for section, items in overrides.items() for key in items]
+    trunk = backbone_trunk(args)
+    if trunk is not None:
+        keys = [f"{name}.backbone={trunk}" for name, kind in selected_kinds(args).items()
+                if kind.trunk_from_backbone] + keys
+    keys += pseudo.round2_overrides
+    fine_tune = pseudo.round2_start == "round1"
+    return [sys.executable, str(SCRIPT), "--data-dir", str(args.data_dir),
+            "--out", str(args.out / ROUND2), "--config", str(args.config), "--from-stage", next(iter(KINDS)),
+            "--kinds", *args.kinds, *(["--rsna-dir", str(args.rsna_dir)] if args.rsna_dir and not fine_tune else []),
+            *(["--start-from", str(args.out / "weights")] if fine_tune else []),
+            *(["--no-progress"] if args.no_progress else []), *(["--set", *keys] if keys else [])]
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    """OUT/train_all.json: each stage's command, seconds and exit code, or that it was skipped."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def run_stages(out: Path, commands: dict[str, list[str] | None], from_stage: str, to_stage: str,
+               kinds: list[str]) -> int:
+    """Each stage from ``from_stage`` to ``to_stage`` in order, as a child process, its command, time
+    and exit code written to OUT/train_all.json as it ends (a skipped stage with why); stops at the
+    first failure and returns its exit code."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    started = time.perf_counter()
+    for stage in STAGES[STAGES.index(from_stage):STAGES.index(to_stage) + 1]:
+        command = commands[stage]
+        if command is None:
+            why = "not in --kinds" if stage in KINDS and stage not in kinds else \
+                "no --pseudo-images" if stage in ("pseudo", ROUND2) else "no input for it, or disabled in the config"
+            log.info("stage %s: skipped (%s)", stage, why)
+            summary[stage] = {"skipped": True}
+            write_summary(summary_path, summary)
+            continue
+        log.info("stage %s: %s", stage, shlex.join(command))
+        stage_start = time.perf_counter()
+        result = subprocess.run(command, cwd=ROOT)
+        summary[stage] = {"command": shlex.join(command), "seconds": round(time.perf_counter() - stage_start, 1),
+                          "exit_code": result.returncode}
+        write_summary(summary_path, summary)
+        if result.returncode != 0:
+            log.error("stage %s failed (exit %d); fix it and rerun with --from-stage %s",
+                      stage, result.returncode, stage)
+            return result.returncode
+    log.info("all stages done in %.0f s; weights: %s; report: %s", time.perf_counter() - started,
+             out / "weights", out / "report")
+    return 0
