@@ -131,8 +131,3 @@ def without_pretrained_source(model_yaml: dict) -> dict:
         if isinstance(layer, list) and len(layer) == 4 and layer[2] == TRUNK_LAYER and len(layer[3]) > 1:
             layer[3][1] = PRETRAINED_NONE
     return document
-
-
-def has_trunk(model_yaml: dict) -> bool:
-    return any(isinstance(layer, list) and len(layer) == 4 and layer[2] == TRUNK_LAYER
-               for layer in model_yaml.get("backbone", []))
