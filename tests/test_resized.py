@@ -228,4 +228,6 @@ def test_resized_copy_end_to_end_on_real_radiographs_or_a_synthetic_copy(resized
         config = manifest["models"][name]["config"]
         assert (config["arch"], config["backbone"], config["normalization"]) == (
             "timm:tf_efficientnet_lite0", "imagenet-lite", "lite")
+    yolo = manifest["models"]["yolo"]["config"]  # the recipe's YOLO on the same trunk, predicted without the wheel
+    assert (yolo["trunk"], yolo["pretrained"]) == ("timm:tf_efficientnet_lite0", "imagenet-lite")
     _check_submission(submission, data / "test_meta.csv", pd.read_csv(data / "meta.csv", dtype={"image_id": str}))
