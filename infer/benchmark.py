@@ -7,6 +7,9 @@
         [--repeats 3] [--batch-size N] [--workers N] [--fusion-workers N] [--compare-channels-last] [--device auto]
         [--out runs/bench/inference.json]
     python infer/benchmark.py serve --weights-dir W [--requests 50] [--concurrency 4] [--image FILE]
+    python infer/benchmark.py loop --prepared PREPARED/meta.csv [--config train/configs/real256.yaml]
+        [--kinds study frcnn yolo] [--fold 0] [--steps 8] [--repeats 3] [--set SECTION.KEY=VALUE ...]
+        [--variant NAME SECTION.KEY=VALUE ... (repeatable)] [--out runs/bench/loop.json]
 
 ``reader``: full-size 16-bit DICOMs (about 2500 x 3000, written by the synthetic generator, with and
 without a VOI window, MONOCHROME1 and 2) decoded and resized to ``--size`` by the project's reader
@@ -28,6 +31,12 @@ server on loopback: N uploads, K at a time; errors, median and 90th-percentile l
 precision (the baseline) and with mixed precision (fp16 + GradScaler on CUDA, bf16 autocast on the
 CPU), alternating the two in each repeat. Images are random tensors already in memory, so the figure
 is the model's compute, not the data loading.
+
+``loop``: what bounds each kind's training loop (the torch kinds and YOLO of a config) on real prepared
+images: the loop's training images/s beside its bare model's (one batch in memory) and its data
+loader's alone, and the loop's wait for data (``utils/scoring/loop_benchmark.py``). Each ``--variant``
+(e.g. ``--variant today study.workers=2 study.channels_last=false``) is measured beside the config's own
+settings in the same run.
 """
 
 from __future__ import annotations
@@ -39,10 +48,12 @@ from pathlib import Path
 from utils.core.config import (
     MAX_IMAGE_SIZE,
     MAX_PENDING,
+    ConfigError,
     batch_size_argument,
     device_argument,
     float_in,
     int_in,
+    parse_overrides,
     worker_count,
 )
 from utils.core.files import write_text_atomic
@@ -54,6 +65,7 @@ from utils.scoring.benchmarks import (
     benchmark_serve,
     benchmark_training,
 )
+from utils.scoring.loop_benchmark import benchmark_loop
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -106,7 +118,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     serve.add_argument("--image", type=Path, default=None, help="radiograph to upload (default: a real-size DICOM)")
     serve.add_argument("--device", type=device_argument, default="cpu")
     serve.add_argument("--out", help="also write the JSON here")
+    loop = sub.add_parser("loop", help="each kind's training loop beside its bare model and its data alone")
+    loop.add_argument("--prepared", type=Path, required=True, help="train/prepare.py's meta.csv (real images)")
+    loop.add_argument("--config", type=Path, default=Path("train/configs/real256.yaml"))
+    loop.add_argument("--kinds", nargs="+", default=None, help="kinds to measure (default: every one in the config)")
+    loop.add_argument("--fold", type=int_in(0, 99), default=0, help="its training part supplies the images")
+    loop.add_argument("--steps", type=int_in(2, 10_000), default=8, help="batches per repeat")
+    loop.add_argument("--repeats", type=int_in(1, 1000), default=3)
+    loop.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                      help="change the config for every variant")
+    loop.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME SECTION.KEY=VALUE",
+                      help="a name and the keys it changes, measured beside the config's settings")
+    loop.add_argument("--out", help="also write the JSON here")
     return parser
+
+
+def sectioned_overrides(items: list[str], what: str) -> dict[str, dict]:
+    """``["study.workers=0", ...]`` -> ``{"study": {"workers": 0}}``."""
+    sections: dict[str, list[str]] = {}
+    for item in items:
+        section, dot, rest = item.partition(".")
+        if not dot or not section or "=" not in rest:
+            raise SystemExit(f"error: {what} {item!r}: expected SECTION.KEY=VALUE")
+        sections.setdefault(section, []).append(rest)
+    return {section: parse_overrides(values) for section, values in sections.items()}
 
 
 def main(argv=None) -> dict:
@@ -117,6 +152,18 @@ def main(argv=None) -> dict:
         result = benchmark_grey_input(args.arch, args.image_size, args.batch_size, args.steps, args.repeats)
     elif args.stage == "serve":
         result = benchmark_serve(args.weights_dir, args.requests, args.concurrency, args.image, args.device)
+    elif args.stage == "loop":
+        variants = {}
+        for name, *items in args.variant:
+            if name == "config" or name in variants or "=" in name:
+                raise SystemExit(f"error: --variant {name!r}: give each variant a new name before its keys")
+            variants[name] = sectioned_overrides(items, f"--variant {name}")
+        try:
+            result = benchmark_loop(args.config, args.prepared, args.kinds, fold=args.fold, steps=args.steps,
+                                    repeats=args.repeats, variants=variants,
+                                    overrides=sectioned_overrides(args.overrides, "--set"))
+        except (ConfigError, ValueError, OSError) as err:
+            raise SystemExit(f"error: {err}") from None
     elif args.stage == "inference":
         result = benchmark_inference(args.weights_dir, args.config, args.images, args.repeats, args.batch_size,
                                      args.workers, args.device, args.scale, folds=args.folds,

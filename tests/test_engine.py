@@ -176,10 +176,11 @@ def _model(arch: str = "resnext50_32x4d"):
     return MultiLabelClassifier(len(NIH_FINDINGS), arch, None)
 
 
-def test_resume_after_a_crash_ends_with_the_same_weights(nih_dataset, tmp_path):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_resume_after_a_crash_ends_with_the_same_weights(nih_dataset, tmp_path, channels_last):
     """A real ResNet with the real (random) augmentations: killed in the middle of epoch 2, resumed,
-    it must end bit-identical to an uninterrupted run with the same seed."""
-    config = _tiny_config(epochs=3, batch_size=8, lr=0.01)
+    it must end bit-identical to an uninterrupted run with the same seed (in either memory layout)."""
+    config = _tiny_config(epochs=3, batch_size=8, lr=0.01, channels_last=channels_last)
     train, val = _nih_sets(nih_dataset, config.seed)
     straight = fit(_model("resnet18"), train, val, config, tmp_path / "straight", progress=False)
 
@@ -206,6 +207,25 @@ def test_resume_after_a_crash_ends_with_the_same_weights(nih_dataset, tmp_path):
         assert torch.equal(tensor, b["model"][name]), name
     losses = [[row[k] for k in ("train_loss", "val_loss")] for row in a["metrics"]["history"]]
     assert losses == [[row[k] for k in ("train_loss", "val_loss")] for row in b["metrics"]["history"]]
+
+
+def test_channels_last_training_computes_what_the_contiguous_layout_does(nih_dataset, tmp_path):
+    """The layout is a speed setting: the same run in both layouts ends with the same weights (up to the
+    order of float sums), and the channels-last run's weights and outputs really are channels-last."""
+    train, val = _nih_sets(nih_dataset, 0)
+    runs = {}
+    for channels_last in (False, True):
+        model = _model("resnet18")
+        runs[channels_last] = fit(model, train, val, _tiny_config(epochs=1, batch_size=8, lr=0.01,
+                                                                  channels_last=channels_last),
+                                  tmp_path / str(channels_last), progress=False)
+        first_conv = model.trunk.conv1.weight if hasattr(model, "trunk") else next(
+            m.weight for m in model.modules() if isinstance(m, nn.Conv2d))
+        assert first_conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+    a, b = (load_checkpoint(runs[k].last_checkpoint)["model"] for k in (False, True))
+    for name, tensor in a.items():
+        torch.testing.assert_close(tensor, b[name], rtol=1e-3, atol=1e-4, msg=name)
+    assert runs[False].history[0]["train_loss"] == pytest.approx(runs[True].history[0]["train_loss"], rel=1e-4)
 
 
 def test_bf16_autocast_trains_on_the_cpu(nih_dataset, tmp_path):

@@ -149,7 +149,7 @@ def test_the_marker_keeps_pseudo_rows_out_of_validation_and_every_score(detectio
 
 def test_yolo_exports_each_folds_pseudo_label_of_an_image_apart(detection_prepared, tmp_path):
     """An image labelled by two round-one folds is two YOLO training images with their own labels."""
-    from utils.kinds.yolo.training import export_yolo_images
+    from utils.kinds.yolo.fold_setup import export_yolo_images
 
     _, meta = merged_meta(detection_prepared, tmp_path)
     table = KINDS["yolo"].load_table(meta, KINDS["yolo"].config_class(image_size=64, predict_size=96))

@@ -18,8 +18,9 @@ from conftest import REPO
 from utils.data.boxes import cxcywh_to_xyxy_norm, denormalize_xyxy
 from utils.data.predictions import PREDICTION_COLUMNS, read_predictions
 from utils.ensemble.manifest import read_manifest
+from utils.kinds.yolo.fold_setup import label_lines
 from utils.kinds.yolo.network import amp_without_download, import_ultralytics
-from utils.kinds.yolo.training import label_lines, results_history
+from utils.kinds.yolo.training import results_history
 from utils.scoring.detection import read_detection_table
 
 TINY_YOLO = ["epochs=1", "image_size=64", "predict_size=96", "batch_size=8", "workers=0", "device=cpu",

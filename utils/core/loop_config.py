@@ -40,6 +40,9 @@ class TrainConfig:
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     grad_clip: Annotated[float, Field(gt=0.0, le=1e6)] | None = None
     ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    # Weights and image batches in the channels-last memory layout (NHWC), which the CPU's and the GPU's
+    # convolution kernels run faster (docs/benchmarks.md, "What bounds each training loop").
+    channels_last: bool = False
     workers: Workers = 2
     seed: Seed = 42
     device: str = "auto"

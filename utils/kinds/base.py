@@ -167,6 +167,13 @@ class KindChecks:
         """Speed and memory of the first epoch of fold 0 in its run folder (empty when there is none)."""
         return {}
 
+    def loop_benchmark(self, config_path, prepared, *, fold: int, steps: int, repeats: int,
+                       overrides: dict | None = None, variants: dict[str, dict] | None = None) -> dict:
+        """What bounds its training loop (``infer/benchmark.py loop``): variant name (``"config"``: the
+        config's own settings) -> :func:`utils.training.speed.loop_figures`. The torch kinds share one
+        measurement (:mod:`utils.scoring.loop_benchmark`); a kind with a trainer of its own says how."""
+        raise NotImplementedError(f"{type(self).__name__} has no training-loop benchmark")
+
 
 class ModelKind(KindTraining, KindStage, KindChecks):
     """One kind of model, in its three roles (training, pipeline stage, measuring; see the module

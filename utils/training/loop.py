@@ -109,9 +109,25 @@ class _Meter:
         return ({k: t / count for k, t in zip(names, totals[:-1])} if count else {}), int(count)
 
 
+def prepare_model_for_training(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device``, in the channels-last memory layout when the config asks for it (a convolution
+    whose weights are channels-last gives a channels-last output, so the whole network follows)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if config.channels_last else model
+
+
+def batch_to_device(batch, device: torch.device, channels_last: bool = False):
+    """A loader's batch on ``device``; a 4-d image tensor channels-last when asked."""
+    images, targets, indices = to_device(batch, device)
+    if channels_last and torch.is_tensor(images) and images.ndim == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets, indices
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, precision: Precision, *,
                     epoch: int, epochs: int, info: DistInfo = DistInfo(), grad_clip: float | None = None,
-                    progress: bool = True, ema: ModelEma | None = None) -> dict[str, float]:
+                    progress: bool = True, ema: ModelEma | None = None,
+                    channels_last: bool = False) -> dict[str, float]:
     """One pass over ``loader``: forward under autocast, summed loss, scaled backward, step, schedule.
 
     Returns the sample-weighted mean of each loss (``loss`` is their sum), ``n_images`` across ranks
@@ -128,7 +144,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, precisi
     for step, batch in enumerate(bar):
         if batch is None:
             continue
-        images, targets, _ = to_device(batch, device)
+        images, targets, _ = batch_to_device(batch, device, channels_last)
         with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
             total, losses = _sum_losses(model(images, targets), "model output")
         finite = torch.isfinite(total.detach()).float()
@@ -176,7 +192,8 @@ def _gather_outputs(indices: list, outputs: dict[str, list], info: DistInfo):
 
 @torch.no_grad()
 def validate(model, loader, device, precision: Precision, *, info: DistInfo = DistInfo(),
-             collect_outputs: bool = True, progress: bool = True, desc: str = "validate"):
+             collect_outputs: bool = True, progress: bool = True, desc: str = "validate",
+             channels_last: bool = False):
     """Mean losses over ``loader`` (model in eval mode, ``model(images, targets)``) and, when
     ``collect_outputs``, every non-loss output gathered from all ranks and ordered by dataset index.
 
@@ -188,7 +205,7 @@ def validate(model, loader, device, precision: Precision, *, info: DistInfo = Di
     for batch in tqdm(loader, desc=desc, disable=not (progress and info.is_main), leave=False, dynamic_ncols=True):
         if batch is None:
             continue
-        images, targets, batch_indices = to_device(batch, device)
+        images, targets, batch_indices = batch_to_device(batch, device, channels_last)
         with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
             result = model(images, targets)
         total, losses = _sum_losses(result, "model output")
@@ -279,7 +296,7 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
         run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)
-    model = model.to(device)
+    model = prepare_model_for_training(model, config, device)
     optimizer = build_optimizer(model, config)
     train_loader = make_loader(train_set, config.batch_size, train=True, seed=config.seed, info=info,
                                workers=config.workers, collate_fn=collate_fn)
@@ -340,11 +357,12 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
         started = time.perf_counter()
         train = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, precision,
                                 epoch=epoch, epochs=config.epochs, info=info, grad_clip=config.grad_clip,
-                                progress=progress, ema=ema)
+                                progress=progress, ema=ema, channels_last=config.channels_last)
         val_losses, indices, outputs = validate(ema.module if ema is not None else model, val_loader, device,
                                                 precision, info=info,
                                                 collect_outputs=evaluate is not None, progress=progress,
-                                                desc=f"epoch {epoch + 1}/{config.epochs} validate")
+                                                desc=f"epoch {epoch + 1}/{config.epochs} validate",
+                                                channels_last=config.channels_last)
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         row.update({f"train_{k}": v for k, v in train.items()})
         row.update({f"val_{k}": v for k, v in val_losses.items()})

@@ -48,6 +48,8 @@ class YoloConfig:
     mosaic: Fraction = 1.0
     fliplr: Fraction = 0.5
     amp: bool = True
+    # The network and images channels-last (the project's trainer: ultralytics has no such setting).
+    channels_last: bool = False
     score_threshold: Fraction = 0.001
     nms_threshold: Fraction = 0.6
     detections_per_image: BoxCount = 100

@@ -70,6 +70,13 @@ def import_ultralytics(settings_dir):
     # ultralytics checks AMP on CUDA by downloading yolo11n.pt (urllib, then curl, with retries): offline
     # that stalls. The trainer calls the name it imported, so replacing it there disables only that.
     trainer.check_amp = amp_without_download
+    # On the CPU its select_device (training, validation, prediction) sets cpu_count - 1 compute threads for
+    # the whole process, leaving a core to its loader: on 2 cores half the machine, while the loader is 1% of
+    # a step (docs/benchmarks.md, "What bounds each training loop"). The threads torch has stay as they are.
+    import torch
+    import ultralytics.utils.torch_utils as torch_utils
+
+    torch_utils.NUM_THREADS = torch.get_num_threads()
     return ultralytics
 
 
