@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 
 DEMO_DIR := runs/demo
 
-.PHONY: setup test demo train-all calibrate study-ablation trunk-ablation notebook kaggle-datasets kaggle-check kaggle-push serve bench gpu-check clean
+.PHONY: setup test demo train-all calibrate study-ablation trunk-ablation notebook kaggle-datasets kaggle-check kaggle-push serve bench bench-loop gpu-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -107,6 +107,14 @@ bench: $(STAMP)
 	$(PY) infer/benchmark.py reader --out runs/bench/reader.json
 	$(PY) infer/benchmark.py training --steps 4 --repeats 3 --out runs/bench/training.json
 	$(PY) infer/benchmark.py inference --config train/configs/demo.yaml --images 16 --batch-size 4 --out runs/bench/inference.json
+
+# What bounds each training loop (docs/benchmarks.md): the real256 recipe's kinds on real prepared images
+# (LOOP_PREPARED: a train_all run's prepared/meta.csv), beside the settings before issue 56 ("before").
+LOOP_PREPARED ?= runs/real256/prepared/meta.csv
+bench-loop: $(STAMP)
+	$(PY) infer/benchmark.py loop --prepared $(LOOP_PREPARED) --config train/configs/real256.yaml --out runs/bench/loop.json \
+	  --variant before study.workers=2 study.channels_last=false frcnn.workers=2 frcnn.channels_last=false \
+	  yolo.channels_last=false
 
 clean:
 	rm -rf runs $(VENV)

@@ -7,7 +7,8 @@
         [--repeats 3] [--batch-size N] [--workers N] [--fusion-workers N] [--compare-channels-last] [--device auto]
         [--out runs/bench/inference.json]
     python infer/benchmark.py serve --weights-dir W [--requests 50] [--concurrency 4] [--image FILE]
-    python infer/benchmark.py loop --prepared PREPARED/meta.csv [--config train/configs/real256.yaml]
+    python infer/benchmark.py loop --prepared PREPARED/meta.csv | --data-dir DIR [--patients TABLE]
+        [--config train/configs/real256.yaml]
         [--kinds study frcnn yolo] [--fold 0] [--steps 8] [--repeats 3] [--set SECTION.KEY=VALUE ...]
         [--variant NAME SECTION.KEY=VALUE ... (repeatable)] [--out runs/bench/loop.json]
 
@@ -65,7 +66,7 @@ from utils.scoring.benchmarks import (
     benchmark_serve,
     benchmark_training,
 )
-from utils.scoring.loop_benchmark import benchmark_loop
+from utils.scoring.loop_benchmark import benchmark_loop, prepare_images
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -119,7 +120,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", type=device_argument, default="cpu")
     serve.add_argument("--out", help="also write the JSON here")
     loop = sub.add_parser("loop", help="each kind's training loop beside its bare model and its data alone")
-    loop.add_argument("--prepared", type=Path, required=True, help="train/prepare.py's meta.csv (real images)")
+    images = loop.add_mutually_exclusive_group(required=True)
+    images.add_argument("--prepared", type=Path, help="train/prepare.py's meta.csv (real images)")
+    images.add_argument("--data-dir", type=Path, help="or a competition folder / resized copy, prepared first into "
+                        "OUT's folder at the sizes the kinds read")
+    loop.add_argument("--patients", type=Path, default=None, help="with --data-dir: image -> patient table")
     loop.add_argument("--config", type=Path, default=Path("train/configs/real256.yaml"))
     loop.add_argument("--kinds", nargs="+", default=None, help="kinds to measure (default: every one in the config)")
     loop.add_argument("--fold", type=int_in(0, 99), default=0, help="its training part supplies the images")
@@ -158,10 +163,15 @@ def main(argv=None) -> dict:
             if name == "config" or name in variants or "=" in name:
                 raise SystemExit(f"error: --variant {name!r}: give each variant a new name before its keys")
             variants[name] = sectioned_overrides(items, f"--variant {name}")
+        overrides = sectioned_overrides(args.overrides, "--set")
         try:
-            result = benchmark_loop(args.config, args.prepared, args.kinds, fold=args.fold, steps=args.steps,
-                                    repeats=args.repeats, variants=variants,
-                                    overrides=sectioned_overrides(args.overrides, "--set"))
+            prepared = args.prepared
+            if prepared is None:
+                folder = Path(args.out).parent if args.out else Path("runs/bench")
+                prepared = prepare_images(args.config, args.data_dir, folder / "loop_prepared", args.kinds, overrides,
+                                          args.patients)
+            result = benchmark_loop(args.config, prepared, args.kinds, fold=args.fold, steps=args.steps,
+                                    repeats=args.repeats, variants=variants, overrides=overrides)
         except (ConfigError, ValueError, OSError) as err:
             raise SystemExit(f"error: {err}") from None
     elif args.stage == "inference":

@@ -22,7 +22,10 @@ def test_gpu_check_smoke_runs_every_part_and_writes_its_table(tmp_path, capsys):
     inference = parts["inference"]["figures"]
     assert inference["images_per_s"]["end_to_end_inline_fusion"] > 0 < inference["images_per_s"]["models"]
     assert inference["images_per_s"]["frcnn_tta_channels_last"] > 0  # the layout comparison ran
+    loop = parts["loop"]["figures"]["kinds"]  # every kind's loop beside its bare model and its data
+    assert set(loop) == set(gpu_checks.KINDS) and all(v["config"]["loop_images_per_s"] > 0 for v in loop.values())
     assert "| inference | end to end / models |" in (tmp_path / "check" / "gpu_check.md").read_text()
+    assert "| loop | study (config) images/s |" in (tmp_path / "check" / "gpu_check.md").read_text()
     assert set(parts["real256"]["figures"]["cv"]) >= {"ensemble", "baseline_prior", "models"}
     first = next(iter(gpu_checks.KINDS))  # the smoke's epochs part trains the first kind only
     assert parts["epochs"]["figures"]["first_epochs"][first]["images_per_s"] > 0

@@ -21,7 +21,7 @@ from utils.kinds.registry import KINDS
 ROOT = Path(__file__).resolve().parents[2]
 # The prediction figures first (the open speed work needs them), the real-data recipe last: it
 # needs about 6 minutes alone, so it gets what is left, or a call of its own (--parts real256).
-PARTS = ("inference", "training", "epochs", "real256")
+PARTS = ("inference", "training", "loop", "epochs", "real256")
 
 
 def smoke_train_all() -> list[str]:
@@ -36,6 +36,12 @@ def worker_keys(workers: int) -> list[str]:
     """``SECTION.workers=N`` for preparation, every kind whose config has data workers, and the ensemble."""
     kinds = [name for name, kind in KINDS.items() if "workers" in {f.name for f in fields(kind.config_class)}]
     return [f"{section}.workers={workers}" for section in ("prepare", *kinds, "ensemble")]
+
+
+def speed_keys(smoke: bool) -> list[str]:
+    """Every kind's speed-run keys (:meth:`utils.kinds.base.KindChecks.speed_run_overrides`: no NIH trunk; with
+    ``smoke``, the smallest models)."""
+    return [f"{name}.{key}" for name, kind in KINDS.items() for key in kind.speed_run_overrides(smoke)]
 
 
 @dataclass
@@ -68,20 +74,27 @@ def plan(out: Path, data: Path, patients: Path | None, subset: Path, smoke: bool
                      "--compare-channels-last"]
         real256_keys = smoke_train_all()
         epoch_keys = smoke_train_all()
+        loop = [py, bench, "loop", "--config", str(ROOT / "train/configs/real256.yaml"), "--steps", "2", "--repeats",
+                "1", "--set", *smoke_train_all()[2:-2], *speed_keys(smoke)]
     else:
         training = [py, bench, "training"]  # its GPU defaults: ResNeXt-50, 224 px, batch 32, 20 steps x 5
         inference = [py, bench, "inference", "--config", str(ROOT / "train/configs/full.yaml"), "--folds", "5",
                      "--images", "32", "--repeats", "1", "--workers", str(workers), "--compare-channels-last"]
         real256_keys = worker_keys(workers)
         epoch_keys = worker_keys(workers) + ["prepare.folds=5"]
+        # The GPU recipe's loops, each beside itself channels-last: is a GPU loop input-bound, and does NHWC pay?
+        loop = [py, bench, "loop", "--config", str(ROOT / "train/configs/full.yaml"), "--steps", "10", "--repeats", "2",
+                "--set", *worker_keys(workers)[1:-1], *speed_keys(smoke), "--variant", "channels_last",
+                *(f"{name}.channels_last=true" for name in ("study", "frcnn", "yolo"))]
     # One fold, one epoch of each kind (the smallest model in the smoke), no NIH trunk: speed does not depend on it.
-    epoch_keys = epoch_keys + [f"{name}.{key}" for name, kind in KINDS.items()
-                               for key in kind.speed_run_overrides(smoke)]
-    caps = {"inference": 180, "training": 60, "epochs": 100, "real256": 420} if not smoke else \
-        {"inference": 120, "training": 120, "epochs": 300, "real256": 300}
+    epoch_keys = epoch_keys + speed_keys(smoke)
+    caps = {"inference": 180, "training": 60, "loop": 150, "epochs": 100, "real256": 420} if not smoke else \
+        {"inference": 120, "training": 120, "loop": 300, "epochs": 300, "real256": 300}
     return [
         Part("inference", inference + ["--out", str(out / "inference.json")], caps["inference"]),
         Part("training", training + ["--out", str(out / "training.json")], caps["training"]),
+        Part("loop", loop + ["--data-dir", str(subset), *(["--patients", str(patients)] if patients else []),
+                             "--out", str(out / "loop.json")], caps["loop"]),
         # one epoch of each model, no CV report: its figures are the epochs' speed and memory; the smoke
         # trains only the first kind there (real256's toy run has every kind's first epoch: a stage costs
         # the suite about 13 s)
@@ -120,7 +133,7 @@ def _run_figures(run: Path) -> dict:
 
 def collect(part: Part, out: Path) -> dict:
     """The figures a finished (or stopped) part left behind."""
-    if part.name in ("training", "inference"):
+    if part.name in ("training", "inference", "loop"):
         path = out / f"{part.name}.json"
         return json.loads(path.read_text()) if path.is_file() else {}
     run = out / part.name
@@ -177,6 +190,13 @@ def markdown(result: dict) -> str:
                 lines.append(f"| inference | {variant} start-up seconds | {show_general(seconds)} |")
             for n, minutes in figures.get("estimated_notebook_minutes", {}).items():
                 lines.append(f"| inference | notebook minutes for {n} images | {show_general(minutes)} |")
+        if name == "loop" and figures:
+            for kind, variants in figures.get("kinds", {}).items():
+                for variant, values in variants.items():
+                    shown = ", ".join(f"{key.replace('_images_per_s', '')} {show_general(values[key])}" for key in
+                                      ("loop_images_per_s", "model_images_per_s", "data_images_per_s",
+                                       "data_wait_share", "loop_share_of_model"))
+                    lines.append(f"| loop | {kind} ({variant}) images/s | {shown} |")
         if name in ("real256", "epochs"):
             for stage, seconds in figures.get("stage_seconds", {}).items():
                 lines.append(f"| {name} | {stage} seconds | {show_general(seconds)} |")

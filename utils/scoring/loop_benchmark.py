@@ -177,6 +177,23 @@ def benchmark_loop(config_path, prepared, kinds: list[str] | None = None, *, fol
             "variants": variants, "kinds": results, "torch": torch.__version__}
 
 
+def prepare_images(config_path, data_dir, out, kinds: list[str] | None = None, overrides: dict | None = None,
+                   patients=None) -> Path:
+    """``data_dir`` (the competition folder or a resized copy) prepared at every size the measured kinds read,
+    into ``out``, in the config's folds; returns its meta.csv (the GPU check's part starts from a copy)."""
+    from utils.core.config import load_yaml_section
+    from utils.data.prepare import prepare_data
+    from utils.kinds.registry import KINDS
+
+    overrides = overrides or {}
+    names = kinds or [name for name in KINDS if _has_section(config_path, name, load_yaml_section)]
+    sizes = sorted({size for name in names for size in KINDS[name].sizes(
+        load_section(config_path, name, KINDS[name].config_class, overrides.get(name)))})
+    folds = load_yaml_section(config_path, "prepare").get("folds", 5)
+    prepare_data(data_dir, out, tuple(sizes), workers=1, n_folds=folds, patients=patients, progress=False)
+    return Path(out) / "meta.csv"
+
+
 def _has_section(config_path, name: str, load) -> bool:
     try:
         load(config_path, name)
