@@ -12,6 +12,9 @@ seconds in all); a part that does not finish is reported as such, never silently
                images (``infer/benchmark.py inference``)
     training   backbone training images/s, full vs mixed precision (ResNeXt-50, 224 px, batch 32:
                ``infer/benchmark.py training``)
+    loop       each kind's training loop beside its bare model and its data loader alone (the full
+               config's sizes, each kind also channels-last, on the subset of ``--data`` prepared
+               first): whether the GPU's loops are input-bound (``infer/benchmark.py loop``)
     epochs     one training epoch of every registered kind (Faster R-CNN, YOLO, the study model) at the
                full config's sizes on a subset of ``--data``: images/s and peak GPU memory (each kind's
                ``speed_run_overrides`` and ``first_epoch_figures``)
