@@ -219,8 +219,7 @@ def test_channels_last_training_computes_what_the_contiguous_layout_does(nih_dat
         runs[channels_last] = fit(model, train, val, _tiny_config(epochs=1, batch_size=8, lr=0.01,
                                                                   channels_last=channels_last),
                                   tmp_path / str(channels_last), progress=False)
-        first_conv = model.trunk.conv1.weight if hasattr(model, "trunk") else next(
-            m.weight for m in model.modules() if isinstance(m, nn.Conv2d))
+        first_conv = next(m.weight for m in model.modules() if isinstance(m, nn.Conv2d))
         assert first_conv.is_contiguous(memory_format=torch.channels_last) == channels_last
     a, b = (load_checkpoint(runs[k].last_checkpoint)["model"] for k in (False, True))
     for name, tensor in a.items():

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from utils.core.config import load_section
+from utils.core.config import load_section, load_yaml_section
 from utils.core.runtime import resolve_device, resolve_precision
 from utils.kinds.base import TorchKind, split_fold
 from utils.training.distributed import DistInfo
@@ -147,13 +147,13 @@ def benchmark_loop(config_path, prepared, kinds: list[str] | None = None, *, fol
                    repeats: int = 3, variants: dict[str, dict[str, dict]] | None = None,
                    overrides: dict[str, dict] | None = None) -> dict:
     """:func:`benchmark_torch_kind` for each torch kind of ``kinds`` (default: every registered kind with a
-    section in the config; YOLO through :func:`benchmark_yolo`). ``variants``: name -> section -> keys,
-    each measured beside the config's own settings; ``overrides``: section -> keys applied to all."""
-    from utils.core.config import load_yaml_section
+    section in the config); a kind with a trainer of its own (YOLO) through its ``loop_benchmark``.
+    ``variants``: name -> section -> keys, each measured beside the config's own settings; ``overrides``:
+    section -> keys applied to all."""
     from utils.kinds.registry import KINDS
 
     variants, overrides = variants or {}, overrides or {}
-    names = kinds or [name for name in KINDS if _has_section(config_path, name, load_yaml_section)]
+    names = kinds or [name for name in KINDS if _has_section(config_path, name)]
     unknown = sorted(set(names) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown kind(s) {unknown}; known: {sorted(KINDS)}")
@@ -181,12 +181,11 @@ def prepare_images(config_path, data_dir, out, kinds: list[str] | None = None, o
                    patients=None) -> Path:
     """``data_dir`` (the competition folder or a resized copy) prepared at every size the measured kinds read,
     into ``out``, in the config's folds; returns its meta.csv (the GPU check's part starts from a copy)."""
-    from utils.core.config import load_yaml_section
     from utils.data.prepare import prepare_data
     from utils.kinds.registry import KINDS
 
     overrides = overrides or {}
-    names = kinds or [name for name in KINDS if _has_section(config_path, name, load_yaml_section)]
+    names = kinds or [name for name in KINDS if _has_section(config_path, name)]
     sizes = sorted({size for name in names for size in KINDS[name].sizes(
         load_section(config_path, name, KINDS[name].config_class, overrides.get(name)))})
     folds = load_yaml_section(config_path, "prepare").get("folds", 5)
@@ -194,9 +193,9 @@ def prepare_images(config_path, data_dir, out, kinds: list[str] | None = None, o
     return Path(out) / "meta.csv"
 
 
-def _has_section(config_path, name: str, load) -> bool:
+def _has_section(config_path, name: str) -> bool:
     try:
-        load(config_path, name)
+        load_yaml_section(config_path, name)
     except ValueError:
         return False
     return True
