@@ -291,3 +291,59 @@ def test_ablation_runs_every_variant_and_writes_its_table(detection_prepared, tm
     assert "train_loss_seg" in metrics
     config = (out / "seg_ema" / "config.yaml").read_text()
     assert "- identity" in config and "ema_decay: 0.997" in config
+
+
+def test_distilled_target_trains_the_mixture_of_the_hard_and_the_soft_loss():
+    """The network's soft-target path on the mixed target (label + k * teacher) / (1 + k) is the loss
+    (hard + k * soft) / (1 + k) of issue 57, for the study classes and for none, at any temperature."""
+    from utils.kinds.study.distillation import distilled_targets, sharpen
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    labels, nones = np.array([0, 2, 3]), np.array([1.0, 0.0, 0.0])
+    teacher = rng.dirichlet(np.ones(4), size=3)
+    teacher_none = rng.uniform(0.05, 0.95, size=3)
+    model = StudyClassifier("resnet18", None).eval()
+    images = torch.randn(3, 3, 32, 32)
+    for weight, temperature in ((1.0, 1.0), (3.0, 0.5)):
+        study, none = distilled_targets(labels, nones, teacher, teacher_none, weight, temperature)
+        assert study.sum(axis=1) == pytest.approx(1.0)
+        with torch.no_grad():
+            outputs = model(images, {"study_probs": torch.as_tensor(study), "none": torch.as_tensor(none)})
+        logits, none_logits = outputs["study_logits"], outputs["none_logits"]
+        soft = torch.as_tensor(sharpen(teacher, temperature), dtype=torch.float32)
+        hard_loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels))
+        soft_loss = torch.nn.functional.cross_entropy(logits, soft)
+        assert outputs["loss_study"].item() == pytest.approx(((hard_loss + weight * soft_loss) / (1 + weight)).item(),
+                                                             rel=1e-5)
+        binary = sharpen(np.stack([teacher_none, 1 - teacher_none], axis=1), temperature)[:, 0]
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        expected_none = (bce(none_logits, torch.as_tensor(nones, dtype=torch.float32))
+                         + weight * bce(none_logits, torch.as_tensor(binary, dtype=torch.float32))) / (1 + weight)
+        assert outputs["loss_none"].item() == pytest.approx(expected_none.item(), rel=1e-5)
+
+
+def test_temperature_sharpens_below_one_and_softens_above():
+    from utils.kinds.study.distillation import sharpen
+
+    probs = np.array([[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]])
+    assert sharpen(probs, 1.0) == pytest.approx(probs)
+    sharp, soft = sharpen(probs, 0.5), sharpen(probs, 2.0)
+    assert sharp[0] == pytest.approx(probs[0] ** 2 / (probs[0] ** 2).sum())
+    assert sharp[0, 0] > probs[0, 0] > soft[0, 0] and sharp[0, 3] < probs[0, 3] < soft[0, 3]
+    assert np.argsort(sharp[0]).tolist() == np.argsort(probs[0]).tolist()
+    assert sharp[1] == pytest.approx(0.25) and soft[1] == pytest.approx(0.25)  # uniform stays uniform
+
+
+def test_a_teacher_and_its_weight_go_together(tmp_path):
+    from utils.kinds.study.training import StudyConfig
+
+    path = tmp_path / "c.yaml"
+    for keys, problem in (("distill_weight: 1.0", "teacher and distill_weight go together"),
+                          ("teacher: oof.csv", "teacher and distill_weight go together"),
+                          ("teacher: oof.csv\n  distill_weight: 1.0\n  distill_temperature: 0", "distill_temperature")):
+        path.write_text(f"study:\n  arch: resnet18\n  {keys}\n")
+        with pytest.raises(ConfigError, match=problem):
+            load_section(path, "study", StudyConfig)
+    path.write_text("study:\n  arch: resnet18\n  teacher: oof.csv\n  distill_weight: 3\n")
+    assert load_section(path, "study", StudyConfig).distill_weight == 3.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -214,3 +215,51 @@ def test_prediction_schema_round_trip_and_checks(tmp_path):
 def write_text(path, text):
     path.write_text(text)
     return path
+
+
+def test_students_learn_the_teachers_probabilities_and_refuse_a_wrong_teacher(study_run, prepared, backbone_run,
+                                                                              tmp_path):
+    """Self-distillation (issue 57): the first run's out-of-fold predictions teach a second run. Each
+    image the teacher predicted gets the mixed target, the others keep their label; the student trains
+    and registers like any study run; a teacher that is missing, not a predictions table or of other
+    images is one line naming it."""
+    from utils.core.config import ConfigError, load_section, parse_overrides
+    from utils.kinds.study.training import KIND
+
+    teacher = study_run / "run" / "oof_predictions.csv"  # folds 0 and 1 of the three
+    overrides = ["image_size=48", "seg_weight=0", f"teacher={teacher}", "distill_weight=3",
+                 "distill_temperature=0.5"]
+    config = load_section("train/configs/demo.yaml", "study", KIND.config_class, parse_overrides(overrides))
+    table = KIND.load_table(prepared, config)
+    oof = read_predictions(teacher).set_index("image_id")
+    taught = table["image_id"].isin(oof.index)
+    assert taught.any() and not taught.all()
+    row = table[taught].iloc[0]
+    probs = oof.loc[row["image_id"], [f"prob_{c}" for c in STUDY_CLASSES]].to_numpy(dtype=float) ** 2
+    expected = (np.eye(4)[row["study_label"]] + 3 * probs / probs.sum()) / 4
+    assert row["targets"]["study_probs"] == pytest.approx(expected, abs=1e-6)
+    for target, label in zip(table.loc[~taught, "targets"], table.loc[~taught, "study_label"]):
+        assert target["study_probs"].tolist() == np.eye(4)[label].tolist()
+
+    argv = ["--prepared", str(prepared), "--out", str(tmp_path / "student"), "--weights-dir",
+            str(tmp_path / "weights"), "--config", "train/configs/demo.yaml", "--no-progress", "--set", "epochs=1",
+            "batch_size=8", "workers=0", "amp=off", "device=cpu", "folds=[2]", f"backbone={backbone_run / 'best.pt'}",
+            *overrides]
+    assert train_study.main(argv) == 0
+    entry = read_manifest(tmp_path / "weights")["models"]["study"]
+    assert entry["config"]["teacher"] == str(teacher) and entry["config"]["distill_weight"] == 3.0
+    assert pd.read_csv(tmp_path / "student" / "fold2" / "metrics.csv")["train_loss_study"].notna().all()
+
+    wrong = tmp_path / "other.csv"
+    write_predictions(classifier_rows(["nobody"], ["s"], "study", 0, [[0.25] * 4], [0.5]), wrong)
+    not_csv = tmp_path / "notes.csv"
+    not_csv.write_text("a,b\n1,2,3,4,5\n")
+    for path, problem in ((tmp_path / "absent.csv", "file not found"), (not_csv, "notes.csv: "),
+                          (wrong, "predicts none of the")):
+        config = load_section("train/configs/demo.yaml", "study", KIND.config_class,
+                              parse_overrides([f"teacher={path}", "distill_weight=1"]))
+        with pytest.raises(ConfigError, match=f"study.teacher: .*{problem}"):
+            KIND.load_table(prepared, config)
+    with pytest.raises(SystemExit, match=r"^error: study.teacher: .*absent.csv: file not found$"):
+        train_study.main([*argv[:argv.index("--set")], "--set", f"teacher={tmp_path / 'absent.csv'}",
+                          "distill_weight=1"])

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from utils.core.config import Folds, FractionBelowOne, ImageSize, Weight
+from utils.core.config import Folds, FractionBelowOne, ImageSize, Weight, short
 from utils.core.loop_config import TrainConfig
 from utils.data.labels import STUDY_CLASSES
 from utils.kinds.study.network import check_class_weights
@@ -33,6 +33,12 @@ class StudyConfig(TrainConfig):
     class_weights: list[Weight] | None = None
     # Mixup of each training batch (images, study and none targets, opacity masks), lam ~ Beta(a, a); 0: off.
     mixup_alpha: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
+    # Self-distillation (utils/kinds/study/distillation.py): a predictions CSV (an earlier run's
+    # oof_predictions.csv) whose probabilities every training image also learns, with weight k
+    # (loss (hard + k * soft) / (1 + k)), sharpened (< 1) or softened (> 1) by the temperature.
+    teacher: str | None = None
+    distill_weight: Weight = 0.0
+    distill_temperature: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
     tta_views: list[str] = field(default_factory=lambda: list(FLIP))
     # last: the fixed schedule's last epoch (the held-out fold is only watched); study_map/loss choose the
     # best epoch on the held-out fold it is then scored on (an optimistic out-of-fold figure).
@@ -45,3 +51,6 @@ class StudyConfig(TrainConfig):
         # Resolved here, so the manifest's copy of this config names the normalisation the weights need.
         self.normalization = resolve_normalization(self.normalization, self.arch)
         check_class_weights(self.class_weights, len(STUDY_CLASSES))
+        if (self.teacher is None) != (self.distill_weight == 0):
+            raise ValueError("teacher and distill_weight go together: a teacher's predictions CSV and a weight > 0, "
+                             f"or neither (got teacher={short(self.teacher)}, distill_weight={self.distill_weight})")

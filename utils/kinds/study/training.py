@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from utils.core.config import ConfigError
 from utils.core.files import write_json_atomic, write_text_atomic
 from utils.data.datasets import StudyDataset
 from utils.data.labels import STUDY_CLASSES
@@ -16,6 +18,7 @@ from utils.data.predictions import classifier_rows, write_predictions
 from utils.data.presets import build_transform
 from utils.kinds.base import FoldResult, RunOptions, StagePlan, TorchKind
 from utils.kinds.study.config import StudyConfig
+from utils.kinds.study.distillation import add_teacher_targets, read_teacher
 from utils.kinds.study.member import StudyMember
 from utils.kinds.study.network import StudyClassifier
 from utils.kinds.study.tta import StudyTTA
@@ -62,7 +65,16 @@ class StudyKind(TorchKind):
     title = "study classifier"
 
     def load_table(self, meta_csv, config: StudyConfig) -> pd.DataFrame:
-        return load_study_table(meta_csv, config.image_size, with_boxes=config.seg_weight > 0)
+        """The study table; with a ``teacher``, its labelled images' targets mixed with the teacher's
+        probabilities (:mod:`utils.kinds.study.distillation`)."""
+        table = load_study_table(meta_csv, config.image_size, with_boxes=config.seg_weight > 0)
+        if config.teacher is not None:
+            try:
+                add_teacher_targets(table, read_teacher(config.teacher), config.distill_weight,
+                                    config.distill_temperature, source=f"teacher {config.teacher}")
+            except ValueError as err:  # PredictionFileError included: one line naming the file
+                raise ConfigError(f"study.teacher: {err}") from None
+        return table
 
     script = "train/train_study.py"
 
@@ -73,6 +85,9 @@ class StudyKind(TorchKind):
         return super().speed_run_overrides(smoke) + (["arch=resnet18"] if smoke else [])
 
     def check_files(self, config: StudyConfig, plan: StagePlan) -> None:
+        if config.teacher is not None and not Path(config.teacher).is_file():
+            raise FileNotFoundError(f"teacher: {config.teacher} not found (a predictions CSV, e.g. an earlier run's "
+                                    "oof_predictions.csv)")
         if plan.nih_dir is None:  # without the NIH stage the trunk starts from what the config names
             check_trunk_file("backbone", config.arch, config.backbone)
 
