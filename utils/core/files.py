@@ -1,7 +1,9 @@
-"""Atomic file writes: the one way every stage writes an output that a killed run must not leave half-written."""
+"""Atomic file writes: the one way every stage writes an output that a killed run must not leave half-written;
+and the lock that makes writers of one shared file (a weights folder's manifest) take turns."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,45 @@ def atomic_path(path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder, pattern: str = "*") -> int:
+    """Delete the temporary files (``<name>.tmp-<pid>.<suffix>``, :func:`atomic_path`) matching ``pattern``
+    (a glob of the name before ``.tmp-``) that a run killed mid-write (SIGKILL: no cleanup) left in
+    ``folder``; files of a live process are kept. Returns how many it deleted."""
+    removed = 0
+    for path in Path(folder).glob(f"{pattern}.tmp-*"):
+        pid = path.stem.rpartition(".tmp-")[2]
+        if pid.isdigit() and _process_alive(int(pid)):
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+@contextmanager
+def file_lock(path) -> Iterator[None]:
+    """Holds an exclusive lock on ``PATH.lock`` for the block, so read-change-write cycles of ``path`` by
+    several processes take turns instead of losing each other's changes. The kernel releases the lock
+    when its holder exits or is killed, so a lock never outlives a killed run (the empty lock file stays)."""
+    lock_path = Path(path).with_name(Path(path).name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_text_atomic(path, text: str) -> Path:

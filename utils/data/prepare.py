@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from utils.core.files import atomic_path, write_csv_atomic
+from utils.core.files import atomic_path, remove_stale_temporaries, write_csv_atomic
 from utils.data.boxes import as_boxes, kaggle_xywh_to_xyxy
 from utils.data.dicom import MAX_PIXELS, DicomReadError, read_radiograph, resize_image
 from utils.data.inputs import (
@@ -177,31 +176,6 @@ def decode_split(split_dir, out_dir, sizes, workers: int = 1, progress: bool = T
     return decode_files(find_dicoms(split_dir), out_dir, sizes, workers, progress)
 
 
-def remove_stale_temporaries(folder) -> int:
-    """Delete the temporary files (``<name>.tmp-<pid>.<suffix>``, :func:`utils.core.files.atomic_path`) that a
-    run killed mid-write (SIGKILL: no cleanup) left in ``folder``; files of a live process are kept."""
-    removed = 0
-    for path in Path(folder).glob("*.tmp-*"):
-        pid = path.stem.rpartition(".tmp-")[2]
-        if pid.isdigit() and _process_alive(int(pid)):
-            continue
-        path.unlink(missing_ok=True)
-        removed += 1
-    if removed:
-        log.info("%s: removed %d temporary file(s) of an interrupted run", folder, removed)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def decode_files(paths, out_dir, sizes, workers: int = 1, progress: bool = True,
                  known: dict[str, DecodedImage] | None = None) -> Decoded:
     """Decode radiographs named ``<image_id>.<suffix>`` (skipping ones already done) -> (decoded,
@@ -211,7 +185,8 @@ def decode_files(paths, out_dir, sizes, workers: int = 1, progress: bool = True,
     sizes = tuple(int(s) for s in sizes)
     for size in sizes:
         (out_dir / f"images_{size}").mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out_dir / f"images_{size}")
+        if removed := remove_stale_temporaries(out_dir / f"images_{size}"):
+            log.info("%s: removed %d temporary file(s) of an interrupted run", out_dir / f"images_{size}", removed)
     headers_file = out_dir / HEADERS_FILE
     done = _load_done(out_dir, sizes)
     todo = [Path(p) for p in paths if Path(p).stem not in done]

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from utils.core.config import MAX_IMAGE_SIZE
-from utils.core.files import atomic_path
+from utils.core.files import atomic_path, file_lock, remove_stale_temporaries
 from utils.core.log import first_line
 from utils.kinds import canonical_name
 
@@ -135,6 +135,7 @@ def load_state_dict_file(path) -> dict:
 
 def _write_manifest(weights_dir: Path, manifest: dict) -> Path:
     path = weights_dir / MANIFEST_FILE
+    remove_stale_temporaries(weights_dir, Path(MANIFEST_FILE).stem)  # a killed writer's half-written copies
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
@@ -151,15 +152,16 @@ def register_model(weights_dir, name: str, files: dict[int, str], input_size: in
     for relative in files.values():
         if not (weights_dir / relative).is_file():
             raise ManifestError(f"{weights_dir / relative}: weights file not found")
-    manifest = read_manifest(weights_dir)
-    manifest["models"][name] = {
-        "kind": name,
-        "folds": sorted(int(f) for f in files),
-        "files": {str(f): str(p) for f, p in sorted(files.items())},
-        "input_size": int(input_size),
-        "config": config,
-    }
-    return _write_manifest(weights_dir, manifest)
+    with file_lock(weights_dir / MANIFEST_FILE):  # two stages registering at once both land
+        manifest = read_manifest(weights_dir)
+        manifest["models"][name] = {
+            "kind": name,
+            "folds": sorted(int(f) for f in files),
+            "files": {str(f): str(p) for f, p in sorted(files.items())},
+            "input_size": int(input_size),
+            "config": config,
+        }
+        return _write_manifest(weights_dir, manifest)
 
 
 def register_ensemble(weights_dir, settings: dict, calibration: dict | None = None) -> Path:
@@ -168,9 +170,10 @@ def register_ensemble(weights_dir, settings: dict, calibration: dict | None = No
     they were chosen out of fold: infer/calibrate.py's summary) under ``"calibration"``, else that key
     is removed (the settings came from a config)."""
     weights_dir = Path(weights_dir)
-    manifest = read_manifest(weights_dir)
-    manifest["ensemble"] = settings
-    manifest.pop("calibration", None)
-    if calibration is not None:
-        manifest["calibration"] = calibration
-    return _write_manifest(weights_dir, manifest)
+    with file_lock(weights_dir / MANIFEST_FILE):
+        manifest = read_manifest(weights_dir)
+        manifest["ensemble"] = settings
+        manifest.pop("calibration", None)
+        if calibration is not None:
+            manifest["calibration"] = calibration
+        return _write_manifest(weights_dir, manifest)
