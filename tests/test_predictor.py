@@ -340,6 +340,29 @@ def test_most_images_unreadable_fails_without_a_submission_unless_allowed(untrai
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"unreadable: 0 of {len(dicoms)} images (0.0%)"
 
 
+def test_test_images_without_a_file_count_as_unreadable(untrained_weights, siim_dataset, tmp_path, capsys):
+    """The sample's images that have no file get fallback rows and count against max_unreadable_share
+    (before, a submission of mostly fallback rows exited 0 saying "unreadable: 0.0%")."""
+    from infer import make_submission
+
+    data = tmp_path / "data"
+    shutil.copytree(siim_dataset, data)
+    dicoms = find_dicoms(data / "test")
+    for path in dicoms[1:]:
+        path.unlink()
+    out = tmp_path / "sub.csv"
+    missing = len(dicoms) - 1
+    with pytest.raises(SystemExit, match=rf"error: unreadable: {missing} of {len(dicoms)} images .*: not found "
+                                         rf"{missing}; that is more than max_unreadable_share"):
+        make_submission.main(_submission_argv(data, untrained_weights, out))
+    assert not out.exists()
+    capsys.readouterr()
+    assert make_submission.main(_submission_argv(data, untrained_weights, out) + ["--allow-unreadable"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(f"not found {missing}")
+    submission = pd.read_csv(out)
+    assert f"{dicoms[1].stem}_image" in set(submission["id"])
+
+
 def test_the_pipeline_keeps_the_order_with_decoding_and_fusion_processes(ensemble, siim_dataset, tmp_path):
     """Decoding in two processes (one image each) and fusion in another process give the plain loop's
     predictions, in order, an unreadable image among them included."""

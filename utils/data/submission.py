@@ -175,6 +175,11 @@ def sample_problems(sample: pd.DataFrame) -> list[str]:
     return problems
 
 
+def sample_image_ids(sample: pd.DataFrame) -> list[str]:
+    """The image ids of a sample submission's image rows (``<image_id>_image``), in its order."""
+    return [i[: -len(IMAGE_SUFFIX)] for i in sample["id"].astype(str) if i.endswith(IMAGE_SUFFIX)]
+
+
 def read_sample_submission(path) -> pd.DataFrame:
     """The competition's ``sample_submission.csv`` (text columns), checked by :func:`sample_problems`:
     an empty, unreadable or header-only file, or one without ``id``, is an error naming the file."""

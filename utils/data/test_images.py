@@ -14,7 +14,7 @@ import pandas as pd
 
 from utils.data.inputs import find_dicoms, find_resized_images, is_resized_copy, read_id_table, read_resized_meta
 from utils.data.labels import IMAGE_SUFFIX, STUDY_SUFFIX, strip_suffix
-from utils.data.submission import read_sample_submission
+from utils.data.submission import read_sample_submission, sample_image_ids
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class TestImage:
 def find_test_dicoms(data_dir, sample: pd.DataFrame) -> list[TestImage]:
     """The test split's DICOMs (``test/<study>/<series>/<image>.dcm``); logs sample images without a file."""
     paths = find_dicoms(Path(data_dir) / "test")
-    wanted = {i[: -len(IMAGE_SUFFIX)] for i in sample["id"].astype(str) if i.endswith(IMAGE_SUFFIX)}
+    wanted = set(sample_image_ids(sample))
     _warn_missing(wanted, {p.stem for p in paths}, Path(data_dir) / "test")
     return [TestImage.from_dicom_path(p) for p in paths if p.stem in wanted or not wanted]
 
@@ -89,7 +89,7 @@ def find_resized_test_images(data_dir, test_table, sample: pd.DataFrame | None) 
     for where, reason in bad_rows:
         log.warning("%s: %s (fallback row)", where, reason)
     size_of = {r.image_id: (r.original_height, r.original_width) for r in sizes.itertuples(index=False)}
-    wanted = {i[: -len(IMAGE_SUFFIX)] for i in sample["id"].astype(str) if i.endswith(IMAGE_SUFFIX)}
+    wanted = set(sample_image_ids(sample))
     _warn_missing(wanted, set(files), data_dir / "test")
     no_size = sorted((wanted & set(files)) - set(size_of))
     if no_size:

@@ -19,6 +19,7 @@ from utils.data.submission import (
     SubmissionError,
     check_output_path,
     image_prediction_string,
+    sample_image_ids,
     sample_problems,
     study_prediction_string,
     write_submission,
@@ -84,6 +85,10 @@ def assemble_submission(predictions: Sequence[ImagePrediction], sample: pd.DataF
     return pd.DataFrame({"id": sample["id"].astype(str).tolist(), "PredictionString": rows})
 
 
+# The reason of a sample submission's image without a file (or, in a resized copy, without its original size).
+MISSING_IMAGE = "not found: no file for it in the test folder, or no original size in a resized copy's meta.csv"
+
+
 class TooManyUnreadableError(RuntimeError):
     """More test images unreadable than ``max_unreadable_share``: no submission was written."""
 
@@ -131,7 +136,10 @@ def write_ensemble_submission(ensemble: EnsemblePredictor, data_dir, out, *, bat
     started = time.perf_counter()
     predictions = ensemble.predict_paths(images, batch_size=batch_size, workers=workers, progress=progress)
     failed = {p.image_id: p.error for p in predictions if p.error is not None}
-    counted = unreadable_summary(failed, len(images))
+    # The sample's images that could not be reached at all get fallback rows too, and count as unreadable.
+    wanted = sample_image_ids(sample)
+    failed.update((image_id, MISSING_IMAGE) for image_id in sorted(set(wanted) - {i.image_id for i in images}))
+    counted = unreadable_summary(failed, max(len(wanted), len(images)))
     limit = ensemble.config.max_unreadable_share
     if counted["share"] > limit and not allow_unreadable:
         raise TooManyUnreadableError(
