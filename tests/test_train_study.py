@@ -263,3 +263,21 @@ def test_students_learn_the_teachers_probabilities_and_refuse_a_wrong_teacher(st
     with pytest.raises(SystemExit, match=r"^error: study.teacher: .*absent.csv: file not found$"):
         train_study.main([*argv[:argv.index("--set")], "--set", f"teacher={tmp_path / 'absent.csv'}",
                           "distill_weight=1"])
+
+
+def test_two_identical_runs_train_identical_weights(prepared, backbone_run, tmp_path):
+    """Every random thing is seeded before it is built (the heads' initialisation too: before, three
+    identical runs started from three different heads), so a rerun reproduces a run on the CPU."""
+    def run(out) -> dict:
+        assert train_study.main(["--prepared", str(prepared), "--out", str(out), "--config", "train/configs/demo.yaml",
+                                 "--no-progress", "--set", "epochs=1", "image_size=32", "batch_size=16", "workers=0",
+                                 "amp=off", "device=cpu", "folds=[0]", f"backbone={backbone_run / 'best.pt'}",
+                                 "seg_weight=0.5", "tta_views=[identity]"]) == 0
+        return torch.load(out / "fold0" / "last.pt", weights_only=True)["model"]
+
+    torch.manual_seed(123)  # whatever ran before in this process
+    first = run(tmp_path / "a")
+    torch.rand(7)
+    second = run(tmp_path / "b")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)

@@ -37,7 +37,7 @@ from utils.scoring.detection import read_detection_table
 from utils.training.checkpoints import load_checkpoint
 from utils.training.distributed import init_distributed
 from utils.training.loaders import collate_skip_none
-from utils.training.loop import fit, predict
+from utils.training.loop import fit, predict, seed_initialisation
 
 log = logging.getLogger(__name__)
 
@@ -378,6 +378,7 @@ class TorchKind(ModelKind):
         def evaluate(indices: torch.Tensor, outputs: dict) -> dict:
             return self.val_scores(self.rows(val.iloc[indices.numpy()], fold, outputs), val)
 
+        seed_initialisation(config.seed + fold)  # each fold its own initialisation, the same in every rerun
         model = self.build_model(config)
         if options.start_from is not None and not options.resume:
             model.load_state_dict(fold_weights(options.start_from, self.name, fold))

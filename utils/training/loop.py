@@ -109,6 +109,12 @@ class _Meter:
         return ({k: t / count for k, t in zip(names, totals[:-1])} if count else {}), int(count)
 
 
+def seed_initialisation(seed: int) -> None:
+    """Seeds torch's generator before a model is built, so its new layers start the same in every run
+    with this seed (``fit`` seeds again for the training itself)."""
+    torch.manual_seed(seed)
+
+
 def prepare_model_for_training(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.nn.Module:
     """``model`` on ``device``, in the channels-last memory layout when the config asks for it (a convolution
     whose weights are channels-last gives a channels-last output, so the whole network follows)."""

@@ -24,7 +24,7 @@ from utils.nets.models import check_trunk_file
 from utils.scoring.classification import format_multilabel_table, multilabel_report
 from utils.training.checkpoints import load_checkpoint
 from utils.training.distributed import init_distributed
-from utils.training.loop import fit, predict
+from utils.training.loop import fit, predict, seed_initialisation
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ def train_backbone(config: BackboneConfig, data_dir: Path, split_dir: Path | Non
                                    config.threshold)
         return {k: _nan_if_none(report[k]) for k in ("mean_auc", "mean_f1", "mean_accuracy")}
 
+    seed_initialisation(config.seed)
     model = MultiLabelClassifier(len(NIH_FINDINGS), config.arch, config.pretrained)
     result = fit(model, dataset("train", "nih_train"), dataset("val", "nih_eval"), config, out,
                  evaluate=evaluate, monitor="val_mean_auc", mode="max", resume=resume,
