@@ -2,6 +2,7 @@ import os
 import shutil
 
 import cv2
+import pytest
 import pandas as pd
 
 from utils.data.inputs import find_dicoms
@@ -80,3 +81,38 @@ def test_an_image_id_in_two_series_is_kept_once_with_a_warning(siim_dataset, tmp
     assert [p for p in found if p.stem == first.stem] == [min(first, twin)]
     assert f"image id {first.stem} found twice" in caplog.text
     assert len(found) == len(find_dicoms(siim_dataset / "test"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_disk_stops_prepare_in_one_line_and_a_rerun_finishes(siim_dataset, tmp_path, monkeypatch, capsys,
+                                                                    workers):
+    """The disk fills at the fourth PNG: the run fails (before, the image was listed as a failure and the
+    run exited 0 with the rest of the data missing), in one line naming the file; what was written stays,
+    no temporary is left, and the rerun with room decodes only what is missing."""
+    from train import prepare as prepare_script
+
+    real_imwrite = cv2.imwrite
+    written = []
+
+    def imwrite_until_full(path, pixels):
+        if len(written) >= 3:
+            return False  # what OpenCV answers when the disk is full
+        written.append(path)
+        return real_imwrite(path, pixels)
+
+    monkeypatch.setattr(cv2, "imwrite", imwrite_until_full)
+    out = tmp_path / "prepared"
+    argv = ["--data-dir", str(siim_dataset), "--out", str(out), "--size", "48", "--workers", str(workers)]
+    with pytest.raises(SystemExit) as stop:
+        prepare_script.main(argv)
+    message = str(stop.value)
+    assert message.startswith(f"error: {out / 'images_48'}/") and "the PNG could not be written" in message
+    assert "MiB free there" in message and "\n" not in message
+    kept = sorted(p.name for p in (out / "images_48").iterdir())
+    assert 1 <= len(kept) <= 3 * workers and not any(".tmp-" in name for name in kept)  # 3 per process
+    assert not (out / "meta.csv").exists()
+    monkeypatch.setattr(cv2, "imwrite", real_imwrite)
+    prepare_script.main(argv)
+    meta = pd.read_csv(out / "meta.csv")
+    assert meta["used"].sum() > 0 and len(pd.read_csv(out / "failures.csv")) == 0
+    assert len(list((out / "images_48").glob("*.png"))) == len(find_dicoms(siim_dataset / "train"))

@@ -17,10 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 from utils.core.config import MAX_IMAGE_SIZE, MAX_SEED, MAX_WORKERS, int_in
+from utils.core.files import describe_write_failure, is_write_failure
 from utils.core.log import configure_logging
 from utils.data.inputs import PreparationInputError
 from utils.data.labels import DUPLICATE_POLICIES, DUPLICATES_KEEP_BOXED, LabelFileError
-from utils.data.prepare import prepare_data
+from utils.data.prepare import PreparedWriteError, prepare_data
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,12 @@ def main(argv=None) -> None:
                              args.patients)
     except (PreparationInputError, LabelFileError) as err:
         raise SystemExit(f"error: {err}") from None
+    except OSError as err:  # the destination's fault (a full disk): the run stops, nothing written is lost
+        if not is_write_failure(err):
+            raise
+        where = str(err) if isinstance(err, PreparedWriteError) else describe_write_failure(err)
+        raise SystemExit(f"error: {where}; the images prepared so far are kept: make room and run it again "
+                         "(they are not decoded again)") from None
     used = int(table["used"].sum())
     failures = len(pd.read_csv(Path(args.out) / "failures.csv"))
     print(f"meta.csv: {len(table)} images ({used} used for training) in {table['fold'].nunique()} folds -> {args.out}"

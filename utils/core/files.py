@@ -3,8 +3,10 @@ and the lock that makes writers of one shared file (a weights folder's manifest)
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +28,27 @@ def atomic_path(path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+# Errors of the place written to, not of the data: a run stops on them (one line naming the path), it never
+# skips the item it was writing.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO})
+
+
+def is_write_failure(err: BaseException) -> bool:
+    """An OSError of the destination (full disk, quota, permission, read-only or failing file system)."""
+    return isinstance(err, OSError) and err.errno in WRITE_ERRNOS
+
+
+def describe_write_failure(err: OSError, path=None) -> str:
+    """One line: the path, the reason and the space left on its file system."""
+    where = Path(path or err.filename or ".")
+    folder = next((p for p in (where, *where.parents) if p.exists()), Path("."))
+    try:
+        free = f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = ""
+    return f"{where}: {err.strerror or err}{free}"
 
 
 def _process_alive(pid: int) -> bool:

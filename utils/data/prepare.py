@@ -19,6 +19,7 @@ Output folder (the same for both):
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from utils.core.files import atomic_path, remove_stale_temporaries, write_csv_atomic
+from utils.core.files import atomic_path, describe_write_failure, remove_stale_temporaries, write_csv_atomic
 from utils.data.boxes import as_boxes, kaggle_xywh_to_xyxy
 from utils.data.dicom import MAX_PIXELS, DicomReadError, read_radiograph, resize_image
 from utils.data.inputs import (
@@ -99,10 +100,23 @@ def image_path(out_dir: Path, size: int, image_id: str) -> Path:
     return Path(out_dir) / f"images_{size}" / f"{image_id}.png"
 
 
+class PreparedWriteError(OSError):
+    """Writing into the prepared folder failed (a full disk, a quota, no permission): the run stops,
+    with what is already written kept; the image itself is not at fault. Its text is one line: the
+    path, the reason and the space left."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def _write_png_atomic(path: Path, pixels) -> None:
-    with atomic_path(path) as temporary:
-        if not cv2.imwrite(str(temporary), pixels):
-            raise OSError(f"could not write {path}")
+    try:
+        with atomic_path(path) as temporary:
+            if not cv2.imwrite(str(temporary), pixels):  # OpenCV says only False: a full disk, mostly
+                raise OSError(errno.EIO, "the PNG could not be written", str(path))
+    except (OSError, cv2.error) as err:
+        error = err if isinstance(err, OSError) else OSError(errno.EIO, str(err).strip(), str(path))
+        raise PreparedWriteError(error.errno, describe_write_failure(error, path)) from None
 
 
 def decode_one(path: Path, out_dir: Path, sizes: tuple[int, ...], known: DecodedImage | None = None) -> DecodedImage:
@@ -137,6 +151,8 @@ def _decode_task(args):
     path, out_dir, sizes, known = args
     try:
         return path, decode_one(path, out_dir, sizes, known), None
+    except PreparedWriteError:
+        raise  # the destination's fault: stops the run (the image is fine)
     except DicomReadError as err:
         return path, None, err.reason
     except Exception as err:  # one bad file never stops the run; it is reported with its reason
@@ -212,7 +228,7 @@ def decode_files(paths, out_dir, sizes, workers: int = 1, progress: bool = True,
                 done[decoded.image_id] = decoded
         finally:
             if executor is not None:
-                executor.shutdown()
+                executor.shutdown(cancel_futures=True)
     return list(done.values()), failures
 
 
