@@ -2,8 +2,8 @@ import os
 import shutil
 
 import cv2
-import pytest
 import pandas as pd
+import pytest
 
 from utils.data.inputs import find_dicoms
 from utils.data.labels import boxes_from_json
