@@ -23,6 +23,7 @@ process each, and gives the same submission as one device (``utils/ensemble/shar
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -34,7 +35,14 @@ from utils.core.config import (
     parse_overrides,
     worker_count,
 )
-from utils.core.files import OverwriteError, check_not_an_input, check_not_inside, write_json_atomic
+from utils.core.files import (
+    OverwriteError,
+    check_not_an_input,
+    check_not_inside,
+    describe_write_failure,
+    is_write_failure,
+    write_json_atomic,
+)
 from utils.core.interrupt import exit_interrupted
 from utils.core.log import configure_logging
 from utils.data.inputs import PreparationInputError
@@ -45,6 +53,7 @@ from utils.ensemble.manifest import ManifestError, named_files, read_manifest
 from utils.ensemble.predictor import Ensemble
 from utils.ensemble.sharding import ShardedEnsemble, ShardError, parse_devices
 
+log = logging.getLogger("make_submission")
 SHOWN_UNREADABLE = 20  # unreadable images listed one per line; the summary JSON has them all
 
 
@@ -108,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ManifestError, FileNotFoundError, OverwriteError, PreparationInputError, SubmissionError,
             ShardError, TooManyUnreadableError) as err:
         raise SystemExit(f"error: {err}") from None
+    except OSError as err:  # the destination's fault (a full disk): one line; an earlier submission stays whole
+        if not is_write_failure(err):
+            raise
+        raise SystemExit(f"error: {describe_write_failure(err)}; no submission was written (an earlier "
+                         f"{args.out.name} is left as it was)") from None
     summary["load_seconds"] = ensemble.load_seconds
     unreadable = list(summary["unreadable"].items())
     for image_id, reason in unreadable[:SHOWN_UNREADABLE]:
@@ -119,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {summary['out']}: {summary['rows']} rows for {summary['images']} images in "
           f"{summary['seconds']:.1f} s ({1000 * summary['seconds_per_image']:.0f} ms per image on "
           f"{summary['device']}; {loaded})")
-    write_json_atomic(args.out.parent / f"{args.out.stem}_summary.json", summary)
+    try:
+        write_json_atomic(args.out.parent / f"{args.out.stem}_summary.json", summary)
+    except OSError as err:  # the submission is written and valid: only its summary is lost, which says so
+        if not is_write_failure(err):
+            raise
+        log.warning("%s; the summary was not written (the submission %s is complete and valid)",
+                    describe_write_failure(err), args.out)
     print(describe_unreadable(summary["unreadable_summary"]))
     return 0
 

@@ -477,6 +477,42 @@ def _submission_argv(data, weights, out):
     return ["--data-dir", str(data), "--weights-dir", str(weights), "--out", str(out), "--no-progress"]
 
 
+def test_a_full_disk_leaves_the_earlier_submission_whole_and_says_so_in_one_line(untrained_weights, siim_dataset,
+                                                                                 tmp_path, monkeypatch, caplog):
+    """ENOSPC at the submission's write: exit non-zero in one line, the earlier submission untouched, no
+    temporary left; at the summary's write (after a valid submission): exit 0, and a warning says only
+    the summary is lost (before: a traceback and exit 1 beside a valid submission)."""
+    import errno
+
+    from infer import make_submission
+
+    out = tmp_path / "sub.csv"
+    out.write_text("an earlier submission\n")
+    real_to_csv = pd.DataFrame.to_csv
+
+    def full_disk(self, path=None, *args, **kwargs):
+        if path is not None and str(path).startswith(str(tmp_path)):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_to_csv(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    with pytest.raises(SystemExit) as stop:
+        make_submission.main(_submission_argv(siim_dataset, untrained_weights, out))
+    assert re.fullmatch(rf"error: {re.escape(str(tmp_path))}/sub\.csv: No space left on device; \d+ MiB "
+                        r"free there; no submission was written \(an earlier sub\.csv is left as it was\)",
+                        str(stop.value))
+    assert out.read_text() == "an earlier submission\n" and sorted(p.name for p in tmp_path.iterdir()) == ["sub.csv"]
+    monkeypatch.setattr(pd.DataFrame, "to_csv", real_to_csv)
+
+    def full_at_summary(path, value):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(make_submission, "write_json_atomic", full_at_summary)
+    assert make_submission.main(_submission_argv(siim_dataset, untrained_weights, out)) == 0
+    assert submission_problems(pd.read_csv(out, keep_default_na=False)) == []
+    assert "the summary was not written (the submission" in caplog.text
+
+
 def test_make_submission_checks_what_it_can_before_predicting(untrained_weights, siim_dataset, tmp_path,
                                                               monkeypatch):
     """A bad output path or sample fails at once, before any image is predicted."""

@@ -281,3 +281,44 @@ def test_two_identical_runs_train_identical_weights(prepared, backbone_run, tmp_
     second = run(tmp_path / "b")
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_full_disk_at_the_best_checkpoint_stops_in_one_line_and_resume_finishes_the_fold(
+        prepared, backbone_run, tmp_path, monkeypatch):
+    """ENOSPC while last.pt is copied to best.pt at the final epoch: one line naming the file (before: a
+    traceback, and a fold that --resume could not finish or exported the previous epoch's weights);
+    --resume with room finishes the copy and exports the final epoch."""
+    import errno
+
+    from utils.training import loop
+
+    def run(*extra: str) -> int:
+        return train_study.main([*extra, "--prepared", str(prepared), "--out", str(tmp_path / "run"), "--weights-dir",
+                                 str(tmp_path / "weights"), "--config", "train/configs/demo.yaml", "--no-progress",
+                                 "--set", "epochs=2", "image_size=32", "batch_size=16", "workers=0", "amp=off",
+                                 "device=cpu", "folds=[0]", f"backbone={backbone_run / 'best.pt'}", "seg_weight=0",
+                                 "tta_views=[identity]"])
+
+    real_copy = loop.copy_atomic
+
+    def full_at_the_second_copy(source, destination):
+        if torch.load(source, weights_only=True)["epoch"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(destination))
+        return real_copy(source, destination)
+
+    monkeypatch.setattr(loop, "copy_atomic", full_at_the_second_copy)
+    with pytest.raises(SystemExit) as stop:
+        run()
+    fold = tmp_path / "run" / "fold0"
+    assert str(stop.value) == (f"error: {fold / 'best.pt'}: No space left on device; "
+                               f"{str(stop.value).split('; ')[1]}; what was written before stays whole: make room "
+                               "and run it again with --resume")
+    assert torch.load(fold / "best.pt", weights_only=True)["epoch"] == 1  # the old state, whole
+    assert torch.load(fold / "last.pt", weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(loop, "copy_atomic", real_copy)
+    assert run("--resume") == 0
+    best, last = (torch.load(fold / name, weights_only=True) for name in ("best.pt", "last.pt"))
+    assert best["epoch"] == 2 and all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    entry = read_manifest(tmp_path / "weights")["models"]["study"]
+    exported = torch.load(tmp_path / "weights" / entry["files"]["0"], weights_only=True)
+    assert all(torch.equal(exported[k], last["model"][k]) for k in exported)

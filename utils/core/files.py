@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,8 +42,10 @@ def is_write_failure(err: BaseException) -> bool:
 
 
 def describe_write_failure(err: OSError, path=None) -> str:
-    """One line: the path, the reason and the space left on its file system."""
+    """One line: the path (the file an :func:`atomic_path` temporary stood for), the reason and the space
+    left on its file system."""
     where = Path(path or err.filename or ".")
+    where = where.with_name(re.sub(r"\.tmp-\d+(?=\.[^.]*$|$)", "", where.name))
     folder = next((p for p in (where, *where.parents) if p.exists()), Path("."))
     try:
         free = f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"

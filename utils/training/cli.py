@@ -43,6 +43,7 @@ def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
     (:func:`utils.kinds.train_folds`). ``before(config, args, options)`` may return a changed config
     (Faster R-CNN's RSNA pre-training). Config and data problems exit with the message, not a traceback."""
     from utils.core.config import ConfigError, load_section, parse_overrides
+    from utils.core.files import describe_write_failure, is_write_failure
     from utils.kinds.registry import RunOptions, TrainingError, train_folds
     from utils.nets.models import WeightsError
     from utils.training.checkpoints import CheckpointError
@@ -59,6 +60,11 @@ def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
         train_folds(kind, config, options)
     except (ConfigError, TrainingError, CheckpointError, WeightsError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
+    except OSError as err:  # the destination's fault (a full disk): checkpoints and manifests written stay whole
+        if not is_write_failure(err):
+            raise
+        raise SystemExit(f"error: {describe_write_failure(err)}; what was written before stays whole: make "
+                         "room and run it again with --resume") from None
     return 0
 
 

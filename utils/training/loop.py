@@ -246,6 +246,14 @@ class FitResult:
     best_value: float
 
 
+def _checkpoint_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint file holds; None when there is no readable one."""
+    try:
+        return load_checkpoint(path)["epoch"] if path.is_file() else None
+    except CheckpointError:
+        return None
+
+
 def _is_better(value: float, best: float | None, mode: str, monitor: str = "") -> bool:
     if monitor == LAST_EPOCH:
         return True
@@ -343,6 +351,11 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
         best_value, best_epoch = state["metrics"]["best_value"], state["metrics"]["best_epoch"]
         if info.is_main:
             log.info("resumed %s at epoch %d/%d", last_path, start_epoch, config.epochs)
+            if best_epoch == start_epoch and _checkpoint_epoch(best_path) != best_epoch:
+                # killed (or out of space) between last.pt and its copy to best.pt: finish the copy
+                copy_atomic(last_path, best_path)
+                log.info("%s: copied from %s (epoch %d), which a stopped run had not finished", best_path,
+                         last_path, best_epoch)
     elif resume and info.is_main:
         log.info("no %s yet: starting from scratch", last_path)
 
