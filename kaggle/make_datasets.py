@@ -30,6 +30,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from utils.core.files import atomic_folder, describe_write_failure, is_write_failure
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPETITION = "siim-covid19-detection"
 WEIGHTS_SLUG = "siim-covid19-pipeline-weights"
@@ -82,16 +84,15 @@ def flat_name(relative: str) -> str:
 def weights_dataset(weights_dir: Path, out: Path, owner: str) -> Path:
     """The weights folder flattened, its manifest's file paths rewritten, plus dataset-metadata.json."""
     manifest = json.loads((weights_dir / "manifest.json").read_text())
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for spec in manifest["models"].values():
-        for fold, relative in spec["files"].items():
-            shutil.copyfile(weights_dir / relative, out / flat_name(relative))
-            spec["files"][fold] = flat_name(relative)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    metadata = dataset_metadata(owner, WEIGHTS_SLUG, "SIIM COVID-19 pipeline weights", "other")
-    (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    # Written beside, then swapped in: a full disk or a kill leaves the previous export whole.
+    with atomic_folder(out) as folder:
+        for spec in manifest["models"].values():
+            for fold, relative in spec["files"].items():
+                shutil.copyfile(weights_dir / relative, folder / flat_name(relative))
+                spec["files"][fold] = flat_name(relative)
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        metadata = dataset_metadata(owner, WEIGHTS_SLUG, "SIIM COVID-19 pipeline weights", "other")
+        (folder / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     return out
 
 
@@ -207,7 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.weights_dir / "manifest.json").is_file():
         raise SystemExit(f"{args.weights_dir / 'manifest.json'}: not found (train first: make train-all)")
     owner = kaggle_owner(args.owner)
-    weights_dataset(args.weights_dir, args.out / "weights", owner)
+    try:
+        weights_dataset(args.weights_dir, args.out / "weights", owner)
+    except OSError as err:
+        if not is_write_failure(err):
+            raise
+        raise SystemExit(f"error: {describe_write_failure(err)}; the previous {args.out / 'weights'} (if any) is "
+                         "left as it was") from None
     wheels_dataset(args.out / "wheels", owner, args.python_versions, args.glibc, download=not args.no_wheels)
     kernel_folder(args.out / "kernel", owner)
     print(f"wrote {args.out}/weights, {args.out}/wheels and {args.out}/kernel for {owner}")

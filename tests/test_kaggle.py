@@ -258,3 +258,41 @@ def test_a_gpu_without_kernels_in_this_torch_falls_back_to_the_cpu_with_a_messag
     assert usable_device(fake_torch(None, ""))[0] == "cpu"
     source = (REPO / "kaggle" / "inference.ipynb").read_text()
     assert "usable_device()" in source and "'--devices', DEVICES" in source
+
+
+def test_a_failed_weights_export_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    """A full disk (or a kill) while the weights dataset is copied: the previous export stays as it was
+    (before, it was deleted first, so a full disk left neither), no temporary folder stays, one line."""
+    import errno
+    import json
+    import shutil
+
+    make_datasets = _make_datasets()
+    weights = tmp_path / "weights"
+    (weights / "study").mkdir(parents=True)
+    for fold in (0, 1):
+        (weights / "study" / f"fold{fold}.pt").write_bytes(b"w" * 100)
+    (weights / "manifest.json").write_text(json.dumps(
+        {"models": {"study": {"files": {"0": "study/fold0.pt", "1": "study/fold1.pt"}}}}))
+    out = tmp_path / "kaggle"
+    make_datasets.weights_dataset(weights, out / "weights", "someone")
+    before = {p.name: p.read_bytes() for p in (out / "weights").iterdir()}
+    real_copy = shutil.copyfile
+
+    def full_at_the_second_file(source, destination):
+        if str(source).endswith("fold1.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(destination))
+        return real_copy(source, destination)
+
+    monkeypatch.setattr(make_datasets.shutil, "copyfile", full_at_the_second_file)
+    monkeypatch.setattr(make_datasets, "kaggle_owner", lambda owner: "someone")
+    with pytest.raises(SystemExit, match=r"^error: .*study__fold1\.pt: No space left on device; \d+ MiB free there; "
+                                         r"the previous .*weights \(if any\) is left as it was$"):
+        make_datasets.main(["--weights-dir", str(weights), "--out", str(out), "--no-wheels"])
+    assert {p.name: p.read_bytes() for p in (out / "weights").iterdir()} == before
+    assert sorted(p.name for p in out.iterdir()) == ["weights"]
+    monkeypatch.setattr(make_datasets.shutil, "copyfile", real_copy)
+    (weights / "study" / "fold1.pt").write_bytes(b"new")
+    make_datasets.weights_dataset(weights, out / "weights", "someone")
+    assert (out / "weights" / "study__fold1.pt").read_bytes() == b"new"
+    assert sorted(p.name for p in out.iterdir()) == ["weights"]

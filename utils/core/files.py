@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import os
 import re
 import shutil
@@ -73,7 +74,10 @@ def remove_stale_temporaries(folder, pattern: str = "*") -> int:
         pid = path.stem.rpartition(".tmp-")[2]
         if pid.isdigit() and _process_alive(int(pid)):
             continue
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         removed += 1
     return removed
 
@@ -91,6 +95,29 @@ def file_lock(path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def atomic_folder(path) -> Iterator[Path]:
+    """:func:`atomic_path` for a folder: the block fills a new temporary folder beside ``path``, which then
+    takes ``path``'s place (the old folder moved aside, the new one renamed in, the old one deleted); on
+    an error the temporary folder goes and ``path`` is left as it was. A killed run's temporaries are
+    deleted by the next one (:func:`remove_stale_temporaries`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, glob.escape(path.name))
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    previous = path.with_name(f"{path.name}.old.tmp-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir()
+    try:
+        yield temporary
+        if path.exists():
+            os.replace(path, previous)
+        os.replace(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def write_text_atomic(path, text: str) -> Path:
