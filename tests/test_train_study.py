@@ -322,3 +322,38 @@ def test_a_full_disk_at_the_best_checkpoint_stops_in_one_line_and_resume_finishe
     entry = read_manifest(tmp_path / "weights")["models"]["study"]
     exported = torch.load(tmp_path / "weights" / entry["files"]["0"], weights_only=True)
     assert all(torch.equal(exported[k], last["model"][k]) for k in exported)
+
+
+def test_a_kill_between_new_weights_and_their_registration_is_refused_until_the_stage_reruns(study_run, tmp_path,
+                                                                                             monkeypatch):
+    """Killed after fold 0's new weights were written and before the manifest said so: before, the new
+    weights were served under the old entry (its input size, its config) and every command exited 0; now
+    the entry is refused in one line until the stage registers again."""
+    import shutil
+
+    from utils.ensemble.manifest import ManifestError, entry_files
+    from utils.kinds import base
+
+    weights = tmp_path / "weights"
+    shutil.copytree(study_run / "weights", weights)
+    checkpoints = {fold: study_run / "run" / f"fold{fold}" / "best.pt" for fold in (0, 1)}
+    entry = read_manifest(weights)["models"]["study"]
+    real_export = base.export_weights
+
+    def killed_after_the_first_file(checkpoint, path):
+        real_export(checkpoint, path)
+        raise KeyboardInterrupt  # the kill, after fold 0's file
+
+    monkeypatch.setattr(base, "export_weights", killed_after_the_first_file)
+    with pytest.raises(KeyboardInterrupt):
+        base.register_fold_checkpoints(weights, "study", checkpoints, 96, entry["config"])
+    spec = read_manifest(weights)["models"]["study"]
+    assert spec["input_size"] == 48  # the old entry, marked
+    with pytest.raises(ManifestError, match=r"manifest.json: model 'study': its training stage stopped while writing "
+                                            r"new weights .*run that stage again with --resume$"):
+        entry_files(weights, "study", spec)
+    monkeypatch.setattr(base, "export_weights", real_export)
+    base.register_fold_checkpoints(weights, "study", checkpoints, 96, entry["config"])
+    spec = read_manifest(weights)["models"]["study"]
+    assert spec["input_size"] == 96 and "replacing_files" not in spec
+    assert entry_files(weights, "study", spec)[2] == 96
