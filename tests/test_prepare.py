@@ -116,3 +116,20 @@ def test_a_full_disk_stops_prepare_in_one_line_and_a_rerun_finishes(siim_dataset
     meta = pd.read_csv(out / "meta.csv")
     assert meta["used"].sum() > 0 and len(pd.read_csv(out / "failures.csv")) == 0
     assert len(list((out / "images_48").glob("*.png"))) == len(find_dicoms(siim_dataset / "train"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_file_name_that_is_not_utf8_is_listed_not_a_crash(siim_dataset, tmp_path, workers):
+    """Linux allows any bytes in a name; before, such a training DICOM crashed prepare on every run (a
+    segfault in the PNG write with one worker, BrokenProcessPool with two)."""
+    data = tmp_path / "data"
+    shutil.copytree(siim_dataset, data)
+    victim = find_dicoms(data / "train")[0]
+    renamed = os.path.join(os.fsencode(victim.parent), b"\xff\xfeimage.dcm")
+    os.rename(victim, renamed)
+    out = tmp_path / "prepared"
+    meta = prepare_competition(data, out, sizes=(32,), workers=workers, n_folds=3, progress=False)
+    failures = pd.read_csv(out / "failures.csv")
+    assert failures["path"].tolist() == [f"{victim.parent}/\\xff\\xfeimage.dcm"]
+    assert failures["reason"].tolist() == ["its file or folder name is not valid UTF-8: rename it"]
+    assert meta["used"].sum() > 0 and len(list((out / "images_32").glob("*.png"))) == len(find_dicoms(data / "train")) - 1

@@ -23,6 +23,7 @@ import errno
 import hashlib
 import json
 import logging
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -187,6 +188,23 @@ def _load_done(out_dir: Path, sizes) -> dict[str, DecodedImage]:
 Decoded = tuple[list["DecodedImage"], list[tuple[str, str]]]  # (decoded images, (path, reason) failures)
 
 
+NOT_UTF8 = "its file or folder name is not valid UTF-8: rename it"
+
+
+def is_utf8_name(path: Path) -> bool:
+    """Whether ``path`` is text (a name that is not UTF-8 holds surrogates on Linux)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_path(path: Path) -> str:
+    """``path`` with the bytes that are not UTF-8 written as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def decode_split(split_dir, out_dir, sizes, workers: int = 1, progress: bool = True) -> Decoded:
     """Decode every DICOM of a split (skipping ones already done) -> (decoded, failures)."""
     return decode_files(find_dicoms(split_dir), out_dir, sizes, workers, progress)
@@ -207,6 +225,12 @@ def decode_files(paths, out_dir, sizes, workers: int = 1, progress: bool = True,
     done = _load_done(out_dir, sizes)
     todo = [Path(p) for p in paths if Path(p).stem not in done]
     failures: list[tuple[str, str]] = []
+    # A name the file system allows but UTF-8 does not (it reaches Python as surrogates) cannot become an
+    # image id, a PNG name or a CSV cell: listed with its name made printable, never decoded.
+    for path in [p for p in todo if not is_utf8_name(p)]:
+        log.warning("skipped %s: %s", printable_path(path), NOT_UTF8)
+        failures.append((printable_path(path), NOT_UTF8))
+    todo = [p for p in todo if is_utf8_name(p)]
     known = known or {}
     tasks = [(p, out_dir, sizes, known.get(p.stem)) for p in todo]
     with open(headers_file, "a") as headers:
