@@ -257,3 +257,56 @@ def trained_run(siim_dataset, nih_dataset, tmp_path_factory) -> Path:
                            *LEARNING])
     assert code == 0, json.loads((root / "run" / "train_all.json").read_text())
     return root / "run"
+
+
+def leftover_children_after_kill(argv: list[str], sig: int, children: int, busy,
+                                 timeout: float = 300.0) -> list[str]:
+    """Starts ``python argv`` from the repository, waits until it has ``children`` helper processes and
+    ``busy()`` says they are at work (so each has started up), freezes them (SIGSTOP: the run can then
+    neither finish nor clean up by itself; multiprocessing's resource tracker excepted), sends ``sig`` to
+    the command alone, and returns the helpers still alive 15 s later (zombies count as gone), as
+    ``"pid command line"``; it kills them after. A frozen helper dies only of SIGKILL: what a helper that
+    dies with its parent gets from the kernel."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    process = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    parent = psutil.Process(process.pid)
+
+    def alive(helper) -> bool:
+        try:
+            return helper.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    helpers = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            helpers = [h for h in parent.children(recursive=True) if alive(h)]
+            if len(helpers) >= children and busy():
+                helpers = [h for h in parent.children(recursive=True) if alive(h)]
+                break
+            time.sleep(0.01)
+        assert len(helpers) >= children, f"{argv}: {len(helpers)} helper processes, expected {children}"
+        for helper in helpers:  # not multiprocessing's resource tracker: it ends by itself when its pipe closes
+            if "resource_tracker" not in " ".join(helper.cmdline()):
+                helper.send_signal(signal.SIGSTOP)
+        os.kill(process.pid, sig)
+        process.wait(60)
+        end = time.monotonic() + 15.0
+        while time.monotonic() < end and any(alive(h) for h in helpers):
+            time.sleep(0.2)
+        return [f"{h.pid} {' '.join(h.cmdline())[:120]}" for h in helpers if alive(h)]
+    finally:
+        for helper in helpers:
+            if alive(helper):
+                helper.kill()
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, leftover_children_after_kill
 
 from utils.data.boxes import as_boxes, hflip_xyxy
 from utils.data.inputs import find_dicoms
@@ -962,3 +963,22 @@ def test_a_killed_submission_run_leaves_no_process_behind(untrained_weights, tmp
     finally:
         run.kill()
         run.wait()
+
+
+def test_a_terminated_submission_run_leaves_no_worker_behind_even_frozen(untrained_weights, shared, tmp_path):
+    """make_submission on the 1,263 real test images with two decoding workers and a fusion worker,
+    terminated (SIGTERM) with its helpers frozen, so none can notice by itself that its parent is gone
+    (the test above lets them): every helper dies with it (before: the fusion worker, ~1 GB on a real
+    run, and the DataLoader workers stayed)."""
+    import time
+
+    argv = ["infer/make_submission.py", "--data-dir", str(shared("siim-256")), "--test-meta",
+            str(shared("siim-labels", "test_meta.csv")), "--weights-dir", str(untrained_weights), "--out",
+            str(tmp_path / "sub.csv"), "--no-progress", "--workers", "2", "--set", "fusion_workers=1"]
+    first_seen = []
+
+    def busy() -> bool:  # the loader's two, the fusion worker and the resource tracker for 15 s: started up
+        first_seen.append(time.monotonic())
+        return first_seen[-1] - first_seen[0] > 15.0
+
+    assert leftover_children_after_kill(argv, signal.SIGTERM, children=4, busy=busy) == []

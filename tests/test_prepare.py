@@ -1,9 +1,12 @@
+import itertools
 import os
 import shutil
+import signal
 
 import cv2
 import pandas as pd
 import pytest
+from conftest import leftover_children_after_kill
 
 from utils.data.inputs import find_dicoms
 from utils.data.labels import boxes_from_json
@@ -134,3 +137,17 @@ def test_a_file_name_that_is_not_utf8_is_listed_not_a_crash(siim_dataset, tmp_pa
     assert failures["reason"].tolist() == ["its file or folder name is not valid UTF-8: rename it"]
     assert meta["used"].sum() > 0
     assert len(list((out / "images_32").glob("*.png"))) == len(find_dicoms(data / "train")) - 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_prepare_leaves_no_worker_behind(shared, tmp_path, sig):
+    """prepare with two workers on the real images, killed while they decode (SIGKILL runs no cleanup):
+    its pool workers die with it (before: they waited forever)."""
+    argv = ["train/prepare.py", "--data-dir", str(shared("siim-256")), "--out", str(tmp_path / "prepared"),
+            "--size", "64", "--workers", "2"]
+    pngs = tmp_path / "prepared" / "images_64"
+
+    def busy() -> bool:  # both workers past their start-up: a few chunks of 4 images written
+        return pngs.is_dir() and len(list(itertools.islice(pngs.iterdir(), 40))) >= 40
+
+    assert leftover_children_after_kill(argv, sig, children=2, busy=busy) == []

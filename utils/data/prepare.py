@@ -34,6 +34,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from utils.core.files import atomic_path, describe_write_failure, remove_stale_temporaries, write_csv_atomic
+from utils.core.interrupt import dies_with_this_process
 from utils.data.boxes import as_boxes, kaggle_xywh_to_xyxy
 from utils.data.dicom import MAX_PIXELS, DicomReadError, read_radiograph, resize_image
 from utils.data.inputs import (
@@ -237,7 +238,7 @@ def decode_files(paths, out_dir, sizes, workers: int = 1, progress: bool = True,
         if headers.tell() and not headers_file.read_bytes().endswith(b"\n"):
             headers.write("\n")  # end a line cut short by a killed run before appending
         if workers > 1:
-            executor = ProcessPoolExecutor(max_workers=workers)
+            executor = ProcessPoolExecutor(max_workers=workers, initializer=dies_with_this_process())
             results = executor.map(_decode_task, tasks, chunksize=4)
         else:
             executor, results = None, map(_decode_task, tasks)

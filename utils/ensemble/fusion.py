@@ -40,6 +40,7 @@ from utils.core.config import (
     from_mapping,
     short,
 )
+from utils.core.interrupt import dies_with_this_process
 from utils.data.boxes import NORM_TOLERANCE, as_boxes, clip_xyxy, valid_box_mask
 from utils.data.labels import STUDY_CLASSES
 from utils.kinds import canonical_name
@@ -363,7 +364,8 @@ def fusion_pool(workers: int) -> Executor:
     processes start at once, importing the fusion library, while the first batches are decoded."""
     if workers == 0:
         return InlineFusion()
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=dies_with_this_process())
     for _ in range(workers):
         pool.submit(_import_fusion)
     return pool

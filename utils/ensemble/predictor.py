@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from utils.core.interrupt import dies_with_this_process
 from utils.core.plugins import MEMBER_GROUP, plugin_problems
 from utils.core.runtime import resolve_device, resolve_precision
 from utils.data.boxes import as_boxes
@@ -127,7 +128,8 @@ def decoded_batches(images: Sequence, sizes: Sequence[int], batch_size: int,
     workers = min(workers, len(images))  # a process per image at most: the others would decode nothing
     prefetch = max(2, -(-2 * batch_size // workers)) if workers else None
     loader = DataLoader(InputImageDataset(images, sizes), batch_size=None, num_workers=workers,
-                        collate_fn=_single_image, prefetch_factor=prefetch)
+                        collate_fn=_single_image, prefetch_factor=prefetch,
+                        worker_init_fn=dies_with_this_process() if workers else None)
     batch: list[InputImage] = []
     for image in loader:
         batch.append(image)

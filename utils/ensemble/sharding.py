@@ -23,6 +23,7 @@ from typing import Sequence
 
 from utils.core.config import DeviceError, check_device_name
 from utils.core.files import atomic_path
+from utils.core.interrupt import die_with_parent
 from utils.core.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,10 @@ def batch_shards(n_items: int, batch_size: int, n_shards: int) -> list[list[int]
 
 
 def _worker(weights_dir: str, config, device: str, images: list, batch_size: int, workers: int, threads: int | None,
-            out: str, done) -> None:
+            out: str, done, parent_pid: int) -> None:
     """One device's share: load the ensemble there, predict (adding to the shared count ``done`` after
     each batch, for the parent's progress bar), write ``(predictions, error)`` to ``out``."""
+    die_with_parent(parent_pid)
     import torch
 
     from utils.ensemble.predictor import Ensemble
@@ -135,7 +137,7 @@ def predict_on_devices(weights_dir, config, images: Sequence, devices: Sequence[
             out = str(Path(folder) / f"shard{k}.pkl")
             process = context.Process(target=_worker, name=f"predict-{device}-{k}", args=(
                 str(weights_dir), config, device, [images[i] for i in indices], batch_size, workers, cpu_threads, out,
-                done))
+                done, os.getpid()))
             process.start()
             processes.append((k, device, indices, process, out))
             log.info("worker %d on %s: %d images", k, device, len(indices))

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data._utils.collate import default_collate
 
+from utils.core.interrupt import dies_with_this_process
 from utils.training.distributed import DistInfo, ShardSampler
 
 
@@ -49,4 +50,4 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, in
         sampler = ShardSampler(len(dataset), info.rank, info.world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+                      persistent_workers=False, worker_init_fn=dies_with_this_process() if workers else None)
