@@ -13,9 +13,12 @@ documented at ``/docs``) and ``GET /healthz``. The same predictor as make_submis
 
 Prediction runs in a worker thread, one at a time behind a lock (the models, pydicom's settings and
 torch's thread count are shared by the process), so the event loop keeps answering (``/healthz``
-within milliseconds while radiographs are predicted). At most ``--max-pending`` requests are read,
-waiting or predicted at once (each holds its upload in memory); one more gets 503 with ``Retry-After``
-at once, before its body is read, so memory stays bounded however many clients send. Uploads are read
+within milliseconds while radiographs are predicted). At most ``--max-pending`` uploads that have fully
+arrived wait or are predicted at once, and four times as many are received at once (each held in
+memory); one more gets 503 with ``Retry-After`` at once, before its body is read, so memory stays
+bounded however many clients send. A body must keep arriving (after 10 s, 16 KiB/s on average: a slow
+or stalled sender gets 408 and never holds a prediction slot); a client that goes away mid-upload is one
+log line; multipart bodies are parsed off the event loop, at most 16 fields. Uploads are read
 into memory (never written to disk: the body is streamed into memory with a running count and parsed
 there) up to the size limit (413 beyond it, from ``Content-Length`` before reading when it is
 declared); images with absurd dimensions, and deflated DICOMs that would expand past the pixel bound,

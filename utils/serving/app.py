@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import threading
@@ -15,6 +16,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from utils.data.boxes import denormalize_xyxy
 from utils.data.dicom import MAX_PIXELS, DicomReadError, ImageSizeError, read_radiograph
@@ -33,14 +35,25 @@ log = logging.getLogger("app")
 PAGE = Path(__file__).resolve().parent / "index.html"
 PREVIEW_SIZE = 1024  # longer side of the preview the page draws on
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file, beyond the upload limit
+MAX_PARTS = 16  # multipart fields of one upload: the page sends one; a million tiny ones are refused early
+# A body must keep arriving: after a grace period, at least this many bytes per second on average (a 64 MB
+# radiograph takes about an hour at that rate); a client that trickles or stalls is cut off with 408.
+BODY_GRACE_SECONDS = 10.0
+MIN_BODY_BYTES_PER_SECOND = 16 * 1024
+READERS_PER_SLOT = 4  # bodies read at once per prediction slot (each bounded by the upload limit)
 UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary", "description": "DICOM, PNG or JPEG"}}}}}}}
 
 
+class _TooManyParts(Exception):
+    pass
+
+
 def upload_from_multipart(content_type: str, body: bytes) -> tuple[str, bytes]:
     """``(file name, bytes)`` of the multipart field ``file`` of an in-memory request body (parsed
-    with python-multipart's streaming parser, nothing spooled to disk). Raises HTTPException 400."""
+    with python-multipart's streaming parser, nothing spooled to disk; at most :data:`MAX_PARTS` fields).
+    Raises HTTPException 400. CPU work on up to the whole body: the app runs it off the event loop."""
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     kind, params = parse_options_header(content_type or "")
@@ -49,6 +62,8 @@ def upload_from_multipart(content_type: str, body: bytes) -> tuple[str, bytes]:
     parts, current, header = [], {}, {"field": b"", "value": b""}
 
     def on_part_begin():
+        if len(parts) >= MAX_PARTS:
+            raise _TooManyParts
         current.clear()
         current.update(headers={}, data=bytearray())
 
@@ -74,6 +89,9 @@ def upload_from_multipart(content_type: str, body: bytes) -> tuple[str, bytes]:
     try:
         parser.write(body)
         parser.finalize()
+    except _TooManyParts:
+        raise HTTPException(400, f"more than {MAX_PARTS} multipart fields; send the radiograph in the field "
+                                 "'file'") from None
     except Exception as err:  # noqa: BLE001 - the parser's own error types; the answer is the same
         raise HTTPException(400, f"malformed multipart body ({type(err).__name__})") from None
     for part in parts:
@@ -125,12 +143,42 @@ def prediction_payload(ensemble: Ensemble, data: bytes, name: str, preview: bool
     return payload
 
 
+async def read_body(request: Request, limit: int, too_large: HTTPException, grace_seconds: float,
+                    min_bytes_per_second: float) -> bytes:
+    """The request's body, up to ``limit`` bytes (``too_large`` beyond), arriving at a rate the caller
+    allows: at every moment ``grace_seconds + received / min_bytes_per_second`` must not have passed since
+    the start (a stalled client is waited for only that long); 408 otherwise."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    chunks = request.stream().__aiter__()
+    body = bytearray()
+    while True:
+        allowed = started + grace_seconds + len(body) / min_bytes_per_second - loop.time()
+        try:
+            if allowed <= 0:
+                raise asyncio.TimeoutError
+            chunk = await asyncio.wait_for(chunks.__anext__(), allowed)
+        except StopAsyncIteration:
+            return bytes(body)
+        except asyncio.TimeoutError:
+            raise HTTPException(408, f"the upload arrived too slowly ({len(body)} bytes in "
+                                     f"{loop.time() - started:.0f} s; at least {min_bytes_per_second / 1024:g} "
+                                     "KiB/s are needed)") from None
+        body += chunk  # a running count bounds what is held without a length
+        if len(body) > limit:
+            raise too_large
+
+
 def create_app(weights_dir: Path | None, *, device: str = "cpu", max_upload_bytes: int = 64 << 20,
-               max_pending: int = 4):
+               max_pending: int = 4, body_grace_seconds: float = BODY_GRACE_SECONDS,
+               min_body_bytes_per_second: float = MIN_BODY_BYTES_PER_SECOND):
     """The FastAPI application; ``weights_dir`` None (or without models) serves the page and says
-    plainly that no model is loaded. ``max_pending``: predictions admitted at once (see the module's
-    docstring)."""
+    plainly that no model is loaded. ``max_pending``: predictions admitted at once, once their upload has
+    arrived; ``READERS_PER_SLOT`` times as many uploads are read at once, each at a minimum rate (see the
+    module's docstring)."""
     pending = 0  # requests admitted to /api/predict and not yet answered (changed on the event loop only)
+    reading = 0  # uploads being received (changed on the event loop only)
+    max_reading = READERS_PER_SLOT * max_pending
     ensemble, problem = None, "no trained weights given: start the app with --weights-dir runs/<run>/weights"
     if weights_dir is not None:
         try:
@@ -165,28 +213,39 @@ def create_app(weights_dir: Path | None, *, device: str = "cpu", max_upload_byte
         the original image's pixels; ``preview=true`` adds the decoded image as a base64 PNG (longer
         side at most 1,024); ``opacity_map=true`` adds the study model's opacity map as a base64 PNG
         (grey 0-255 = probability, covering the whole image; null without the auxiliary head)."""
-        nonlocal pending
-        if pending >= max_pending:  # before the body is read: a refused request holds no memory
-            raise HTTPException(503, f"busy: {pending} radiographs are being read or predicted (at most "
-                                     f"{max_pending}); retry in a moment", headers={"Retry-After": "1"})
-        pending += 1
-        try:
-            return await _predict(request, preview, opacity_map)
-        finally:
-            pending -= 1
-
-    async def _predict(request: Request, preview: bool, opacity_map: bool) -> dict:
+        nonlocal pending, reading
         too_large = HTTPException(413, f"upload larger than the limit of {max_upload_bytes // (1 << 20)} MB")
         limit = max_upload_bytes + MULTIPART_OVERHEAD
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise too_large  # refused from the header: the body is never read
-        body = bytearray()
-        async for chunk in request.stream():  # a running count bounds what is held without a length
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        name, data = upload_from_multipart(request.headers.get("content-type", ""), bytes(body))
+        if reading >= max_reading or pending >= max_pending:  # before the body: a refused request holds nothing
+            raise _busy()
+        reading += 1
+        try:
+            body = await read_body(request, limit, too_large, body_grace_seconds, min_body_bytes_per_second)
+        except ClientDisconnect:
+            log.info("%s: the client went away during its upload", request.client.host if request.client else "?")
+            raise HTTPException(400, "the upload was cut short") from None
+        finally:
+            reading -= 1
+        # A prediction slot is taken only now, with the whole upload here: slow senders hold none.
+        if pending >= max_pending:
+            raise _busy()
+        pending += 1
+        try:
+            return await _predict(request, body, preview, opacity_map)
+        finally:
+            pending -= 1
+
+    def _busy() -> HTTPException:
+        return HTTPException(503, f"busy: {pending} radiographs are being predicted (at most {max_pending}) and "
+                                  f"{reading} uploads received (at most {max_reading}); retry in a moment",
+                             headers={"Retry-After": "1"})
+
+    async def _predict(request: Request, body: bytes, preview: bool, opacity_map: bool) -> dict:
+        too_large = HTTPException(413, f"upload larger than the limit of {max_upload_bytes // (1 << 20)} MB")
+        name, data = await run_in_threadpool(upload_from_multipart, request.headers.get("content-type", ""), body)
         del body
         if len(data) > max_upload_bytes:
             raise too_large
