@@ -151,3 +151,22 @@ def test_a_killed_prepare_leaves_no_worker_behind(shared, tmp_path, sig):
         return pngs.is_dir() and len(list(itertools.islice(pngs.iterdir(), 40))) >= 40
 
     assert leftover_children_after_kill(argv, sig, children=2, busy=busy) == []
+
+
+def test_a_training_folder_that_cannot_be_read_is_listed(siim_dataset, tmp_path, monkeypatch):
+    """A study folder that cannot be listed (no permission: simulated, the tests may run as root) hides
+    its images from the search; they are listed in failures.csv by folder (before: silently missing)."""
+    real_scandir = os.scandir
+    study = sorted((siim_dataset / "train").iterdir())[0]
+
+    def scandir(path="."):
+        if os.fspath(path) == str(study):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = tmp_path / "prepared"
+    prepare_competition(siim_dataset, out, sizes=(32,), n_folds=3, progress=False)
+    failures = pd.read_csv(out / "failures.csv")
+    assert failures.values.tolist() == [[str(study), "folder cannot be read (Permission denied): its images are left "
+                                                     "out"]]

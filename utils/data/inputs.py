@@ -5,6 +5,7 @@ training data and the predictor's search for the test images (which imports noth
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +33,26 @@ def find_dicoms(split_dir) -> list[Path]:
             continue
         kept[path.stem] = path
     return sorted(kept.values())
+
+
+def unreadable_folders(split_dir) -> list[tuple[str, str]]:
+    """``(folder, reason)`` of every study or series folder under a split that cannot be listed (no
+    permission, an I/O error): :func:`find_dicoms` sees no image in them, so they are listed instead of
+    their images silently missing."""
+    failures: list[tuple[str, str]] = []
+
+    def subfolders(folder) -> list[str]:
+        try:
+            with os.scandir(folder) as entries:
+                return [entry.path for entry in entries if entry.is_dir()]
+        except OSError as err:
+            failures.append((str(folder), f"folder cannot be read ({err.strerror or err}): its images are left out"))
+            return []
+
+    for study in subfolders(split_dir):
+        for series in subfolders(study):
+            subfolders(series)
+    return failures
 
 
 class PreparationInputError(ValueError):

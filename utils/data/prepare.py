@@ -45,6 +45,7 @@ from utils.data.inputs import (
     find_resized_images,
     read_id_table,
     read_resized_meta,
+    unreadable_folders,
 )
 from utils.data.labels import (
     DUPLICATES_KEEP_BOXED,
@@ -264,6 +265,7 @@ def prepare_competition(data_dir, out_dir, sizes=(1024,), workers: int = 1, n_fo
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     decoded, failures = decode_split(data_dir / "train", out_dir, sizes, workers, progress)
+    failures = unreadable_folders(data_dir / "train") + failures
     if patients:
         table = read_patients(patients)
         patient_of = dict(zip(table["image_id"], table["patient_id"]))
