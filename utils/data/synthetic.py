@@ -139,7 +139,10 @@ def _write_dataset(path, stored, uid, syntax, colour, frames, bits_allocated, ds
         ds.file_meta.TransferSyntaxUID = uid
         ds.save_as(path, enforce_file_format=True)
     elif syntax in ("rle", "jpeg2000"):
-        ds.compress(uid, stored, generate_instance_uid=False)
+        # The default RLE encoder aborts the whole process on 8-bit rows of odd length (make_synthetic died
+        # for seeds 1, 13, 25, ...); pydicom's own (slower) encoder writes them.
+        plugin = "pydicom" if syntax == "rle" and bits_allocated == 8 and cols % 2 else ""
+        ds.compress(uid, stored, generate_instance_uid=False, encoding_plugin=plugin)
         ds.save_as(path, enforce_file_format=True)
     else:
         ds.save_as(path, enforce_file_format=True)
@@ -179,6 +182,10 @@ def write_dicom(
     bits_stored = bits_stored or bits_allocated
     if syntax == "jpeg_baseline" and bits_allocated != 8:
         raise ValueError("JPEG baseline needs 8-bit pixels")
+    if syntax == "jpeg_lossless" and bits_allocated == 8 and cols % 2:
+        # GDCM cannot encode 8-bit JPEG Lossless rows of odd length: the 8 stored bits go in 16 allocated
+        # ones, as many real files have them.
+        stored, bits_allocated = stored.astype(np.uint16), 16
     uid = TRANSFER_SYNTAXES[syntax]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
