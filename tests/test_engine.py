@@ -265,3 +265,17 @@ def test_two_process_distributed_training_on_the_cpu(nih_dataset, tmp_path):
     assert np.isfinite(metrics["val_loss"].iloc[0])
     assert load_checkpoint(out / "best.pt")["epoch"] == 1
     assert (out / "eval_test.json").is_file()
+
+
+def test_a_killed_runs_half_written_checkpoint_is_removed_by_the_next(tmp_path):
+    """SIGKILL during a checkpoint write leaves ``last.tmp-PID.pt`` (no cleanup runs); the next run in
+    that folder deletes it, and keeps a live writer's."""
+    import os
+
+    orphan = tmp_path / f"last.tmp-{2**22 + 4321}.pt"
+    live = tmp_path / f"best.tmp-{os.getppid()}.pt"
+    tmp_path.mkdir(exist_ok=True)
+    orphan.write_bytes(b"half")
+    live.write_bytes(b"being written")
+    fit(LinearModel(), TensorItems(8), TensorItems(4), _tiny_config(epochs=1), tmp_path, progress=False)
+    assert not orphan.exists() and live.exists()

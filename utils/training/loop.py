@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from utils.core.files import remove_stale_temporaries
 from utils.core.loop_config import TrainConfig
 from utils.core.runtime import Precision, resolve_device, resolve_precision
 from utils.training.checkpoints import (
@@ -308,6 +309,7 @@ def fit(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, config: Tr
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)  # a killed run's half-written checkpoints and tables
 
     torch.manual_seed(config.seed)
     model = prepare_model_for_training(model, config, device)
