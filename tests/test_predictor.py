@@ -341,7 +341,7 @@ def test_most_images_unreadable_fails_without_a_submission_unless_allowed(untrai
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"unreadable: 0 of {len(dicoms)} images (0.0%)"
 
 
-def test_test_images_without_a_file_count_as_unreadable(untrained_weights, siim_dataset, tmp_path, capsys):
+def test_test_images_without_a_file_count_as_unreadable(untrained_weights, siim_dataset, tmp_path):
     """The sample's images that have no file get fallback rows and count against max_unreadable_share
     (before, a submission of mostly fallback rows exited 0 saying "unreadable: 0.0%")."""
     from infer import make_submission
@@ -356,12 +356,7 @@ def test_test_images_without_a_file_count_as_unreadable(untrained_weights, siim_
     with pytest.raises(SystemExit, match=rf"error: unreadable: {missing} of {len(dicoms)} images .*: not found "
                                          rf"{missing}; that is more than max_unreadable_share"):
         make_submission.main(_submission_argv(data, untrained_weights, out))
-    assert not out.exists()
-    capsys.readouterr()
-    assert make_submission.main(_submission_argv(data, untrained_weights, out) + ["--allow-unreadable"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(f"not found {missing}")
-    submission = pd.read_csv(out)
-    assert f"{dicoms[1].stem}_image" in set(submission["id"])
+    assert not out.exists()  # (with --allow-unreadable they get fallback rows: the test above)
 
 
 def test_the_pipeline_keeps_the_order_with_decoding_and_fusion_processes(ensemble, siim_dataset, tmp_path):
@@ -977,8 +972,8 @@ def test_a_terminated_submission_run_leaves_no_worker_behind_even_frozen(untrain
             str(tmp_path / "sub.csv"), "--no-progress", "--workers", "2", "--set", "fusion_workers=1"]
     first_seen = []
 
-    def busy() -> bool:  # the loader's two, the fusion worker and the resource tracker for 15 s: started up
+    def busy() -> bool:  # the loader's two, the fusion worker and the resource tracker for 8 s: started up
         first_seen.append(time.monotonic())
-        return first_seen[-1] - first_seen[0] > 15.0
+        return first_seen[-1] - first_seen[0] > 8.0
 
     assert leftover_children_after_kill(argv, signal.SIGTERM, children=4, busy=busy) == []
