@@ -11,6 +11,8 @@ import os
 import signal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from utils.core.files import OverwriteError, atomic_path, check_not_an_input, file_lock
 from utils.ensemble.manifest import MANIFEST_FILE, read_manifest, register_model
@@ -95,3 +97,61 @@ def test_a_killed_writer_leaves_no_lock_and_its_half_written_manifest_goes(tmp_p
     assert sorted(read_manifest(tmp_path)["models"]) == ["study", "yolo"]
     assert not orphan.exists() and live.exists()
     assert json.loads((tmp_path / MANIFEST_FILE).read_text())["models"]["yolo"]["input_size"] == 64
+
+
+class _Killed(BaseException):
+    """A kill at a chosen instant: not an Exception, so nothing on the way catches it."""
+
+
+@given(kill_at=st.integers(0, 12), folds=st.integers(1, 3))
+@settings(max_examples=40, deadline=None)
+def test_a_registration_killed_at_any_rename_leaves_the_old_entry_the_new_one_or_a_refusal(tmp_path_factory, kill_at,
+                                                                                           folds):
+    """A weights folder with model "study" registered (old files, input size 64) is registered again
+    (new files, input size 96), killed at the ``kill_at``-th rename of an atomic write. Whatever the
+    instant, the manifest parses and "study" is the old entry with the old files, the new entry with the
+    new files, or an entry the predictor refuses; never new files under the old entry."""
+    from unittest import mock
+
+    import torch
+
+    from utils.ensemble.manifest import ManifestError, entry_files
+    from utils.kinds.base import register_fold_checkpoints
+    from utils.training.checkpoints import save_checkpoint
+
+    folder = tmp_path_factory.mktemp("registration")
+    weights = folder / "weights"
+
+    def checkpoints(value: float) -> dict:
+        paths = {}
+        for fold in range(folds):
+            state = {"model": {"w": torch.full((2,), value)}, "ema": None, "optimizer": {}, "scheduler": {},
+                     "scaler": {}, "epoch": 1, "config": {}, "metrics": {}}
+            paths[fold] = save_checkpoint(folder / f"{value}-{fold}.pt", state)
+        return paths
+
+    register_fold_checkpoints(weights, "study", checkpoints(1.0), 64, {"arch": "old"})
+    new = checkpoints(2.0)
+    real_replace, calls = os.replace, []
+
+    def replace_or_die(source, destination):
+        calls.append(destination)
+        if len(calls) > kill_at:
+            raise _Killed
+        return real_replace(source, destination)
+
+    with mock.patch("utils.core.files.os.replace", replace_or_die):
+        try:
+            register_fold_checkpoints(weights, "study", new, 96, {"arch": "new"})
+            finished = True
+        except _Killed:
+            finished = False
+    spec = read_manifest(weights)["models"]["study"]
+    try:
+        _, files, size = entry_files(weights, "study", spec)
+    except ManifestError as err:
+        assert not finished and "run that stage again with --resume" in str(err)
+        return
+    values = {float(torch.load(path, weights_only=True)["w"][0]) for path in files}
+    assert (size, spec["config"]["arch"], values) in ((64, "old", {1.0}), (96, "new", {2.0}))
+    assert finished or size == 64
