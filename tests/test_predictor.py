@@ -616,7 +616,7 @@ def test_a_deflated_dicom_bomb_among_the_test_images_gets_a_fallback_row(untrain
 
 
 def test_a_wrong_data_folder_fails_loudly_and_missing_images_are_counted(untrained_weights, siim_dataset, tmp_path,
-                                                                         caplog):
+                                                                         caplog, capsys):
     from infer import make_submission
 
     data = tmp_path / "data"
@@ -633,13 +633,16 @@ def test_a_wrong_data_folder_fails_loudly_and_missing_images_are_counted(untrain
         path.rename(path.with_suffix(".DCM"))
     with pytest.raises(SystemExit, match="none of the"):
         make_submission.main(_submission_argv(data, untrained_weights, tmp_path / "sub.csv"))
-    # Some images missing: a warning with the count and the share, and a complete submission.
+    # Some images missing: a warning with the count and the share; they count as unreadable (1 of 9 is over
+    # the default 5%), so with a higher bound a complete submission whose last line counts them.
     shutil.rmtree(data / "test")
     shutil.copytree(siim_dataset / "test", data / "test")
     find_dicoms(data / "test")[0].unlink()
     with caplog.at_level("WARNING"):
-        assert make_submission.main(_submission_argv(data, untrained_weights, tmp_path / "sub.csv")) == 0
+        assert make_submission.main(_submission_argv(data, untrained_weights, tmp_path / "sub.csv")
+                                    + ["--set", "max_unreadable_share=0.2"]) == 0
     assert re.search(r"1 of \d+ image\(s\) of the sample submission \(\d+%\) have no file", caplog.text)
+    assert re.search(r"unreadable: 1 of \d+ images \(\d+\.\d%\): not found 1$", capsys.readouterr().out.strip())
 
 
 @pytest.mark.parametrize("break_it, message", [
@@ -864,7 +867,7 @@ def test_a_shard_worker_killed_while_writing_leaves_no_half_file(tmp_path, monke
     out = tmp_path / "shard0.pkl"
     with pytest.raises(KeyboardInterrupt):
         sharding._worker(str(tmp_path / "absent"), EnsembleConfig(device="cpu"), "cpu", [], 1, 0, None, str(out),
-                         multiprocessing.Value("l", 0))
+                         multiprocessing.Value("l", 0), os.getpid())
     assert list(tmp_path.iterdir()) == []
 
 

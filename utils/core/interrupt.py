@@ -26,7 +26,7 @@ def die_with_parent(parent_pid: int, *_worker_id) -> None:
     kernel kills it when ``parent_pid``, the process that started it, dies, even of SIGKILL, which runs
     no cleanup (before, a killed prepare left its pool workers waiting forever and a killed
     make_submission its ~1 GB workers for minutes). Linux only; elsewhere nothing changes."""
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or parent_pid == os.getpid():  # (called in the parent itself)
         return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
