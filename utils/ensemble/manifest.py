@@ -11,8 +11,6 @@ paths are relative to the manifest's folder, so the folder can be moved or uploa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from utils.core.config import MAX_IMAGE_SIZE
@@ -21,7 +19,7 @@ from utils.core.log import first_line
 from utils.kinds import canonical_name
 
 MANIFEST_FILE = "manifest.json"
-# An entry whose files are being replaced (:func:`replacing_files`): a stage stopped between writing new
+# An entry whose files are being replaced (:func:`mark_replacing_files`): a stage stopped between writing new
 # weights and registering them leaves it, and the entry is refused until that stage is run again.
 REPLACING_KEY = "replacing_files"
 MAX_MANIFEST_BYTES = 16 << 20  # far above any real one (a few kB per model); refused before it is read
@@ -172,19 +170,17 @@ def register_model(weights_dir, name: str, files: dict[int, str], input_size: in
         return _write_manifest(weights_dir, manifest)
 
 
-@contextmanager
-def replacing_files(weights_dir, name: str) -> Iterator[None]:
-    """The block writes model ``name``'s new fold files, then registers them (:func:`register_model`). An
-    entry already there is marked first, so that a kill between the files and the registration leaves
-    an entry the predictor refuses in one line (rather than new weights served under the old entry's
-    settings); the registration drops the mark."""
+def mark_replacing_files(weights_dir, name: str) -> None:
+    """Called before model ``name``'s new fold files are written over its registered ones: its entry (if
+    any) is marked, so that a kill between the files and their registration (:func:`register_model`,
+    which writes a fresh entry without the mark) leaves an entry the predictor refuses in one line
+    rather than new weights served under the old entry's settings."""
     weights_dir = Path(weights_dir)
     with file_lock(weights_dir / MANIFEST_FILE):
         manifest = read_manifest(weights_dir)
         if isinstance(manifest["models"].get(name), dict):
             manifest["models"][name][REPLACING_KEY] = True
             _write_manifest(weights_dir, manifest)
-    yield
 
 
 def register_ensemble(weights_dir, settings: dict, calibration: dict | None = None) -> Path:

@@ -30,9 +30,9 @@ from utils.ensemble.manifest import (
     ManifestError,
     entry_files,
     load_state_dict_file,
+    mark_replacing_files,
     read_manifest,
     register_model,
-    replacing_files,
 )
 from utils.scoring.detection import read_detection_table
 from utils.training.checkpoints import load_checkpoint
@@ -215,12 +215,12 @@ def register_fold_checkpoints(weights_dir, name: str, checkpoints: dict[int, Pat
     """Export each fold's engine checkpoint to ``<name>/fold<k>.pt`` and register model ``name``."""
     weights_dir = Path(weights_dir)
     files = {}
-    with replacing_files(weights_dir, name):
-        for fold, checkpoint in sorted(checkpoints.items()):
-            relative = Path(name) / f"fold{fold}.pt"
-            export_weights(load_checkpoint(checkpoint), weights_dir / relative)
-            files[int(fold)] = str(relative)
-        return register_model(weights_dir, name, files, input_size, config)
+    mark_replacing_files(weights_dir, name)
+    for fold, checkpoint in sorted(checkpoints.items()):
+        relative = Path(name) / f"fold{fold}.pt"
+        export_weights(load_checkpoint(checkpoint), weights_dir / relative)
+        files[int(fold)] = str(relative)
+    return register_model(weights_dir, name, files, input_size, config)
 
 
 def fold_weights(weights_dir, name: str, fold: int) -> dict:

@@ -26,9 +26,7 @@ log = logging.getLogger(__name__)
 def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
     """Rows of class probabilities ``(N, C)`` raised to ``1 / temperature`` and renormalised (1: unchanged)."""
     probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
-    if temperature == 1.0:
-        return probs / probs.sum(axis=1, keepdims=True)
-    powered = np.exp(np.log(probs) / temperature)
+    powered = probs ** (1.0 / temperature)
     return powered / powered.sum(axis=1, keepdims=True)
 
 

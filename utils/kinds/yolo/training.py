@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from utils.data.predictions import detection_rows
-from utils.ensemble.manifest import register_model, replacing_files
+from utils.ensemble.manifest import mark_replacing_files, register_model
 from utils.kinds.base import (
     DetectorKind,
     FoldResult,
@@ -189,12 +189,12 @@ class YoloKind(DetectorKind, ModelKind):
         """Each fold's weights as data (:func:`utils.kinds.yolo.network.save_yolo_weights`) copied to
         ``yolo/fold<k>.pt``."""
         files = {}
-        with replacing_files(weights_dir, self.name):
-            for fold, source in sorted(best.items()):
-                relative = Path(self.name) / f"fold{fold}.pt"
-                copy_atomic(source, Path(weights_dir) / relative)
-                files[fold] = str(relative)
-            return register_model(weights_dir, self.name, files, config.predict_size, asdict(config))
+        mark_replacing_files(weights_dir, self.name)
+        for fold, source in sorted(best.items()):
+            relative = Path(self.name) / f"fold{fold}.pt"
+            copy_atomic(source, Path(weights_dir) / relative)
+            files[fold] = str(relative)
+        return register_model(weights_dir, self.name, files, config.predict_size, asdict(config))
 
 
 KIND = YoloKind()
