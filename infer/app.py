@@ -9,7 +9,7 @@ of best F1 out of fold, chosen by infer/calibrate.py), the four study probabilit
 the study model has the auxiliary segmentation head, a toggle that overlays its opacity map (where
 the model looks); a JSON API (``POST /api/predict``, the file in the multipart field ``file``;
 documented at ``/docs``) and ``GET /healthz``. The same predictor as make_submission.py
-(``utils.ensemble.predictor.Ensemble``), loaded once at start.
+(``utils.prediction.predictor.Ensemble``), loaded once at start.
 
 Prediction runs in a worker thread, one at a time behind a lock (the models, pydicom's settings and
 torch's thread count are shared by the process), so the event loop keeps answering (``/healthz``

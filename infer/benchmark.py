@@ -35,7 +35,7 @@ is the model's compute, not the data loading.
 
 ``loop``: what bounds each kind's training loop (the torch kinds and YOLO of a config) on real prepared
 images: the loop's training images/s beside its bare model's (one batch in memory) and its data
-loader's alone, and the loop's wait for data (``utils/scoring/loop_benchmark.py``). Each ``--variant``
+loader's alone, and the loop's wait for data (``utils/benchmarking/loop_benchmark.py``). Each ``--variant``
 (e.g. ``--variant today study.workers=2 study.channels_last=false``) is measured beside the config's own
 settings in the same run.
 """
@@ -46,6 +46,14 @@ import argparse
 import json
 from pathlib import Path
 
+from utils.benchmarking.benchmarks import (
+    benchmark_grey_input,
+    benchmark_inference,
+    benchmark_reader,
+    benchmark_serve,
+    benchmark_training,
+)
+from utils.benchmarking.loop_benchmark import benchmark_loop, prepare_images
 from utils.core.config import (
     MAX_IMAGE_SIZE,
     MAX_PENDING,
@@ -59,14 +67,6 @@ from utils.core.config import (
 )
 from utils.core.files import write_text_atomic
 from utils.nets.models import ARCHITECTURES
-from utils.scoring.benchmarks import (
-    benchmark_grey_input,
-    benchmark_inference,
-    benchmark_reader,
-    benchmark_serve,
-    benchmark_training,
-)
-from utils.scoring.loop_benchmark import benchmark_loop, prepare_images
 
 
 def get_args_parser() -> argparse.ArgumentParser:

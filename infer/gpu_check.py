@@ -35,8 +35,8 @@ import os
 import sys
 from pathlib import Path
 
+from utils.benchmarking.gpu_check import PARTS, ROOT, run_check
 from utils.core.config import float_in, int_in, worker_count
-from utils.scoring.gpu_check import PARTS, ROOT, run_check
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ boxes, ``none`` from its study's other images or 0.5; a study without a readable
 probabilities). The last line counts the unreadable images by reason; above the ensemble's
 ``max_unreadable_share`` (5%) nothing is written and the exit status is 1, unless ``--allow-unreadable``.
 ``--devices cuda:0,cuda:1`` (Kaggle's T4 x2) shares the images out among the devices, one worker
-process each, and gives the same submission as one device (``utils/ensemble/sharding.py``).
+process each, and gives the same submission as one device (``utils/prediction/sharding.py``).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ from utils.data.submission import SubmissionError
 from utils.ensemble.assemble import TooManyUnreadableError, describe_unreadable, write_ensemble_submission
 from utils.ensemble.fusion import ENSEMBLE_SECTION, ensemble_config
 from utils.ensemble.manifest import ManifestError, named_files, read_manifest
-from utils.ensemble.predictor import Ensemble
-from utils.ensemble.sharding import ShardedEnsemble, ShardError, parse_devices
+from utils.prediction.predictor import Ensemble
+from utils.prediction.sharding import ShardedEnsemble, ShardError, parse_devices
 
 log = logging.getLogger("make_submission")
 SHOWN_UNREADABLE = 20  # unreadable images listed one per line; the summary JSON has them all

@@ -123,8 +123,8 @@ def version_problems(venv: dict, notebook_text: str) -> list[str]:
 
 
 def competition_and_weights(out: Path, weights_dir: Path | None) -> tuple[Path, Path, str]:
+    from utils.benchmarking.benchmarks import write_untrained_weights
     from utils.data.synthetic import make_siim_dataset
-    from utils.scoring.benchmarks import write_untrained_weights
 
     data = out / "data"
     if not (data / "sample_submission.csv").is_file():

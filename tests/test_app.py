@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import REPO
 
+from utils.benchmarking.benchmarks import write_untrained_weights
 from utils.data.inputs import find_dicoms
-from utils.scoring.benchmarks import write_untrained_weights
 from utils.serving.app import create_app, start_background_server
 
 TINY_MODELS = {
@@ -171,7 +171,7 @@ def test_a_synthetic_dicom_gets_what_the_submission_would_say(client, weights, s
     from utils.data.submission import parse_prediction_string
     from utils.data.test_images import TestImage
     from utils.ensemble.assemble import assemble_submission
-    from utils.ensemble.predictor import Ensemble
+    from utils.prediction.predictor import Ensemble
 
     path = find_dicoms(siim_dataset / "test")[0]
     response = _post(client, path.name, path.read_bytes())
@@ -264,7 +264,7 @@ def test_the_page_in_a_real_browser(weights, siim_dataset):
 
 
 def test_the_load_check_runs_without_errors(weights, siim_dataset):
-    from utils.scoring.benchmarks import benchmark_serve
+    from utils.benchmarking.benchmarks import benchmark_serve
 
     result = benchmark_serve(weights, requests=6, concurrency=3, image=find_dicoms(siim_dataset / "test")[0])
     assert result["errors"] == 0 and result["median_latency_s"] > 0 and result["requests"] == 6

@@ -154,7 +154,7 @@ def test_a_run_without_out_of_fold_predictions_is_left_as_it_is(tmp_path, caplog
 
 def test_the_script_writes_the_report_and_the_manifest(one_fold_run, tmp_path):
     from utils.ensemble.manifest import read_manifest
-    from utils.ensemble.predictor import checked_manifest
+    from utils.prediction.predictor import checked_manifest
 
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -199,7 +199,7 @@ def test_evaluate_combines_as_the_predictor_does(trained_run, siim_dataset):
     """The same member outputs give the same fused boxes, scores and probabilities through the
     out-of-fold report's path (prediction tables -> evaluate) as through the predictor."""
     from utils.data.inputs import find_dicoms
-    from utils.ensemble.predictor import Ensemble, InputImageDataset
+    from utils.prediction.predictor import Ensemble, InputImageDataset
 
     config_overrides = {"tta_hflip": False, "wbf_skip_box_thr": 0.0, "box_none_power": 0.5,
                         "model_weights": {"yolo": 0.5}, "score_powers": {"frcnn": 1.5}}
@@ -235,7 +235,7 @@ def test_train_all_writes_a_calibrated_weights_folder(trained_run):
     assert manifest["calibration"]["deployed"] == report["deployed"]
     assert manifest["ensemble"]["model_weights"] == report["settings"]["model_weights"]
     assert manifest["ensemble"]["batch_size"] == 4  # the config's other keys are kept
-    from utils.ensemble.predictor import Ensemble
+    from utils.prediction.predictor import Ensemble
 
     ensemble = Ensemble(trained_run / "weights")  # the predictor takes the calibrated section as it is
     assert asdict(ensemble.config) == manifest["ensemble"]

@@ -203,7 +203,7 @@ def test_every_config_problem_is_one_short_line(tmp_path, text, message):
 
 
 def _schemas() -> dict:
-    from utils.training.pipeline import SCHEMAS
+    from utils.pipeline.train_all import SCHEMAS
 
     return SCHEMAS
 

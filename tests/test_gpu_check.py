@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from infer import gpu_check
-from utils.scoring import gpu_check as gpu_checks
+from utils.benchmarking import gpu_check as gpu_checks
 
 
 @pytest.mark.slow

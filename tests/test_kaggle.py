@@ -52,8 +52,8 @@ def test_the_notebook_runs_headless_and_writes_what_make_submission_writes(train
 
     assert parse_runtime_line(outputs) == {"python": platform.python_version(), "torch": torch.__version__,
                                            "torchvision": torchvision.__version__}
-    assert (tmp_path / "code" / "utils" / "ensemble" / "predictor.py").read_text() == (
-        REPO / "utils" / "ensemble" / "predictor.py").read_text()
+    assert (tmp_path / "code" / "utils" / "prediction" / "predictor.py").read_text() == (
+        REPO / "utils" / "prediction" / "predictor.py").read_text()
     same_submission(pd.read_csv(tmp_path / "working" / "submission.csv", keep_default_na=False),
                      pd.read_csv(expected, keep_default_na=False))
 
@@ -98,7 +98,7 @@ def test_the_notebook_carries_no_training_module():
     from build_notebook import code_closure
 
     modules = code_closure()
-    assert "utils.kinds.yolo.member" in modules and "utils.ensemble.predictor" in modules
+    assert "utils.kinds.yolo.member" in modules and "utils.prediction.predictor" in modules
     carried = [m for m in modules if m in TRAINING_MODULES or m.startswith(("train", "utils.training"))
                or m.endswith(".training")
                or m in ("utils.kinds.base", "utils.kinds.registry")]
@@ -161,7 +161,7 @@ def _run(script: str, *args: str, env: dict | None = None) -> subprocess.Complet
 def test_upload_folders_are_flat_valid_and_the_weights_still_predict(trained_run, siim_dataset, tmp_path):
     import json
 
-    from utils.ensemble.predictor import Ensemble
+    from utils.prediction.predictor import Ensemble
 
     out = tmp_path / "kaggle"
     result = _run("make_datasets.py", "--weights-dir", str(trained_run / "weights"), "--out", str(out),

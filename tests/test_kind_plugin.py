@@ -137,9 +137,9 @@ def test_a_broken_or_clashing_plugin_is_left_out_by_name_and_every_command_still
 
 
 def test_the_kinds_names_without_importing_a_kind_are_the_registrys():
-    """utils.kinds.kind_names (what the reports use, to start without importing every network) names the
-    registry's kinds in its order; in a process without torch imported."""
-    from utils.kinds import kind_names
+    """utils.core.kind_names.kind_names (what the reports use, to start without importing every network)
+    names the registry's kinds in its order; in a process without torch imported."""
+    from utils.core.kind_names import kind_names
     from utils.kinds.registry import KINDS
 
     assert kind_names() == tuple(KINDS)

@@ -1,5 +1,6 @@
-"""The code's layout as docs/architecture.md draws it: no import circle, and each model kind in one
-package whose prediction side imports nothing of its training side."""
+"""The code's layout as docs/architecture.md draws it: the library's packages in layers, each importing
+only the ones below it (so no import circle between them), and each model kind in one package whose
+prediction side imports nothing of its training side."""
 
 from __future__ import annotations
 
@@ -48,8 +49,46 @@ def test_no_import_circle():
     assert circles == []
 
 
+# utils/'s packages from the bottom up: each may import only itself and the packages before it. The
+# kinds build on the engine, the data, the fusion and the metric; what drives the kinds (prediction, the
+# train-all pipeline, the web app, the benchmarks) sits above them.
+LAYERS = ("core", "nets", "data", "training", "ensemble", "scoring", "kinds", "prediction", "pipeline", "serving",
+          "benchmarking")
+
+
+def _layer(module: str) -> str:
+    return module.split(".")[1]
+
+
+def upward_imports(graph: dict[str, set[str]], layers: tuple[str, ...] = LAYERS) -> list[str]:
+    """Every import of a utils package from one below it in ``layers``, as ``importer -> imported``."""
+    return sorted(f"{module} -> {needed}" for module, needs in graph.items() if module.count(".") and
+                  module.startswith("utils.") for needed in needs if needed.count(".") and needed.startswith("utils.")
+                  and layers.index(_layer(needed)) > layers.index(_layer(module)))
+
+
+def test_no_import_runs_upward_between_the_librarys_packages():
+    packages = {p.name for p in (REPO / "utils").iterdir() if (p / "__init__.py").is_file()}
+    assert packages == set(LAYERS), "a new package of utils/ takes its place in LAYERS"
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layering_check_finds_an_upward_import():
+    graph = {"utils.core.files": {"utils.kinds.registry"}, "utils.kinds.registry": {"utils.core.files"},
+             "utils.pipeline.cli": {"utils.kinds.registry", "utils.core.files"}}
+    assert upward_imports(graph) == ["utils.core.files -> utils.kinds.registry"]
+
+
+def test_the_engine_knows_no_kind_no_data_format_and_no_stage():
+    """training/ is the engine alone: everything it reaches is its own or utils.core's."""
+    graph = import_graph()
+    for module in (m for m in graph if m.startswith("utils.training.")):
+        outside = sorted(m for m in reachable(graph, module) if not m.startswith(("utils.training", "utils.core")))
+        assert outside == [], f"{module} reaches {outside}"
+
+
 def test_each_kind_is_one_package_whose_prediction_side_imports_no_training():
-    from utils.kinds import BUILT_IN
+    from utils.core.kind_names import BUILT_IN
     from utils.kinds.members import MEMBER_TYPES
     from utils.kinds.registry import KINDS
 
@@ -84,7 +123,7 @@ def test_the_nih_backbone_is_a_pretraining_kind_of_the_registry_in_one_package()
     for side in ("config", "network"):
         needs = reachable(graph, f"utils.kinds.backbone.{side}")
         assert not [m for m in needs if m.endswith(".training") or m.startswith("utils.training")], side
-    pipeline = (REPO / "utils" / "training" / "pipeline.py").read_text()  # train_all's library
+    pipeline = (REPO / "utils" / "pipeline" / "train_all.py").read_text()  # train_all's library
     code = pipeline.split('"""', 2)[2]
     assert not [word for word in ("train_backbone", "BackboneConfig", "nih_dir is") if word in code]
 

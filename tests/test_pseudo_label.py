@@ -18,7 +18,7 @@ from train import pseudo_label, train_all
 from utils.core.config import from_mapping
 from utils.data.predictions import read_predictions
 from utils.data.prepare import PSEUDO_FOLD, fold_split, read_meta, select_folds
-from utils.data.pseudo import (
+from utils.data.pseudo_label_rules import (
     PseudoConfig,
     PseudoLabelError,
     Thresholds,
@@ -32,8 +32,8 @@ from utils.ensemble.manifest import read_manifest
 from utils.kinds.registry import KINDS
 from utils.kinds.study.network import StudyClassifier
 from utils.kinds.study.training import load_study_table
+from utils.pipeline import train_all as pipeline
 from utils.scoring.metric import ClassDetections, lowest_threshold_at_precision
-from utils.training import pipeline
 
 THRESHOLDS = Thresholds(none=0.6, box=0.3)
 BOX = [0.1, 0.2, 0.4, 0.6]
@@ -270,7 +270,7 @@ def test_a_training_image_under_another_name_is_refused_before_any_prediction(tr
     import pydicom
 
     from utils.data.inputs import find_dicoms
-    from utils.ensemble.predictor import Ensemble
+    from utils.prediction.predictor import Ensemble
 
     monkeypatch.setattr(Ensemble, "predict_paths", lambda *a, **k: pytest.fail("predicted before the check"))
     meta = pd.read_csv(trained_run / "prepared" / "meta.csv", dtype=str)

@@ -17,7 +17,7 @@ from utils.data.inputs import find_dicoms
 from utils.data.labels import STUDY_CLASSES
 from utils.data.submission import parse_prediction_string
 from utils.ensemble.manifest import read_manifest
-from utils.training import pipeline
+from utils.pipeline import train_all as pipeline
 
 
 @pytest.mark.slow

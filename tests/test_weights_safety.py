@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import REPO, write_code_running_weights
 
+from utils.benchmarking.benchmarks import write_untrained_weights
 from utils.ensemble.manifest import ManifestError
-from utils.ensemble.predictor import Ensemble
 from utils.kinds.frcnn.training import KIND as FRCNN
 from utils.kinds.frcnn.training import FrcnnConfig
 from utils.kinds.registry import RunOptions, TrainingError
@@ -33,7 +33,7 @@ from utils.kinds.yolo.network import (
 from utils.kinds.yolo.training import KIND as YOLO_KIND
 from utils.kinds.yolo.training import YoloConfig
 from utils.nets.models import WeightsError, build_feature_trunk, build_trunk, load_trunk_weights
-from utils.scoring.benchmarks import write_untrained_weights
+from utils.prediction.predictor import Ensemble
 from utils.training.checkpoints import CheckpointError, load_checkpoint
 
 DEMO = REPO / "train" / "configs" / "demo.yaml"

@@ -79,7 +79,7 @@ def trunk_run(detection_prepared, tmp_path_factory, ultralytics):
     """A real one-epoch run of the yolo kind on the Lite0 trunk, in this process, with a spy on
     ultralytics' trainer: the trunk's weights when training starts (after every setup step)."""
     from utils.kinds.yolo.trainer import DetectionTrainer
-    from utils.training.cli import train_kind
+    from utils.pipeline.cli import train_kind
 
     out = tmp_path_factory.mktemp("yolo_trunk")
     seen = {}

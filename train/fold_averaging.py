@@ -4,7 +4,7 @@
         [--inner-folds 0 1 2 3] [--config train/configs/real256.yaml] [--set KEY=VALUE ...] [--no-progress]
 
 At test time the submission averages the probabilities of every fold model (the study member of
-``utils/ensemble/predictor.py``); the out-of-fold CV scores each model alone on its own fold, so it cannot say
+``utils/prediction/predictor.py``); the out-of-fold CV scores each model alone on its own fold, so it cannot say
 what the average adds. Here one fold (``--held-out-fold``) is left out of everything: the study
 model is trained on the other folds' images only, one model per inner fold (``train/train_study.py``
 on ``OUT/inner/meta.csv``, that table without the held-out fold), and every model, then the mean of
@@ -34,9 +34,9 @@ from utils.core.report import markdown_table
 from utils.data.labels import STUDY_CLASSES
 from utils.data.predictions import read_predictions, write_predictions
 from utils.kinds.registry import KINDS
+from utils.pipeline.cli import configure_logging, train_kind
 from utils.scoring.classification import mean_predictions, prior_predictions, study_classifier_scores
 from utils.training.checkpoints import BEST_CHECKPOINT, load_checkpoint
-from utils.training.cli import configure_logging, train_kind
 
 log = logging.getLogger("fold_averaging")
 KIND = KINDS["study"]

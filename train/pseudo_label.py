@@ -8,7 +8,7 @@
 --images is any test folder the predictor reads (the competition's: test DICOMs + sample_submission.csv;
 or a resized copy: test/<image_id>.jpg|png, meta.csv with the original sizes, and --test-meta for the
 studies). Each fold of the run's weights labels every readable image for that fold's round two
-(utils/data/pseudo.py: the rules, the thresholds chosen out of fold where the config's ``pseudo`` section
+(utils/data/pseudo_label_rules.py: the rules, the thresholds chosen out of fold where the config's ``pseudo`` section
 leaves them null, and why this is leak-free). Writes to --out: images_<size>/ (the images prepared at
 every size of the run's meta.csv), meta.csv (the run's rows, then the pseudo-labelled ones marked
 ``pseudo``) and pseudo_labels.json (thresholds, counts, times). Refuses, before any prediction, images
@@ -32,10 +32,10 @@ from utils.core.config import (
     parse_overrides,
     worker_count,
 )
-from utils.data.pseudo import SECTION, PseudoConfig, PseudoLabelError
+from utils.data.pseudo_label_rules import SECTION, PseudoConfig, PseudoLabelError
 from utils.ensemble.manifest import ManifestError
-from utils.ensemble.pseudo_labeling import pseudo_label
-from utils.training.cli import DEFAULT_CONFIG, configure_logging
+from utils.pipeline.cli import DEFAULT_CONFIG, configure_logging
+from utils.pipeline.pseudo_label_stage import pseudo_label
 
 
 def get_args_parser() -> argparse.ArgumentParser:

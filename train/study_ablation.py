@@ -29,9 +29,9 @@ from utils.data.prepare import fold_split, select_folds
 from utils.kinds.registry import KINDS
 from utils.kinds.study.training import load_study_table
 from utils.kinds.study.tta import EIGHT_VIEWS, FLIP, PLAIN
+from utils.pipeline.cli import configure_logging, train_kind
 from utils.scoring.classification import prior_predictions, study_classifier_scores
 from utils.training.checkpoints import load_checkpoint
-from utils.training.cli import configure_logging, train_kind
 
 log = logging.getLogger("study_ablation")
 

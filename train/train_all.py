@@ -45,8 +45,8 @@ from pathlib import Path
 from utils.core.config import ConfigError
 from utils.core.files import OverwriteError, check_not_inside
 from utils.kinds.registry import KINDS
-from utils.training.cli import DEFAULT_CONFIG, configure_logging
-from utils.training.pipeline import STAGES, run_stages, split_overrides, stage_commands
+from utils.pipeline.cli import DEFAULT_CONFIG, configure_logging
+from utils.pipeline.train_all import STAGES, run_stages, split_overrides, stage_commands
 
 
 def get_args_parser() -> argparse.ArgumentParser:

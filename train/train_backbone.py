@@ -19,8 +19,8 @@ from pathlib import Path
 from utils.core.config import ConfigError, load_section, parse_overrides
 from utils.kinds.backbone.training import KIND, train_backbone
 from utils.nets.models import WeightsError
+from utils.pipeline.cli import add_run_arguments, configure_logging
 from utils.training.checkpoints import CheckpointError
-from utils.training.cli import add_run_arguments, configure_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from utils.kinds.registry import KINDS
-from utils.training.cli import kind_parser, run_kind
+from utils.pipeline.cli import kind_parser, run_kind
 
 KIND = KINDS["frcnn"]
 DEFAULT_OUT = "runs/frcnn"

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from utils.kinds.registry import KINDS
-from utils.training.cli import kind_parser, run_kind
+from utils.pipeline.cli import kind_parser, run_kind
 
 
 def get_args_parser(kind=None) -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 
 from utils.kinds.registry import KINDS
-from utils.training.cli import kind_parser, run_kind
+from utils.pipeline.cli import kind_parser, run_kind
 
 KIND = KINDS["study"]
 

@@ -28,7 +28,7 @@ import pandas as pd
 from utils.core.files import write_json_atomic
 from utils.core.report import markdown_table, write_ablation
 from utils.data.labels import STUDY_CLASSES
-from utils.training.cli import configure_logging, train_kind
+from utils.pipeline.cli import configure_logging, train_kind
 from utils.training.history import METRICS_CSV
 
 log = logging.getLogger("trunk_ablation")

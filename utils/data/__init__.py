@@ -1,3 +1,3 @@
 """The data and its formats: reading radiographs, label files and folds, box formats, preparation,
-datasets and augmentation presets, the prediction schema, the submission format, pseudo-labels and the
+datasets and augmentation presets, the prediction schema, the submission format, the pseudo-label rules and the
 synthetic datasets."""

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from utils.core.files import atomic_path
+from utils.core.kind_names import canonical_name
 from utils.data.boxes import NORM_TOLERANCE, as_boxes
 from utils.data.labels import STUDY_CLASSES
-from utils.kinds import canonical_name
 
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 STUDY_PROB_COLUMNS = tuple(f"prob_{c}" for c in STUDY_CLASSES)
@@ -101,7 +101,7 @@ def read_predictions(path) -> pd.DataFrame:
     if not path.is_file():
         raise PredictionFileError(f"{path}: file not found")
     frame = pd.read_csv(path, dtype={"image_id": str, "study_id": str, "model": str})
-    if "model" in frame:  # a file written under a model's older name (utils.kinds.LEGACY_NAMES)
+    if "model" in frame:  # a file written under a model's older name (utils.core.kind_names.LEGACY_NAMES)
         frame["model"] = frame["model"].map(lambda name: canonical_name(name) if isinstance(name, str) else name)
     return check_predictions(frame, str(path))
 

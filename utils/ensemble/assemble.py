@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 
 
 class EnsemblePredictor(Protocol):
-    """What predicts a test split: :class:`utils.ensemble.predictor.Ensemble` on one device,
-    :class:`utils.ensemble.sharding.ShardedEnsemble` on several. A context manager (``close`` stops its
+    """What predicts a test split: :class:`utils.prediction.predictor.Ensemble` on one device,
+    :class:`utils.prediction.sharding.ShardedEnsemble` on several. A context manager (``close`` stops its
     helper processes)."""
 
     weights_dir: Path
@@ -123,7 +123,7 @@ def write_ensemble_submission(ensemble: EnsemblePredictor, data_dir, out, *, bat
                               workers: int | None = None, progress: bool = True, test_table=None,
                               allow_unreadable: bool = False) -> dict:
     """Predict the test split of ``data_dir`` (:func:`find_test_images`) with ``ensemble`` (an
-    :class:`Ensemble`, or :class:`utils.ensemble.sharding.ShardedEnsemble` for several devices) and write the
+    :class:`Ensemble`, or :class:`utils.prediction.sharding.ShardedEnsemble` for several devices) and write the
     validated submission to ``out``. Returns a summary: rows, images, unreadable images with their
     reasons and :func:`unreadable_summary`, seconds, device. More unreadable images than the config's
     ``max_unreadable_share`` raise :class:`TooManyUnreadableError` before anything is written, unless

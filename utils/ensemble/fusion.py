@@ -41,9 +41,9 @@ from utils.core.config import (
     short,
 )
 from utils.core.interrupt import dies_with_this_process
+from utils.core.kind_names import canonical_name
 from utils.data.boxes import NORM_TOLERANCE, as_boxes, clip_xyxy, valid_box_mask
 from utils.data.labels import STUDY_CLASSES
-from utils.kinds import canonical_name
 
 WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 
@@ -185,7 +185,7 @@ class EnsembleConfig:
         problems = device_problems(self.device)
         if problems:
             raise ValueError("; ".join(problems))
-        # per-model settings written under a model's older name (utils.kinds.LEGACY_NAMES)
+        # per-model settings written under a model's older name (utils.core.kind_names.LEGACY_NAMES)
         self.model_weights = {canonical_name(k): v for k, v in self.model_weights.items()}
         self.score_powers = {canonical_name(k): v for k, v in self.score_powers.items()}
 

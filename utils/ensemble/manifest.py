@@ -15,8 +15,8 @@ from pathlib import Path
 
 from utils.core.config import MAX_IMAGE_SIZE
 from utils.core.files import atomic_path, file_lock, remove_stale_temporaries
+from utils.core.kind_names import canonical_name
 from utils.core.log import first_line
-from utils.kinds import canonical_name
 
 MANIFEST_FILE = "manifest.json"
 # An entry whose files are being replaced (:func:`mark_replacing_files`): a stage stopped between writing new
@@ -55,7 +55,7 @@ def read_manifest(weights_dir, must_exist: bool = False) -> dict:
 
 def with_current_names(manifest: dict, where) -> dict:
     """``manifest`` with every model entry and kind under today's name (a manifest written before each
-    kind had one name says ``faster_rcnn``, ``study_classifier``: utils.kinds.LEGACY_NAMES)."""
+    kind had one name says ``faster_rcnn``, ``study_classifier``: utils.core.kind_names.LEGACY_NAMES)."""
     models, written = {}, {}
     for name, spec in manifest["models"].items():
         current = canonical_name(name)

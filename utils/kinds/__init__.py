@@ -11,28 +11,5 @@ trained before the others and predicted nowhere (:class:`utils.kinds.base.Pretra
 share: :mod:`utils.kinds.base` (the training protocol and the one fold loop),
 :mod:`utils.kinds.member` (the prediction protocol), the registries :mod:`utils.kinds.registry` (the
 kinds, for training; imports every kind's training) and :mod:`utils.kinds.members` (the members, for
-prediction; imports no training). This module names the kinds without importing one: what the scripts
-that only read a run's files need (the CV report, the calibration start in a second). A plugin kind's
-name is its entry point's name (:mod:`utils.core.plugins` leaves out one named otherwise);
-``tests/test_kind_plugin.py`` checks that :data:`BUILT_IN` is the registry's built-in order."""
-
-from __future__ import annotations
-
-from importlib.metadata import entry_points
-
-from utils.core.plugins import KIND_GROUP
-
-BUILT_IN = ("frcnn", "yolo", "study")  # utils/kinds/registry.py's order: train_all trains them so
-# Names written before each kind had one name (2026-12-07): manifests' model entries and kinds, the
-# ensemble's per-model settings and prediction files' "model" column read them as today's.
-LEGACY_NAMES = {"faster_rcnn": "frcnn", "study_classifier": "study"}
-
-
-def canonical_name(name: str) -> str:
-    """A kind's or model's name as written today (an older name through :data:`LEGACY_NAMES`)."""
-    return LEGACY_NAMES.get(name, name)
-
-
-def kind_names() -> tuple[str, ...]:
-    """Every kind's name in the registry's order: the built-in ones, then the entry points' by name."""
-    return (*BUILT_IN, *sorted(point.name for point in entry_points(group=KIND_GROUP)))
+prediction; imports no training). The kinds' names, for the packages below this one and
+the scripts that only read a run's files, are in :mod:`utils.core.kind_names`."""

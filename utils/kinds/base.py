@@ -85,7 +85,7 @@ class KindTraining:
     """The training role: what :func:`train_folds` and the kind's training script use."""
 
     # Its one name: config section, run folder under OUT/, manifest entry and "kind", weights subfolder,
-    # the "model" column of its prediction rows (manifests written before: utils.kinds.LEGACY_NAMES).
+    # the "model" column of its prediction rows (manifests written before: utils.core.kind_names.LEGACY_NAMES).
     name: ClassVar[str]
     config_class: ClassVar[type]
     member_class: ClassVar[type]  # the predictor's member
@@ -172,7 +172,7 @@ class KindChecks:
                        overrides: dict | None = None, variants: dict[str, dict] | None = None) -> dict:
         """What bounds its training loop (``infer/benchmark.py loop``): variant name (``"config"``: the
         config's own settings) -> :func:`utils.training.speed.loop_figures`. The torch kinds share one
-        measurement (:mod:`utils.scoring.loop_benchmark`); a kind with a trainer of its own says how."""
+        measurement (:mod:`utils.benchmarking.loop_benchmark`); a kind with a trainer of its own says how."""
         raise NotImplementedError(f"{type(self).__name__} has no training-loop benchmark")
 
 

@@ -11,8 +11,8 @@ Each kind of KINDS names its inference member (``member_class``, registered in
 
 from __future__ import annotations
 
+from utils.core.kind_names import canonical_name
 from utils.core.plugins import KIND_GROUP, add_unique, clash, load_plugins, plugin_problems
-from utils.kinds import canonical_name
 from utils.kinds.backbone import training as backbone
 from utils.kinds.base import (
     FoldResult,
@@ -36,7 +36,7 @@ PRETRAINING: dict[str, PretrainingKind] = {backbone.KIND.name: backbone.KIND}
 def _kind_problem(name: str, value, kept: list) -> str | None:
     if not isinstance(value, ModelKind):
         return f"names {value!r}, not a ModelKind instance"
-    if value.name != name:  # utils.kinds.kind_names reads the kinds' names from the entry points alone
+    if value.name != name:  # utils.core.kind_names.kind_names reads the kinds' names from the entry points alone
         return f"names a kind named {value.name!r}: the entry point must be named after it"
     if getattr(value.member_class, "kind", None) != value.name:
         return f"its member {value.member_class.__name__} loads kind {getattr(value.member_class, 'kind', None)!r}, " \

@@ -1,2 +1,3 @@
-"""Scoring and measuring: the competition metric, the out-of-fold evaluation of each kind and of the
-ensemble, the calibration of the ensemble's settings, the trivial baselines, and the speed benchmarks."""
+"""Scoring: the competition metric, the out-of-fold evaluation of each kind and of the ensemble, the
+calibration of the ensemble's settings on those scores, and the trivial baselines. Speed is
+:mod:`utils.benchmarking`'s."""

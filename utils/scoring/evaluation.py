@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from utils.core.kind_names import kind_names
 from utils.core.report import figure, markdown_table, show
 from utils.data.boxes import as_boxes
 from utils.data.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
@@ -28,7 +29,6 @@ from utils.ensemble.fusion import (
     add_member_prediction,
     combine_images,
 )
-from utils.kinds import kind_names
 from utils.scoring.baselines import baseline_rows
 from utils.scoring.classification import study_classifier_scores
 from utils.scoring.detection import box_submission, detector_scores

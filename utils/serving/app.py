@@ -28,7 +28,7 @@ from utils.ensemble.fusion import (
     no_box_probability,
     study_row_probabilities,
 )
-from utils.ensemble.predictor import Ensemble
+from utils.prediction.predictor import Ensemble
 
 log = logging.getLogger("app")
 

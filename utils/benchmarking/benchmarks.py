@@ -289,7 +289,7 @@ def benchmark_inference(weights_dir=None, config_path=None, images: int = 8, rep
     from dataclasses import replace
 
     from utils.ensemble.fusion import MemberOutputs, add_member_prediction, combine_images, resolve_fusion_workers
-    from utils.ensemble.predictor import Ensemble, decoded_batches
+    from utils.prediction.predictor import Ensemble, decoded_batches
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="bench-inference-"))
     if weights_dir is None:

@@ -21,8 +21,8 @@ from pydantic import Field
 
 from utils.core.config import ConfigError, Seed, Workers, load_section, parse_overrides, short
 from utils.core.files import atomic_path
-from utils.data.pseudo import SECTION as PSEUDO_SECTION
-from utils.data.pseudo import PseudoConfig
+from utils.data.pseudo_label_rules import SECTION as PSEUDO_SECTION
+from utils.data.pseudo_label_rules import PseudoConfig
 from utils.ensemble.fusion import CALIBRATE_SECTION, ENSEMBLE_SECTION, CalibrateConfig, EnsembleConfig
 from utils.kinds.base import GENERIC_SCRIPT, TrainingError
 from utils.kinds.registry import KINDS, PRETRAINING, StagePlan

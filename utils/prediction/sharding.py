@@ -59,7 +59,7 @@ def _worker(weights_dir: str, config, device: str, images: list, batch_size: int
     die_with_parent(parent_pid)
     import torch
 
-    from utils.ensemble.predictor import Ensemble
+    from utils.prediction.predictor import Ensemble
 
     def count(n: int) -> None:
         with done.get_lock():
@@ -83,12 +83,12 @@ class ShardError(RuntimeError):
 
 
 class ShardedEnsemble:
-    """The ensemble of ``weights_dir`` on several devices, where :class:`utils.ensemble.predictor.Ensemble` is
+    """The ensemble of ``weights_dir`` on several devices, where :class:`utils.prediction.predictor.Ensemble` is
     on one (``write_ensemble_submission`` takes either). This process only checks the manifest: each
     worker loads the models on its own device, and a copy here would be loaded for nothing."""
 
     def __init__(self, weights_dir, config, devices: Sequence[str]):
-        from utils.ensemble.predictor import checked_manifest
+        from utils.prediction.predictor import checked_manifest
 
         self.weights_dir = Path(weights_dir)
         _, self.config = checked_manifest(self.weights_dir, config)
@@ -107,7 +107,7 @@ class ShardedEnsemble:
 
     def predict_paths(self, paths: Sequence, *, batch_size: int | None = None, workers: int | None = None,
                       progress: bool = True, on_batch=None) -> list:
-        """As :meth:`utils.ensemble.predictor.Ensemble.predict_paths`; ``on_batch(n)`` is called as the workers'
+        """As :meth:`utils.prediction.predictor.Ensemble.predict_paths`; ``on_batch(n)`` is called as the workers'
         count of predicted images grows."""
         # CPU workers share the cores; GPU workers keep torch's default
         cpu_only = all(device.type == "cpu" for device in self.devices)

@@ -1,6 +1,6 @@
 """Pseudo-labelling: round one's ensemble, fold by fold, labels unlabelled radiographs as training data
 for round two (``train/pseudo_label.py``, train_all's ``pseudo`` stage); the rules and the leak checks
-are :mod:`utils.data.pseudo`'s."""
+are :mod:`utils.data.pseudo_label_rules`'s."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 
 from utils.core.files import check_not_an_input, check_not_inside, write_json_atomic
 from utils.data.prepare import HEADERS_FILE, DecodedImage, decode_files, image_path, read_decoded, read_meta
-from utils.data.pseudo import (
+from utils.data.pseudo_label_rules import (
     PSEUDO_LABELS_FILE,
     PseudoConfig,
     PseudoLabelError,
@@ -28,7 +28,7 @@ from utils.data.test_images import find_test_images
 from utils.ensemble.assemble import assemble_submission
 from utils.ensemble.fusion import ensemble_config, submission_probabilities
 from utils.ensemble.manifest import read_manifest
-from utils.ensemble.predictor import Ensemble
+from utils.prediction.predictor import Ensemble
 from utils.scoring.evaluation import fused_predictions, run_oof, submission_ids
 from utils.scoring.metric import (
     best_f1_threshold,
