@@ -19,9 +19,14 @@ import json
 import sys
 from pathlib import Path
 
+from utils.core.kind_names import BUILT_IN, built_in_module
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "kaggle" / "inference.ipynb"
-ENTRY_MODULES = ("infer.make_submission", "utils.core.kaggle_runtime")
+# The member registry imports each built-in kind's member by the kind's name, which following the
+# import statements cannot see: those modules are entries too.
+ENTRY_MODULES = ("infer.make_submission", "utils.core.kaggle_runtime",
+                 *(built_in_module(name, "member") for name in BUILT_IN))
 PACKAGES = ("utils", "infer", "train")
 
 

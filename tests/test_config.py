@@ -134,11 +134,11 @@ def test_prepare_refuses_option_values_out_of_range(tmp_path, capsys, argv, mess
     ("label_smoothing=1", "label_smoothing: must be less than 1"),
 ])
 def test_training_options_out_of_range_stop_before_anything_runs(tmp_path, override, message):
-    from train import train_study
+    from train import train_kind
 
     with pytest.raises(SystemExit, match=message):
-        train_study.main(["--prepared", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "run"),
-                          "--config", "train/configs/demo.yaml", "--set", override])
+        train_kind.main(["--kind", "study", "--prepared", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "run"),
+                         "--config", "train/configs/demo.yaml", "--set", override])
     assert not (tmp_path / "run").exists()
 
 

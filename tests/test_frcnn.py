@@ -1,6 +1,6 @@
 """Faster R-CNN: the model (its eval path against torchvision's own, the trunk from the NIH
 checkpoint), the geometry from a DICOM to training targets, and a real tiny run of
-train/train_frcnn.py with RSNA pre-training, per-fold OOF predictions, scores and the manifest."""
+train/train_kind.py --kind frcnn with RSNA pre-training, per-fold OOF predictions, scores and the manifest."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from conftest import REPO
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from train import train_frcnn
+from train import train_kind
 from utils.data.boxes import denormalize_xyxy, normalize_xyxy
 from utils.data.datasets import DetectionDataset
 from utils.data.predictions import PREDICTION_COLUMNS, read_predictions
@@ -127,10 +127,10 @@ def test_boxes_of_a_dicom_reach_the_model_at_the_right_place(tmp_path):
 def frcnn_run(detection_prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("frcnn")
     make_rsna_dataset(out / "rsna_data", n_images=10, seed=2, image_size=96, progress=False)
-    argv = ["--prepared", str(detection_prepared), "--out", str(out / "run"), "--weights-dir", str(out / "weights"),
-            "--pretrain-rsna", str(out / "rsna_data"), "--config", str(REPO / "train" / "configs" / "demo.yaml"),
-            "--no-progress", "--set", *TINY_FRCNN]
-    assert train_frcnn.main(argv) == 0
+    argv = ["--kind", "frcnn", "--prepared", str(detection_prepared), "--out", str(out / "run"), "--weights-dir",
+            str(out / "weights"), "--config", str(REPO / "train" / "configs" / "demo.yaml"), "--no-progress",
+            "--set", *TINY_FRCNN, f"pretrain_rsna={out / 'rsna_data'}"]
+    assert train_kind.main(argv) == 0
     return out
 
 

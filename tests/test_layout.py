@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from utils.core.kind_names import BUILT_IN, built_in_module
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("utils", "infer", "train")
 
@@ -29,6 +31,9 @@ def import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.Import):
                 found.update(a.name for a in node.names if a.name in modules)
         graph[name] = found - {name}
+    # the registries import each built-in kind by its name (utils.core.kind_names.built_in_module)
+    graph["utils.kinds.registry"] |= {built_in_module(kind, "training") for kind in BUILT_IN}
+    graph["utils.kinds.members"] |= {built_in_module(kind, "member") for kind in BUILT_IN}
     return graph
 
 
@@ -88,7 +93,6 @@ def test_the_engine_knows_no_kind_no_data_format_and_no_stage():
 
 
 def test_each_kind_is_one_package_whose_prediction_side_imports_no_training():
-    from utils.core.kind_names import BUILT_IN
     from utils.kinds.members import MEMBER_TYPES
     from utils.kinds.registry import KINDS
 
@@ -105,7 +109,29 @@ def test_each_kind_is_one_package_whose_prediction_side_imports_no_training():
             training = sorted(m for m in needs if m.endswith(".training") or m.startswith("utils.training") or m in (
                 "utils.kinds.base", "utils.kinds.registry", "utils.data.datasets", "utils.data.presets"))
             assert training == [], f"utils.kinds.{name}.{side} imports {training}"
+        assert KINDS[name].member_class is MEMBER_TYPES[name]
     assert not (REPO / "utils" / "kinds" / "__init__.py").read_text().count("\nfrom utils.kinds")
+
+
+def test_a_built_in_kind_is_registered_once():
+    """Its name in utils.core.kind_names.BUILT_IN: both registries derive from it, naming no kind of
+    their own, and train_all, the one training script and the notebook know the kinds only through them."""
+    from utils.kinds.members import MEMBER_TYPES
+    from utils.kinds.registry import KINDS
+
+    assert tuple(KINDS)[:len(BUILT_IN)] == BUILT_IN and tuple(MEMBER_TYPES)[:len(BUILT_IN)] == BUILT_IN
+    places = [REPO / "utils" / "kinds" / "registry.py", REPO / "utils" / "kinds" / "members.py",
+              REPO / "utils" / "pipeline" / "train_all.py", REPO / "utils" / "pipeline" / "cli.py",
+              REPO / "kaggle" / "build_notebook.py", REPO / "train" / "train_kind.py", REPO / "train" / "train_all.py"]
+    for path in places:
+        tree = ast.parse(path.read_text())
+        docs = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        texts = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                 and isinstance(node.value, str) and id(node) not in docs]
+        texts += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+        named = sorted({name for name in BUILT_IN for text in texts
+                        if text == name or text.startswith(f"utils.kinds.{name}")})
+        assert named == [], f"{path.relative_to(REPO)} names {named}"
 
 
 def test_the_nih_backbone_is_a_pretraining_kind_of_the_registry_in_one_package():

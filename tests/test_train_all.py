@@ -126,15 +126,20 @@ def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
                                            "frcnn.backbone=none"])
     commands = pipeline.stage_commands(args, overrides)
     assert commands["backbone"] is None
-    assert "--pretrain-rsna" not in commands["frcnn"]
+    assert not any("pretrain_rsna" in part for part in commands["frcnn"])
+    assert commands["frcnn"][1:4] == [str(REPO / "train" / "train_kind.py"), "--kind", "frcnn"]
     assert commands["prepare"][-4:] == ["--size", "128", "--size", "160"]  # every size a model uses, once
     assert commands["study"][-3:] == ["--set", "epochs=2", "backbone=none"]
 
     args = train_all.get_args_parser().parse_args(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config),
-                                                   "--nih-dir", "N", "--rsna-dir", "R"])
+                                                   "--nih-dir", "N", "--rsna-dir", str(tmp_path / "R")])
+    with pytest.raises(ConfigError, match=r"\[frcnn\]: pretrain_rsna: folder '.*R' not found"):
+        pipeline.stage_commands(args, {})  # --rsna-dir sets the section's key, checked before the first stage
+    (tmp_path / "R").mkdir()
     commands = pipeline.stage_commands(args, {})
     trunk = f"backbone={tmp_path / 'backbone' / 'best.pt'}"
-    assert trunk in commands["study"] and trunk in commands["frcnn"] and "R" in commands["frcnn"]
+    assert trunk in commands["study"] and trunk in commands["frcnn"]
+    assert f"pretrain_rsna={tmp_path / 'R'}" in commands["frcnn"] and "pretrain_rsna" not in " ".join(commands["study"])
     assert commands["pseudo"] is None and commands["round2"] is None
     assert not any("--resume" in command for command in commands.values() if command)
     args.resume = True  # only the engine's stages resume (ultralytics' YOLO stage has no exact resume)

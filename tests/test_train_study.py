@@ -1,4 +1,4 @@
-"""train/train_study.py: a real tiny run per fold from the backbone checkpoint; OOF predictions,
+"""train/train_kind.py --kind study: a real tiny run per fold from the backbone checkpoint; OOF predictions,
 scores through the competition metric, and the weights manifest."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import classifier_scores_by_hand
 
-from train import fold_averaging, train_study
+from train import fold_averaging, train_kind
 from utils.data.labels import STUDY_CLASSES
 from utils.data.predictions import (
     PREDICTION_COLUMNS,
@@ -23,8 +23,14 @@ from utils.data.predictions import (
 )
 from utils.data.prepare import prepare_competition
 from utils.ensemble.manifest import read_manifest
+from utils.kinds.registry import KINDS
 from utils.kinds.study.network import StudyClassifier
 from utils.scoring.classification import classifier_submission, study_classifier_scores
+
+
+def train_study(argv: list[str]) -> int:
+    """The training script on the study kind."""
+    return train_kind.main(["--kind", "study", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,7 @@ def study_run(prepared, backbone_run, tmp_path_factory):
             "--config", "train/configs/demo.yaml", "--no-progress", "--set", "epochs=1", "image_size=48",
             "batch_size=8", "workers=0", "amp=off", "device=cpu", "folds=[0, 1]",
             f"backbone={backbone_run / 'best.pt'}"]
-    assert train_study.main(argv) == 0
+    assert train_study(argv) == 0
     return out
 
 
@@ -86,11 +92,11 @@ def _peeking_run(prepared, backbone_run, out, monkeypatch, overrides: list[str])
     """A 3-epoch run whose held-out fold "scores" best at epoch 1 and worse after: a checkpoint choice
     that looks at the scored fold keeps epoch 1; one that does not keeps the schedule's last epoch."""
     epochs = iter(range(1, 100))
-    monkeypatch.setattr(train_study.KIND, "val_scores", lambda predictions, val: {"study_map": 1.0 / next(epochs)})
+    monkeypatch.setattr(KINDS["study"], "val_scores", lambda predictions, val: {"study_map": 1.0 / next(epochs)})
     argv = ["--prepared", str(prepared), "--out", str(out), "--config", "train/configs/demo.yaml", "--no-progress",
             "--set", "epochs=3", "image_size=32", "batch_size=16", "workers=0", "amp=off", "device=cpu", "folds=[0]",
             f"backbone={backbone_run / 'best.pt'}", "seg_weight=0", "tta_views=[identity]", *overrides]
-    assert train_study.main(argv) == 0
+    assert train_study(argv) == 0
     return torch.load(out / "fold0" / "best.pt", weights_only=True)
 
 
@@ -109,7 +115,7 @@ def test_folds_trained_in_separate_sessions_join_one_run_through_resume(prepared
     (its checkpoint untouched, the same out-of-fold rows), fold 1 trains, and the report and the manifest
     cover both; any other change of the config is still refused."""
     def run(folds: str, *overrides: str, resume: bool = False) -> int:
-        return train_study.main(["--resume"] * resume + [
+        return train_study(["--resume"] * resume + [
                                  "--prepared", str(prepared), "--out", str(tmp_path / "run"), "--weights-dir",
                                  str(tmp_path / "weights"), "--config", "train/configs/demo.yaml", "--no-progress",
                                  "--set", "epochs=1", "image_size=32", "batch_size=16", "workers=0", "amp=off",
@@ -171,7 +177,7 @@ def test_fold_averaging_scores_one_model_and_the_mean_on_a_fold_none_saw(prepare
 
 def test_unknown_fold_is_refused(prepared, tmp_path):
     with pytest.raises(SystemExit, match="folds \\[7\\] not in meta.csv"):
-        train_study.main(["--prepared", str(prepared), "--out", str(tmp_path), "--config", "train/configs/demo.yaml",
+        train_study(["--prepared", str(prepared), "--out", str(tmp_path), "--config", "train/configs/demo.yaml",
                           "--set", "folds=[7]"])
 
 
@@ -245,7 +251,7 @@ def test_students_learn_the_teachers_probabilities_and_refuse_a_wrong_teacher(st
             str(tmp_path / "weights"), "--config", "train/configs/demo.yaml", "--no-progress", "--set", "epochs=1",
             "batch_size=8", "workers=0", "amp=off", "device=cpu", "folds=[2]", f"backbone={backbone_run / 'best.pt'}",
             *overrides]
-    assert train_study.main(argv) == 0
+    assert train_study(argv) == 0
     entry = read_manifest(tmp_path / "weights")["models"]["study"]
     assert entry["config"]["teacher"] == str(teacher) and entry["config"]["distill_weight"] == 3.0
     assert pd.read_csv(tmp_path / "student" / "fold2" / "metrics.csv")["train_loss_study"].notna().all()
@@ -261,7 +267,7 @@ def test_students_learn_the_teachers_probabilities_and_refuse_a_wrong_teacher(st
         with pytest.raises(ConfigError, match=f"study.teacher: .*{problem}"):
             KIND.load_table(prepared, config)
     with pytest.raises(SystemExit, match=r"^error: study.teacher: .*absent.csv: file not found$"):
-        train_study.main([*argv[:argv.index("--set")], "--set", f"teacher={tmp_path / 'absent.csv'}",
+        train_study([*argv[:argv.index("--set")], "--set", f"teacher={tmp_path / 'absent.csv'}",
                           "distill_weight=1"])
 
 
@@ -269,7 +275,7 @@ def test_two_identical_runs_train_identical_weights(prepared, backbone_run, tmp_
     """Every random thing is seeded before it is built (the heads' initialisation too: before, three
     identical runs started from three different heads), so a rerun reproduces a run on the CPU."""
     def run(out) -> dict:
-        assert train_study.main(["--prepared", str(prepared), "--out", str(out), "--config", "train/configs/demo.yaml",
+        assert train_study(["--prepared", str(prepared), "--out", str(out), "--config", "train/configs/demo.yaml",
                                  "--no-progress", "--set", "epochs=1", "image_size=32", "batch_size=16", "workers=0",
                                  "amp=off", "device=cpu", "folds=[0]", f"backbone={backbone_run / 'best.pt'}",
                                  "seg_weight=0.5", "tta_views=[identity]"]) == 0
@@ -293,7 +299,7 @@ def test_a_full_disk_at_the_best_checkpoint_stops_in_one_line_and_resume_finishe
     from utils.training import loop
 
     def run(*extra: str) -> int:
-        return train_study.main([*extra, "--prepared", str(prepared), "--out", str(tmp_path / "run"), "--weights-dir",
+        return train_study([*extra, "--prepared", str(prepared), "--out", str(tmp_path / "run"), "--weights-dir",
                                  str(tmp_path / "weights"), "--config", "train/configs/demo.yaml", "--no-progress",
                                  "--set", "epochs=2", "image_size=32", "batch_size=16", "workers=0", "amp=off",
                                  "device=cpu", "folds=[0]", f"backbone={backbone_run / 'best.pt'}", "seg_weight=0",

@@ -1,5 +1,5 @@
 """YOLO: the export to YOLO format (labels that map back to the DICOM's boxes, empty files for
-negatives), and a real tiny run of train/train_yolo.py in its own process, offline, with
+negatives), and a real tiny run of train/train_kind.py --kind yolo in its own process, offline, with
 ultralytics' settings inside the run folder and nothing written to the user's home."""
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def yolo_run(detection_prepared, tmp_path_factory):
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "YOLO_CONFIG_DIR"}
     env.update(HOME=str(home), YOLO_OFFLINE="1", PYTHONPATH=str(REPO))  # "1": the script must force "true"
-    command = [sys.executable, str(REPO / "train" / "train_yolo.py"), "--prepared", str(detection_prepared), "--out",
+    command = [sys.executable, str(REPO / "train" / "train_kind.py"), "--kind", "yolo", "--prepared",
+               str(detection_prepared), "--out",
                str(out / "run"), "--weights-dir", str(out / "weights"), "--no-progress",
                "--config", str(REPO / "train" / "configs" / "demo.yaml"), "--set", *TINY_YOLO]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=out)

@@ -6,7 +6,7 @@
 At test time the submission averages the probabilities of every fold model (the study member of
 ``utils/prediction/predictor.py``); the out-of-fold CV scores each model alone on its own fold, so it cannot say
 what the average adds. Here one fold (``--held-out-fold``) is left out of everything: the study
-model is trained on the other folds' images only, one model per inner fold (``train/train_study.py``
+model is trained on the other folds' images only, one model per inner fold (``train/train_kind.py --kind study``
 on ``OUT/inner/meta.csv``, that table without the held-out fold), and every model, then the mean of
 their probabilities over each subset of 1, 2, ... of them, predicts the held-out fold. Beside them:
 the constant class prior of the training images.
@@ -75,7 +75,7 @@ def train_inner(inner_meta: Path, folds: list[int], args) -> None:
     if args.no_progress:
         argv.append("--no-progress")
     if train_kind("study", argv) != 0:
-        raise SystemExit("train/train_study.py failed on the inner folds")
+        raise SystemExit("the study model failed on the inner folds (train/train_kind.py --kind study)")
 
 
 def held_out_predictions(fold: int, frame: pd.DataFrame, config, args) -> pd.DataFrame:

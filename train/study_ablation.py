@@ -4,7 +4,7 @@ of fold with the competition metric beside the constant-prior baseline.
     python train/study_ablation.py --prepared runs/real256/prepared/meta.csv \
         [--config train/configs/real256.yaml] [--out runs/study-ablation] [--variants plain seg ...]
 
-Each variant of :data:`VARIANTS` is a ``train/train_study.py`` run (``--set`` overrides on the
+Each variant of :data:`VARIANTS` is a ``train/train_kind.py --kind study`` run (``--set`` overrides on the
 config's ``study`` section) into ``--out/<variant>``, predicting its held-out fold through the
 identity view alone; a finished variant (its ``oof_scores.json`` present) is not trained again. Then
 the best variant's fold weights predict the held-out fold again through each TTA view list of
@@ -82,7 +82,7 @@ def run_variant(name: str, overrides: list[str], args) -> Path:
             "--set", *overrides]
     if args.no_progress:
         argv.append("--no-progress")
-    log.info("%s: train_study %s", name, " ".join(argv))
+    log.info("%s: train_kind --kind study %s", name, " ".join(argv))
     train_kind("study", argv)
     return out
 

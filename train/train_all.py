@@ -10,11 +10,9 @@ Stages (each is the stage's own script, run as a child process with the same con
                                        DICOM folder or a resized copy, recognised by its contents)
     backbone  train/train_backbone.py --out OUT/backbone (skipped without --nih-dir: then the trunks
                                        start from the config's ``backbone`` value)
-    frcnn     train/train_frcnn.py    --out OUT/frcnn (--pretrain-rsna RSNA_DIR with --rsna-dir)
-    yolo      train/train_yolo.py     --out OUT/yolo
-    study     train/train_study.py    --out OUT/study
-    <kind>    train/train_kind.py     --kind <kind> --out OUT/<kind>: any other registered kind (an entry
-                                       point, utils/core/plugins.py), after the built-in ones
+    <kind>    train/train_kind.py     --kind <kind> --out OUT/<kind>: every registered kind in the
+                                       registry's order: frcnn (with --rsna-dir: --set pretrain_rsna=RSNA_DIR),
+                                       yolo, study, then the entry points' (utils/core/plugins.py)
     evaluate  infer/evaluate.py       --out OUT/report (the CV report; writes the config's ensemble
                                        settings into the manifest)
     calibrate infer/calibrate.py      --out OUT/report (the ensemble's settings chosen out of fold and

@@ -1,13 +1,16 @@
-"""Train any registered model kind (:mod:`utils.kinds`, the built-in ones and those of the
-``siim_covid.kinds`` entry points) on the prepared SIIM images, one model per fold: the stage command
-``train/train_all.py`` runs for a kind without a script of its own.
+"""Train a registered model kind on the prepared SIIM images, one model per fold: the one training
+script of every kind (the built-in ones, ``utils/kinds/<name>/``, and those of the ``siim_covid.kinds``
+entry points), and the stage command ``train/train_all.py`` runs for each.
 
-    python train/train_kind.py --kind SECTION --prepared runs/prepared/meta.csv --out runs/SECTION
+    python train/train_kind.py --kind NAME --prepared runs/prepared/meta.csv --out runs/NAME
         [--config train/configs/full.yaml] [--set KEY=VALUE ...] [--weights-dir runs/weights] [--resume]
+        [--start-from WEIGHTS_DIR]
 
-Writes what every kind writes (:func:`utils.kinds.train_folds`): config.yaml, the folds' run folders,
-oof_predictions.csv and the kind's out-of-fold report; registers the fold weights in
---weights-dir/manifest.json.
+Writes what every kind writes (:func:`utils.kinds.base.train_folds`): config.yaml, the folds' run
+folders, oof_predictions.csv and the kind's out-of-fold report; registers the fold weights in
+--weights-dir/manifest.json. ``--kind NAME --help`` adds what that kind does and writes; each option of
+its own is a key of its config section (``--set``). Multi-GPU (the torch kinds):
+``torchrun --nproc_per_node N train/train_kind.py --kind NAME ...``.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from utils.pipeline.cli import kind_parser, run_kind
 
 
 def get_args_parser(kind=None) -> argparse.ArgumentParser:
-    """The command line of ``kind`` (its own options: ``--resume`` only for an engine kind) plus
-    ``--kind``; without a kind, the first kind's (what --help shows)."""
-    parser = kind_parser(kind or next(iter(KINDS.values())), __doc__, f"runs/{kind.name if kind else 'KIND'}")
-    parser.add_argument("--kind", required=True, choices=sorted(KINDS), help="the kind's config section")
+    """The command line of ``kind`` (``--resume`` only for an engine kind, ``--start-from`` for those that
+    can) plus ``--kind``; without a kind, the first kind's options (what --help alone shows)."""
+    parser = kind_parser(kind or next(iter(KINDS.values())), __doc__, f"runs/{kind.name if kind else 'KIND'}",
+                         describe_kind=kind is not None)
+    parser.add_argument("--kind", required=True, choices=sorted(KINDS), help="the kind's name (its config section)")
     return parser
 
 

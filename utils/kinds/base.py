@@ -101,6 +101,11 @@ class KindTraining:
     def load_table(self, meta_csv: Path, config) -> pd.DataFrame:
         raise NotImplementedError
 
+    def before_folds(self, config, options: RunOptions):
+        """The config the folds train with, after work done once that decides it (Faster R-CNN's RSNA
+        pre-training sets ``init_from``); the first thing :func:`train_folds` does."""
+        return config
+
     def start(self, table: pd.DataFrame, config, options: RunOptions) -> None:
         """Work done once before the folds (YOLO exports its dataset)."""
 
@@ -126,17 +131,15 @@ class KindTraining:
 
 
 class KindStage:
-    """The pipeline role: what ``train/train_all.py`` needs to run the kind as one of its stages."""
+    """The pipeline role: what ``train/train_all.py`` needs to run the kind as one of its stages (a model
+    kind's stage is :data:`GENERIC_SCRIPT` ``--kind <name>``)."""
 
-    # Its training command, relative to the repository (train_all runs it as the kind's stage); the
-    # built-in kinds have a script of their own, with their own options and help.
-    script: ClassVar[str] = GENERIC_SCRIPT
     # train_all gives it the NIH backbone it trained (``backbone=OUT/backbone/best.pt``) when there is one.
     trunk_from_backbone: ClassVar[bool] = False
 
-    def stage_arguments(self, plan: StagePlan) -> list[str]:
-        """Arguments of its stage beyond ``--prepared``, ``--out``, ``--weights-dir``, the config and (for
-        the generic script) ``--kind``."""
+    def plan_overrides(self, plan: StagePlan) -> list[str]:
+        """Its section's keys (``KEY=VALUE``) that train_all's own options set, before the user's ``--set``
+        (Faster R-CNN: ``pretrain_rsna`` from ``--rsna-dir``); train_all checks the section with them."""
         return []
 
     def check_files(self, config, plan: StagePlan) -> None:
@@ -192,6 +195,11 @@ class PretrainingKind(KindStage):
     name: ClassVar[str]  # config section and run folder under OUT/
     config_class: ClassVar[type]
     title: ClassVar[str]
+    script: ClassVar[str]  # its training command, relative to the repository: train_all's stage
+
+    def stage_arguments(self, plan: StagePlan) -> list[str]:
+        """Arguments of its stage beyond ``--out`` and the config (its data folder)."""
+        return []
 
     def has_input(self, plan: StagePlan) -> bool:
         """Whether train_all has this kind's data (otherwise its stage is skipped and the other kinds
@@ -245,6 +253,7 @@ def split_fold(table: pd.DataFrame, fold: int, source) -> tuple[pd.DataFrame, pd
 def train_folds(kind: ModelKind, config, options: RunOptions) -> dict:
     """The one fold loop: read the table, train every configured fold, write the out-of-fold report
     (rank 0) and register the weights. Returns the report's scores (empty off rank 0)."""
+    config = kind.before_folds(config, options)
     info = init_distributed(getattr(config, "device", "auto"))
     try:
         table = kind.load_table(options.prepared, config)

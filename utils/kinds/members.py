@@ -1,17 +1,21 @@
-"""The registry of inference members: what the predictor loads for each manifest entry's ``kind``. One
-line per built-in kind, plus the members of the ``siim_covid.members`` entry points (:mod:`utils.core.plugins`);
-the kind's training side (``utils/kinds/<name>/training.py``) names the same class as its ``member_class``.
-Imports no training code: the predictor, the notebook and the web app load members through it."""
+"""The registry of inference members: what the predictor loads for each manifest entry's ``kind``. The
+built-in kinds' (each kind's ``MEMBER`` in ``utils/kinds/<name>/member.py``, for every name of
+:data:`utils.core.kind_names.BUILT_IN`), then the members of the ``siim_covid.members`` entry points
+(:mod:`utils.core.plugins`); the kind's training side (``utils/kinds/<name>/training.py``) names the same
+class as its ``member_class``. Imports no training code: the predictor, the notebook and the web app load
+members through it."""
 
 from __future__ import annotations
 
-from utils.core.plugins import MEMBER_GROUP, add_unique, clash, load_plugins
-from utils.kinds.frcnn.member import FasterRCNNMember
-from utils.kinds.member import Detections, Member, model_input, with_flipped
-from utils.kinds.study.member import StudyMember
-from utils.kinds.yolo.member import YoloMember
+from importlib import import_module
 
-BUILT_IN = (StudyMember, FasterRCNNMember, YoloMember)
+from utils.core.kind_names import BUILT_IN as BUILT_IN_NAMES
+from utils.core.kind_names import built_in_module
+from utils.core.plugins import MEMBER_GROUP, add_unique, clash, load_plugins
+from utils.kinds.member import Detections, Member, model_input, with_flipped
+
+BUILT_IN: tuple[type[Member], ...] = tuple(import_module(built_in_module(name, "member")).MEMBER
+                                           for name in BUILT_IN_NAMES)
 
 
 def _member_problem(name: str, value, kept: list) -> str | None:

@@ -1,5 +1,5 @@
-"""The registry of model kinds, for training: one package per kind (``utils/kinds/<name>/``), one line
-each here.
+"""The registry of model kinds, for training: one package per kind (``utils/kinds/<name>/``), each
+built-in kind's ``KIND`` imported by its name in :data:`utils.core.kind_names.BUILT_IN`.
 
 Training order (train/train_all.py runs them in turn): the pretraining kinds of :data:`PRETRAINING`
 (the NIH backbone: no folds, no member; :class:`utils.kinds.base.PretrainingKind`), then :data:`KINDS`:
@@ -11,7 +11,10 @@ Each kind of KINDS names its inference member (``member_class``, registered in
 
 from __future__ import annotations
 
-from utils.core.kind_names import canonical_name
+from importlib import import_module
+
+from utils.core.kind_names import BUILT_IN as BUILT_IN_NAMES
+from utils.core.kind_names import built_in_module, canonical_name
 from utils.core.plugins import KIND_GROUP, add_unique, clash, load_plugins, plugin_problems
 from utils.kinds.backbone import training as backbone
 from utils.kinds.base import (
@@ -23,12 +26,10 @@ from utils.kinds.base import (
     TrainingError,
     train_folds,
 )
-from utils.kinds.frcnn import training as frcnn
 from utils.kinds.members import Member
-from utils.kinds.study import training as study
-from utils.kinds.yolo import training as yolo
 
-BUILT_IN = (frcnn.KIND, yolo.KIND, study.KIND)
+BUILT_IN: tuple[ModelKind, ...] = tuple(import_module(built_in_module(name, "training")).KIND
+                                        for name in BUILT_IN_NAMES)
 # Trained before every kind of KINDS, each from data of its own; its name is a config section and run folder.
 PRETRAINING: dict[str, PretrainingKind] = {backbone.KIND.name: backbone.KIND}
 

@@ -1,9 +1,10 @@
 """Command-line pieces shared by the training scripts (config file, overrides, resume, logging) and the one
-way a script trains a kind (:func:`run_kind`, :func:`train_kind`)."""
+way a kind is trained from a command line (:func:`run_kind`: ``train/train_kind.py``; :func:`train_kind`)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from utils.core.config import DEFAULT_CONFIG
@@ -23,9 +24,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, section: str, default_out
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
 
-def kind_parser(kind, doc: str, default_out: str) -> argparse.ArgumentParser:
-    """The command line every model kind's training script shares."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+def kind_doc(kind) -> str:
+    """What the kind's training module says of it (its command, what it writes): the help's second part."""
+    return sys.modules[type(kind).__module__].__doc__ or kind.title
+
+
+def kind_parser(kind, doc: str, default_out: str, describe_kind: bool = True) -> argparse.ArgumentParser:
+    """The command line every model kind shares; its help is ``doc``, then (``describe_kind``) the kind's
+    own description."""
+    description = f"{doc}\n{kind.name}: {kind_doc(kind)}" if describe_kind else doc
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepared", required=True, type=Path, help="meta.csv written by train/prepare.py")
     parser.add_argument("--weights-dir", type=Path, default=None,
                         help="where to export the fold weights and register them in manifest.json")
@@ -38,10 +46,9 @@ def kind_parser(kind, doc: str, default_out: str) -> argparse.ArgumentParser:
 
 
 def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
-             parser: argparse.ArgumentParser | None = None, before=None) -> int:
-    """A thin training script: parse, load the kind's config section, train every fold
-    (:func:`utils.kinds.train_folds`). ``before(config, args, options)`` may return a changed config
-    (Faster R-CNN's RSNA pre-training). Config and data problems exit with the message, not a traceback."""
+             parser: argparse.ArgumentParser | None = None) -> int:
+    """The training script's body: parse, load the kind's config section, train every fold
+    (:func:`utils.kinds.train_folds`). Config and data problems exit with the message, not a traceback."""
     from utils.core.config import ConfigError, load_section, parse_overrides
     from utils.core.files import describe_write_failure, is_write_failure
     from utils.kinds.registry import RunOptions, TrainingError, train_folds
@@ -55,8 +62,6 @@ def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
         options = RunOptions(prepared=args.prepared, out=args.out, weights_dir=args.weights_dir,
                              resume=getattr(args, "resume", False), progress=not args.no_progress,
                              start_from=getattr(args, "start_from", None))
-        if before is not None:
-            config = before(config, args, options)
         train_folds(kind, config, options)
     except (ConfigError, TrainingError, CheckpointError, WeightsError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
@@ -69,9 +74,8 @@ def run_kind(kind, doc: str, default_out: str, argv: list[str] | None = None,
 
 
 def train_kind(name: str, argv: list[str]) -> int:
-    """Train registered kind ``name`` from a training script's command line ``argv`` (the options every
-    kind shares; not a script's own extras such as Faster R-CNN's ``--pretrain-rsna``): how the ablation
-    and fold-averaging tools train, without importing a script."""
+    """Train registered kind ``name`` from the training script's command line ``argv`` without
+    ``--kind``: how the ablation and fold-averaging tools train, without importing a script."""
     from utils.kinds.registry import KINDS
 
     return run_kind(KINDS[name], f"train the {name} kind", f"runs/{name}", argv)

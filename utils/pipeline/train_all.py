@@ -68,12 +68,26 @@ def split_overrides(items: list[str]) -> dict[str, list[str]]:
     return dict(by_section)
 
 
+def with_plan_overrides(overrides: dict[str, list[str]], args) -> dict[str, list[str]]:
+    """The user's overrides with, before them, the keys each kind's section takes from this script's own
+    options (:meth:`utils.kinds.base.KindStage.plan_overrides`: Faster R-CNN's ``pretrain_rsna``)."""
+    plan = stage_plan(args)
+    merged = dict(overrides)
+    for name, kind in {**PRETRAINING, **KINDS}.items():
+        keys = kind.plan_overrides(plan)
+        if keys:
+            merged[name] = [*keys, *overrides.get(name, [])]
+    return merged
+
+
 def check_config(config_path: Path, overrides: dict[str, list[str]], args) -> dict:
-    """Every section of the file through its schema (types, allowed values, ranges) and every path it
-    names that must exist before its stage runs, all before the first stage: a misspelt key of the
-    last stage fails in the first seconds, naming the file and the key. Returns section -> config."""
+    """Every section of the file through its schema (types, allowed values, ranges), with the keys this
+    script's options set, and every path it names that must exist before its stage runs, all before the
+    first stage: a misspelt key of the last stage fails in the first seconds, naming the file and the
+    key. Returns section -> config."""
     import yaml
 
+    overrides = with_plan_overrides(overrides, args)
     try:
         document = yaml.safe_load(Path(config_path).read_text()) if Path(config_path).is_file() else None
     except yaml.YAMLError:
@@ -146,6 +160,7 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
     weights = out / "weights"
     configs = check_config(config, overrides, args)
     plan = stage_plan(args)
+    stage_keys = with_plan_overrides(overrides, args)
     prepare = configs[SECTION]
     common = ["--config", str(config)] + (["--no-progress"] if args.no_progress else [])
     resume = ["--resume"] if args.resume else []
@@ -155,7 +170,7 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
     trunk_file = backbone_trunk(args)
 
     def script(path: str, section: str | None, *extra: str, trunk: bool = False) -> list[str]:
-        keys = list(overrides.get(section, [])) if section else []
+        keys = list(stage_keys.get(section, [])) if section else []
         if trunk and trunk_file is not None:
             keys.insert(0, f"backbone={trunk_file}")
         return [sys.executable, str(ROOT / path), *extra, *common, *(["--set", *keys] if keys else [])]
@@ -168,9 +183,8 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
                    + [a for size in prepared_sizes(configs, selected_kinds(args)) for a in ("--size", str(size))],
         **{name: script(kind.script, name, *kind.stage_arguments(plan), "--out", str(out / name), *resume)
            if kind.has_input(plan) else None for name, kind in PRETRAINING.items()},
-        **{name: script(kind.script, name, *(["--kind", name] if kind.script == GENERIC_SCRIPT else []),
+        **{name: script(GENERIC_SCRIPT, name, "--kind", name,
                         "--prepared", str(meta), "--out", str(out / name), "--weights-dir", str(weights),
-                        *kind.stage_arguments(plan),
                         *(["--start-from", str(args.start_from)] if args.start_from and kind.can_start_from else []),
                         *(resume if kind.resumable else []), trunk=kind.trunk_from_backbone)
            if name in args.kinds else None for name, kind in KINDS.items()},

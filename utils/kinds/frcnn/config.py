@@ -35,6 +35,9 @@ class FrcnnConfig(TrainConfig):
     fpn_channels: Annotated[int, Field(ge=1, le=1024)] = 256
     box_head_size: Annotated[int, Field(ge=1, le=8192)] = 1024
     negative_fraction: Fraction = 1.0
+    # An RSNA Pneumonia folder (stage_2_train_labels.csv, stage_2_train_images/): trained on first for
+    # pretrain_epochs (fold 0 held out), and every fold starts from that run's best weights (init_from).
+    pretrain_rsna: str | None = None
     pretrain_epochs: Epochs = 10
     folds: Folds | None = None
     # last: the fixed schedule's last epoch (the held-out fold is only watched); opacity_ap/loss choose

@@ -39,3 +39,6 @@ class FasterRCNNMember(Member):
                 per_input[k].append(found)
         n = len(images)
         return MemberPrediction(boxes=with_flipped(per_input[:n], per_input[n:]) if tta else per_input)
+
+
+MEMBER = FasterRCNNMember  # what the member registry (utils/kinds/members.py) loads for kind 'frcnn'

@@ -223,7 +223,7 @@ class FasterRCNNDetector(nn.Module):
 
 
 def detector_from_config(config: Mapping, trunk_weights: str | None, image_size: int) -> FasterRCNNDetector:
-    """The detector a training config describes (``train/train_frcnn.py``'s section, or the copy saved
+    """The detector a training config describes (the ``frcnn`` section, or the copy saved
     in the weights manifest), its trunk from ``trunk_weights``, inputs resized to ``image_size``."""
     return FasterRCNNDetector(config["arch"], trunk_weights, image_size=image_size,
                               trainable_layers=config["trainable_layers"], freeze_bn=config["freeze_bn"],
@@ -244,7 +244,7 @@ def unpad_detections(outputs: dict[str, torch.Tensor]) -> list[tuple[np.ndarray,
 
 
 def load_detector_state(model: FasterRCNNDetector, state: dict[str, torch.Tensor], source) -> FasterRCNNDetector:
-    """Load a whole detector's weights (``--init-from``: e.g. the RSNA pre-training). The weights must
+    """Load a whole detector's weights (``init_from``: e.g. the RSNA pre-training). The weights must
     fit exactly, apart from BatchNorm's step counters (absent when the norms are frozen)."""
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]

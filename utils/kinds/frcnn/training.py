@@ -1,6 +1,21 @@
 """Model kind "frcnn": the torchvision Faster R-CNN opacity detector on a ResNet/ResNeXt FPN (trunk from
-the NIH backbone), trained at ``image_size`` and predicting at ``predict_size``; optional RSNA
-Pneumonia pre-training (report section 2.2)."""
+the NIH backbone), one model per fold, trained at ``image_size`` (512 in full.yaml) and predicting the
+held-out fold at ``predict_size`` (1024).
+
+    python train/train_kind.py --kind frcnn --prepared runs/prepared/meta.csv --out runs/frcnn
+        [--config train/configs/full.yaml] [--set backbone=runs/backbone/best.pt folds=[0,1]]
+        [--set pretrain_rsna=RSNA_DIR | --set init_from=CHECKPOINT] [--weights-dir runs/weights] [--resume]
+
+With ``pretrain_rsna`` (train_all sets it from ``--rsna-dir``) it first trains on an RSNA Pneumonia
+folder (``stage_2_train_labels.csv``, ``stage_2_train_images/``; report section 2.2) for
+``pretrain_epochs``, holding out fold 0, and every SIIM fold starts from that run's best weights;
+``init_from`` starts from any detector checkpoint instead (e.g. an earlier pre-training run).
+
+Writes to --out: config.yaml, fold<k>/ (engine run folder: last.pt, best.pt, metrics.csv,
+loss_curve.png), oof_predictions.csv (boxes of every image of the trained folds, shared schema),
+oof_scores.json / oof_scores.txt (opacity AP@0.5 with the competition metric, beside the fixed-box
+baseline); with pretrain_rsna also rsna/ (prepared images and the same files). Registers the fold
+weights as model "frcnn" in --weights-dir/manifest.json."""
 
 from __future__ import annotations
 
@@ -60,8 +75,6 @@ class FrcnnKind(DetectorKind, TorchKind):
     title = "Faster R-CNN"
     collate = staticmethod(collate_detection)
 
-    script = "train/train_frcnn.py"
-
     def toy_overrides(self) -> list[str]:
         return ["image_size=64", "predict_size=64", "epochs=1", "batch_size=4", "val_batch_size=4", "workers=0",
                 "proposals=50", "roi_samples=32"]
@@ -69,14 +82,23 @@ class FrcnnKind(DetectorKind, TorchKind):
     def speed_run_overrides(self, smoke: bool) -> list[str]:
         return super().speed_run_overrides(smoke) + (["arch=resnet18"] if smoke else [])
 
-    def stage_arguments(self, plan: StagePlan) -> list[str]:
-        return ["--pretrain-rsna", str(plan.rsna_dir)] if plan.rsna_dir else []
+    def plan_overrides(self, plan: StagePlan) -> list[str]:
+        return [f"pretrain_rsna={plan.rsna_dir}"] if plan.rsna_dir else []
 
     def check_files(self, config: FrcnnConfig, plan: StagePlan) -> None:
         if plan.nih_dir is None:  # without the NIH stage the trunk starts from what the config names
             check_trunk_file("backbone", config.arch, config.backbone)
-        if plan.rsna_dir is None and config.init_from and not Path(config.init_from).is_file():
+        if config.pretrain_rsna and not Path(config.pretrain_rsna).is_dir():
+            raise FileNotFoundError(f"pretrain_rsna: folder {config.pretrain_rsna!r} not found")
+        if not config.pretrain_rsna and config.init_from and not Path(config.init_from).is_file():
             raise ValueError(f"init_from: file {config.init_from!r} not found")
+
+    def before_folds(self, config: FrcnnConfig, options: RunOptions) -> FrcnnConfig:
+        """With ``pretrain_rsna``, the RSNA run first: every fold starts from its best weights."""
+        if not config.pretrain_rsna:
+            return config
+        return dataclasses.replace(config, init_from=str(self.pretrain_on_rsna(Path(config.pretrain_rsna), config,
+                                                                                options)))
 
     def untrained_model(self, config: FrcnnConfig) -> FasterRCNNDetector:
         return detector_from_config(dataclasses.asdict(config), PRETRAINED_NONE, config.predict_size)

@@ -61,3 +61,6 @@ class StudyMember(Member):
         return MemberPrediction(study_probs=(study / n).cpu().numpy().astype(np.float64),
                                 none_probs=(none / n).cpu().numpy().astype(np.float64),
                                 opacity_maps=None if maps is None else (maps / n).cpu().numpy())
+
+
+MEMBER = StudyMember  # what the member registry (utils/kinds/members.py) loads for kind 'study'

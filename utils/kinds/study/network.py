@@ -126,7 +126,7 @@ class StudyClassifier(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict, pretrained: str | None = PRETRAINED_NONE) -> "StudyClassifier":
-        """The network a study config describes (``train_study``'s section, or a manifest's copy of it:
+        """The network a study config describes (the ``study`` section, or a manifest's copy of it:
         keys absent from older manifests take the defaults that were then the only behaviour: ImageNet
         normalisation before ``normalization`` existed)."""
         return cls(config["arch"], pretrained, none_weight=float(config.get("none_weight", 1.0)),

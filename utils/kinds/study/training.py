@@ -1,5 +1,16 @@
 """Model kind "study": the study-level classifier (negative / typical / indeterminate / atypical, plus
-the image-level "none"), optionally with the auxiliary opacity segmentation head, EMA and TTA views."""
+the image-level "none"), optionally with the auxiliary opacity segmentation head, EMA and TTA views; one
+model per fold, trunk initialised from the NIH backbone.
+
+    python train/train_kind.py --kind study --prepared runs/prepared/meta.csv --out runs/study
+        [--config train/configs/full.yaml] [--set backbone=runs/backbone/best.pt folds=[0,1]]
+        [--weights-dir runs/weights] [--resume]
+
+Writes to --out: config.yaml, fold<k>/ (engine run folder: last.pt, best.pt, metrics.csv,
+loss_curve.png), oof_predictions.csv (every image of each trained fold, shared prediction schema),
+oof_scores.json / oof_scores.txt (study mAP, none AP, per-class AP with the competition metric).
+The held-out fold is predicted through the config's ``tta_views`` (:mod:`utils.kinds.study.tta`), as at
+test time. Registers each fold's best weights as model "study" in --weights-dir/manifest.json."""
 
 from __future__ import annotations
 
@@ -75,8 +86,6 @@ class StudyKind(TorchKind):
             except ValueError as err:  # PredictionFileError included: one line naming the file
                 raise ConfigError(f"study.teacher: {err}") from None
         return table
-
-    script = "train/train_study.py"
 
     def toy_overrides(self) -> list[str]:
         return ["image_size=64", "epochs=1", "batch_size=8", "workers=0"]

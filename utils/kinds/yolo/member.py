@@ -57,3 +57,6 @@ class YoloMember(Member):
                                      result.boxes.conf.float().cpu().numpy().astype(np.float64)))
         n = len(images)
         return MemberPrediction(boxes=with_flipped(per_input[:n], per_input[n:]) if tta else per_input)
+
+
+MEMBER = YoloMember  # what the member registry (utils/kinds/members.py) loads for kind 'yolo'

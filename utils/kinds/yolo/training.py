@@ -1,8 +1,23 @@
-"""Model kind "yolo": the ultralytics YOLO opacity detector. ultralytics' own trainer runs each fold
-(behind the same ``train_fold`` as the torch kinds) on the prepared folds exported once to YOLO format;
-its results become the engine's metrics.csv and loss curve, its held-out predictions the shared
-prediction rows. (ultralytics' offline setup and the weights files: ``network.py``; prediction:
-``member.py``.)"""
+"""Model kind "yolo": the ultralytics YOLO opacity detector, one model per fold, trained at
+``image_size``, predicting the held-out fold at ``predict_size`` (1024 in full.yaml). ultralytics' own
+trainer runs each fold (behind the same ``train_fold`` as the torch kinds) on the prepared folds exported
+once to YOLO format; its results become the engine's metrics.csv and loss curve, its held-out predictions
+the shared prediction rows. (ultralytics' offline setup and the weights files: ``network.py``;
+prediction: ``member.py``.)
+
+    python train/train_kind.py --kind yolo --prepared runs/prepared/meta.csv --out runs/yolo
+        [--config train/configs/full.yaml] [--set model=yolov8m.yaml folds=[0,1] device=0,1]
+        [--weights-dir runs/weights]
+
+The prepared images are exported once to YOLO format under --out/dataset (``images/`` hard links,
+``labels/`` with ``0 cx cy w h`` per box, an empty file for an image without opacity); each fold's
+``data.yaml`` and image lists are written in its run folder. ultralytics runs offline with its
+settings in --out/ultralytics_settings. Multi-GPU: ``--set device=0,1`` (ultralytics' own DDP).
+
+Writes to --out: config.yaml, fold<k>/ (ultralytics' run: weights/best.pt, results.csv, args.yaml;
+plus data.yaml and loss_curve.png), oof_predictions.csv and oof_scores.json / .txt (opacity AP@0.5
+with the competition metric beside the fixed-box baseline, as Faster R-CNN's). Registers the fold
+weights as model "yolo" in --weights-dir/manifest.json."""
 
 from __future__ import annotations
 
@@ -97,8 +112,6 @@ class YoloKind(DetectorKind, ModelKind):
     config_class = YoloConfig
     title = "YOLO"
     resumable = False  # ultralytics' runs restart
-
-    script = "train/train_yolo.py"
 
     def toy_overrides(self) -> list[str]:
         return ["image_size=64", "predict_size=64", "epochs=1", "batch_size=8", "workers=0"]
