@@ -37,9 +37,9 @@ from pathlib import Path
 from utils.core.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
 from utils.core.files import check_not_an_input, run_inputs, write_json_atomic, write_text_atomic
 from utils.core.log import configure_logging
-from utils.ensemble.fusion import CALIBRATE_SECTION, ENSEMBLE_SECTION, CalibrateConfig, EnsembleConfig
+from utils.ensemble.config import ENSEMBLE_SECTION, EnsembleConfig
 from utils.ensemble.manifest import register_ensemble
-from utils.scoring.calibration import calibrate_run, markdown_report
+from utils.scoring.calibration import CALIBRATE_SECTION, CalibrateConfig, calibrate_run, markdown_report
 from utils.scoring.evaluation import load_oof
 
 log = logging.getLogger("calibrate")

@@ -25,7 +25,8 @@ from utils.data.dicom import read_dicom
 from utils.data.inputs import find_dicoms
 from utils.data.labels import IMAGE_SUFFIX, STUDY_SUFFIX, load_image_labels, load_study_labels
 from utils.data.submission import parse_prediction_string, read_submission
-from utils.ensemble.fusion import display_threshold, ensemble_config
+from utils.ensemble.config import ensemble_config
+from utils.ensemble.fusion import display_threshold
 from utils.ensemble.manifest import read_manifest
 
 DISPLAY_SIZE = 512  # longer side of each panel, in pixels of the drawing

@@ -30,7 +30,7 @@ from pathlib import Path
 from utils.core.config import DEFAULT_CONFIG, ConfigError, load_section, parse_overrides
 from utils.core.files import check_not_an_input, run_inputs, write_json_atomic, write_text_atomic
 from utils.core.log import configure_logging
-from utils.ensemble.fusion import ENSEMBLE_SECTION, EnsembleConfig
+from utils.ensemble.config import ENSEMBLE_SECTION, EnsembleConfig
 from utils.ensemble.manifest import register_ensemble
 from utils.scoring.evaluation import evaluate_run, markdown_report, plot_loss_curves, plot_pr_curves
 

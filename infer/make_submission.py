@@ -48,7 +48,7 @@ from utils.core.log import configure_logging
 from utils.data.inputs import PreparationInputError
 from utils.data.submission import SubmissionError
 from utils.ensemble.assemble import TooManyUnreadableError, describe_unreadable, write_ensemble_submission
-from utils.ensemble.fusion import ENSEMBLE_SECTION, ensemble_config
+from utils.ensemble.config import ENSEMBLE_SECTION, ensemble_config
 from utils.ensemble.manifest import ManifestError, named_files, read_manifest
 from utils.prediction.predictor import Ensemble
 from utils.prediction.sharding import ShardedEnsemble, ShardError, parse_devices

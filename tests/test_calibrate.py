@@ -14,8 +14,9 @@ from infer import calibrate
 from utils.data.labels import STUDY_CLASSES, boxes_from_json
 from utils.data.predictions import classifier_rows, detection_rows, write_predictions
 from utils.data.prepare import read_meta
-from utils.ensemble.fusion import CalibrateConfig, EnsembleConfig
+from utils.ensemble.config import EnsembleConfig
 from utils.scoring import calibration
+from utils.scoring.calibration import CalibrateConfig
 from utils.scoring.evaluation import evaluated_rows, fused_predictions, load_oof
 
 QUICK = CalibrateConfig(passes=1, min_images=0)  # the constructed runs have a few dozen images

@@ -1,4 +1,5 @@
-"""Strict configs: unknown keys, wrong types and overrides fail loudly; every shipped key is commented."""
+"""Strict configs: unknown keys, wrong types and overrides fail loudly; every setting is documented once,
+where it is declared; the recipes say only what differs from the defaults; a run's resolved config loads."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from utils.kinds.backbone.config import BackboneConfig
 from utils.kinds.study.training import StudyConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "train" / "configs").glob("*.yaml"))
-SECTIONS = {"backbone": BackboneConfig, "study": StudyConfig}
 
 
 def test_shipped_configs_exist():
@@ -22,15 +22,52 @@ def test_shipped_configs_exist():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_section_loads_and_every_key_is_commented(path):
+def test_every_recipe_loads_and_says_only_what_differs_from_the_defaults(path):
+    from utils.pipeline.settings import SCHEMAS, keys_at_default
+
     document = yaml.safe_load(path.read_text())
-    assert set(SECTIONS) <= set(document)
-    for section, schema in SECTIONS.items():
-        config = load_section(path, section, schema)
-        assert isinstance(config, schema)
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip() and not line.lstrip().startswith("#"):
-            assert "#" in line, f"{path.name}:{number}: key without a comment: {line!r}"
+    assert set(document) <= set(SCHEMAS)
+    for section, schema in SCHEMAS.items():
+        assert isinstance(load_section(path, section, schema), schema)
+    assert keys_at_default(path) == []
+
+
+def test_every_setting_is_documented_where_it_is_declared_and_the_reference_is_up_to_date():
+    """Each field of each section's dataclass has its line of documentation below it; docs/reference.md's
+    "Settings" is what ``python train/settings.py --write-reference`` writes today."""
+    from utils.core.config import setting_rows
+    from utils.pipeline.settings import REFERENCE, SCHEMAS, documented_reference, reference_markdown
+
+    undocumented = [f"{section}.{row['key']}" for section, schema in SCHEMAS.items() for row in setting_rows(schema)
+                    if len(row["doc"]) < 8]
+    assert undocumented == []
+    assert documented_reference(REFERENCE.read_text()) == reference_markdown().strip("\n"), \
+        "docs/reference.md's settings are out of date: python train/settings.py --write-reference"
+
+
+def test_the_settings_command_prints_defaults_and_what_a_recipe_resolves_to(capsys):
+    from train import settings
+
+    assert settings.main(["--section", "calibrate"]) == 0
+    assert "passes = 2    (int 1 to 100)" in capsys.readouterr().out
+    assert settings.main(["--config", "train/configs/real256.yaml", "--section", "study",
+                          "--set", "study.lr=0.02"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert " * image_size = 160" in printed and " * lr = 0.02" in printed and "   nesterov = true" in printed
+
+
+def test_a_resolved_config_loads_as_every_section_resolved(tmp_path):
+    import dataclasses
+
+    from utils.pipeline.settings import SCHEMAS, write_resolved_config
+
+    recipe = CONFIGS[[p.name for p in CONFIGS].index("real256.yaml")]
+    configs = {section: load_section(recipe, section, schema, {"epochs": 2} if section == "study" else None)
+               for section, schema in SCHEMAS.items()}
+    path = write_resolved_config(tmp_path / "resolved_config.yaml", configs)
+    for section, schema in SCHEMAS.items():
+        assert dataclasses.asdict(load_section(path, section, schema)) == dataclasses.asdict(configs[section])
+    assert load_section(path, "study", StudyConfig).epochs == 2
 
 
 def test_full_config_has_the_reports_backbone_hyperparameters():
@@ -60,9 +97,10 @@ def test_wrong_type_is_an_error(tmp_path):
         load_section(_write(tmp_path, "backbone:\n  amp: half\n"), "backbone", BackboneConfig)
 
 
-def test_missing_section_and_file(tmp_path):
-    with pytest.raises(ConfigError, match="no section 'study'"):
-        load_section(_write(tmp_path, "backbone: {}\n"), "study", StudyConfig)
+def test_missing_section_is_every_default_and_a_missing_file_an_error(tmp_path):
+    assert load_section(_write(tmp_path, "backbone: {}\n"), "study", StudyConfig) == StudyConfig()
+    with pytest.raises(ConfigError, match="expected sections of keys"):
+        load_section(_write(tmp_path, "- study\n"), "study", StudyConfig)
     with pytest.raises(ConfigError, match="not found"):
         load_section(tmp_path / "absent.yaml", "study", StudyConfig)
 
@@ -79,7 +117,7 @@ def test_overrides_are_typed_and_checked(tmp_path):
 
 @pytest.mark.parametrize("text", [".nan", ".inf", "-.inf"])
 def test_nan_and_inf_floats_are_refused_in_every_section_and_route(tmp_path, text):
-    from utils.ensemble.fusion import ENSEMBLE_SECTION, EnsembleConfig, ensemble_config
+    from utils.ensemble.config import ENSEMBLE_SECTION, EnsembleConfig, ensemble_config
 
     for body, key in ((f"study:\n  lr: {text}\n", "lr"), (f"study:\n  grad_clip: {text}\n", "grad_clip"),
                       (f"study:\n  class_weights: [1, 1, {text}, 1]\n", r"class_weights\[2\]")):
@@ -203,7 +241,7 @@ def test_every_config_problem_is_one_short_line(tmp_path, text, message):
 
 
 def _schemas() -> dict:
-    from utils.pipeline.train_all import SCHEMAS
+    from utils.pipeline.settings import SCHEMAS
 
     return SCHEMAS
 

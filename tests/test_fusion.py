@@ -82,7 +82,8 @@ def test_none_blend_is_the_weighted_mean_of_the_available_signals():
 def test_fusion_processes_give_the_callers_results_and_errors():
     """The predictor's fusion processes (spawned) return what combining in the caller returns, and a bad
     input's error reaches the caller the same way."""
-    from utils.ensemble.fusion import EnsembleConfig, MemberOutputs, combine_images, fusion_pool
+    from utils.ensemble.config import EnsembleConfig
+    from utils.ensemble.fusion import MemberOutputs, combine_images, fusion_pool
 
     shifted = BOX + 0.01
     outputs = [MemberOutputs({"a": [(BOX, np.array([0.8])), (shifted, np.array([0.6]))]}), MemberOutputs(),
@@ -103,7 +104,8 @@ def test_fusion_processes_give_the_callers_results_and_errors():
 def test_combining_folds_and_flips_first_then_the_detectors():
     """A detector's folds and flips are fused among themselves with equal weights before the detectors
     are fused with their model weights, so a model's weight does not depend on how many sources it has."""
-    from utils.ensemble.fusion import EnsembleConfig, MemberOutputs, combine_image
+    from utils.ensemble.config import EnsembleConfig
+    from utils.ensemble.fusion import MemberOutputs, combine_image
 
     config = EnsembleConfig(wbf_skip_box_thr=0.0)
     four_sources = MemberOutputs({"a": [(BOX, np.array([0.8]))] * 4, "b": [(BOX, np.array([0.4]))]})
@@ -118,7 +120,8 @@ def test_combining_folds_and_flips_first_then_the_detectors():
 
 
 def test_combined_classifiers_are_weighted_and_boxes_rescored_by_their_none():
-    from utils.ensemble.fusion import EnsembleConfig, MemberOutputs, combine_image
+    from utils.ensemble.config import EnsembleConfig
+    from utils.ensemble.fusion import MemberOutputs, combine_image
 
     study = np.array([0.1, 0.6, 0.2, 0.1])
     outputs = MemberOutputs({"a": [(BOX, np.array([0.8]))]},
@@ -134,7 +137,8 @@ def test_combined_classifiers_are_weighted_and_boxes_rescored_by_their_none():
 
 def test_fusion_workers_default_to_none_on_the_cpu_and_some_beside_a_gpu():
     from utils.core.config import from_mapping
-    from utils.ensemble.fusion import EnsembleConfig, resolve_fusion_workers
+    from utils.ensemble.config import EnsembleConfig
+    from utils.ensemble.fusion import resolve_fusion_workers
 
     assert resolve_fusion_workers(EnsembleConfig(), "cpu") == 0
     assert 1 <= resolve_fusion_workers(EnsembleConfig(), "cuda") <= 4

@@ -24,7 +24,8 @@ from utils.data.prepare import decode_one, image_path
 from utils.data.presets import build_transform
 from utils.data.submission import parse_prediction_string, submission_problems
 from utils.ensemble.assemble import assemble_submission
-from utils.ensemble.fusion import UNINFORMED_NONE, EnsembleConfig, ImagePrediction
+from utils.ensemble.config import EnsembleConfig
+from utils.ensemble.fusion import UNINFORMED_NONE, ImagePrediction
 from utils.ensemble.manifest import ManifestError
 from utils.prediction.predictor import Ensemble, InputImage, decode_test_image, model_input
 
@@ -213,7 +214,7 @@ def test_the_predictor_applies_every_study_view_of_the_manifest(untrained_weight
 
 
 def test_the_flip_switch_and_the_study_views_are_two_keys_and_old_manifests_keep_their_meaning():
-    from utils.ensemble.fusion import ensemble_config
+    from utils.ensemble.config import ensemble_config
 
     assert ensemble_config({"ensemble": {"tta_hflip": False, "study_tta": True}}).study_tta is True
     # Before 2026-12 one switch did both: an old manifest's tta_hflip false still turns the study views off.

@@ -32,6 +32,14 @@ def test_every_stage_ran_and_the_weights_folder_is_complete(trained_run):
     # the trunks started from the NIH backbone this run trained, the detector from the RSNA pre-training
     assert "backbone/best.pt" in manifest["models"]["study"]["config"]["backbone"]
     assert (trained_run / "frcnn" / "rsna" / "fold0" / "best.pt").is_file()
+    # one resolved config, which every stage read: what each kind saved is that file's section
+    import yaml
+
+    resolved = yaml.safe_load((trained_run / "resolved_config.yaml").read_text())
+    assert all(f"--config {trained_run / 'resolved_config.yaml'}" in stages[s]["command"]
+               for s in pipeline.STAGES[1:-2])
+    assert yaml.safe_load((trained_run / "study" / "config.yaml").read_text())["study"] == resolved["study"]
+    assert resolved["frcnn"]["pretrain_rsna"] == str(trained_run.parent / "rsna")
 
 
 @pytest.mark.slow
@@ -126,10 +134,14 @@ def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
                                            "frcnn.backbone=none"])
     commands = pipeline.stage_commands(args, overrides)
     assert commands["backbone"] is None
-    assert not any("pretrain_rsna" in part for part in commands["frcnn"])
     assert commands["frcnn"][1:4] == [str(REPO / "train" / "train_kind.py"), "--kind", "frcnn"]
     assert commands["prepare"][-4:] == ["--size", "128", "--size", "160"]  # every size a model uses, once
-    assert commands["study"][-3:] == ["--set", "epochs=2", "backbone=none"]
+    # every stage reads the run's resolved config, which carries the overrides: no --set of its own
+    resolved = str(tmp_path / "resolved_config.yaml")
+    assert all(command[command.index("--config") + 1] == resolved and "--set" not in command
+               for stage, command in commands.items() if command and stage != "prepare")
+    configs = pipeline.check_config(args.config, overrides, args)
+    assert (configs["study"].epochs, configs["study"].backbone, configs["frcnn"].pretrain_rsna) == (2, "none", None)
 
     args = train_all.get_args_parser().parse_args(["--data-dir", "D", "--out", str(tmp_path), "--config", str(config),
                                                    "--nih-dir", "N", "--rsna-dir", str(tmp_path / "R")])
@@ -138,8 +150,9 @@ def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
     (tmp_path / "R").mkdir()
     commands = pipeline.stage_commands(args, {})
     trunk = f"backbone={tmp_path / 'backbone' / 'best.pt'}"
-    assert trunk in commands["study"] and trunk in commands["frcnn"]
-    assert f"pretrain_rsna={tmp_path / 'R'}" in commands["frcnn"] and "pretrain_rsna" not in " ".join(commands["study"])
+    configs = pipeline.check_config(args.config, {}, args)  # the NIH stage's trunk, --rsna-dir: resolved keys
+    assert configs["study"].backbone == configs["frcnn"].backbone == str(tmp_path / "backbone" / "best.pt")
+    assert configs["frcnn"].pretrain_rsna == str(tmp_path / "R")
     assert commands["pseudo"] is None and commands["round2"] is None
     assert not any("--resume" in command for command in commands.values() if command)
     args.resume = True  # only the engine's stages resume (ultralytics' YOLO stage has no exact resume)
@@ -151,7 +164,9 @@ def test_stage_commands_follow_the_inputs_and_overrides(tmp_path):
                                                    "--nih-dir", "N", "--pseudo-images", str(tmp_path / "T"),
                                                    "--kinds", "study", "frcnn"])
     commands = pipeline.stage_commands(args, pipeline.split_overrides(["pseudo.max_boxes=2", "study.epochs=3"]))
-    assert commands["pseudo"][-2:] == ["--set", "max_boxes=2"] and "D/train" in commands["pseudo"]
+    assert "D/train" in commands["pseudo"] and "--set" not in commands["pseudo"]
+    pseudo = pipeline.check_config(args.config, pipeline.split_overrides(["pseudo.max_boxes=2"]), args)["pseudo"]
+    assert pseudo.max_boxes == 2
     # round two: this script on OUT/round2 from the first kind, round one's backbone as the trunk, overrides kept
     assert commands["round2"][commands["round2"].index("--out") + 1] == str(tmp_path / "round2")
     assert commands["round2"][commands["round2"].index("--from-stage") + 1] == "frcnn"

@@ -4,7 +4,9 @@
         [--nih-dir NIH_DIR] [--rsna-dir RSNA_DIR] [--set SECTION.KEY=VALUE ...] [--from-stage NAME] [--to-stage NAME]
         [--kinds KIND ...] [--start-from WEIGHTS_DIR] [--resume] [--pseudo-images TEST_DIR [--pseudo-test-meta TABLE]]
 
-Stages (each is the stage's own script, run as a child process with the same config file):
+The config is resolved once (the recipe, this script's options, ``--set``; every section checked and
+every file it names) into OUT/resolved_config.yaml, and every stage reads that file. Stages (each is the
+stage's own script, run as a child process):
 
     prepare   train/prepare.py        --out OUT/prepared (every size the models use; the competition's
                                        DICOM folder or a resized copy, recognised by its contents)
@@ -44,7 +46,7 @@ from utils.core.config import ConfigError
 from utils.core.files import OverwriteError, check_not_inside
 from utils.kinds.registry import KINDS
 from utils.pipeline.cli import DEFAULT_CONFIG, configure_logging
-from utils.pipeline.train_all import STAGES, run_stages, split_overrides, stage_commands
+from utils.pipeline.train_all import STAGES, run_stages, split_overrides, stage_commands, write_run_config
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -86,11 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Every stage writes under --out: never inside a folder the run reads (its files are the data).
         check_not_inside(args.out, [args.data_dir, args.nih_dir, args.rsna_dir, args.pseudo_images])
-        commands = stage_commands(args, split_overrides(args.overrides))
+        overrides = split_overrides(args.overrides)
+        commands = stage_commands(args, overrides)
     except (ConfigError, OverwriteError) as err:
         raise SystemExit(f"error: {err}") from None
     if STAGES.index(args.to_stage) < STAGES.index(args.from_stage):
         raise SystemExit(f"error: --to-stage {args.to_stage} comes before --from-stage {args.from_stage}")
+    write_run_config(args, overrides)
     return run_stages(args.out, commands, args.from_stage, args.to_stage, args.kinds)
 
 

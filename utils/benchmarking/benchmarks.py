@@ -20,7 +20,7 @@ from utils.core.runtime import resolve_device, resolve_precision
 from utils.data.dicom import lenient_dicom_values, read_dicom, read_dicom_header
 from utils.data.nih import NIH_FINDINGS
 from utils.data.synthetic import display_to_stored, render_chest, write_dicom
-from utils.ensemble.fusion import ENSEMBLE_SECTION
+from utils.ensemble.config import ENSEMBLE_SECTION
 from utils.kinds.backbone.network import MultiLabelClassifier
 from utils.kinds.study.network import StudyClassifier
 from utils.nets.models import PRETRAINED_NONE

@@ -1,9 +1,10 @@
 """Strict YAML configs: one file per scale, one section per stage, every key known and typed.
 
 A config file (``train/configs/full.yaml``, ``train/configs/demo.yaml``) has one top-level section
-per training stage (``backbone``, ``study``, ...). Each section is checked against that stage's
-dataclass: an unknown key, a missing section, a value of the wrong type, a float that is NaN or
-infinite, or a number outside the range its field declares (``batch_size: BatchSize``, pydantic's
+per training stage (``backbone``, ``study``, ...), holding the keys that differ from the defaults
+(declared with their documentation in the stage's dataclass; a section left out is every default).
+Each section is checked against that stage's dataclass: an unknown key, a value of the wrong type, a
+float that is NaN or infinite, or a number outside the range its field declares (``batch_size: BatchSize``, pydantic's
 ``Annotated[int, Field(ge=1, le=1024)]``) is a :class:`ConfigError` in one line naming the file, the key
 and the bound, so a typo can never be ignored silently. Command-line overrides (``--set epochs=2``) and
 the configs a weights manifest stores go through the same check. A config is untrusted text: size-bounded,
@@ -13,10 +14,14 @@ without YAML aliases. The resolved config is saved beside the weights.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import functools
+import inspect
 import re
 import reprlib
+import textwrap
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -263,7 +268,8 @@ def parse_overrides(items: list[str] | None) -> dict:
 
 
 def load_yaml_section(path, section: str) -> dict:
-    """The raw mapping of section ``section`` of YAML file ``path`` (errors name the file)."""
+    """The raw mapping of section ``section`` of YAML file ``path`` (errors name the file); a section the
+    file does not have is empty: every key at its default (a recipe says only what differs)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -274,10 +280,9 @@ def load_yaml_section(path, section: str) -> dict:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not a readable text file ({type(err).__name__})") from None
     document = _load_yaml(text, str(path)) or {}
-    if not isinstance(document, dict) or section not in document:
-        sections = sorted(map(str, document)) if isinstance(document, dict) else []
-        raise ConfigError(f"{path}: no section {section!r}; sections: {short(sections)}")
-    mapping = document[section] or {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected sections of keys, got {type(document).__name__}")
+    mapping = document.get(section) or {}
     if not isinstance(mapping, dict):
         raise ConfigError(f"{path} [{section}]: expected a mapping of keys, got {type(mapping).__name__}")
     return dict(mapping)
@@ -300,3 +305,90 @@ def save_config(config, path, section: str) -> Path:
     from utils.core.files import write_text_atomic
 
     return write_text_atomic(path, yaml.safe_dump({section: dataclasses.asdict(config)}, sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- the settings' documentation
+
+def field_docs(cls) -> dict[str, str]:
+    """Each field of dataclass ``cls`` -> its one-paragraph documentation: the string written right below
+    the field in its class body (an attribute docstring), searched through the dataclass bases too."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _bounds(metadata) -> dict[str, object]:
+    """The range constraints pydantic's ``Field`` declares in an ``Annotated`` field: name -> value."""
+    found = {}
+    for item in metadata:
+        for constraint in getattr(item, "metadata", [item]):
+            for name in ("ge", "gt", "le", "lt", "multiple_of", "min_length", "max_length"):
+                if getattr(constraint, name, None) is not None:
+                    found[name] = getattr(constraint, name)
+    return found
+
+
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _range_words(bounds: dict) -> str:
+    """``{"ge": 1, "le": 10}`` -> ``1 to 10``; ``{"gt": 0, "le": 1}`` -> ``> 0, <= 1``."""
+    parts = []
+    if "ge" in bounds and "le" in bounds:
+        parts.append(f"{_number(bounds['ge'])} to {_number(bounds['le'])}")
+    else:
+        words = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+        parts += [f"{word} {_number(bounds[name])}" for name, word in words if name in bounds]
+    if "multiple_of" in bounds:
+        parts.append(f"a multiple of {bounds['multiple_of']}")
+    if "min_length" in bounds or "max_length" in bounds:
+        parts.append(f"{bounds.get('min_length', 0)} to {bounds.get('max_length', 'any number of')} items")
+    return ", ".join(parts)
+
+
+def describe_type(hint) -> str:
+    """A field's annotation in words with its declared range: ``int 1 to 10000``, ``one of a, b``,
+    ``list of str``, ``... or null``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        base, *metadata = args
+        words = _range_words(_bounds(metadata))
+        return describe_type(base) + (f" {words}" if words else "")
+    if origin in (typing.Union, types.UnionType):
+        named = [describe_type(a) for a in args if a is not type(None)]
+        return " | ".join(named) + (" or null" if type(None) in args else "")
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is list:
+        return f"list of ({describe_type(args[0])})" if typing.get_origin(args[0]) is Annotated \
+            else f"list of {describe_type(args[0])}"
+    if origin is dict:
+        return f"{describe_type(args[0])} -> {describe_type(args[1])}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def field_default(cls, name: str):
+    """Field ``name``'s default value in dataclass ``cls`` (a fresh copy of a mutable one)."""
+    found = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return found.default_factory() if found.default_factory is not dataclasses.MISSING else found.default
+
+
+def setting_rows(cls) -> list[dict]:
+    """Every field of config dataclass ``cls`` in declaration order: ``key``, ``default``, ``type`` (with the
+    declared range) and ``doc``."""
+    hints, docs = typing.get_type_hints(cls, include_extras=True), field_docs(cls)
+    return [{"key": f.name, "default": field_default(cls, f.name), "type": describe_type(hints[f.name]),
+             "doc": docs.get(f.name, "")} for f in dataclasses.fields(cls)]
+
+
+def yaml_value(value) -> str:
+    """A value as it is written in a config file (flow style, one line)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()

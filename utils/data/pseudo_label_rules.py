@@ -57,17 +57,31 @@ class PseudoLabelError(ValueError):
 
 @dataclass
 class PseudoConfig:
-    """The ``pseudo`` section (train/configs/*.yaml document every key)."""
+    """The ``pseudo`` section: round one's ensemble labelling unlabelled images for round two
+    (train/pseudo_label.py, train_all --pseudo-images)."""
 
     none_threshold: FractionBelowOne | None = None
+    """An image is 'none' (no box) above this ensemble none probability (null: chosen on round one's ensemble out
+    of fold by none_rule)."""
     box_threshold: FractionBelowOne | None = None
+    """Otherwise its fused boxes scored above this are its boxes; an image with neither is skipped by the
+    detectors (null: chosen out of fold)."""
     max_boxes: BoxCount | None = None
+    """At most this many boxes per image, best first (the 1st place: 2)."""
     study_targets: Literal["soft", "hard"] = "soft"
+    """soft (the ensemble's four probabilities and none) | hard (class and none 0/1)."""
     none_rule: Literal["precision", "f1"] = "precision"
+    """How a null none_threshold is chosen: precision (the lowest threshold whose labels are min_precision right
+    out of fold) | f1 (F1-best; real data: 41% none, 37% wrongly)."""
     box_rule: Literal["precision", "f1"] = "f1"
+    """The same for a null box_threshold (IoU > 0.5 boxes reach 0.85 only above 0.986)."""
     min_precision: Annotated[float, Field(gt=0.0, le=1.0)] = 0.85
+    """The precision rule's target."""
     round2_start: Literal["scratch", "round1"] = "scratch"
+    """scratch (every fold starts as in round one) | round1 (fine-tunes round one's weights of the same model and
+    fold; YOLO starts as in round one)."""
     round2_overrides: list[str] = field(default_factory=list)
+    """SECTION.KEY=VALUE for round two only (e.g. [study.epochs=2] to fine-tune)."""
 
     def __post_init__(self):
         for item in self.round2_overrides:

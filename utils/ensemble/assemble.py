@@ -25,13 +25,8 @@ from utils.data.submission import (
     write_submission,
 )
 from utils.data.test_images import find_test_images
-from utils.ensemble.fusion import (
-    UNINFORMED_NONE,
-    UNINFORMED_STUDY,
-    EnsembleConfig,
-    ImagePrediction,
-    submission_probabilities,
-)
+from utils.ensemble.config import EnsembleConfig
+from utils.ensemble.fusion import UNINFORMED_NONE, UNINFORMED_STUDY, ImagePrediction, submission_probabilities
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -22,30 +22,14 @@ import os
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Sequence
+from typing import Sequence
 
 import numpy as np
-from pydantic import Field
 
-from utils.core.config import (
-    BatchSize,
-    BoxCount,
-    ConfigError,
-    Fraction,
-    FractionBelowOne,
-    Seed,
-    Weight,
-    Workers,
-    device_problems,
-    from_mapping,
-    short,
-)
 from utils.core.interrupt import dies_with_this_process
-from utils.core.kind_names import canonical_name
 from utils.data.boxes import NORM_TOLERANCE, as_boxes, clip_xyxy, valid_box_mask
 from utils.data.labels import STUDY_CLASSES
-
-WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
+from utils.ensemble.config import WBF_CONF_TYPES, EnsembleConfig
 
 
 class FusionInputError(ValueError):
@@ -135,92 +119,6 @@ def blend_none(signals: Sequence[float | None], weights: Sequence[float]) -> flo
     if not pairs:
         return None
     return sum(s * w for s, w in pairs) / sum(w for _, w in pairs)
-
-
-ENSEMBLE_SECTION = "ensemble"  # its section in a config file and in a weights manifest
-Power = Annotated[float, Field(gt=0.0, le=100.0)]  # an exponent on scores in [0, 1]
-
-
-@dataclass
-class EnsembleConfig:
-    """The ``ensemble`` section of a config (kept in the manifest by ``train/train_all.py``)."""
-
-    tta_hflip: bool = True  # the detectors also predict the mirror image (boxes flipped back)
-    # The study models' own test-time views (their config's tta_views, up to 8); False: the image alone.
-    # Manifests before 2026-12 had one switch for both: tta_hflip false there also means study_tta false.
-    study_tta: bool = True
-    # Per model name (absent: 1.0): a detector's weight in the fusion across models, a classifier's in the
-    # mean of the classifiers; 0 leaves the model out (it is not even run).
-    model_weights: dict[str, Weight] = field(default_factory=dict)
-    score_powers: dict[str, Power] = field(default_factory=dict)  # detector's scores ** power before fusion
-    # fusing one model's folds and flips (fixed: out of fold has one source)
-    member_wbf_iou_thr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.55
-    wbf_iou_thr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.55
-    wbf_skip_box_thr: FractionBelowOne = 0.001
-    wbf_conf_type: Literal[WBF_CONF_TYPES] = "avg"
-    box_none_power: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0  # fused box scores * (1 - none) ** power
-    max_boxes: BoxCount = 100
-    none_classifier_weight: Weight = 1.0
-    none_study_weight: Weight = 1.0
-    none_boxes_weight: Weight = 1.0
-    negative_classifier_weight: Weight = 1.0
-    negative_boxes_weight: Weight = 1.0
-    batch_size: BatchSize = 8
-    workers: Workers = 2
-    # Processes fusing the boxes while the models predict the next batch; None: 0 on the CPU (the models
-    # already use every core), else a quarter of the cores, 1 to 4.
-    fusion_workers: Workers | None = None
-    device: str = "auto"
-    amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
-    channels_last: bool = False  # the torch models' weights channels-last (see Member.set_channels_last)
-    # Box score from which people are shown a box (web app, drawings): the F1-best one out of fold, chosen
-    # by infer/calibrate.py; None: 0.2. The submission keeps every box (the metric ranks them).
-    display_threshold: Fraction | None = None
-    # Share of test images the reader may refuse (each gets a fallback row) before make_submission fails
-    # without writing a submission (--allow-unreadable writes it anyway): a codec missing on the machine,
-    # not a few damaged files, is what a high share means.
-    max_unreadable_share: Fraction = 0.05
-
-    def __post_init__(self):
-        problems = device_problems(self.device)
-        if problems:
-            raise ValueError("; ".join(problems))
-        # per-model settings written under a model's older name (utils.core.kind_names.LEGACY_NAMES)
-        self.model_weights = {canonical_name(k): v for k, v in self.model_weights.items()}
-        self.score_powers = {canonical_name(k): v for k, v in self.score_powers.items()}
-
-
-def ensemble_config(manifest: dict, overrides: dict | None = None, source: str = "manifest") -> EnsembleConfig:
-    """The manifest's ``ensemble`` section (defaults where it has none) with ``overrides`` on top. A
-    section without ``study_tta`` (written before 2026-12) takes it from ``tta_hflip``, which switched both."""
-    section = manifest.get(ENSEMBLE_SECTION, {})
-    if not isinstance(section, dict):
-        raise ConfigError(f"{source} [{ENSEMBLE_SECTION}]: expected an object of settings, got "
-                          f"{type(section).__name__} {short(section)}")
-    section = dict(section)
-    if "study_tta" not in section and "tta_hflip" in section:
-        section["study_tta"] = section["tta_hflip"]
-    if overrides:  # checked alone first, so that a bad value given with --set or --config is named as theirs
-        from_mapping(EnsembleConfig, dict(overrides), f"{source} [{ENSEMBLE_SECTION}] with overrides")
-    return from_mapping(EnsembleConfig, {**section, **(overrides or {})}, f"{source} [{ENSEMBLE_SECTION}]")
-
-
-CALIBRATE_SECTION = "calibrate"  # the calibration's section in a config file
-
-
-@dataclass
-class CalibrateConfig:
-    """The ``calibrate`` section: infer/calibrate.py's search of the ensemble settings out of fold (the
-    ``train_all`` stage after the CV report)."""
-
-    enabled: bool = True  # run the stage (needs out-of-fold predictions)
-    seed: Seed = 0  # the patient halves of a single held-out fold
-    # coordinate-search passes over every setting (stops early when one changes nothing)
-    passes: Annotated[int, Field(ge=1, le=100)] = 2
-    min_gain: Fraction = 0.001  # final mAP a change must add on the choosing part to be taken
-    # Fewer out-of-fold images than this: the search is reported but the config's settings are kept (on a
-    # few dozen images one image moves an AP by points, and the choice would follow the noise).
-    min_images: Annotated[int, Field(ge=0, le=10_000_000)] = 200
 
 
 # ----------------------------------------------------------------------------- combining the members

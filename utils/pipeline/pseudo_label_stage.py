@@ -26,7 +26,8 @@ from utils.data.pseudo_label_rules import (
 )
 from utils.data.test_images import find_test_images
 from utils.ensemble.assemble import assemble_submission
-from utils.ensemble.fusion import ensemble_config, submission_probabilities
+from utils.ensemble.config import ensemble_config
+from utils.ensemble.fusion import submission_probabilities
 from utils.ensemble.manifest import read_manifest
 from utils.prediction.predictor import Ensemble
 from utils.scoring.evaluation import fused_predictions, run_oof, submission_ids

@@ -13,19 +13,22 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import Field
-
-from utils.core.config import ConfigError, Seed, Workers, load_section, parse_overrides, short
+from utils.core.config import ConfigError, load_section, parse_overrides, short
 from utils.core.files import atomic_path
 from utils.data.pseudo_label_rules import SECTION as PSEUDO_SECTION
 from utils.data.pseudo_label_rules import PseudoConfig
-from utils.ensemble.fusion import CALIBRATE_SECTION, ENSEMBLE_SECTION, CalibrateConfig, EnsembleConfig
 from utils.kinds.base import GENERIC_SCRIPT, TrainingError
 from utils.kinds.registry import KINDS, PRETRAINING, StagePlan
+from utils.pipeline.settings import (
+    CONFIG_SECTIONS,
+    PREPARE_SECTION,
+    RESOLVED_CONFIG,
+    SCHEMAS,
+    write_resolved_config,
+)
+from utils.scoring.calibration import CALIBRATE_SECTION
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,23 +38,6 @@ SUMMARY_FILE = "train_all.json"
 # run only with --pseudo-images
 STAGES = ("prepare", *PRETRAINING, *KINDS, "evaluate", "calibrate", "pseudo", "round2")
 ROUND2 = "round2"  # round two's run folder under the run
-SECTION = "prepare"
-
-
-@dataclass
-class PrepareConfig:
-    """The ``prepare`` section: train/prepare.py's options (the sizes come from the models' sections)."""
-
-    folds: Annotated[int, Field(ge=2, le=100)] = 5
-    seed: Seed = 42
-    workers: Workers = 8
-    patients: str | None = None
-
-
-# Every section of a config file and its schema.
-SCHEMAS = {SECTION: PrepareConfig, **{name: kind.config_class for name, kind in {**PRETRAINING, **KINDS}.items()},
-           ENSEMBLE_SECTION: EnsembleConfig, CALIBRATE_SECTION: CalibrateConfig, PSEUDO_SECTION: PseudoConfig}
-CONFIG_SECTIONS = tuple(SCHEMAS)
 
 
 def split_overrides(items: list[str]) -> dict[str, list[str]]:
@@ -70,11 +56,13 @@ def split_overrides(items: list[str]) -> dict[str, list[str]]:
 
 def with_plan_overrides(overrides: dict[str, list[str]], args) -> dict[str, list[str]]:
     """The user's overrides with, before them, the keys each kind's section takes from this script's own
-    options (:meth:`utils.kinds.base.KindStage.plan_overrides`: Faster R-CNN's ``pretrain_rsna``)."""
-    plan = stage_plan(args)
+    options: the NIH backbone this run trains as the trunk of the kinds with ``trunk_from_backbone``, and
+    the kind's own (:meth:`utils.kinds.base.KindStage.plan_overrides`: Faster R-CNN's ``pretrain_rsna``)."""
+    plan, trunk = stage_plan(args), backbone_trunk(args)
     merged = dict(overrides)
     for name, kind in {**PRETRAINING, **KINDS}.items():
-        keys = kind.plan_overrides(plan)
+        keys = [*([f"backbone={trunk}"] if trunk is not None and kind.trunk_from_backbone else []),
+                *kind.plan_overrides(plan)]
         if keys:
             merged[name] = [*keys, *overrides.get(name, [])]
     return merged
@@ -114,7 +102,7 @@ def check_config(config_path: Path, overrides: dict[str, list[str]], args) -> di
         if value not in (None, "", *allowed) and not Path(value).is_file():
             raise ConfigError(f"{config_path} [{section}]: {key}: file {value!r} not found")
 
-    must_exist(SECTION, "patients", configs[SECTION].patients)
+    must_exist(PREPARE_SECTION, "patients", configs[PREPARE_SECTION].patients)
     plan = stage_plan(args)
     for name, kind in {**PRETRAINING, **selected_kinds(args)}.items():
         try:
@@ -126,7 +114,7 @@ def check_config(config_path: Path, overrides: dict[str, list[str]], args) -> di
             if kind.can_start_from:
                 try:
                     kind.check_start_from(configs[name], args.start_from,
-                                          configs[name].folds or list(range(configs[SECTION].folds)))
+                                          configs[name].folds or list(range(configs[PREPARE_SECTION].folds)))
                 except TrainingError as err:
                     raise ConfigError(str(err)) from None
     return configs
@@ -153,27 +141,32 @@ def prepared_sizes(configs: dict, kinds: dict) -> list[int]:
     return sorted({size for name, kind in kinds.items() for size in kind.sizes(configs[name])})
 
 
+def resolved_config_path(args) -> Path:
+    """The run's resolved config, which every stage reads (:data:`utils.pipeline.settings.RESOLVED_CONFIG`)."""
+    return Path(args.out) / RESOLVED_CONFIG
+
+
+def write_run_config(args, overrides: dict[str, list[str]]) -> Path:
+    """Resolve the config once (the file, this script's options, ``--set``; every section checked) and
+    write it into the run folder, before the first stage: each stage reads that file, nothing else."""
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return write_resolved_config(resolved_config_path(args), check_config(args.config, overrides, args))
+
+
 def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]]:
-    """The command line of every stage (``None`` for a stage that is skipped)."""
-    out, config = args.out, args.config
+    """The command line of every stage (``None`` for a stage that is skipped); each reads the run's
+    resolved config (:func:`write_run_config`), which ``overrides`` are part of."""
+    out = args.out
     meta = out / "prepared" / "meta.csv"
     weights = out / "weights"
-    configs = check_config(config, overrides, args)
+    configs = check_config(args.config, overrides, args)
     plan = stage_plan(args)
-    stage_keys = with_plan_overrides(overrides, args)
-    prepare = configs[SECTION]
-    common = ["--config", str(config)] + (["--no-progress"] if args.no_progress else [])
+    prepare = configs[PREPARE_SECTION]
+    common = ["--config", str(resolved_config_path(args))] + (["--no-progress"] if args.no_progress else [])
     resume = ["--resume"] if args.resume else []
-    # the calibration starts from the ensemble section as overridden
-    ensemble_set = ["--ensemble-set", *overrides[ENSEMBLE_SECTION]] if overrides.get(ENSEMBLE_SECTION) else []
 
-    trunk_file = backbone_trunk(args)
-
-    def script(path: str, section: str | None, *extra: str, trunk: bool = False) -> list[str]:
-        keys = list(stage_keys.get(section, [])) if section else []
-        if trunk and trunk_file is not None:
-            keys.insert(0, f"backbone={trunk_file}")
-        return [sys.executable, str(ROOT / path), *extra, *common, *(["--set", *keys] if keys else [])]
+    def script(path: str, *extra: str) -> list[str]:
+        return [sys.executable, str(ROOT / path), *extra, *common]
 
     commands = {
         "prepare": [sys.executable, str(ROOT / "train/prepare.py"), "--data-dir", str(args.data_dir),
@@ -181,20 +174,20 @@ def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]
                     "--seed", str(prepare.seed)]
                    + (["--patients", prepare.patients] if prepare.patients else [])
                    + [a for size in prepared_sizes(configs, selected_kinds(args)) for a in ("--size", str(size))],
-        **{name: script(kind.script, name, *kind.stage_arguments(plan), "--out", str(out / name), *resume)
+        **{name: script(kind.script, *kind.stage_arguments(plan), "--out", str(out / name), *resume)
            if kind.has_input(plan) else None for name, kind in PRETRAINING.items()},
-        **{name: script(GENERIC_SCRIPT, name, "--kind", name,
+        **{name: script(GENERIC_SCRIPT, "--kind", name,
                         "--prepared", str(meta), "--out", str(out / name), "--weights-dir", str(weights),
                         *(["--start-from", str(args.start_from)] if args.start_from and kind.can_start_from else []),
-                        *(resume if kind.resumable else []), trunk=kind.trunk_from_backbone)
+                        *(resume if kind.resumable else []))
            if name in args.kinds else None for name, kind in KINDS.items()},
-        "evaluate": script("infer/evaluate.py", ENSEMBLE_SECTION, "--run-dir", str(out), "--out", str(out / "report"),
+        "evaluate": script("infer/evaluate.py", "--run-dir", str(out), "--out", str(out / "report"),
                            "--weights-dir", str(weights)),
-        "calibrate": script("infer/calibrate.py", CALIBRATE_SECTION, "--run-dir", str(out), "--out",
-                            str(out / "report"), "--weights-dir", str(weights), *ensemble_set)
+        "calibrate": script("infer/calibrate.py", "--run-dir", str(out), "--out", str(out / "report"),
+                            "--weights-dir", str(weights))
         if configs[CALIBRATE_SECTION].enabled else None,
         "pseudo": None if args.pseudo_images is None else
-        script("train/pseudo_label.py", PSEUDO_SECTION, "--run-dir", str(out), "--images", str(args.pseudo_images),
+        script("train/pseudo_label.py", "--run-dir", str(out), "--images", str(args.pseudo_images),
                *(["--test-meta", str(args.pseudo_test_meta)] if args.pseudo_test_meta else []),
                "--out", str(out / ROUND2 / "prepared"), "--train-dir", str(args.data_dir / "train")),
         "round2": None if args.pseudo_images is None else round_two_command(args, overrides, configs[PSEUDO_SECTION]),

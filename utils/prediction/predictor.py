@@ -45,14 +45,13 @@ from utils.core.runtime import resolve_device, resolve_precision
 from utils.data.boxes import as_boxes
 from utils.data.dicom import MAX_PIXELS, DicomReadError, read_radiograph, resize_image
 from utils.data.test_images import TestImage
+from utils.ensemble.config import EnsembleConfig, ensemble_config
 from utils.ensemble.fusion import (
     CombinedImage,
-    EnsembleConfig,
     ImagePrediction,
     MemberOutputs,
     add_member_prediction,
     combine_images,
-    ensemble_config,
     fusion_pool,
     resolve_fusion_workers,
 )

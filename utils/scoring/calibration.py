@@ -8,21 +8,18 @@ import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
+from utils.core.config import Fraction, Seed
 from utils.core.report import markdown_table, show
 from utils.data.labels import IMAGE_CLASSES, STUDY_CLASSES
 from utils.ensemble.assemble import assemble_submission
-from utils.ensemble.fusion import (
-    WBF_CONF_TYPES,
-    CalibrateConfig,
-    EnsembleConfig,
-    MemberOutputs,
-    combine_image,
-    fuse_detectors,
-)
+from utils.ensemble.config import WBF_CONF_TYPES, EnsembleConfig
+from utils.ensemble.fusion import MemberOutputs, combine_image, fuse_detectors
 from utils.scoring.baselines import baseline_rows
 from utils.scoring.evaluation import image_predictions, oof_member_outputs, run_oof, submission_ids
 from utils.scoring.metric import best_f1_threshold, class_detections, ground_truth_from_table, score
@@ -47,6 +44,27 @@ CLASSES = (*STUDY_CLASSES, *IMAGE_CLASSES)
 # Equal APs differ by this much when only the arithmetic differs (a score power keeps the ranking but not the
 # last bits of the sums): "at least" means at least, up to this.
 FLOAT_TOLERANCE = 1e-6
+
+CALIBRATE_SECTION = "calibrate"  # the calibration's section in a config file
+
+
+@dataclass
+class CalibrateConfig:
+    """The ``calibrate`` section: infer/calibrate.py's search of the ensemble settings out of fold (the
+    ``train_all`` stage after the CV report)."""
+
+    enabled: bool = True
+    """Run the stage (it needs out-of-fold predictions)."""
+    seed: Seed = 0
+    """Seeds the patient halves of a single held-out fold."""
+    passes: Annotated[int, Field(ge=1, le=100)] = 2
+    """Coordinate-search passes over every setting (stops early when one changes nothing)."""
+    min_gain: Fraction = 0.001
+    """Final mAP a change must add on the choosing part to be taken."""
+    min_images: Annotated[int, Field(ge=0, le=10_000_000)] = 200
+    """Fewer out-of-fold images than this: the search is reported but the config's settings are kept (on a
+    few dozen images one image moves an AP by points, and the choice would follow the noise)."""
+
 
 
 @dataclass

@@ -20,9 +20,9 @@ from utils.data.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_
 from utils.data.predictions import BOX_COLUMNS, NONE_PROB_COLUMN, STUDY_PROB_COLUMNS, read_predictions
 from utils.data.prepare import read_meta
 from utils.ensemble.assemble import assemble_submission
+from utils.ensemble.config import EnsembleConfig
 from utils.ensemble.fusion import (
     CombinedImage,
-    EnsembleConfig,
     ImagePrediction,
     MemberOutputs,
     MemberPrediction,
