@@ -168,8 +168,8 @@ def test_a_synthetic_dicom_gets_what_the_submission_would_say(client, weights, s
     the study's four probabilities."""
     import pandas as pd
 
+    from utils.data.images_to_predict import TestImage
     from utils.data.submission import parse_prediction_string
-    from utils.data.test_images import TestImage
     from utils.ensemble.assemble import assemble_submission
     from utils.prediction.predictor import Ensemble
 

@@ -7,7 +7,7 @@ import pydicom
 import pytest
 
 from utils.data.dicom import DicomReadError, read_dicom, read_dicom_header, read_radiograph
-from utils.data.synthetic import TRANSFER_SYNTAXES, display_to_stored, write_dicom
+from utils.data.dicom_writer import TRANSFER_SYNTAXES, display_to_stored, write_dicom
 
 IDS = dict(patient_id="a1b2c3d4e5f6", study_uid="00086460a852", series_uid="9e8302230c91", image_uid="65761e66de9f")
 

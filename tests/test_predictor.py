@@ -291,7 +291,7 @@ def test_a_missing_decoder_is_its_own_reason_with_what_to_install(tmp_path, monk
     from pydicom.pixels.decoders.base import get_decoder
     from pydicom.uid import RLELossless
 
-    from utils.data.synthetic import write_dicom
+    from utils.data.dicom_writer import write_dicom
     from utils.ensemble.assemble import describe_unreadable, unreadable_summary
 
     path = write_dicom(tmp_path / "rle.dcm", np.full((32, 32), 700, np.uint16), bits_stored=12, syntax="rle")
@@ -763,7 +763,7 @@ def test_two_workers_predict_every_image_as_one_device_does(untrained_weights, s
     boxes, scores and probabilities, in order, are the one-device run's (both with one torch thread, so
     the sums run in the same order). The comparison is by position, so a merge that put an image's
     prediction elsewhere fails it, as reversing the merged list shows."""
-    from utils.data.test_images import find_test_images
+    from utils.data.images_to_predict import find_test_images
     from utils.prediction.sharding import predict_on_devices
 
     weights = tmp_path / "weights"
@@ -794,7 +794,7 @@ def test_two_workers_write_a_valid_submission_and_a_failing_worker_stops_the_run
     compared with one device's in the test above): a valid submission, nothing loaded in this process;
     a failing worker stops the run with its error."""
     from infer import make_submission, validate_submission
-    from utils.data.test_images import find_test_images
+    from utils.data.images_to_predict import find_test_images
     from utils.prediction.sharding import ShardError, predict_on_devices
 
     # The study model alone: each worker loads its own copy.

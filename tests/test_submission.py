@@ -89,7 +89,7 @@ def test_validate_cli_exit_codes(tmp_path, capsys):
 def test_an_empty_or_idless_sample_is_an_error_naming_it(tmp_path, capsys, text, message):
     """make_submission (through find_test_images) and validate_submission both refuse it in one line."""
     from infer.validate_submission import main
-    from utils.data.test_images import find_test_images
+    from utils.data.images_to_predict import find_test_images
 
     data = tmp_path / "data"
     (data / "test").mkdir(parents=True)

@@ -132,7 +132,7 @@ def test_cli_writes_the_folder(tmp_path):
 def _write_and_read_back(folder: str, syntax: str) -> None:
     import pydicom
 
-    from utils.data.synthetic import write_dicom
+    from utils.data.dicom_writer import write_dicom
 
     for photometric in ("MONOCHROME1", "MONOCHROME2"):
         for rows, cols in ((205, 205), (187, 165), (64, 64)):

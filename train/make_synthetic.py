@@ -16,7 +16,8 @@ import argparse
 from pathlib import Path
 
 from utils.core.config import MAX_IMAGE_SIZE, MAX_SEED, int_in
-from utils.data.synthetic import make_nih_dataset, make_resized_copy, make_rsna_dataset, make_siim_dataset
+from utils.data.resized_copy import make_resized_copy
+from utils.data.synthetic import make_nih_dataset, make_rsna_dataset, make_siim_dataset
 
 
 def get_args_parser() -> argparse.ArgumentParser:

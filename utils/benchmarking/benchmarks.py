@@ -17,9 +17,10 @@ import torch
 from pydicom.pixels import apply_voi_lut
 
 from utils.core.runtime import resolve_device, resolve_precision
+from utils.data.chest_renderer import render_chest
 from utils.data.dicom import lenient_dicom_values, read_dicom, read_dicom_header
+from utils.data.dicom_writer import display_to_stored, write_dicom
 from utils.data.nih import NIH_FINDINGS
-from utils.data.synthetic import display_to_stored, render_chest, write_dicom
 from utils.ensemble.config import ENSEMBLE_SECTION
 from utils.kinds.backbone.network import MultiLabelClassifier
 from utils.kinds.study.network import StudyClassifier

@@ -245,7 +245,8 @@ def run_check(out: Path, data: Path, patients: Path | None, subset_size: int, bu
     env = _environment(out)
     from utils.data.inputs import is_resized_copy
     from utils.data.prepare import write_resized_subset
-    from utils.data.synthetic import make_resized_copy, make_siim_dataset
+    from utils.data.resized_copy import make_resized_copy
+    from utils.data.synthetic import make_siim_dataset
 
     patients = patients if patients and patients.is_file() else None
     if smoke:  # a few real images when there are some, else a synthetic copy

@@ -14,6 +14,7 @@ import pandas as pd
 
 from utils.data.boxes import denormalize_xyxy
 from utils.data.dicom import NO_DECODER, unreadable_group
+from utils.data.images_to_predict import find_test_images
 from utils.data.labels import IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 from utils.data.submission import (
     SubmissionError,
@@ -24,7 +25,6 @@ from utils.data.submission import (
     study_prediction_string,
     write_submission,
 )
-from utils.data.test_images import find_test_images
 from utils.ensemble.config import EnsembleConfig
 from utils.ensemble.fusion import UNINFORMED_NONE, UNINFORMED_STUDY, ImagePrediction, submission_probabilities
 

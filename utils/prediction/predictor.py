@@ -21,9 +21,9 @@ Per image:
    theirs, the boxes rescored by the classifiers' none. In ``predict_paths`` a batch is combined in
    ``fusion_workers`` processes while the models predict the next one.
 
-:mod:`utils.ensemble.assemble` turns the predictions into the submission; :mod:`utils.data.test_images` finds a test
-split's files. An image that cannot be read is logged with its reason and gets a fallback row, so the
-submission is always complete.
+:mod:`utils.ensemble.assemble` turns the predictions into the submission;
+:mod:`utils.data.images_to_predict` finds a test split's files. An image that cannot be read is logged
+with its reason and gets a fallback row, so the submission is always complete.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from utils.core.plugins import MEMBER_GROUP, plugin_problems
 from utils.core.runtime import resolve_device, resolve_precision
 from utils.data.boxes import as_boxes
 from utils.data.dicom import MAX_PIXELS, DicomReadError, read_radiograph, resize_image
-from utils.data.test_images import TestImage
+from utils.data.images_to_predict import TestImage
 from utils.ensemble.config import EnsembleConfig, ensemble_config
 from utils.ensemble.fusion import (
     CombinedImage,
