@@ -13,7 +13,7 @@ import pytest
 from infer import calibrate
 from utils.data.labels import STUDY_CLASSES, boxes_from_json
 from utils.data.predictions import classifier_rows, detection_rows, write_predictions
-from utils.data.prepare import read_meta
+from utils.data.training_table import read_meta
 from utils.ensemble.config import EnsembleConfig
 from utils.scoring import calibration
 from utils.scoring.calibration import CalibrateConfig

@@ -11,8 +11,9 @@ import torch
 from utils.data.boxes import normalize_xyxy
 from utils.data.labels import boxes_from_json
 from utils.data.predictions import detection_rows
-from utils.data.prepare import RSNA_LABELS, fold_split, load_rsna_boxes, prepare_rsna
+from utils.data.prepare import RSNA_LABELS, load_rsna_boxes, prepare_rsna
 from utils.data.synthetic import make_rsna_dataset
+from utils.data.training_table import fold_split
 from utils.scoring.detection import box_submission, detector_scores, fixed_box_predictions, read_detection_table
 from utils.training.loaders import collate_detection
 

@@ -17,9 +17,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from train import train_kind
 from utils.data.boxes import denormalize_xyxy, normalize_xyxy
 from utils.data.datasets import DetectionDataset
+from utils.data.decoding_cache import decode_one
 from utils.data.dicom_writer import display_to_stored, write_dicom
 from utils.data.predictions import PREDICTION_COLUMNS, read_predictions
-from utils.data.prepare import decode_one
 from utils.data.presets import build_transform
 from utils.data.synthetic import make_rsna_dataset
 from utils.ensemble.manifest import read_manifest

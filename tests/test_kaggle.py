@@ -86,9 +86,10 @@ def _kaggle_input(root):
     return root
 
 
-TRAINING_MODULES = ("utils.data.datasets", "utils.data.prepare", "utils.data.presets", "utils.data.predictions",
-                    "utils.data.nih", "utils.scoring.detection", "utils.scoring.classification",
-                    "utils.scoring.metric", "utils.core.report")
+TRAINING_MODULES = ("utils.data.datasets", "utils.data.prepare", "utils.data.decoding_cache",
+                    "utils.data.training_table", "utils.data.presets", "utils.data.predictions", "utils.data.nih",
+                    "utils.scoring.detection", "utils.scoring.classification", "utils.scoring.metric",
+                    "utils.core.report")
 
 
 def test_the_notebook_carries_no_training_module():

@@ -19,8 +19,8 @@ from conftest import REPO, leftover_children_after_kill
 
 from utils.benchmarking.benchmarks import write_untrained_weights
 from utils.data.boxes import as_boxes, hflip_xyxy
+from utils.data.decoding_cache import decode_one, image_path
 from utils.data.inputs import find_dicoms
-from utils.data.prepare import decode_one, image_path
 from utils.data.presets import build_transform
 from utils.data.submission import parse_prediction_string, submission_problems
 from utils.ensemble.assemble import assemble_submission

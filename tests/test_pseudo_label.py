@@ -17,7 +17,6 @@ from conftest import LEARNING, REPO, TINY_TRAIN_ALL
 from train import pseudo_label, train_all
 from utils.core.config import from_mapping
 from utils.data.predictions import read_predictions
-from utils.data.prepare import PSEUDO_FOLD, fold_split, read_meta, select_folds
 from utils.data.pseudo_label_rules import (
     PseudoConfig,
     PseudoLabelError,
@@ -28,6 +27,7 @@ from utils.data.pseudo_label_rules import (
     resolve_thresholds,
     select_labels,
 )
+from utils.data.training_table import PSEUDO_FOLD, fold_split, read_meta, select_folds
 from utils.ensemble.manifest import read_manifest
 from utils.kinds.registry import KINDS
 from utils.kinds.study.network import StudyClassifier

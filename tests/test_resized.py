@@ -18,11 +18,12 @@ from conftest import REPO, TINY_TRAIN_ALL
 from infer import make_submission
 from train import prepare as prepare_script
 from train import train_all
+from utils.data.decoding_cache import decode_one
 from utils.data.dicom_writer import write_dicom
 from utils.data.images_to_predict import find_test_images
 from utils.data.inputs import LAYOUT_DICOM, LAYOUT_RESIZED, PreparationInputError, detect_layout
 from utils.data.labels import load_image_labels
-from utils.data.prepare import decode_one, prepare_resized, write_resized_subset
+from utils.data.prepare import prepare_resized, write_resized_subset
 from utils.data.resized_copy import make_resized_copy
 from utils.data.submission import parse_prediction_string, read_submission, submission_problems
 from utils.ensemble.manifest import read_manifest

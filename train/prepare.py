@@ -19,9 +19,10 @@ import pandas as pd
 from utils.core.config import MAX_IMAGE_SIZE, MAX_SEED, MAX_WORKERS, int_in
 from utils.core.files import describe_write_failure, is_write_failure
 from utils.core.log import configure_logging
+from utils.data.decoding_cache import PreparedWriteError
 from utils.data.inputs import PreparationInputError
 from utils.data.labels import DUPLICATE_POLICIES, DUPLICATES_KEEP_BOXED, LabelFileError
-from utils.data.prepare import PreparedWriteError, prepare_data
+from utils.data.prepare import prepare_data
 
 
 def get_args_parser() -> argparse.ArgumentParser:

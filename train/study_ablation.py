@@ -25,7 +25,7 @@ import pandas as pd
 from utils.core.config import load_section, parse_overrides
 from utils.core.report import markdown_table, write_ablation
 from utils.data.labels import STUDY_CLASSES
-from utils.data.prepare import fold_split, select_folds
+from utils.data.training_table import fold_split, select_folds
 from utils.kinds.registry import KINDS
 from utils.kinds.study.training import load_study_table
 from utils.kinds.study.tta import EIGHT_VIEWS, FLIP, PLAIN

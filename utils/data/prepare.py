@@ -1,4 +1,6 @@
-"""Preparation: decode every training image once into lossless PNGs per size, plus meta.csv.
+"""Preparation: decode every training image once into lossless PNGs per size, plus meta.csv (the
+decoding and its cache: :mod:`utils.data.decoding_cache`; the table and its folds:
+:mod:`utils.data.training_table`).
 
 Two kinds of input, recognised by their contents (:func:`detect_layout`):
 
@@ -19,29 +21,25 @@ Output folder (the same for both):
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
 import logging
-import os
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from utils.core.files import atomic_path, describe_write_failure, remove_stale_temporaries, write_csv_atomic
-from utils.core.interrupt import dies_with_this_process
+from utils.core.files import atomic_path, write_csv_atomic
 from utils.data.boxes import as_boxes, kaggle_xywh_to_xyxy
-from utils.data.dicom import MAX_PIXELS, DicomReadError, read_radiograph, resize_image
+from utils.data.decoding_cache import (
+    DecodedImage,
+    decode_files,
+    decode_split,
+    image_path,
+)
 from utils.data.inputs import (
     LAYOUT_RESIZED,
     RESIZED_META,
     detect_layout,
-    find_dicoms,
     find_resized_images,
     read_id_table,
     read_resized_meta,
@@ -57,205 +55,13 @@ from utils.data.labels import (
     load_image_labels,
     strip_suffix,
 )
+from utils.data.training_table import (
+    META_COLUMNS,
+)
 
-META_COLUMNS = ["image_id", "study_id", "series_id", "patient_id", "original_height", "original_width", "fold",
-                "study_class", "study_label", "boxes", "n_boxes", "has_box", "used", "excluded_reason"]
-# Rows a pseudo-label stage adds (train/pseudo_label.py): the marker, the round-one fold whose models
-# labelled the image (only that fold's round two trains on it), the soft study target (JSON list of the
-# four STUDY_CLASSES probabilities), the soft image "none" target, and whether its boxes are a label
-# (false: detectors skip the image, the study classifier still learns its soft targets). fold is -1.
-PSEUDO_COLUMNS = ["pseudo", "pseudo_fold", "pseudo_study", "pseudo_none", "pseudo_boxes"]
-PSEUDO_FOLD = -1
 RSNA_LABELS = "stage_2_train_labels.csv"
 RSNA_IMAGES = "stage_2_train_images"
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    image_id: str
-    study_id: str
-    series_id: str
-    patient_id: str
-    original_height: int
-    original_width: int
-    # What finds a training image under another name or a link (the pseudo-label stage refuses it): a
-    # hash of its decoded pixels at the largest prepared size, and a DICOM's own UIDs ("" for PNG/JPEG).
-    # A line of headers.jsonl written before they existed ("") is decoded again.
-    pixel_hash: str = ""
-    header_image_uid: str = ""
-    header_study_uid: str = ""
-
-
-HEADERS_FILE = "headers.jsonl"  # a prepared folder's one line per decoded image
-
-
-def pixel_hash(pixels: np.ndarray) -> str:
-    """A content hash of decoded pixels (shape, type and values): equal for byte-identical files, hard
-    links and lossless re-encodings of one image; a resize or a lossy re-encoding changes it."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{pixels.shape}{pixels.dtype}".encode())
-    digest.update(np.ascontiguousarray(pixels).tobytes())
-    return digest.hexdigest()
-
-
-def image_path(out_dir: Path, size: int, image_id: str) -> Path:
-    return Path(out_dir) / f"images_{size}" / f"{image_id}.png"
-
-
-class PreparedWriteError(OSError):
-    """Writing into the prepared folder failed (a full disk, a quota, no permission): the run stops,
-    with what is already written kept; the image itself is not at fault. Its text is one line: the
-    path, the reason and the space left."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
-def _write_png_atomic(path: Path, pixels) -> None:
-    try:
-        with atomic_path(path) as temporary:
-            if not cv2.imwrite(str(temporary), pixels):  # OpenCV says only False: a full disk, mostly
-                raise OSError(errno.EIO, "the PNG could not be written", str(path))
-    except (OSError, cv2.error) as err:
-        error = err if isinstance(err, OSError) else OSError(errno.EIO, str(err).strip(), str(path))
-        raise PreparedWriteError(error.errno, describe_write_failure(error, path)) from None
-
-
-def decode_one(path: Path, out_dir: Path, sizes: tuple[int, ...], known: DecodedImage | None = None) -> DecodedImage:
-    """Decode one radiograph and write its PNGs. The image id is the file name (as in the competition).
-
-    A DICOM's ids come from its folders and header; an image of a resized copy (PNG/JPEG) carries
-    none, so its ids and ORIGINAL size come in ``known``."""
-    # Decode once at the largest size (the reader resizes before its lookup table, which is the fast
-    # path); smaller sizes are area-averaged from that.
-    radiograph = read_radiograph(path, max(sizes), max_pixels=MAX_PIXELS)
-    image_id = path.stem
-    for size in sizes:
-        _write_png_atomic(image_path(out_dir, size, image_id), resize_image(radiograph.pixels, size))
-    header = radiograph.header
-    content = {"pixel_hash": pixel_hash(radiograph.pixels),
-               "header_image_uid": header.image_uid if header is not None else "",
-               "header_study_uid": header.study_uid if header is not None else ""}
-    if known is not None:
-        return replace(known, **content)
-    return DecodedImage(
-        image_id=image_id,
-        study_id=path.parent.parent.name,
-        series_id=path.parent.name,
-        patient_id=(header.patient_id if header is not None else "") or path.parent.parent.name,
-        original_height=radiograph.original_height,
-        original_width=radiograph.original_width,
-        **content,
-    )
-
-
-def _decode_task(args):
-    path, out_dir, sizes, known = args
-    try:
-        return path, decode_one(path, out_dir, sizes, known), None
-    except PreparedWriteError:
-        raise  # the destination's fault: stops the run (the image is fine)
-    except DicomReadError as err:
-        return path, None, err.reason
-    except Exception as err:  # one bad file never stops the run; it is reported with its reason
-        return path, None, f"{type(err).__name__}: {err}"
-
-
-def read_decoded(out_dir) -> tuple[list[DecodedImage], Path]:
-    """Every complete record of a prepared folder's ``headers.jsonl`` (lines cut short are skipped), and
-    the file's path."""
-    headers_file = Path(out_dir) / HEADERS_FILE
-    if not headers_file.is_file():
-        raise FileNotFoundError(f"{headers_file}: not found (is {out_dir} a folder train/prepare.py wrote?)")
-    records = []
-    for line in headers_file.read_text().splitlines():
-        try:
-            records.append(DecodedImage(**json.loads(line)))
-        except (ValueError, TypeError):
-            continue
-    return records, headers_file
-
-
-def _load_done(out_dir: Path, sizes) -> dict[str, DecodedImage]:
-    done = {}
-    # a line cut short by a killed run is not read: that image is decoded again
-    if (Path(out_dir) / HEADERS_FILE).is_file():
-        for record in read_decoded(out_dir)[0]:
-            if record.pixel_hash and all(image_path(out_dir, s, record.image_id).is_file() for s in sizes):
-                done[record.image_id] = record
-    return done
-
-
-Decoded = tuple[list["DecodedImage"], list[tuple[str, str]]]  # (decoded images, (path, reason) failures)
-
-
-NOT_UTF8 = "its file or folder name is not valid UTF-8: rename it"
-
-
-def is_utf8_name(path: Path) -> bool:
-    """Whether ``path`` is text (a name that is not UTF-8 holds surrogates on Linux)."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def printable_path(path: Path) -> str:
-    """``path`` with the bytes that are not UTF-8 written as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def decode_split(split_dir, out_dir, sizes, workers: int = 1, progress: bool = True) -> Decoded:
-    """Decode every DICOM of a split (skipping ones already done) -> (decoded, failures)."""
-    return decode_files(find_dicoms(split_dir), out_dir, sizes, workers, progress)
-
-
-def decode_files(paths, out_dir, sizes, workers: int = 1, progress: bool = True,
-                 known: dict[str, DecodedImage] | None = None) -> Decoded:
-    """Decode radiographs named ``<image_id>.<suffix>`` (skipping ones already done) -> (decoded,
-    failures). ``known`` gives the ids and original size per image id where the file cannot (resized
-    copies)."""
-    out_dir = Path(out_dir)
-    sizes = tuple(int(s) for s in sizes)
-    for size in sizes:
-        (out_dir / f"images_{size}").mkdir(parents=True, exist_ok=True)
-        if removed := remove_stale_temporaries(out_dir / f"images_{size}"):
-            log.info("%s: removed %d temporary file(s) of an interrupted run", out_dir / f"images_{size}", removed)
-    headers_file = out_dir / HEADERS_FILE
-    done = _load_done(out_dir, sizes)
-    todo = [Path(p) for p in paths if Path(p).stem not in done]
-    failures: list[tuple[str, str]] = []
-    # A name the file system allows but UTF-8 does not (it reaches Python as surrogates) cannot become an
-    # image id, a PNG name or a CSV cell: listed with its name made printable, never decoded.
-    for path in [p for p in todo if not is_utf8_name(p)]:
-        log.warning("skipped %s: %s", printable_path(path), NOT_UTF8)
-        failures.append((printable_path(path), NOT_UTF8))
-    todo = [p for p in todo if is_utf8_name(p)]
-    known = known or {}
-    tasks = [(p, out_dir, sizes, known.get(p.stem)) for p in todo]
-    with open(headers_file, "a") as headers:
-        if headers.tell() and not headers_file.read_bytes().endswith(b"\n"):
-            headers.write("\n")  # end a line cut short by a killed run before appending
-        if workers > 1:
-            executor = ProcessPoolExecutor(max_workers=workers, initializer=dies_with_this_process())
-            results = executor.map(_decode_task, tasks, chunksize=4)
-        else:
-            executor, results = None, map(_decode_task, tasks)
-        try:
-            for path, decoded, reason in tqdm(results, total=len(tasks), desc="prepare", disable=not progress):
-                if decoded is None:
-                    log.warning("skipped %s: %s", path, reason)
-                    failures.append((str(path), reason))
-                    continue
-                headers.write(json.dumps(asdict(decoded)) + "\n")
-                headers.flush()
-                done[decoded.image_id] = decoded
-        finally:
-            if executor is not None:
-                executor.shutdown(cancel_futures=True)
-    return list(done.values()), failures
 
 
 def prepare_competition(data_dir, out_dir, sizes=(1024,), workers: int = 1, n_folds: int = 5, seed: int = 42,
@@ -443,83 +249,3 @@ def prepare_rsna(rsna_dir, out_dir, sizes=(512,), workers: int = 1, n_folds: int
     for size in sizes:
         table[f"path_{size}"] = [str(image_path(out_dir, size, i).relative_to(out_dir)) for i in table["image_id"]]
     return _write_meta(table, sizes, out_dir)
-
-
-def read_meta(meta_csv, image_size: int, pseudo: bool = False) -> pd.DataFrame:
-    """A prepared ``meta.csv`` for training at ``image_size``: ``used`` as bool and the absolute path of
-    the smallest prepared size at least ``image_size`` in ``image_path`` (else the largest, with a
-    warning: the images are upscaled). Raises ``FileNotFoundError``/``ValueError`` naming the file.
-
-    Pseudo-labelled rows (:data:`PSEUDO_COLUMNS`, written by train/pseudo_label.py) are left out unless
-    ``pseudo``: only training reads them, so no report, score or calibration can ever see one. With
-    ``pseudo`` their columns are typed (``pseudo_study`` a (4,) array); ``pseudo`` is always a column."""
-    meta_csv = Path(meta_csv)
-    if not meta_csv.is_file():
-        raise FileNotFoundError(f"{meta_csv}: not found; run train/prepare.py first")
-    table = pd.read_csv(meta_csv, dtype={"image_id": str, "study_id": str, "series_id": str, "patient_id": str},
-                        keep_default_na=False)
-    sizes = sorted(int(c.split("_", 1)[1]) for c in table.columns if c.startswith("path_"))
-    if not sizes:
-        raise ValueError(f"{meta_csv}: no path_<size> columns; run train/prepare.py first")
-    table["pseudo"] = _as_bool(table["pseudo"]) if "pseudo" in table else False
-    if not pseudo:
-        table = table[~table["pseudo"]].drop(columns=[c for c in PSEUDO_COLUMNS[1:] if c in table])
-        table = table.reset_index(drop=True)
-    elif "pseudo_fold" in table:
-        table = _typed_pseudo_columns(table, meta_csv)
-    fitting = [s for s in sizes if s >= image_size]
-    if not fitting:
-        log.warning("%s: largest prepared size %d is below %d (images are upscaled)", meta_csv, sizes[-1], image_size)
-    column = f"path_{fitting[0] if fitting else sizes[-1]}"
-    table["image_path"] = [meta_csv.parent / p for p in table[column]]
-    table["used"] = _as_bool(table["used"])
-    return table
-
-
-def _as_bool(column: pd.Series) -> pd.Series:
-    return column.astype(str).str.lower().isin(("true", "1"))
-
-
-def _typed_pseudo_columns(table: pd.DataFrame, meta_csv) -> pd.DataFrame:
-    """The pseudo columns of a merged meta.csv as numbers (real rows: fold -1, none NaN, no study)."""
-    pseudo = table["pseudo"]
-    try:
-        table["pseudo_fold"] = [int(f) if p else -1 for f, p in zip(table["pseudo_fold"], pseudo)]
-        table["pseudo_none"] = [float(v) if p else float("nan") for v, p in zip(table["pseudo_none"], pseudo)]
-        table["pseudo_study"] = [np.asarray(json.loads(v), dtype=np.float64) if p else None
-                                 for v, p in zip(table["pseudo_study"], pseudo)]
-    except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{meta_csv}: pseudo-labelled rows need {PSEUDO_COLUMNS[1:]} ({err})") from None
-    table["pseudo_boxes"] = _as_bool(table["pseudo_boxes"]) & pseudo
-    return table
-
-
-def _real(table: pd.DataFrame) -> pd.Series:
-    """Which rows carry real labels (not pseudo-labelled)."""
-    return ~table["pseudo"].astype(bool) if "pseudo" in table else pd.Series(True, index=table.index)
-
-
-def select_folds(table: pd.DataFrame, folds: list[int] | None, source) -> list[int]:
-    """``folds`` checked against the folds of ``table``'s real rows (None: all of them, sorted)."""
-    available = sorted(int(f) for f in table.loc[_real(table), "fold"].unique())
-    chosen = list(folds) if folds is not None else available
-    unknown = sorted(set(chosen) - set(available))
-    if unknown:
-        raise ValueError(f"{source}: folds {unknown} not in meta.csv (folds there: {available})")
-    return chosen
-
-
-def fold_split(table: pd.DataFrame, fold: int, source) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """``(train, val, held_out)`` of one fold: the used images of the other folds, the used images of
-    this fold, and every image of this fold (un-annotated duplicates too: they get out-of-fold
-    predictions). Pseudo-labelled rows train only the fold whose round-one models labelled them
-    (``pseudo_fold``) and are never validated or held out. Raises ``ValueError`` naming ``source``
-    when training or validation is empty."""
-    real = _real(table)
-    in_fold = real & (table["fold"].astype(int) == fold)
-    pseudo = ~real & (table["pseudo_fold"].astype(int) == fold) if (~real).any() else ~real
-    train = table[((real & ~in_fold) | pseudo) & table["used"]].reset_index(drop=True)
-    val = table[in_fold & table["used"]].reset_index(drop=True)
-    if train.empty or val.empty:
-        raise ValueError(f"{source}: fold {fold} leaves {len(train)} training and {len(val)} validation images")
-    return train, val, table[in_fold].reset_index(drop=True)

@@ -1,5 +1,5 @@
 """Pseudo-labels: what the round-one ensemble says about unlabelled radiographs, turned into training rows
-of the prepared ``meta.csv`` contract (:data:`utils.data.prepare.PSEUDO_COLUMNS`) by the rules of the config's
+of the prepared ``meta.csv`` contract (:data:`utils.data.training_table.PSEUDO_COLUMNS`) by the rules of the config's
 ``pseudo`` section. train/pseudo_label.py runs the ensemble and writes the rows; this module holds the
 rules, so that they are tested on constructed predictions.
 
@@ -26,7 +26,7 @@ refuses any shared image id or a folder inside the training folder), each round-
 images for its own fold's round two only (``pseudo_fold``: its models never trained on that fold's
 held-out images, so no held-out label reaches round two through the pseudo-labels; the fold chose their
 best epoch and the ensemble's calibration, as it does for every out-of-fold figure), and the rows are marked
-``pseudo``: :func:`utils.data.prepare.read_meta` leaves them out of everything but training.
+``pseudo``: :func:`utils.data.training_table.read_meta` leaves them out of everything but training.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from utils.core.config import BoxCount, FractionBelowOne, short
 from utils.core.files import atomic_path
 from utils.data.boxes import as_boxes, denormalize_xyxy
 from utils.data.labels import STUDY_CLASSES, boxes_to_json
-from utils.data.prepare import META_COLUMNS, PSEUDO_COLUMNS, PSEUDO_FOLD
+from utils.data.training_table import META_COLUMNS, PSEUDO_COLUMNS, PSEUDO_FOLD
 
 SECTION = "pseudo"
 PSEUDO_LABELS_FILE = "pseudo_labels.json"  # beside the merged meta.csv: thresholds, counts, times
@@ -199,7 +199,7 @@ def check_disjoint(train_ids, image_ids, image_files, training_dirs) -> None:
 
 
 def check_not_training_content(decoded, training, train_ids, train_studies, training_headers) -> None:
-    """Refuse (``PseudoLabelError``) a decoded image (``utils.data.prepare.DecodedImage``) that is a training
+    """Refuse (``PseudoLabelError``) a decoded image (``utils.data.decoding_cache.DecodedImage``) that is a training
     image under another name: its DICOM header's SOPInstanceUID is a training image, its
     StudyInstanceUID a training study, or its pixels hash like a training image's (``training``: the
     prepared training folder's decoded records, ``training_headers`` their file). A resized or lossily

@@ -24,7 +24,7 @@ from utils.core.config import save_config
 from utils.core.files import atomic_path
 from utils.core.log import first_line
 from utils.core.runtime import resolve_device, resolve_precision
-from utils.data.prepare import fold_split, select_folds
+from utils.data.training_table import fold_split, select_folds
 from utils.ensemble.manifest import (
     MANIFEST_FILE,
     ManifestError,

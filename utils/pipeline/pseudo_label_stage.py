@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from utils.core.files import check_not_an_input, check_not_inside, write_json_atomic
+from utils.data.decoding_cache import HEADERS_FILE, DecodedImage, decode_files, image_path, read_decoded
 from utils.data.images_to_predict import find_test_images
-from utils.data.prepare import HEADERS_FILE, DecodedImage, decode_files, image_path, read_decoded, read_meta
 from utils.data.pseudo_label_rules import (
     PSEUDO_LABELS_FILE,
     PseudoConfig,
@@ -25,6 +25,7 @@ from utils.data.pseudo_label_rules import (
     resolve_thresholds,
     select_labels,
 )
+from utils.data.training_table import read_meta
 from utils.ensemble.assemble import assemble_submission
 from utils.ensemble.config import ensemble_config
 from utils.ensemble.fusion import submission_probabilities

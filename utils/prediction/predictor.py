@@ -81,7 +81,7 @@ def decode_test_image(source, sizes: Sequence[int], *, image_id: str, study_id: 
                       max_pixels: int | None = None, original_size: tuple[int, int] | None = None,
                       strict: bool = False) -> InputImage:
     """Read ``source`` (path or bytes of a DICOM, PNG or JPEG) once at the largest of ``sizes`` and
-    area-resize it to the others, as ``utils.data.prepare.decode_one`` does for the training PNGs. A file the
+    area-resize it to the others, as ``utils.data.decoding_cache.decode_one`` does for the training PNGs. A file the
     reader refuses (:class:`~utils.data.dicom.DicomReadError`: damaged, not an image, no decoder installed)
     gives a result with the reason in ``error``, unless ``strict``, where the error reaches the caller
     (:class:`~utils.data.dicom.ImageSizeError` for a refused shape). Any other exception is a bug and is

@@ -16,8 +16,8 @@ from utils.core.report import show
 from utils.data.boxes import denormalize_xyxy, normalize_xyxy
 from utils.data.labels import IMAGE_SUFFIX, boxes_from_json
 from utils.data.predictions import BOX_COLUMNS, write_predictions
-from utils.data.prepare import read_meta
 from utils.data.submission import image_prediction_string
+from utils.data.training_table import read_meta
 from utils.scoring.metric import ground_truth_from_table, score
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def detector_scores(predictions: pd.DataFrame, table: pd.DataFrame) -> dict:
 
 
 def read_detection_table(meta_csv, image_size: int, predict_size: int, pseudo: bool = False) -> pd.DataFrame:
-    """meta.csv (:func:`utils.data.prepare.read_meta`; pseudo-labelled rows with ``pseudo``) with the
+    """meta.csv (:func:`utils.data.training_table.read_meta`; pseudo-labelled rows with ``pseudo``) with the
     training-size ``image_path``, the ``predict_path`` at ``predict_size`` and each image's boxes as
     XYXY_NORM arrays (``boxes_norm``)."""
     table = read_meta(meta_csv, image_size, pseudo)

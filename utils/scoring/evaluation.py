@@ -18,7 +18,7 @@ from utils.core.report import figure, markdown_table, show
 from utils.data.boxes import as_boxes
 from utils.data.labels import IMAGE_CLASSES, IMAGE_SUFFIX, STUDY_CLASSES, STUDY_SUFFIX
 from utils.data.predictions import BOX_COLUMNS, NONE_PROB_COLUMN, STUDY_PROB_COLUMNS, read_predictions
-from utils.data.prepare import read_meta
+from utils.data.training_table import read_meta
 from utils.ensemble.assemble import assemble_submission
 from utils.ensemble.config import EnsembleConfig
 from utils.ensemble.fusion import (
@@ -63,7 +63,7 @@ def evaluated_rows(table: pd.DataFrame, oof: dict[str, pd.DataFrame]) -> pd.Data
 
 def run_oof(run_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], pd.DataFrame]:
     """``(prepared table, model name -> out-of-fold predictions, the table's rows every model
-    predicted)`` of a train_all run; real labels only (:func:`utils.data.prepare.read_meta` leaves
+    predicted)`` of a train_all run; real labels only (:func:`utils.data.training_table.read_meta` leaves
     pseudo-labelled rows out). ``FileNotFoundError`` when no model has out-of-fold predictions."""
     table = read_meta(run_dir / "prepared" / "meta.csv", 0)
     oof = load_oof(run_dir)

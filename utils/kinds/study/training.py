@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def load_study_table(meta_csv, image_size: int, with_boxes: bool = False) -> pd.DataFrame:
-    """meta.csv (see :func:`utils.data.prepare.read_meta`, pseudo-labelled rows included) with the targets per
+    """meta.csv (see :func:`utils.data.training_table.read_meta`, pseudo-labelled rows included) with the targets per
     image: the study class and "none"; where the table has pseudo-labelled rows, every row also gets
     ``study_probs`` (their soft study target, a real label's one-hot) and theirs a soft "none".
     ``with_boxes`` adds the boxes (XYXY_NORM, drawn into the auxiliary head's mask by the dataset) and
