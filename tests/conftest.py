@@ -310,3 +310,12 @@ def leftover_children_after_kill(argv: list[str], sig: int, children: int, busy,
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def cxcywh_to_xyxy_norm(boxes):
+    """CXCYWH_NORM (YOLO's labels) -> XYXY_NORM: the tests' inverse of the YOLO export."""
+    import numpy as np
+
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    half_w, half_h = b[:, 2] / 2, b[:, 3] / 2
+    return np.stack([b[:, 0] - half_w, b[:, 1] - half_h, b[:, 0] + half_w, b[:, 1] + half_h], axis=1)

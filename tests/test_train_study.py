@@ -16,8 +16,8 @@ from utils.data.labels import STUDY_CLASSES
 from utils.data.predictions import (
     PREDICTION_COLUMNS,
     PredictionFileError,
-    box_rows,
     classifier_rows,
+    detection_rows,
     read_predictions,
     write_predictions,
 )
@@ -208,12 +208,12 @@ def test_study_probability_is_the_mean_over_its_images():
 
 
 def test_prediction_schema_round_trip_and_checks(tmp_path):
-    frame = pd.concat([box_rows("i1", "s1", "frcnn", 2, [[0.1, 0.2, 0.5, 0.6]], [0.7]),
+    frame = pd.concat([detection_rows(["i1"], ["s1"], "frcnn", 2, [([[0.1, 0.2, 0.5, 0.6]], [0.7])]),
                        classifier_rows(["i1"], ["s1"], "study", 2, [[0.1, 0.2, 0.3, 0.4]], [0.5])])
     back = read_predictions(write_predictions(frame, tmp_path / "p.csv"))
     assert back.shape == (2, len(PREDICTION_COLUMNS)) and back["score"].iloc[0] == pytest.approx(0.7)
     with pytest.raises(PredictionFileError, match="not normalised"):
-        write_predictions(box_rows("i1", "s1", "m", 0, [[10, 20, 50, 60]], [0.7]), tmp_path / "bad.csv")
+        write_predictions(detection_rows(["i1"], ["s1"], "m", 0, [([[10, 20, 50, 60]], [0.7])]), tmp_path / "bad.csv")
     with pytest.raises(PredictionFileError, match="missing columns"):
         read_predictions(write_text(tmp_path / "x.csv", "image_id,score\ni,1\n"))
 

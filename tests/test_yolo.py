@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, cxcywh_to_xyxy_norm
 
-from utils.data.boxes import cxcywh_to_xyxy_norm, denormalize_xyxy
+from utils.data.boxes import denormalize_xyxy
 from utils.data.predictions import PREDICTION_COLUMNS, read_predictions
 from utils.ensemble.manifest import read_manifest
 from utils.kinds.yolo.fold_setup import label_lines

@@ -63,12 +63,6 @@ def denormalize_xyxy(boxes, width: float, height: float) -> np.ndarray:
     return b
 
 
-def scale_xyxy(boxes, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
-    """XYXY_PX of an image of ``from_size`` (height, width) -> XYXY_PX of ``to_size`` (height, width)."""
-    (fh, fw), (th, tw) = from_size, to_size
-    return denormalize_xyxy(normalize_xyxy(boxes, fw, fh), tw, th)
-
-
 def xyxy_norm_to_cxcywh(boxes) -> np.ndarray:
     """XYXY_NORM -> CXCYWH_NORM (YOLO label format)."""
     b = as_boxes(boxes)
@@ -77,17 +71,6 @@ def xyxy_norm_to_cxcywh(boxes) -> np.ndarray:
     out[:, 1] = (b[:, 1] + b[:, 3]) / 2
     out[:, 2] = b[:, 2] - b[:, 0]
     out[:, 3] = b[:, 3] - b[:, 1]
-    return out
-
-
-def cxcywh_to_xyxy_norm(boxes) -> np.ndarray:
-    """CXCYWH_NORM (YOLO) -> XYXY_NORM."""
-    b = as_boxes(boxes)
-    out = np.empty_like(b)
-    out[:, 0] = b[:, 0] - b[:, 2] / 2
-    out[:, 1] = b[:, 1] - b[:, 3] / 2
-    out[:, 2] = b[:, 0] + b[:, 2] / 2
-    out[:, 3] = b[:, 1] + b[:, 3] / 2
     return out
 
 

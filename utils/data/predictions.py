@@ -46,11 +46,6 @@ def classifier_rows(image_ids, study_ids, model: str, fold: int, study_probs, no
     return frame[list(PREDICTION_COLUMNS)]
 
 
-def box_rows(image_id: str, study_id: str, model: str, fold: int, boxes_norm, scores) -> pd.DataFrame:
-    """One row per box of one image: XYXY_NORM boxes ``(N, 4)`` and their scores."""
-    return detection_rows([image_id], [study_id], model, fold, [(boxes_norm, scores)])
-
-
 def detection_rows(image_ids, study_ids, model: str, fold: int, detections) -> pd.DataFrame:
     """Box rows of many images at once: ``detections[i]`` is ``(XYXY_NORM boxes (n, 4), scores (n,))``
     of image ``image_ids[i]``; an image with no box adds no row."""

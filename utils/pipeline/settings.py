@@ -17,7 +17,7 @@ from typing import Annotated
 import yaml
 from pydantic import Field
 
-from utils.core.config import Seed, Workers, field_default, load_yaml_section, setting_rows, yaml_value
+from utils.core.config import Seed, Workers, setting_rows, yaml_value
 from utils.core.files import write_text_atomic
 from utils.data.pseudo_label_rules import SECTION as PSEUDO_SECTION
 from utils.data.pseudo_label_rules import PseudoConfig
@@ -84,12 +84,6 @@ def reference_text(sections: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def documented_reference(text: str) -> str:
-    """The generated part of docs/reference.md's text (between its two markers)."""
-    start, end = text.index(REFERENCE_START) + len(REFERENCE_START), text.index(REFERENCE_END)
-    return text[start:end].strip("\n")
-
-
 def write_reference(path: Path = REFERENCE) -> Path:
     """Put today's :func:`reference_markdown` between the markers of docs/reference.md."""
     text = path.read_text()
@@ -106,14 +100,3 @@ def resolved_text(configs: dict) -> str:
 def write_resolved_config(path: Path, configs: dict) -> Path:
     """``configs`` (section -> dataclass) written to ``path`` (a run's :data:`RESOLVED_CONFIG`)."""
     return write_text_atomic(path, resolved_text(configs))
-
-
-def keys_at_default(path: Path) -> list[str]:
-    """``section.key`` of every key recipe ``path`` sets to its default (a recipe says only what differs)."""
-    document = yaml.safe_load(Path(path).read_text()) or {}
-    found = []
-    for section in document:
-        values = load_yaml_section(path, section)
-        found += [f"{section}.{key}" for key, value in values.items()
-                  if value == field_default(SCHEMAS[section], key)]
-    return found
