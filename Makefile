@@ -63,7 +63,8 @@ train-all: $(STAMP)
 # The ensemble's fusion and blending chosen out of fold (also train-all's last stage), reported on data
 # the choice never saw, written into RUN/weights/manifest.json: make calibrate [RUN=...] [RUN_CONFIG=...]
 RUN ?= runs/real256
-RUN_CONFIG ?= train/configs/real256.yaml
+# the run's own resolved config (train_all writes it), else the recipe
+RUN_CONFIG ?= $(if $(wildcard $(RUN)/resolved_config.yaml),$(RUN)/resolved_config.yaml,train/configs/real256.yaml)
 calibrate: $(STAMP)
 	$(PY) infer/calibrate.py --run-dir $(RUN) --weights-dir $(RUN)/weights --config $(RUN_CONFIG) --no-progress
 
