@@ -101,6 +101,8 @@ def test_unknown_key_is_an_error_naming_file_and_key(tmp_path):
     path = _write(tmp_path, "backbone:\n  epochs: 2\n  lerning_rate: 0.1\n")
     with pytest.raises(ConfigError, match=r"c\.yaml \[backbone\].*lerning_rate"):
         load_section(path, "backbone", BackboneConfig)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epoch'\]; did you mean 'epoch' -> 'epochs'; every key"):
+        load_section(_write(tmp_path, "backbone:\n  epoch: 2\n"), "backbone", BackboneConfig)
 
 
 def test_wrong_type_is_an_error(tmp_path):

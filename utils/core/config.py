@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
 import re
@@ -146,6 +147,14 @@ def _describe(error: dict) -> str:
     return f"{where}: {problem}, got {short(error['input'])}"
 
 
+def unknown_key_hint(unknown: list[str], known) -> str:
+    """What an unknown-key message adds: the closest known key to each (a typo's fix) and where every key
+    is listed; short, where a section has dozens of keys."""
+    close = {key: difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6) for key in unknown[:3]}
+    meant = [f"{short(key)} -> {match[0]!r}" for key, match in close.items() if match]
+    return (f"; did you mean {', '.join(meant)}" if meant else "") + "; every key: python train/settings.py"
+
+
 def from_mapping(cls: type[ConfigT], mapping: dict, source: str) -> ConfigT:
     """Build dataclass ``cls`` from ``mapping``: unknown or missing keys, wrong types, non-finite floats
     and values outside a field's declared range raise :class:`ConfigError` (one line naming ``source``,
@@ -155,7 +164,7 @@ def from_mapping(cls: type[ConfigT], mapping: dict, source: str) -> ConfigT:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(map(str, mapping)) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {short(unknown)}; known keys: {sorted(fields)}")
+        raise ConfigError(f"{source}: unknown key(s) {short(unknown)}{unknown_key_hint(unknown, fields)}")
     validators = _field_validators(cls)
     values = {}
     for name, value in mapping.items():
@@ -295,7 +304,8 @@ def load_section(path, section: str, cls: type[ConfigT], overrides: dict | None 
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ConfigError(f"--set: unknown key(s) {short(unknown)} for [{section}]; known keys: {sorted(known)}")
+            raise ConfigError(f"--set: unknown key(s) {short(unknown)} for [{section}]"
+                              f"{unknown_key_hint(unknown, known)}")
         config = from_mapping(cls, {**dataclasses.asdict(config), **overrides}, f"{path} [{section}] with --set")
     return config
 
