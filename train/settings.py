@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.core.config import ConfigError, field_default, load_section, parse_overrides, yaml_value
-from utils.pipeline.settings import REFERENCE, SCHEMAS, reference_text, write_reference
+from utils.core.config import ConfigError
+from utils.pipeline.settings import REFERENCE, SCHEMAS, reference_text, resolved_lines, write_reference
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -28,24 +28,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="with --config: overrides, as train_all.py takes them")
     parser.add_argument("--write-reference", action="store_true", help=f"regenerate the settings in {REFERENCE}")
     return parser
-
-
-def resolved_lines(config: Path, overrides: list[str], sections: list[str] | None) -> list[str]:
-    """``section.key = value`` for every key of the recipe with its overrides; ``*`` where it is not the
-    default."""
-    from utils.pipeline.train_all import split_overrides
-
-    by_section = split_overrides(overrides)
-    lines = []
-    for section, schema in SCHEMAS.items():
-        if sections and section not in sections:
-            continue
-        resolved = load_section(config, section, schema, parse_overrides(by_section.get(section)))
-        lines.append(f"[{section}]")
-        for key, value in vars(resolved).items():
-            mark = "*" if value != field_default(schema, key) else " "
-            lines.append(f" {mark} {key} = {yaml_value(value)}")
-    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

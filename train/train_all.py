@@ -43,10 +43,17 @@ import sys
 from pathlib import Path
 
 from utils.core.config import ConfigError
-from utils.core.files import OverwriteError, check_not_inside
+from utils.core.files import OverwriteError, check_not_inside, describe_write_failure, is_write_failure
 from utils.kinds.registry import KINDS
 from utils.pipeline.cli import DEFAULT_CONFIG, configure_logging
-from utils.pipeline.train_all import STAGES, run_stages, split_overrides, stage_commands, write_run_config
+from utils.pipeline.train_all import (
+    STAGES,
+    check_config,
+    run_stages,
+    split_overrides,
+    stage_commands,
+    write_run_config,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -89,12 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         # Every stage writes under --out: never inside a folder the run reads (its files are the data).
         check_not_inside(args.out, [args.data_dir, args.nih_dir, args.rsna_dir, args.pseudo_images])
         overrides = split_overrides(args.overrides)
-        commands = stage_commands(args, overrides)
+        configs = check_config(args.config, overrides, args)  # once: --start-from's weights are read here
+        commands = stage_commands(args, overrides, configs)
     except (ConfigError, OverwriteError) as err:
         raise SystemExit(f"error: {err}") from None
     if STAGES.index(args.to_stage) < STAGES.index(args.from_stage):
         raise SystemExit(f"error: --to-stage {args.to_stage} comes before --from-stage {args.from_stage}")
-    write_run_config(args, overrides)
+    try:
+        write_run_config(args, configs)
+    except OSError as err:  # the destination's fault (a full disk): nothing has run yet
+        if not is_write_failure(err):
+            raise
+        raise SystemExit(f"error: {describe_write_failure(err)}") from None
     return run_stages(args.out, commands, args.from_stage, args.to_stage, args.kinds)
 
 

@@ -10,6 +10,7 @@ every default."""
 from __future__ import annotations
 
 import dataclasses
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -17,7 +18,17 @@ from typing import Annotated
 import yaml
 from pydantic import Field
 
-from utils.core.config import Seed, Workers, setting_rows, yaml_value
+from utils.core.config import (
+    ConfigError,
+    Seed,
+    Workers,
+    field_default,
+    load_section,
+    parse_overrides,
+    setting_rows,
+    short,
+    yaml_value,
+)
 from utils.core.files import write_text_atomic
 from utils.data.pseudo_label_rules import SECTION as PSEUDO_SECTION
 from utils.data.pseudo_label_rules import PseudoConfig
@@ -52,6 +63,35 @@ SCHEMAS = {PREPARE_SECTION: PrepareConfig,
            **{name: kind.config_class for name, kind in {**PRETRAINING, **KINDS}.items()},
            ENSEMBLE_SECTION: EnsembleConfig, CALIBRATE_SECTION: CalibrateConfig, PSEUDO_SECTION: PseudoConfig}
 CONFIG_SECTIONS = tuple(SCHEMAS)
+
+
+def split_overrides(items: list[str]) -> dict[str, list[str]]:
+    """``["frcnn.epochs=2"]`` -> ``{"frcnn": ["epochs=2"]}``; every item must name a section."""
+    by_section = defaultdict(list)
+    for item in items:
+        section, dot, rest = item.partition(".")
+        if not dot or "=" not in rest or "=" in section:
+            raise ConfigError(f"--set {short(item)}: expected SECTION.KEY=VALUE")
+        if section not in CONFIG_SECTIONS:
+            raise ConfigError(f"--set {short(item)}: unknown section {short(section)}; "
+                              f"sections: {list(CONFIG_SECTIONS)}")
+        by_section[section].append(rest)
+    return dict(by_section)
+
+
+def resolved_lines(config: Path, overrides: list[str], sections: list[str] | None = None) -> list[str]:
+    """``section.key = value`` for every key of recipe ``config`` with ``overrides`` (``SECTION.KEY=VALUE``),
+    ``*`` where it is not the default: what ``python train/settings.py --config`` prints."""
+    by_section = split_overrides(overrides)
+    lines = []
+    for section, schema in SCHEMAS.items():
+        if sections and section not in sections:
+            continue
+        resolved = load_section(config, section, schema, parse_overrides(by_section.get(section)))
+        lines.append(f"[{section}]")
+        lines += [f" {'*' if value != field_default(schema, key) else ' '} {key} = {yaml_value(value)}"
+                  for key, value in vars(resolved).items()]
+    return lines
 
 
 def _cell(text: str) -> str:
@@ -91,12 +131,7 @@ def write_reference(path: Path = REFERENCE) -> Path:
     return write_text_atomic(path, f"{text[:start]}\n{reference_markdown()}\n{text[end:]}")
 
 
-def resolved_text(configs: dict) -> str:
-    """Section -> config dataclass as one YAML document: a resolved config, loadable as any recipe."""
-    return yaml.safe_dump({section: dataclasses.asdict(config) for section, config in configs.items()},
-                          sort_keys=False)
-
-
 def write_resolved_config(path: Path, configs: dict) -> Path:
     """``configs`` (section -> dataclass) written to ``path`` (a run's :data:`RESOLVED_CONFIG`)."""
-    return write_text_atomic(path, resolved_text(configs))
+    document = {section: dataclasses.asdict(config) for section, config in configs.items()}
+    return write_text_atomic(path, yaml.safe_dump(document, sort_keys=False))

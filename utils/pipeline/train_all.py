@@ -12,20 +12,19 @@ import shlex
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
-from utils.core.config import ConfigError, load_section, parse_overrides, short
+from utils.core.config import ConfigError, load_section, parse_overrides
 from utils.core.files import atomic_path
 from utils.data.pseudo_label_rules import SECTION as PSEUDO_SECTION
 from utils.data.pseudo_label_rules import PseudoConfig
 from utils.kinds.base import GENERIC_SCRIPT, TrainingError
 from utils.kinds.registry import KINDS, PRETRAINING, StagePlan
 from utils.pipeline.settings import (
-    CONFIG_SECTIONS,
     PREPARE_SECTION,
     RESOLVED_CONFIG,
     SCHEMAS,
+    split_overrides,
     write_resolved_config,
 )
 from utils.scoring.calibration import CALIBRATE_SECTION
@@ -38,20 +37,6 @@ SUMMARY_FILE = "train_all.json"
 # run only with --pseudo-images
 STAGES = ("prepare", *PRETRAINING, *KINDS, "evaluate", "calibrate", "pseudo", "round2")
 ROUND2 = "round2"  # round two's run folder under the run
-
-
-def split_overrides(items: list[str]) -> dict[str, list[str]]:
-    """``["frcnn.epochs=2"]`` -> ``{"frcnn": ["epochs=2"]}``; every item must name a section."""
-    by_section = defaultdict(list)
-    for item in items:
-        section, dot, rest = item.partition(".")
-        if not dot or "=" not in rest or "=" in section:
-            raise ConfigError(f"--set {short(item)}: expected SECTION.KEY=VALUE")
-        if section not in CONFIG_SECTIONS:
-            raise ConfigError(f"--set {short(item)}: unknown section {short(section)}; "
-                              f"sections: {list(CONFIG_SECTIONS)}")
-        by_section[section].append(rest)
-    return dict(by_section)
 
 
 def with_plan_overrides(overrides: dict[str, list[str]], args) -> dict[str, list[str]]:
@@ -146,20 +131,21 @@ def resolved_config_path(args) -> Path:
     return Path(args.out) / RESOLVED_CONFIG
 
 
-def write_run_config(args, overrides: dict[str, list[str]]) -> Path:
-    """Resolve the config once (the file, this script's options, ``--set``; every section checked) and
-    write it into the run folder, before the first stage: each stage reads that file, nothing else."""
+def write_run_config(args, configs: dict) -> Path:
+    """The config resolved once (:func:`check_config`: the file, this script's options, ``--set``) written
+    into the run folder before the first stage: each stage reads that file, nothing else."""
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    return write_resolved_config(resolved_config_path(args), check_config(args.config, overrides, args))
+    return write_resolved_config(resolved_config_path(args), configs)
 
 
-def stage_commands(args, overrides: dict[str, list[str]]) -> dict[str, list[str]]:
+def stage_commands(args, overrides: dict[str, list[str]], configs: dict | None = None) -> dict[str, list[str]]:
     """The command line of every stage (``None`` for a stage that is skipped); each reads the run's
-    resolved config (:func:`write_run_config`), which ``overrides`` are part of."""
+    resolved config (:func:`write_run_config`), which ``overrides`` are part of. ``configs``: that config
+    when it is already checked (:func:`check_config`; checked here otherwise)."""
     out = args.out
     meta = out / "prepared" / "meta.csv"
     weights = out / "weights"
-    configs = check_config(args.config, overrides, args)
+    configs = configs if configs is not None else check_config(args.config, overrides, args)
     plan = stage_plan(args)
     prepare = configs[PREPARE_SECTION]
     common = ["--config", str(resolved_config_path(args))] + (["--no-progress"] if args.no_progress else [])
